@@ -1,0 +1,35 @@
+#include "bench/machine_limits.h"
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <cstring>
+#include <vector>
+
+namespace qlora::bench {
+
+double measure_copy_bandwidth_gbs(size_t bytes, int reps) {
+  std::vector<char> src(bytes), dst(bytes);
+  for (size_t i = 0; i < bytes; i += 4096) src[i] = static_cast<char>(i * 31);  // fault the pages in
+  std::memset(dst.data(), 1, bytes);
+  const int64_t chunk = 1 << 20;
+  const double s = time_best(
+      [&] {
+        at::parallel_for(0, static_cast<int64_t>(bytes) / chunk, 1, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) std::memcpy(dst.data() + i * chunk, src.data() + i * chunk, chunk);
+        });
+      },
+      reps);
+  return 2.0 * static_cast<double>(bytes) / s / 1e9;
+}
+
+double measure_matmul_gflops(c10::ScalarType dtype, int64_t m, int64_t k, int64_t n, int reps) {
+  torch::NoGradGuard no_grad;
+  auto a = torch::randn({m, k}).to(dtype);
+  auto b = torch::randn({k, n}).to(dtype);
+  auto c = torch::matmul(a, b);  // warm-up
+  const double s = time_best([&] { c = torch::matmul(a, b); }, reps);
+  return 2.0 * m * k * n / s / 1e9;
+}
+
+}  // namespace qlora::bench

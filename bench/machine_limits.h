@@ -1,0 +1,31 @@
+// The machine's own limits, measured in the same run as each benchmark so figures are ratios, not guesses.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+namespace qlora::bench {
+
+// Memory copy bandwidth (GB/s, counting bytes read + bytes written) of a large memcpy split across threads.
+double measure_copy_bandwidth_gbs(size_t bytes = size_t(512) << 20, int reps = 5);
+
+// Dense matmul rate (GFLOP/s) of LibTorch on (m,k)x(k,n) in `dtype`.
+double measure_matmul_gflops(c10::ScalarType dtype, int64_t m = 2048, int64_t k = 2048, int64_t n = 2048, int reps = 5);
+
+// Best-of wall time of fn in seconds.
+template <class F>
+double time_best(F&& fn, int reps) {
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s < best) best = s;
+  }
+  return best;
+}
+
+}  // namespace qlora::bench

@@ -1,0 +1,97 @@
+// LlamaForCausalLM in LibTorch on a frozen 4-bit base (HF transformers' modeling_llama semantics):
+// embed -> N x [x + o(attn(rmsnorm(x))); h + down(silu(gate(n)) * up(n))] -> rmsnorm -> lm_head.
+// Device-generic: nothing here assumes CPU.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/hf_config.h"
+#include "model/linear.h"
+#include "quant/quantized_tensor.h"
+
+namespace qlora::model {
+
+namespace fs = std::filesystem;
+
+// How load_model builds the frozen base.
+struct LoadOptions {
+  torch::ScalarType compute_dtype = torch::kBFloat16;  // bf16 | fp16 | fp32
+  // nullopt: keep the projections dense in compute_dtype (quant type `none`).
+  std::optional<quant::QuantType> quant = quant::QuantType::kNF4;
+  int64_t blocksize = quant::kDefaultBlocksize;
+  bool double_quant = true;
+  bool quantize_lm_head = false;
+  // Which projections to quantize (suffixes); others stay dense.
+  std::vector<std::string> quant_targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj"};
+  torch::Device device = torch::kCPU;
+  bool show_progress = true;
+};
+
+// Per-call inputs besides input_ids. All (B, T); any may be undefined.
+struct ForwardInputs {
+  torch::Tensor attention_mask;  // int64/bool 1 = real token, 0 = padding (keys masked out)
+  torch::Tensor position_ids;    // int64; default arange(T) (+ cache length). Packed batches restart per example.
+  torch::Tensor segment_ids;     // int32/int64; tokens attend only within the same segment (packing)
+};
+
+// Key/value cache for generation: per layer (B, n_kv, T_cached, head_dim).
+struct KVCache {
+  std::vector<torch::Tensor> k, v;
+  int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+};
+
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  LlamaModelImpl(LlamaConfig config, torch::ScalarType compute_dtype);
+
+  const LlamaConfig& config() const { return config_; }
+  torch::ScalarType compute_dtype() const { return compute_dtype_; }
+
+  // input_ids: (B, T) int64 -> final hidden states (B, T, H) in compute dtype (after the final norm).
+  torch::Tensor forward_hidden(const torch::Tensor& input_ids, const ForwardInputs& in = {}, KVCache* cache = nullptr);
+  // hidden (B, T, H) -> logits (B, T, V) in fp32.
+  torch::Tensor logits(const torch::Tensor& hidden);
+  // input_ids -> logits (B, T, V) fp32.
+  torch::Tensor forward(const torch::Tensor& input_ids, const ForwardInputs& in = {}, KVCache* cache = nullptr);
+
+  // Causal LM loss with HF semantics: logits at t predict labels at t+1; label -100 is ignored.
+  // Computes logits in sequence chunks of `chunk_tokens` so (T, V) fp32 logits are never all materialized.
+  // Returns {sum of token losses (scalar fp32, differentiable), number of counted tokens}.
+  std::pair<torch::Tensor, int64_t> causal_lm_loss(const torch::Tensor& input_ids, const torch::Tensor& labels,
+                                                   const ForwardInputs& in = {}, int64_t chunk_tokens = 1024);
+
+  // Every projection with its HF module name ("model.layers.0.self_attn.q_proj", ..., "lm_head" when it is
+  // a LinearLayer), in layer order.
+  std::vector<std::pair<std::string, LinearLayerPtr>> named_linears() const;
+  // Swap the projection named `hf_name` (as in named_linears) for another LinearLayer (e.g. a LoRA wrapper).
+  void replace_linear(const std::string& hf_name, LinearLayerPtr layer);
+
+  // Rerun each decoder layer in backward instead of keeping its activations.
+  void set_gradient_checkpointing(bool on);
+  bool gradient_checkpointing() const;
+
+  // Non-linear tensors by HF name (embeddings, norms, and lm_head when dense): for saving/merging.
+  std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+  LlamaConfig config_;
+  torch::ScalarType compute_dtype_;
+};
+TORCH_MODULE(LlamaModel);
+
+// Reads config.json and streams the weights shard by shard from an HF folder (16-bit safetensors, or a
+// bnb-4bit checkpoint, detected by quantization_config), quantizing each target projection as it is read
+// and releasing the 16-bit data at once. Missing/extra tensors, wrong shapes or dtypes: one qlora::Error
+// listing them.
+LlamaModel load_model(const fs::path& dir, const LoadOptions& options = {});
+
+}  // namespace qlora::model

@@ -1,0 +1,52 @@
+// Helpers shared by the tests: paths, temp dirs, running the built apps.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace qlora::test {
+
+namespace fs = std::filesystem;
+
+inline fs::path source_dir() { return QLORA_SOURCE_DIR; }
+inline fs::path bin_dir() { return QLORA_BIN_DIR; }
+inline fs::path data_dir() { return QLORA_TEST_DATA_DIR; }
+// The tiny model made by the `make_tiny_model` ctest fixture (qlora-make-tiny --preset tiny --seed 1234).
+inline fs::path tiny_model_dir() { return fs::path(QLORA_TEST_WORK_DIR) / "tiny"; }
+
+// A fresh, empty directory unique to the current test.
+inline fs::path temp_dir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  fs::path p = fs::path(QLORA_TEST_WORK_DIR) / "tmp" / (std::string(info->test_suite_name()) + "." + info->name());
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+struct CommandResult {
+  int exit_code;
+  std::string output;  // stdout + stderr
+};
+
+// Runs a shell command, capturing stdout and stderr together.
+inline CommandResult run_command(const std::string& cmd) {
+  std::string out;
+  FILE* pipe = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (!pipe) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+  int status = ::pclose(pipe);
+  int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return {code, out};
+}
+
+// Runs a built app from build/bin.
+inline CommandResult run_app(const std::string& app, const std::string& args) {
+  return run_command((bin_dir() / app).string() + " " + args);
+}
+
+}  // namespace qlora::test
