@@ -13,7 +13,8 @@ namespace fs = std::filesystem;
 
 inline fs::path source_dir() { return QLORA_SOURCE_DIR; }
 inline fs::path bin_dir() { return QLORA_BIN_DIR; }
-inline fs::path data_dir() { return QLORA_TEST_DATA_DIR; }
+// tests/fixtures: golden files and the scripts that made them.
+inline fs::path fixtures_dir() { return QLORA_TEST_DATA_DIR; }
 // The tiny model made by the `make_tiny_model` ctest fixture (qlora-make-tiny --preset tiny --seed 1234).
 inline fs::path tiny_model_dir() { return fs::path(QLORA_TEST_WORK_DIR) / "tiny"; }
 
