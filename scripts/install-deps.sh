@@ -13,6 +13,7 @@ PACKAGES=(
   libgtest-dev            # unit tests
   nlohmann-json3-dev      # JSON (safetensors headers, HF configs, JSONL data)
   libcli11-dev            # command-line parsing for the apps
+  libpcre2-dev            # Unicode regex pre-tokenization for byte-level BPE (tokenizer.json)
 )
 
 missing=()
