@@ -8,11 +8,26 @@
 
 namespace qlora::quant {
 
+// The autograd function behind linear_4bit (public so tests can inspect what it saves). forward dequantizes
+// W into x's dtype, runs torch::linear and saves only the QuantizedTensor's parts (in ctx->saved_data);
+// backward dequantizes again: grad_x = grad_y · W, grad_bias = sum of grad_y over leading dims, no grad for W.
+struct LinearNF4Function : public torch::autograd::Function<LinearNF4Function> {
+  // x: (..., in), bias: (out) or nullopt -> (..., out). (LibTorch 1.13 rejects an undefined Tensor argument,
+  // hence the optional.)
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const c10::optional<torch::Tensor>& bias, const QuantizedTensor& w);
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out);
+};
+
 // x: (..., in) -> (..., out), computed in x's dtype. Differentiable w.r.t. x (and bias if it requires grad).
 torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias = {});
 
 // Module holding a frozen 4-bit weight (and optional bias). Built by quantizing a dense weight or from
-// stored quantized parts (a bnb-4bit checkpoint).
+// stored quantized parts (a bnb-4bit checkpoint). The 4-bit parts are registered as buffers ("weight",
+// "weight_absmax", "weight_quant_map", and with double quant "weight_nested_absmax",
+// "weight_nested_quant_map"; "bias" too), so module.to() and named_buffers() see them; there are no
+// parameters (the base layer is frozen; a bias that should train must be set requires_grad by the caller).
 class Linear4bitImpl : public torch::nn::Module {
  public:
   explicit Linear4bitImpl(QuantizedTensor weight, torch::Tensor bias = {});
@@ -25,6 +40,12 @@ class Linear4bitImpl : public torch::nn::Module {
   int64_t out_features() const { return weight_.shape.at(0); }
   const torch::Tensor& bias() const { return bias_; }
   void to_device(torch::Device device);
+
+  // Module::to would cast every buffer (uint8 codes included) to a new dtype: here a dtype change only
+  // applies to the bias; the 4-bit parts keep their types and only change device.
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, bool non_blocking = false) override;
 
  private:
   QuantizedTensor weight_;

@@ -1,0 +1,37 @@
+// Internal kernels behind quantize_4bit / dequantize_4bit (not part of the public API; tests and the
+// benchmark use them to force a path). The scalar kernel is the specification; the SIMD kernels must
+// produce the same bits.
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+
+#include "quant/quantized_tensor.h"
+
+namespace qlora::quant::detail {
+
+// Instruction-set paths of the CPU dequant kernel. Chosen once from the CPU (best available) unless
+// QLORA_QUANT_ISA=scalar|avx2|avx512 forces one (an unsupported choice falls back with a warning).
+enum class Isa { kScalar, kAvx2, kAvx512 };
+
+const char* isa_name(Isa isa);
+bool cpu_supports(Isa isa);
+Isa active_isa();
+
+// CPU dequant of q into `out` (contiguous, q.numel() elements, fp32/bf16/fp16) with the given path.
+void dequantize_cpu_into(const QuantizedTensor& q, torch::Tensor& out, Isa isa);
+
+// Device-generic dequant written with LibTorch ops (the non-CPU path). out_dtype may also be kFloat64
+// (the fp32 products cast exactly; used for finite-difference checks).
+torch::Tensor dequantize_ops(const QuantizedTensor& q, torch::ScalarType out_dtype);
+
+// fp32 mean of x[0..n) computed like torch.mean on a contiguous CPU fp32 tensor in one thread
+// (cascade sum over 8-lane vectors, then / n). bitsandbytes' double-quant offset is this value.
+float torch_mean_f32(const float* x, int64_t n);
+
+// Decodes the fp32 absmax of blocks [b0, b1) into dst: dyn_map[q] * absmax2[i / 256] + offset with two
+// separate fp32 roundings (never fused), exactly as bitsandbytes restores it.
+void decode_absmax(const QuantizedTensor& q, int64_t b0, int64_t b1, float* dst);
+
+}  // namespace qlora::quant::detail

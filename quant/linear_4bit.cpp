@@ -1,0 +1,118 @@
+// The frozen 4-bit linear layer (bitsandbytes MatMul4Bit semantics): W is dequantized on the fly in the
+// forward and again in the backward; nothing but the 4-bit parts is kept for backward.
+#include "quant/linear_4bit.h"
+
+#include <torch/torch.h>
+
+namespace qlora::quant {
+namespace {
+
+using torch::autograd::AutogradContext;
+
+// The QuantizedTensor travels in ctx->saved_data as its (small, 4-bit) parts and metadata.
+void save_quantized(AutogradContext* ctx, const QuantizedTensor& w) {
+  auto& d = ctx->saved_data;
+  d["q_type"] = static_cast<int64_t>(w.type);
+  d["q_blocksize"] = w.blocksize;
+  d["q_shape"] = w.shape;
+  d["q_dtype"] = static_cast<int64_t>(w.dtype);
+  d["q_packed"] = w.packed;
+  d["q_code"] = w.code;
+  d["q_absmax"] = w.absmax;
+  d["q_double_quant"] = w.double_quant;
+  d["q_absmax2"] = w.absmax2;
+  d["q_nested_code"] = w.nested_code;
+  d["q_offset"] = static_cast<double>(w.offset);
+}
+
+QuantizedTensor load_quantized(AutogradContext* ctx) {
+  auto& d = ctx->saved_data;
+  QuantizedTensor w;
+  w.type = static_cast<QuantType>(d["q_type"].toInt());
+  w.blocksize = d["q_blocksize"].toInt();
+  w.shape = d["q_shape"].toIntVector();
+  w.dtype = static_cast<torch::ScalarType>(d["q_dtype"].toInt());
+  w.packed = d["q_packed"].toTensor();
+  w.code = d["q_code"].toTensor();
+  w.absmax = d["q_absmax"].toTensor();
+  w.double_quant = d["q_double_quant"].toBool();
+  w.absmax2 = d["q_absmax2"].toTensor();
+  w.nested_code = d["q_nested_code"].toTensor();
+  w.offset = static_cast<float>(d["q_offset"].toDouble());
+  return w;
+}
+
+}  // namespace
+
+torch::Tensor LinearNF4Function::forward(AutogradContext* ctx, const torch::Tensor& x,
+                                         const c10::optional<torch::Tensor>& bias_opt, const QuantizedTensor& w) {
+  const torch::Tensor bias = bias_opt.has_value() ? *bias_opt : torch::Tensor();
+  TORCH_CHECK(w.shape.size() == 2, "linear_4bit: weight must be 2-D (out, in)");
+  TORCH_CHECK(x.size(-1) == w.shape[1], "linear_4bit: input has ", x.size(-1), " features, weight expects ",
+              w.shape[1]);
+  save_quantized(ctx, w);
+  ctx->saved_data["has_bias"] = bias.defined();
+  const torch::Tensor wd = dequantize_4bit(w, x.scalar_type());  // (out, in), freed when forward returns
+  return torch::linear(x, wd, bias.defined() ? bias.to(x.scalar_type()) : bias);
+}
+
+torch::autograd::variable_list LinearNF4Function::backward(AutogradContext* ctx,
+                                                           torch::autograd::variable_list grad_out) {
+  const torch::Tensor& g = grad_out[0];  // (..., out)
+  torch::Tensor grad_x, grad_bias;
+  if (ctx->needs_input_grad(0)) {
+    const QuantizedTensor w = load_quantized(ctx);
+    grad_x = torch::matmul(g, dequantize_4bit(w, g.scalar_type()));  // (..., out) · (out, in) -> (..., in)
+  }
+  if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(1)) {
+    grad_bias = g.reshape({-1, g.size(-1)}).sum(0);
+  }
+  return {grad_x, grad_bias, torch::Tensor()};
+}
+
+torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias) {
+  c10::optional<torch::Tensor> bias_opt;
+  if (bias.defined()) bias_opt = bias;
+  return LinearNF4Function::apply(x, bias_opt, w);
+}
+
+Linear4bitImpl::Linear4bitImpl(QuantizedTensor weight, torch::Tensor bias)
+    : weight_(std::move(weight)), bias_(std::move(bias)) {
+  TORCH_CHECK(weight_.shape.size() == 2, "Linear4bit: weight must be 2-D (out, in)");
+  TORCH_CHECK(!bias_.defined() || bias_.numel() == weight_.shape[0], "Linear4bit: bias has ", bias_.numel(),
+              " elements, expected ", weight_.shape[0]);
+  register_buffer("weight", weight_.packed);
+  register_buffer("weight_absmax", weight_.absmax);
+  register_buffer("weight_quant_map", weight_.code);
+  if (weight_.double_quant) {
+    register_buffer("weight_nested_absmax", weight_.absmax2);
+    register_buffer("weight_nested_quant_map", weight_.nested_code);
+  }
+  if (bias_.defined()) register_buffer("bias", bias_);
+}
+
+std::shared_ptr<Linear4bitImpl> Linear4bitImpl::from_dense(const torch::Tensor& weight, QuantType type,
+                                                           int64_t blocksize, bool double_quant,
+                                                           const torch::Tensor& bias) {
+  TORCH_CHECK(weight.dim() == 2, "Linear4bit::from_dense: weight must be 2-D (out, in)");
+  return std::make_shared<Linear4bitImpl>(quantize_4bit(weight.detach(), type, blocksize, double_quant),
+                                          bias.defined() ? bias.detach() : bias);
+}
+
+torch::Tensor Linear4bitImpl::forward(const torch::Tensor& x) { return linear_4bit(x, weight_, bias_); }
+
+// Module::to() moves the buffers in place (set_data), and weight_/bias_ share those tensors.
+void Linear4bitImpl::to_device(torch::Device device) { to(device); }
+
+void Linear4bitImpl::to(torch::Device device, bool non_blocking) { torch::nn::Module::to(device, non_blocking); }
+
+void Linear4bitImpl::to(torch::Dtype dtype, bool non_blocking) {
+  if (bias_.defined()) bias_.set_data(bias_.to(dtype, non_blocking));
+}
+
+void Linear4bitImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  to(device, non_blocking);
+  to(dtype, non_blocking);
+}
+
+}  // namespace qlora::quant

@@ -1,0 +1,339 @@
+// Codebooks, QuantizedTensor bookkeeping and quantize_4bit (bit-compatible with bitsandbytes' default
+// backend, see docs in quantized_tensor.h and shared/reference/formats.md section 1).
+#include "quant/quantized_tensor.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+
+#include "common/error.h"
+#include "quant/dequant_kernels.h"
+
+namespace qlora::quant {
+namespace {
+
+constexpr float kMinAbsmax = 1e-38f;  // bitsandbytes clamps the absmax to this before the reciprocal
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void check_blocksize(int64_t blocksize) {
+  const bool pow2 = blocksize > 0 && (blocksize & (blocksize - 1)) == 0;
+  if (!pow2 || blocksize < 32 || blocksize > 4096) {
+    throw Error("quantize_4bit: blocksize " + std::to_string(blocksize) +
+                " is not supported\nHINT: use a power of two between 32 and 4096 (bitsandbytes uses 64)");
+  }
+}
+
+// fp32 linspace(start, end, steps) bit for bit as LibTorch's CPU kernel (AVX2 build) computes it: runs of
+// 2 x 8 elements take a vector path, each 8-lane vector being base + k * step where base = start + step * idx
+// (or end - step * (steps - idx - 1) past halfway, chosen per vector) is computed with a fused multiply-add;
+// the remaining elements take the scalar path (same fused formula per element). Matches torch 1.13 and the
+// golden dynamic map; a plain unfused formula differs in the last bit of some entries.
+std::vector<float> linspace_f32(float start, float end, int64_t steps) {
+  constexpr int64_t kLanes = 8;
+  std::vector<float> out(static_cast<size_t>(steps));
+  const float step = (end - start) / static_cast<float>(steps - 1);
+  const int64_t halfway = steps / 2;
+  auto fused = [&](int64_t idx) {
+    return idx < halfway ? std::fma(step, static_cast<float>(idx), start)
+                         : std::fma(-step, static_cast<float>(steps - idx - 1), end);
+  };
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= steps; i += 2 * kLanes) {
+    for (int64_t v = i; v < i + 2 * kLanes; v += kLanes) {
+      const float base = fused(v);
+      for (int64_t k = 0; k < kLanes; ++k) {
+        const float prod = static_cast<float>(k) * step;  // separate rounding: not fused
+        out[static_cast<size_t>(v + k)] = base + prod;
+      }
+    }
+  }
+  for (; i < steps; ++i) out[static_cast<size_t>(i)] = fused(i);
+  return out;
+}
+
+// bitsandbytes functional.create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8).
+std::vector<float> make_dynamic_map_signed() {
+  constexpr int kMaxExponentBits = 7;
+  std::vector<float> data;
+  for (int i = 0; i < kMaxExponentBits; ++i) {
+    const int64_t fraction_items = (int64_t{1} << i) + 1;
+    const std::vector<float> b = linspace_f32(0.1f, 1.0f, fraction_items);
+    const float scale = static_cast<float>(std::pow(10.0, -(kMaxExponentBits - 1) + i));
+    std::vector<float> means;
+    for (size_t k = 0; k + 1 < b.size(); ++k) means.push_back((b[k] + b[k + 1]) / 2.0f);
+    for (float m : means) data.push_back(scale * m);
+    for (float m : means) data.push_back(-scale * m);
+  }
+  data.push_back(0.0f);
+  data.push_back(1.0f);
+  TORCH_CHECK(data.size() == 256, "dynamic map has ", data.size(), " entries");
+  std::sort(data.begin(), data.end());
+  return data;
+}
+
+// Sorted decision bounds of a codebook: bounds[i] = (sorted[i] + sorted[i+1]) / 2 in fp32, padded with
+// +inf to a power of two so a branchless binary search counts the bounds below x (= torch.bucketize,
+// right=False: a value exactly on a bound goes to the lower index). order maps sorted -> code index.
+template <size_t N>
+struct Bounds {
+  std::array<float, N> bounds;
+  std::array<uint8_t, N> order;
+
+  explicit Bounds(const std::vector<float>& code) {
+    TORCH_CHECK(code.size() == N, "codebook size");
+    std::array<int, N> idx;
+    for (size_t i = 0; i < N; ++i) idx[i] = static_cast<int>(i);
+    // Stable: equal values (+0 / -0 in FP4) keep table order, as torch.argsort does for this table.
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return code[a] < code[b]; });
+    for (size_t i = 0; i < N; ++i) order[i] = static_cast<uint8_t>(idx[i]);
+    for (size_t i = 0; i + 1 < N; ++i) bounds[i] = (code[idx[i]] + code[idx[i + 1]]) / 2.0f;
+    bounds[N - 1] = std::numeric_limits<float>::infinity();
+  }
+
+  // Number of bounds strictly below x, in [0, N-1].
+  int bucket(float x) const {
+    int i = 0;
+    for (size_t step = N / 2; step >= 1; step /= 2) {
+      if (x > bounds[i + step - 1]) i += static_cast<int>(step);
+    }
+    return i;
+  }
+};
+
+template <class T>
+float to_f32(T v) {
+  return static_cast<float>(v);
+}
+
+// Quantizes blocks [b0, b1) of x (n elements) into 4-bit codes (one per element, unpacked) and absmax.
+template <class T>
+void quantize_blocks(const T* x, int64_t n, int64_t bs, int64_t b0, int64_t b1, const Bounds<16>& bnd,
+                     bool remap, uint8_t* codes, float* absmax) {
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t e0 = b * bs;
+    const int64_t e1 = std::min(n, e0 + bs);
+    float m = 0.0f;
+    for (int64_t e = e0; e < e1; ++e) m = std::max(m, std::fabs(to_f32(x[e])));
+    absmax[b] = m;
+    const float inv = 1.0f / std::max(m, kMinAbsmax);
+    for (int64_t e = e0; e < e1; ++e) {
+      const float s = std::min(1.0f, std::max(-1.0f, to_f32(x[e]) * inv));
+      const int k = bnd.bucket(s);
+      codes[e] = remap ? bnd.order[static_cast<size_t>(k)] : static_cast<uint8_t>(k);
+    }
+  }
+}
+
+// Blockwise 8-bit quantization of v (n values) against the sorted dynamic map, blocksize 256.
+void quantize_nested(const std::vector<float>& v, uint8_t* q, float* absmax2) {
+  static const Bounds<256> bnd(dynamic_map_signed());
+  const int64_t n = static_cast<int64_t>(v.size());
+  const int64_t nb = ceil_div(n, kNestedBlocksize);
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t e0 = b * kNestedBlocksize;
+    const int64_t e1 = std::min(n, e0 + kNestedBlocksize);
+    float m = 0.0f;
+    for (int64_t e = e0; e < e1; ++e) m = std::max(m, std::fabs(v[static_cast<size_t>(e)]));
+    absmax2[b] = m;
+    const float inv = 1.0f / std::max(m, kMinAbsmax);
+    for (int64_t e = e0; e < e1; ++e) {
+      const float s = std::min(1.0f, std::max(-1.0f, v[static_cast<size_t>(e)] * inv));
+      q[e] = static_cast<uint8_t>(bnd.bucket(s));
+    }
+  }
+}
+
+}  // namespace
+
+std::string quant_type_name(QuantType t) { return t == QuantType::kNF4 ? "nf4" : "fp4"; }
+
+QuantType parse_quant_type(const std::string& name) {
+  if (name == "nf4") return QuantType::kNF4;
+  if (name == "fp4") return QuantType::kFP4;
+  throw Error("unknown 4-bit quant type '" + name + "'\nHINT: use \"nf4\" (QLoRA) or \"fp4\"");
+}
+
+const std::vector<float>& nf4_code() {
+  static const std::vector<float> code = {-1.0f,
+                                          -0.6961928009986877f,
+                                          -0.5250730514526367f,
+                                          -0.39491748809814453f,
+                                          -0.28444138169288635f,
+                                          -0.18477343022823334f,
+                                          -0.09105003625154495f,
+                                          0.0f,
+                                          0.07958029955625534f,
+                                          0.16093020141124725f,
+                                          0.24611230194568634f,
+                                          0.33791524171829224f,
+                                          0.44070982933044434f,
+                                          0.5626170039176941f,
+                                          0.7229568362236023f,
+                                          1.0f};
+  return code;
+}
+
+const std::vector<float>& fp4_code() {
+  static const std::vector<float> code = [] {
+    const float raw[16] = {0, 0.0625f, 8, 12, 4, 6, 2, 3, -0.0f, -0.0625f, -8, -12, -4, -6, -2, -3};
+    std::vector<float> c(16);
+    for (int i = 0; i < 16; ++i) c[static_cast<size_t>(i)] = raw[i] / 12.0f;
+    return c;
+  }();
+  return code;
+}
+
+const std::vector<float>& dynamic_map_signed() {
+  static const std::vector<float> map = make_dynamic_map_signed();
+  return map;
+}
+
+int64_t QuantizedTensor::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+int64_t QuantizedTensor::num_blocks() const { return ceil_div(numel(), blocksize); }
+
+int64_t QuantizedTensor::nbytes() const {
+  int64_t total = 0;
+  for (const torch::Tensor* t : {&packed, &code, &absmax, &absmax2, &nested_code}) {
+    if (t->defined()) total += t->numel() * static_cast<int64_t>(t->element_size());
+  }
+  return total;
+}
+
+// packed codes + 16-entry fp32 codebook + absmax (fp32, or uint8 + fp32 absmax2 per 256 blocks + the
+// 256-entry fp32 dynamic map).
+int64_t QuantizedTensor::nbytes_for(int64_t numel, int64_t blocksize, bool double_quant) {
+  const int64_t nblocks = ceil_div(numel, blocksize);
+  int64_t total = ceil_div(numel, 2) + 16 * 4;
+  if (double_quant) {
+    total += nblocks + 4 * ceil_div(nblocks, kNestedBlocksize) + 256 * 4;
+  } else {
+    total += 4 * nblocks;
+  }
+  return total;
+}
+
+QuantizedTensor QuantizedTensor::to(torch::Device device) const {
+  QuantizedTensor r = *this;
+  auto move = [&](const torch::Tensor& t) { return t.defined() ? t.to(device) : t; };
+  r.packed = move(packed);
+  r.code = move(code);
+  r.absmax = move(absmax);
+  r.absmax2 = move(absmax2);
+  r.nested_code = move(nested_code);
+  return r;
+}
+
+torch::Tensor QuantizedTensor::absmax_fp32() const {
+  if (!double_quant) return absmax.to(torch::kFloat32);
+  if (!device().is_cpu()) {
+    auto idx = absmax.to(torch::kLong);
+    auto scale = absmax2.repeat_interleave(kNestedBlocksize).narrow(0, 0, num_blocks());
+    return nested_code.index_select(0, idx) * scale + offset;
+  }
+  QuantizedTensor cpu = *this;
+  cpu.absmax = absmax.contiguous();
+  cpu.absmax2 = absmax2.contiguous();
+  cpu.nested_code = nested_code.contiguous();
+  auto out = torch::empty({num_blocks()}, torch::kFloat32);
+  detail::decode_absmax(cpu, 0, num_blocks(), out.data_ptr<float>());
+  return out;
+}
+
+QuantizedTensor quantize_4bit(const torch::Tensor& w, QuantType type, int64_t blocksize, bool double_quant) {
+  check_blocksize(blocksize);
+  const auto dt = w.scalar_type();
+  if (dt != torch::kFloat32 && dt != torch::kBFloat16 && dt != torch::kHalf) {
+    throw Error(std::string("quantize_4bit: unsupported dtype ") + c10::toString(dt) +
+                "\nHINT: 4-bit quantization takes float32, bfloat16 or float16 weights");
+  }
+  TORCH_CHECK(w.numel() > 0, "quantize_4bit: empty tensor");
+  // Quantization runs once at load: always on the CPU (bit-exact everywhere), then moved back.
+  const torch::Tensor x = w.device().is_cpu() ? w.contiguous() : w.to(torch::kCPU).contiguous();
+  const int64_t n = x.numel();
+  const int64_t nblocks = ceil_div(n, blocksize);
+
+  QuantizedTensor q;
+  q.type = type;
+  q.blocksize = blocksize;
+  q.shape = x.sizes().vec();
+  q.dtype = dt;
+  const std::vector<float>& code = type == QuantType::kNF4 ? nf4_code() : fp4_code();
+  q.code = torch::from_blob(const_cast<float*>(code.data()), {16}, torch::kFloat32).clone();
+
+  auto absmax = torch::empty({nblocks}, torch::kFloat32);
+  auto codes = torch::empty({nblocks * blocksize + 1}, torch::kUInt8);  // one code per element (+pad)
+  uint8_t* c = codes.data_ptr<uint8_t>();
+  float* am = absmax.data_ptr<float>();
+  const Bounds<16> bnd(code);
+  const bool remap = type != QuantType::kNF4;
+  const int64_t grain = std::max<int64_t>(1, 16384 / blocksize);
+  at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
+    switch (dt) {
+      case torch::kFloat32:
+        quantize_blocks(x.data_ptr<float>(), n, blocksize, b0, b1, bnd, remap, c, am);
+        break;
+      case torch::kBFloat16:
+        quantize_blocks(x.data_ptr<c10::BFloat16>(), n, blocksize, b0, b1, bnd, remap, c, am);
+        break;
+      default:
+        quantize_blocks(x.data_ptr<c10::Half>(), n, blocksize, b0, b1, bnd, remap, c, am);
+        break;
+    }
+  });
+  if (n % 2) c[n] = remap ? bnd.order[static_cast<size_t>(bnd.bucket(0.0f))] : static_cast<uint8_t>(bnd.bucket(0.0f));
+
+  q.packed = torch::empty({(n + 1) / 2}, torch::kUInt8);
+  uint8_t* p = q.packed.data_ptr<uint8_t>();
+  at::parallel_for(0, (n + 1) / 2, 65536, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) p[i] = static_cast<uint8_t>((c[2 * i] << 4) | c[2 * i + 1]);
+  });
+
+  q.double_quant = double_quant;
+  if (!double_quant) {
+    q.absmax = absmax;
+  } else {
+    q.offset = detail::torch_mean_f32(am, nblocks);
+    std::vector<float> centered(static_cast<size_t>(nblocks));
+    for (int64_t b = 0; b < nblocks; ++b) centered[static_cast<size_t>(b)] = am[b] - q.offset;
+    q.absmax = torch::empty({nblocks}, torch::kUInt8);
+    q.absmax2 = torch::empty({ceil_div(nblocks, kNestedBlocksize)}, torch::kFloat32);
+    quantize_nested(centered, q.absmax.data_ptr<uint8_t>(), q.absmax2.data_ptr<float>());
+    const std::vector<float>& dyn = dynamic_map_signed();
+    q.nested_code = torch::from_blob(const_cast<float*>(dyn.data()), {256}, torch::kFloat32).clone();
+  }
+  return w.device().is_cpu() ? q : q.to(w.device());
+}
+
+torch::Tensor dequantize_4bit(const QuantizedTensor& q, torch::ScalarType out_dtype) {
+  if (!q.device().is_cpu() || out_dtype == torch::kFloat64) return detail::dequantize_ops(q, out_dtype);
+  auto out = torch::empty(q.shape, torch::TensorOptions().dtype(out_dtype));
+  detail::dequantize_cpu_into(q, out, detail::active_isa());
+  return out;
+}
+
+void dequantize_4bit_into(const QuantizedTensor& q, torch::Tensor& out) {
+  TORCH_CHECK(out.is_contiguous() && out.numel() == q.numel(), "dequantize_4bit_into: out must be contiguous with ",
+              q.numel(), " elements");
+  TORCH_CHECK(out.device() == q.device(), "dequantize_4bit_into: out is on ", out.device(), ", weight on ",
+              q.device());
+  if (!q.device().is_cpu() || out.scalar_type() == torch::kFloat64) {
+    out.copy_(detail::dequantize_ops(q, out.scalar_type()).view_as(out));
+    return;
+  }
+  detail::dequantize_cpu_into(q, out, detail::active_isa());
+}
+
+}  // namespace qlora::quant
