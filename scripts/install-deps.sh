@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config git
   libtorch-dev            # LibTorch 1.13 (CPU): tensors, autograd, oneDNN bf16 matmul
   libopenblas0-openmp     # fast fp32 BLAS for LibTorch (reference BLAS is ~15x slower)
-  libsentencepiece-dev sentencepiece   # tokenizer library + spm_train for the tiny model
+  sentencepiece           # spm_train, which trains the tiny model's tokenizer (tokenizer.model is read natively)
   libyaml-cpp-dev         # YAML configs with line numbers in errors
   libspdlog-dev           # logging
   libgtest-dev            # unit tests
@@ -22,6 +22,11 @@ for p in "${PACKAGES[@]}"; do
     missing+=("$p")
   fi
 done
+
+# node + npm run the interop tests (llama.cpp via node-llama-cpp, HF tokenizers' JS port); any node >= 18 will do.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
