@@ -78,7 +78,14 @@ class LlamaModelImpl : public torch::nn::Module {
   bool gradient_checkpointing() const;
 
   // Non-linear tensors by HF name (embeddings, norms, and lm_head when dense): for saving/merging.
+  // These are the model's own tensors (copy_ into them to set weights).
   std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors() const;
+
+  // Random weights (tests, benchmarks): projections dense N(0, stddev) in the compute dtype, embeddings
+  // N(0, stddev), norm weights 1 + N(0, 0.1). Uses the global torch RNG (torch::manual_seed).
+  void init_weights(double stddev = 0.02);
+  // Where the weights live (the embedding's device).
+  torch::Device device() const;
 
  private:
   struct Impl;

@@ -1,0 +1,43 @@
+// Autoregressive generation with a KV cache: one forward over the prompt, then one token at a time.
+// Sampling: temperature 0 = greedy (argmax); else logits / T, top-k, top-p (nucleus), then a draw from a
+// generator seeded with `seed` (deterministic for a given seed, independent of the global RNG).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace qlora::model {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 128;
+  double temperature = 0.0;  // 0 -> greedy
+  int64_t top_k = 0;         // 0 -> off
+  double top_p = 1.0;        // 1 -> off
+  uint64_t seed = 0;
+  std::vector<int64_t> eos_token_ids;  // stop after emitting one of these (it is included in the output)
+  bool use_cache = true;               // false: recompute the whole sequence each step (tests, debugging)
+};
+
+// Called with each new token; return false to stop.
+using TokenCallback = std::function<bool(int64_t token)>;
+
+struct GenerateResult {
+  std::vector<int64_t> tokens;  // new tokens only
+  bool stopped_on_eos = false;
+  double prompt_seconds = 0.0;  // prefill
+  double decode_seconds = 0.0;  // the remaining steps
+};
+
+// prompt: token ids (non-empty). Runs under NoGrad.
+GenerateResult generate(LlamaModelImpl& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
+                        const TokenCallback& on_token = {});
+
+// logits: (V) fp32 -> next token id, per the sampling options (gen used only when temperature > 0).
+int64_t sample_token(const torch::Tensor& logits, const GenerateOptions& options, torch::Generator& gen);
+
+}  // namespace qlora::model
