@@ -1,0 +1,106 @@
+// The `data:` section of a training config: where the examples come from, how they are parsed, rendered
+// with a prompt template, masked, truncated, packed and shuffled.
+//
+//   data:
+//     train: data/demo/train.jsonl     # a file, a list of files, a glob (data/*.jsonl) or a directory
+//     eval: data/demo/eval.jsonl       # optional; or eval_fraction: 0.05 (not both)
+//     format: alpaca                   # alpaca | chat | completion | text
+//     template: alpaca                 # see below; default depends on the format
+//     max_seq_len: 256
+//     packing: true                    # greedily pack whole examples into rows of max_seq_len
+//     train_on_prompt: false           # false: labels are -100 on every prompt token
+//     shuffle_buffer: 1000             # bounded shuffle buffer (0 or 1: stream order)
+//     prompt_field: prompt             # completion format field names
+//     completion_field: completion
+//     text_field: text                 # text format: the JSONL field holding the document
+//     drop_long: false                 # false: truncate keeping the start; true: drop the example
+//     on_bad_line: fail                # fail | skip (skip counts and warns)
+//     max_bad_lines: 1000              # with skip: more bad lines than this is an error
+//     add_bos: true                    # BOS token id at the start of each example
+//     add_eos: true                    # EOS token id after each trained response
+//     pad_to_max_seq_len: false        # padding collator: pad to max_seq_len instead of the batch's longest
+//
+// Templates (the `template` key):
+//   alpaca       Stanford Alpaca prompt (with/without the "### Input:" block), response "{output}" + EOS.
+//                Format alpaca only.
+//   llama2-chat  BOS "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]" "{assistant}" EOS, repeated per turn
+//                (BOS/EOS are token ids, never text). Formats chat, alpaca, completion.
+//   chatml       "<|im_start|>{role}\n{content}<|im_end|>\n" per message; the assistant content and its
+//                <|im_end|> are trained (+ EOS id after it). Formats chat, alpaca, completion.
+//   raw          prompt text then completion text, no decoration (default for completion and text).
+//   custom, as a mapping; either the string form (formats alpaca and completion):
+//                  template: {prompt: "Q: {instruction}\n{input}\nA:", response: " {output}"}
+//                placeholders are the record's fields ({instruction} {input} {output} for alpaca,
+//                {prompt} {completion} for completion); "{{" and "}}" are literal braces;
+//              or the per-role form (formats chat, alpaca, completion):
+//                  template: {system: {prefix: "<sys>", suffix: "</sys>\n"},
+//                             user: {prefix: "User: ", suffix: "\n"}, assistant: {prefix: "Bot: ", suffix: "\n"}}
+//                each message renders prefix + content + suffix; the assistant's content + suffix are trained.
+// Alpaca and completion records used with a chat template become one user turn (instruction, then
+// "\n\n" + input when non-empty) and one assistant turn (output).
+#pragma once
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace qlora::data {
+
+namespace fs = std::filesystem;
+
+enum class DataFormat { kAlpaca, kChat, kCompletion, kText };
+enum class BadLinePolicy { kFail, kSkip };
+enum class TemplateKind { kAlpaca, kLlama2Chat, kChatml, kRaw, kCustomString, kCustomRoles };
+
+struct RoleAffixes {
+  std::string prefix;
+  std::string suffix;
+};
+
+struct TemplateSpec {
+  TemplateKind kind = TemplateKind::kAlpaca;
+  // kCustomString: rendered prompt (masked) and response (trained).
+  std::string prompt;
+  std::string response;
+  // kCustomRoles
+  RoleAffixes system;
+  RoleAffixes user;
+  RoleAffixes assistant;
+};
+
+struct DataConfig {
+  std::vector<std::string> train;  // file / glob / directory specs, as written
+  std::vector<std::string> eval;   // empty: no eval file
+  double eval_fraction = 0.0;      // 0: off; else in (0, 1), exclusive with eval
+  DataFormat format = DataFormat::kAlpaca;
+  TemplateSpec tmpl;  // the default follows the format when the key is absent
+  int64_t max_seq_len = 256;
+  bool packing = true;
+  bool train_on_prompt = false;
+  int64_t shuffle_buffer = 1000;
+  std::string prompt_field = "prompt";
+  std::string completion_field = "completion";
+  std::string text_field = "text";
+  bool drop_long = false;
+  BadLinePolicy on_bad_line = BadLinePolicy::kFail;
+  int64_t max_bad_lines = 1000;
+  bool add_bos = true;
+  bool add_eos = true;
+  bool pad_to_max_seq_len = false;
+
+  // Where relative paths are also looked up (the config file's folder); set by parse_data_config.
+  fs::path base_dir;
+};
+
+// Parses the `data:` node of `file`. Unknown keys, wrong types and out-of-range values are qlora::Error
+// "FILE:LINE: data.KEY: problem" with a HINT listing the valid values.
+DataConfig parse_data_config(const YAML::Node& node, const std::string& file);
+
+const char* format_name(DataFormat format);
+const char* template_name(TemplateKind kind);
+bool has_eval_split(const DataConfig& cfg);
+
+}  // namespace qlora::data

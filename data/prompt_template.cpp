@@ -1,0 +1,230 @@
+#include "data/prompt_template.h"
+
+namespace qlora::data {
+
+const char* const kAlpacaPromptWithInput =
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n";
+const char* const kAlpacaPromptNoInput =
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n";
+
+const char* role_name(Role r) {
+  switch (r) {
+    case Role::kSystem: return "system";
+    case Role::kUser: return "user";
+    case Role::kAssistant: return "assistant";
+  }
+  return "?";
+}
+
+namespace {
+
+const char* json_type_name(const nlohmann::json& v) { return v.type_name(); }
+
+// A string field; `optional` fields may be absent or null (-> "").
+std::string get_field(const nlohmann::json& j, const std::string& name, bool optional = false) {
+  auto it = j.find(name);
+  if (it == j.end() || (optional && it->is_null())) {
+    if (optional) return "";
+    std::string have;
+    for (auto k = j.begin(); k != j.end(); ++k) have += (have.empty() ? "" : ", ") + k.key();
+    throw BadRecord("missing field \"" + name + "\" (the record has: " + (have.empty() ? "nothing" : have) + ")");
+  }
+  if (!it->is_string()) {
+    throw BadRecord("field \"" + name + "\" must be a string, got " + json_type_name(*it));
+  }
+  return it->get<std::string>();
+}
+
+Role parse_role(const std::string& s, bool sharegpt, const std::string& where) {
+  if (s == "system") return Role::kSystem;
+  if (s == "user" || (sharegpt && s == "human")) return Role::kUser;
+  if (s == "assistant" || (sharegpt && s == "gpt")) return Role::kAssistant;
+  throw BadRecord(where + ": unknown role \"" + s + "\" (valid: " +
+                  (sharegpt ? "system, human, gpt" : "system, user, assistant") + ")");
+}
+
+std::vector<Message> parse_messages(const nlohmann::json& j) {
+  const bool sharegpt = !j.contains("messages") && j.contains("conversations");
+  const char* list_key = sharegpt ? "conversations" : "messages";
+  const char* role_key = sharegpt ? "from" : "role";
+  const char* text_key = sharegpt ? "value" : "content";
+  auto it = j.find(list_key);
+  if (it == j.end()) throw BadRecord("missing field \"messages\" (or ShareGPT \"conversations\")");
+  if (!it->is_array()) throw BadRecord(std::string("field \"") + list_key + "\" must be an array, got " + json_type_name(*it));
+  std::vector<Message> msgs;
+  for (size_t i = 0; i < it->size(); ++i) {
+    const auto& m = (*it)[i];
+    const std::string where = std::string(list_key) + "[" + std::to_string(i) + "]";
+    if (!m.is_object()) throw BadRecord(where + " must be an object, got " + json_type_name(m));
+    try {
+      msgs.push_back({parse_role(get_field(m, role_key), sharegpt, where), get_field(m, text_key)});
+    } catch (const BadRecord& e) {
+      const std::string what = e.what();
+      throw BadRecord(what.rfind(where, 0) == 0 ? what : where + ": " + what);
+    }
+  }
+  // Order: [system] user assistant (user assistant)*
+  size_t i = 0;
+  if (!msgs.empty() && msgs[0].role == Role::kSystem) i = 1;
+  if (i == msgs.size()) throw BadRecord(std::string("\"") + list_key + "\" has no user/assistant turns");
+  for (size_t k = i; k < msgs.size(); ++k) {
+    const Role want = (k - i) % 2 == 0 ? Role::kUser : Role::kAssistant;
+    if (msgs[k].role != want) {
+      throw BadRecord(std::string(list_key) + "[" + std::to_string(k) + "]: expected role " + role_name(want) + ", got " +
+                      role_name(msgs[k].role) + " (an optional system message, then user and assistant alternating)");
+    }
+  }
+  if (msgs.back().role != Role::kAssistant) {
+    throw BadRecord(std::string("\"") + list_key + "\" must end with an assistant message (nothing to train on)");
+  }
+  return msgs;
+}
+
+// Appends a text piece, merging with the previous one when the flag matches; empty text is dropped.
+void add_text(std::vector<Segment>& out, const std::string& text, bool trainable) {
+  if (text.empty()) return;
+  if (!out.empty() && out.back().kind == Segment::Kind::kText && out.back().trainable == trainable) {
+    out.back().text += text;
+    return;
+  }
+  out.push_back({Segment::Kind::kText, text, trainable});
+}
+
+void add_special(std::vector<Segment>& out, Segment::Kind kind, bool trainable) { out.push_back({kind, "", trainable}); }
+
+void render_llama2(const Record& rec, const DataConfig& cfg, std::vector<Segment>& out) {
+  const auto& m = rec.messages;
+  size_t i = 0;
+  std::string system;
+  if (!m.empty() && m[0].role == Role::kSystem) system = m[i++].content;
+  bool first = true;
+  for (; i + 1 < m.size(); i += 2) {
+    if (!first) add_special(out, Segment::Kind::kBos, false);  // the first BOS is add_bos's
+    std::string prompt = "[INST] ";
+    if (first && !system.empty()) prompt += "<<SYS>>\n" + system + "\n<</SYS>>\n\n";
+    prompt += m[i].content + " [/INST]";
+    add_text(out, prompt, false);
+    add_text(out, m[i + 1].content, true);
+    if (cfg.add_eos) add_special(out, Segment::Kind::kEos, true);
+    first = false;
+  }
+}
+
+void render_chatml(const Record& rec, const DataConfig& cfg, std::vector<Segment>& out) {
+  for (const auto& msg : rec.messages) {
+    add_text(out, std::string("<|im_start|>") + role_name(msg.role) + "\n", false);
+    const bool train = msg.role == Role::kAssistant;
+    add_text(out, msg.content + "<|im_end|>", train);
+    if (train && cfg.add_eos) add_special(out, Segment::Kind::kEos, true);
+    add_text(out, "\n", false);
+  }
+}
+
+void render_roles(const Record& rec, const DataConfig& cfg, std::vector<Segment>& out) {
+  for (const auto& msg : rec.messages) {
+    const RoleAffixes& a = msg.role == Role::kSystem ? cfg.tmpl.system
+                           : msg.role == Role::kUser ? cfg.tmpl.user
+                                                     : cfg.tmpl.assistant;
+    const bool train = msg.role == Role::kAssistant;
+    add_text(out, a.prefix, false);
+    add_text(out, msg.content + a.suffix, train);
+    if (train && cfg.add_eos) add_special(out, Segment::Kind::kEos, true);
+  }
+}
+
+}  // namespace
+
+std::string fill_placeholders(const std::string& pattern, const std::map<std::string, std::string>& fields) {
+  std::string out;
+  out.reserve(pattern.size() + 64);
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if ((c == '{' || c == '}') && i + 1 < pattern.size() && pattern[i + 1] == c) {
+      out += c;
+      ++i;
+    } else if (c == '{') {
+      const size_t close = pattern.find('}', i);
+      if (close == std::string::npos) throw BadRecord("template: unclosed '{'");
+      const std::string name = pattern.substr(i + 1, close - i - 1);
+      auto it = fields.find(name);
+      if (it == fields.end()) throw BadRecord("template: no field {" + name + "} in this record");
+      out += it->second;
+      i = close;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+Record parse_text_document(std::string text) {
+  Record r;
+  r.fields["text"] = std::move(text);
+  return r;
+}
+
+Record parse_record(const nlohmann::json& j, const DataConfig& cfg) {
+  if (!j.is_object()) throw BadRecord(std::string("expected a JSON object, got ") + json_type_name(j));
+  Record r;
+  switch (cfg.format) {
+    case DataFormat::kAlpaca: {
+      const std::string instruction = get_field(j, "instruction");
+      const std::string input = get_field(j, "input", /*optional=*/true);
+      const std::string output = get_field(j, "output");
+      r.fields = {{"instruction", instruction}, {"input", input}, {"output", output}};
+      r.messages = {{Role::kUser, input.empty() ? instruction : instruction + "\n\n" + input}, {Role::kAssistant, output}};
+      break;
+    }
+    case DataFormat::kCompletion: {
+      const std::string prompt = get_field(j, cfg.prompt_field);
+      const std::string completion = get_field(j, cfg.completion_field);
+      r.fields = {{"prompt", prompt}, {"completion", completion}};
+      r.messages = {{Role::kUser, prompt}, {Role::kAssistant, completion}};
+      break;
+    }
+    case DataFormat::kChat: r.messages = parse_messages(j); break;
+    case DataFormat::kText: r.fields["text"] = get_field(j, cfg.text_field); break;
+  }
+  return r;
+}
+
+std::vector<Segment> render_record(const Record& rec, const DataConfig& cfg) {
+  std::vector<Segment> out;
+  if (cfg.add_bos) add_special(out, Segment::Kind::kBos, false);
+  const auto field = [&](const char* name) {
+    auto it = rec.fields.find(name);
+    return it == rec.fields.end() ? std::string() : it->second;
+  };
+  switch (cfg.tmpl.kind) {
+    case TemplateKind::kAlpaca: {
+      const char* prompt = field("input").empty() ? kAlpacaPromptNoInput : kAlpacaPromptWithInput;
+      add_text(out, fill_placeholders(prompt, rec.fields), false);
+      add_text(out, field("output"), true);
+      if (cfg.add_eos) add_special(out, Segment::Kind::kEos, true);
+      break;
+    }
+    case TemplateKind::kRaw:
+      if (cfg.format == DataFormat::kText) {
+        add_text(out, field("text"), true);
+      } else {
+        add_text(out, field("prompt"), false);
+        add_text(out, field("completion"), true);
+      }
+      if (cfg.add_eos) add_special(out, Segment::Kind::kEos, true);
+      break;
+    case TemplateKind::kCustomString:
+      add_text(out, fill_placeholders(cfg.tmpl.prompt, rec.fields), false);
+      add_text(out, fill_placeholders(cfg.tmpl.response, rec.fields), true);
+      if (cfg.add_eos) add_special(out, Segment::Kind::kEos, true);
+      break;
+    case TemplateKind::kLlama2Chat: render_llama2(rec, cfg, out); break;
+    case TemplateKind::kChatml: render_chatml(rec, cfg, out); break;
+    case TemplateKind::kCustomRoles: render_roles(rec, cfg, out); break;
+  }
+  return out;
+}
+
+}  // namespace qlora::data

@@ -1,0 +1,70 @@
+// Formats (what a record holds) and prompt templates (how it becomes text).
+//
+// parse_record() turns one JSON record (or one plain-text document) into a Record:
+//   alpaca      {"instruction": str, "input": str (optional), "output": str}
+//   chat        {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
+//               or ShareGPT {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}
+//               an optional first system message, then user/assistant alternating, ending with assistant.
+//   completion  {prompt_field: str, completion_field: str}
+//   text        {text_field: str}, or a paragraph of a .txt file
+// A record that does not fit is a BadRecord (the loader adds file:line and applies on_bad_line).
+//
+// render_record() turns a Record into Segments: text pieces flagged trained or not, and BOS/EOS markers
+// (token ids, never text). Adjacent text pieces with the same flag are merged into one segment. The
+// tokenizer encodes each segment on its own (no BOS/EOS) and concatenates the ids: the prompt/response
+// boundary is then a token boundary and masks are exact, at the price of a word-boundary marker at the
+// start of each segment (sentencepiece's dummy prefix), which stands in for the separating space.
+#pragma once
+
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "data/data_config.h"
+
+namespace qlora::data {
+
+enum class Role { kSystem, kUser, kAssistant };
+const char* role_name(Role r);
+
+struct Message {
+  Role role;
+  std::string content;
+};
+
+struct Record {
+  std::map<std::string, std::string> fields;  // alpaca: instruction/input/output; completion: prompt/completion; text: text
+  std::vector<Message> messages;               // chat; alpaca and completion: one user + one assistant turn
+};
+
+// A record that does not match its format (missing field, wrong type, bad role order).
+class BadRecord : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+Record parse_record(const nlohmann::json& j, const DataConfig& cfg);
+Record parse_text_document(std::string text);
+
+struct Segment {
+  enum class Kind { kText, kBos, kEos };
+  Kind kind = Kind::kText;
+  std::string text;  // kText only
+  bool trainable = false;
+
+  bool operator==(const Segment& o) const { return kind == o.kind && text == o.text && trainable == o.trainable; }
+};
+
+std::vector<Segment> render_record(const Record& rec, const DataConfig& cfg);
+
+// The Stanford Alpaca prompts.
+extern const char* const kAlpacaPromptWithInput;  // placeholders {instruction} {input}
+extern const char* const kAlpacaPromptNoInput;    // placeholder {instruction}
+
+// Replaces {name} with fields[name]; "{{" / "}}" are literal braces. Unknown names throw BadRecord.
+std::string fill_placeholders(const std::string& pattern, const std::map<std::string, std::string>& fields);
+
+}  // namespace qlora::data

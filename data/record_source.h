@@ -1,0 +1,73 @@
+// Streaming record sources. Files are read a line at a time (never whole); every record carries its
+// position (file index, byte offset of its first line, 1-based line number, record index) so a cursor can
+// seek straight back to it.
+//
+// A record is
+//   - in a JSONL file (.jsonl / .json / anything but .txt): one non-blank line;
+//   - in a plain text file (.txt, format text only): one paragraph, i.e. a run of non-blank lines joined with
+//     "\n"; blank (whitespace-only) lines separate documents.
+// Record indices count records across all files of a split in order; they drive the eval_fraction split
+// and the rank sharding, so every loader over the same files agrees on them.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace qlora::data {
+
+namespace fs = std::filesystem;
+
+// Expands path specs (a file, a glob such as data/*.jsonl, or a directory: its *.jsonl, *.json and *.txt
+// files) into a sorted, de-duplicated file list. Relative specs are tried against the working directory,
+// then against base_dir. Nothing found is a qlora::Error naming `key` and the spec.
+std::vector<fs::path> resolve_data_files(const std::vector<std::string>& specs, const fs::path& base_dir,
+                                         const std::string& key);
+
+struct SourcePos {
+  int64_t file = 0;    // index into the file list
+  int64_t offset = 0;  // byte offset of the record's first line
+  int64_t line = 1;    // 1-based line number of that line
+  int64_t record = 0;  // index of the record over the whole file list
+};
+
+struct RawRecord {
+  std::string text;
+  SourcePos pos;
+  bool plain_text = false;  // from a .txt file (the text itself is the document)
+};
+
+// Reads records from a list of files in order; seekable to any SourcePos it produced.
+class RecordSource {
+ public:
+  explicit RecordSource(std::vector<fs::path> files);
+
+  // The next record, or nullopt at the end of the last file.
+  std::optional<RawRecord> next();
+  // Position of the next record to be read (the cursor).
+  const SourcePos& position() const { return pos_; }
+  void seek(const SourcePos& pos);
+  // Reads the one record at `pos` without moving the cursor.
+  RawRecord read_at(const SourcePos& pos) const;
+
+  const std::vector<fs::path>& files() const { return files_; }
+  std::string where(const SourcePos& pos) const;  // "FILE:LINE"
+
+ private:
+  bool open_current();
+  // Reads one line (without "\n" or "\r\n") from `in`; advances offset/line; false at EOF.
+  static bool read_line(std::ifstream& in, std::string& line, int64_t& offset, int64_t& line_no);
+  static std::optional<RawRecord> read_record(std::ifstream& in, bool plain_text, SourcePos& pos);
+
+  std::vector<fs::path> files_;
+  SourcePos pos_;
+  std::ifstream in_;
+  bool open_ = false;
+};
+
+bool is_plain_text_file(const fs::path& p);
+
+}  // namespace qlora::data

@@ -1,0 +1,78 @@
+#include "data/tokenize.h"
+
+#include <algorithm>
+
+namespace qlora::data {
+
+int64_t TokenizedExample::num_label_tokens() const {
+  return std::count_if(labels.begin(), labels.end(), [](int32_t l) { return l != kIgnoreIndex; });
+}
+
+TokenizedExample tokenize_segments(const std::vector<Segment>& segments, const model::Tokenizer& tok,
+                                   bool train_on_prompt) {
+  TokenizedExample ex;
+  for (const auto& seg : segments) {
+    std::vector<int32_t> ids;
+    switch (seg.kind) {
+      case Segment::Kind::kBos: ids = {tok.bos_id()}; break;
+      case Segment::Kind::kEos: ids = {tok.eos_id()}; break;
+      case Segment::Kind::kText: ids = tok.encode(seg.text); break;
+    }
+    const bool label = seg.trainable || train_on_prompt;
+    for (int32_t id : ids) {
+      ex.ids.push_back(id);
+      ex.labels.push_back(label ? id : kIgnoreIndex);
+    }
+  }
+  if (!ex.labels.empty()) ex.labels[0] = kIgnoreIndex;
+  return ex;
+}
+
+bool truncate_example(TokenizedExample& ex, int64_t max_len) {
+  if (ex.size() <= max_len) return false;
+  ex.ids.resize(max_len);
+  ex.labels.resize(max_len);
+  return true;
+}
+
+namespace {
+
+// Splits the example into runs of (masked?, ids) with BOS/EOS as their own runs, and renders each.
+std::string render_runs(const TokenizedExample& ex, const model::Tokenizer& tok, bool want_masked, bool want_trained,
+                        bool brackets) {
+  std::string out;
+  size_t i = 0;
+  const size_t n = ex.ids.size();
+  while (i < n) {
+    const int32_t id = ex.ids[i];
+    const bool masked = ex.labels[i] == kIgnoreIndex;
+    const bool special = id == tok.bos_id() || id == tok.eos_id();
+    size_t j = i + 1;
+    if (!special) {
+      while (j < n && (ex.labels[j] == kIgnoreIndex) == masked && ex.ids[j] != tok.bos_id() && ex.ids[j] != tok.eos_id()) ++j;
+    }
+    std::string text;
+    if (special) {
+      text = id == tok.bos_id() ? "<s>" : "</s>";
+    } else {
+      text = tok.decode(std::vector<int32_t>(ex.ids.begin() + i, ex.ids.begin() + j));
+    }
+    if ((masked && want_masked) || (!masked && want_trained)) {
+      out += (masked && brackets) ? "[[" + text + "]]" : text;
+    }
+    i = j;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string format_masked(const TokenizedExample& ex, const model::Tokenizer& tok) {
+  return render_runs(ex, tok, true, true, true);
+}
+
+std::string format_prompt_trained(const TokenizedExample& ex, const model::Tokenizer& tok) {
+  return "PROMPT: " + render_runs(ex, tok, true, false, false) + "\nTRAINED: " + render_runs(ex, tok, false, true, false);
+}
+
+}  // namespace qlora::data
