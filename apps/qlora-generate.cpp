@@ -1,0 +1,83 @@
+// qlora-generate: stream a completion from a Llama model (16-bit or bnb-4bit folder), quantizing on load.
+//
+//   qlora-generate --model models/tiny --prompt "Once upon a time" [--max-new-tokens 64] [--temperature 0.8]
+//                  [--top-k 40] [--top-p 0.95] [--seed 1] [--quant nf4|fp4|none] [--threads N]
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <string>
+
+#include "apps/app_main.h"
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "lora/peft_io.h"
+#include "model/generate.h"
+#include "model/llama.h"
+#include "model/tokenizer.h"
+
+int main(int argc, char** argv) {
+  CLI::App cli{"Generate text from a Llama model (optionally with a LoRA adapter)."};
+  std::string model_dir, adapter, prompt, prompt_file, quant = "nf4", dtype = "bf16";
+  int threads = 0;
+  qlora::model::GenerateOptions g;
+  g.max_new_tokens = 64;
+  cli.add_option("--model", model_dir, "HF model folder")->required();
+  cli.add_option("--adapter", adapter, "PEFT LoRA adapter folder");
+  auto* p = cli.add_option("--prompt", prompt, "prompt text");
+  auto* pf = cli.add_option("--prompt-file", prompt_file, "file holding the prompt");
+  p->excludes(pf);
+  cli.add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate at most")->capture_default_str();
+  cli.add_option("--temperature", g.temperature, "0 = greedy")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cli.add_option("--top-k", g.top_k, "keep the k most likely tokens (0 = off)")->capture_default_str();
+  cli.add_option("--top-p", g.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  cli.add_option("--seed", g.seed, "sampling seed")->capture_default_str();
+  cli.add_option("--quant", quant, "base weights: 4-bit type or none (dense)")
+      ->check(CLI::IsMember({"nf4", "fp4", "none"}))
+      ->capture_default_str();
+  cli.add_option("--dtype", dtype, "compute dtype")->check(CLI::IsMember({"bf16", "fp16", "fp32"}))->capture_default_str();
+  cli.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
+
+  return qlora::app::run(cli, argc, argv, [&] {
+    if (prompt.empty() && prompt_file.empty()) throw qlora::Error("give --prompt TEXT or --prompt-file FILE");
+    if (!prompt_file.empty()) prompt = qlora::read_file(prompt_file);
+    qlora::configure_threads(threads);
+    qlora::model::LoadOptions lo;
+    lo.compute_dtype = dtype == "fp32" ? torch::kFloat32 : dtype == "fp16" ? torch::kFloat16 : torch::kBFloat16;
+    if (quant == "none") {
+      lo.quant = std::nullopt;
+    } else {
+      lo.quant = qlora::quant::parse_quant_type(quant);
+    }
+    auto model = qlora::model::load_model(model_dir, lo);
+    if (!adapter.empty()) qlora::lora::apply_adapter(model, qlora::lora::load_adapter(adapter));
+    model->eval();
+    auto tok = qlora::model::load_tokenizer(model_dir);
+    std::vector<int64_t> ids;
+    for (int32_t t : tok->encode(prompt, /*add_bos=*/true)) ids.push_back(t);
+    g.eos_token_ids = model->config().eos_token_ids;
+    g.eos_token_ids.push_back(tok->eos_id());
+    std::printf("%s", prompt.c_str());
+    std::fflush(stdout);
+    std::vector<int32_t> out;
+    std::string shown;
+    auto r = qlora::model::generate(*model, ids, g, [&](int64_t t) {
+      if (std::find(g.eos_token_ids.begin(), g.eos_token_ids.end(), t) != g.eos_token_ids.end()) return true;
+      out.push_back(static_cast<int32_t>(t));
+      // Decode the whole continuation so pieces that join (spaces, multi-byte characters) print correctly.
+      const std::string text = tok->decode(out);
+      if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
+        std::printf("%s", text.substr(shown.size()).c_str());
+        std::fflush(stdout);
+        shown = text;
+      }
+      return !qlora::stop_requested();
+    });
+    std::printf("\n");
+    const double n = static_cast<double>(r.tokens.size());
+    std::fprintf(stderr, "prompt %zu tokens in %.2fs (%.1f tok/s); generated %zu tokens in %.2fs (%.1f tok/s)%s\n",
+                 ids.size(), r.prompt_seconds, static_cast<double>(ids.size()) / std::max(r.prompt_seconds, 1e-9),
+                 r.tokens.size(), r.decode_seconds, n > 1 ? (n - 1) / std::max(r.decode_seconds, 1e-9) : 0.0,
+                 r.stopped_on_eos ? ", stopped at eos" : "");
+    return 0;
+  });
+}

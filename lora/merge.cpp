@@ -1,0 +1,282 @@
+#include "lora/merge.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/progress.h"
+#include "common/threads.h"
+#include "lora/peft_io.h"
+#include "model/bnb_format.h"
+#include "model/hf_config.h"
+#include "model/safetensors.h"
+#include "quant/quantized_tensor.h"
+
+namespace qlora::lora {
+
+namespace {
+
+constexpr const char* kQuantStateTag = ".weight.quant_state.bitsandbytes__";
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// "model.layers.3.mlp.down_proj.weight" -> true (the 7 decoder projections, the ones bnb quantizes).
+bool is_projection_weight(const std::string& name) {
+  for (const auto& s : llama_projection_suffixes()) {
+    if (ends_with(name, "." + s + ".weight")) return true;
+  }
+  return false;
+}
+
+// Expected (out, in) of a projection from the config (used for 4-bit bases, whose stored shape is packed).
+std::optional<std::pair<int64_t, int64_t>> projection_shape(const model::LlamaConfig& c, const std::string& module) {
+  const std::pair<std::string, std::pair<int64_t, int64_t>> table[] = {
+      {"self_attn.q_proj", {c.q_dim(), c.hidden_size}},          {"self_attn.k_proj", {c.kv_dim(), c.hidden_size}},
+      {"self_attn.v_proj", {c.kv_dim(), c.hidden_size}},          {"self_attn.o_proj", {c.hidden_size, c.q_dim()}},
+      {"mlp.gate_proj", {c.intermediate_size, c.hidden_size}},    {"mlp.up_proj", {c.intermediate_size, c.hidden_size}},
+      {"mlp.down_proj", {c.hidden_size, c.intermediate_size}},    {"lm_head", {c.vocab_size, c.hidden_size}}};
+  for (const auto& [suffix, shape] : table) {
+    if (module == suffix || ends_with(module, "." + suffix)) return shape;
+  }
+  return std::nullopt;
+}
+
+bool is_copied_side_file(const std::string& name) {
+  return name.rfind("tokenizer", 0) == 0 || name == "special_tokens_map.json" || name == "added_tokens.json" ||
+         name == "generation_config.json" || name.rfind("chat_template", 0) == 0;
+}
+
+RequantError requant_error(const std::string& module, bool merged, const torch::Tensor& w,
+                           const quant::QuantizedTensor& q) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor d = quant::dequantize_4bit(q, torch::kFloat32).reshape(w.sizes());
+  torch::Tensor err = (d - w).abs_();
+  torch::Tensor aw = w.abs();
+  RequantError e;
+  e.module = module;
+  e.merged = merged;
+  e.mean_rel = err.mean().item<double>() / std::max(aw.mean().item<double>(), 1e-30);
+  e.max_rel = err.max().item<double>() / std::max(aw.max().item<double>(), 1e-30);
+  return e;
+}
+
+}  // namespace
+
+MergeFormat parse_merge_format(const std::string& name) {
+  if (name == "bf16" || name == "bfloat16") return MergeFormat::kBF16;
+  if (name == "fp16" || name == "float16") return MergeFormat::kFP16;
+  if (name == "nf4") return MergeFormat::kNF4;
+  throw Error(fmt::format("unknown merge dtype '{}'\nHINT: use bf16, fp16 or nf4", name));
+}
+
+std::string merge_format_name(MergeFormat f) {
+  switch (f) {
+    case MergeFormat::kBF16: return "bf16";
+    case MergeFormat::kFP16: return "fp16";
+    case MergeFormat::kNF4: return "nf4";
+  }
+  return "?";
+}
+
+uint64_t parse_size_bytes(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  if (i == 0) throw Error(fmt::format("size '{}' must start with a number, e.g. 5GB or 500MB", text));
+  const uint64_t n = std::stoull(text.substr(0, i));
+  std::string unit = text.substr(i);
+  for (auto& ch : unit) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  // transformers convert_file_size_to_int: decimal units for GB/MB/KB, binary for GIB/MIB/KIB.
+  static const std::map<std::string, uint64_t> kUnits = {
+      {"", 1},         {"B", 1},           {"KB", 1000},       {"MB", 1000000},       {"GB", 1000000000},
+      {"KIB", 1 << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TB", 1000000000000ull}, {"TIB", 1ull << 40}};
+  auto it = kUnits.find(unit);
+  if (it == kUnits.end()) throw Error(fmt::format("size '{}': unknown unit '{}' (use B, KB, MB, GB, KiB, MiB, GiB)", text, unit));
+  if (n == 0) throw Error(fmt::format("size '{}' must be positive", text));
+  return n * it->second;
+}
+
+MergeReport merge_adapter(const MergeOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  MergeReport report;
+  report.out_dir = o.out_dir;
+  report.format = o.format;
+
+  // ---- 1. checks before any heavy work ----------------------------------------------------------------------
+  check_output_path(o.out_dir, o.overwrite);
+  const AdapterFile adapter = load_adapter(o.adapter_dir);
+  const fs::path config_path = o.base_dir / "config.json";
+  const model::LlamaConfig config = model::load_llama_config(config_path);
+  nlohmann::json config_json = nlohmann::json::parse(read_file(config_path));
+  const model::Checkpoint ckpt = model::Checkpoint::open(o.base_dir);
+  const std::vector<std::string> names = ckpt.names();
+
+  std::set<std::string> quantized_prefixes;  // bnb-4bit projections in the base
+  for (const auto& n : names) {
+    const auto pos = n.find(kQuantStateTag);
+    if (pos != std::string::npos) quantized_prefixes.insert(n.substr(0, pos));
+  }
+  std::set<std::string> bnb_aux;  // keys of quantized projections other than P.weight itself
+  for (const auto& p : quantized_prefixes) {
+    for (const auto& k : model::bnb_keys(ckpt, p)) {
+      if (k != p + ".weight") bnb_aux.insert(k);
+    }
+  }
+  report.base_was_4bit = !quantized_prefixes.empty();
+
+  std::map<std::string, std::pair<int64_t, int64_t>> shapes;  // module -> (out, in)
+  for (const auto& m : adapter.modules) {
+    const std::string key = m.module + ".weight";
+    if (!ckpt.contains(key)) continue;  // reported by check_adapter_shapes
+    if (quantized_prefixes.count(m.module)) {
+      if (auto s = projection_shape(config, m.module)) shapes[m.module] = *s;
+    } else {
+      const auto& info = ckpt.info(key);
+      if (info.shape.size() == 2) shapes[m.module] = {info.shape[0], info.shape[1]};
+    }
+  }
+  check_adapter_shapes(adapter, shapes, "base model " + o.base_dir.string());
+  std::map<std::string, const AdapterModule*> by_weight;  // "<module>.weight" -> adapter module
+  for (const auto& m : adapter.modules) by_weight[m.module + ".weight"] = &m;
+
+  // Quant settings for an nf4 output.
+  quant::QuantType qtype = quant::QuantType::kNF4;
+  bool qdouble = true;
+  int64_t qblock = quant::kDefaultBlocksize;
+  std::string compute_dtype = config.torch_dtype;
+  if (config.quantization) {
+    qtype = quant::parse_quant_type(config.quantization->quant_type);
+    qdouble = config.quantization->double_quant;
+    compute_dtype = config.quantization->compute_dtype;
+  }
+  if (o.format == MergeFormat::kNF4 && !quantized_prefixes.empty()) {
+    const auto q0 = model::bnb_read(ckpt, *quantized_prefixes.begin());
+    qtype = q0.type;
+    qdouble = q0.double_quant;
+    qblock = q0.blocksize;
+  }
+  const torch::ScalarType out16 = o.format == MergeFormat::kFP16 ? torch::kFloat16 : torch::kBFloat16;
+  spdlog::info("merge: base {} ({}, {} tensors, {}), adapter {} ({} modules) -> {} [{}]", o.base_dir.string(),
+               report.base_was_4bit ? "bnb-4bit" : "16-bit", names.size(), format_bytes(ckpt.total_bytes()),
+               o.adapter_dir.string(), adapter.modules.size(), o.out_dir.string(), merge_format_name(o.format));
+
+  // ---- 2. stream the base -------------------------------------------------------------------------------------
+  AtomicDir out(o.out_dir, o.overwrite);
+  model::ShardedWriter writer(out.path(), o.max_shard_bytes);
+  Progress progress("merge", static_cast<double>(ckpt.total_bytes()) / (1 << 20), "MiB");
+  auto emit_quantized = [&](const std::string& prefix, const quant::QuantizedTensor& q) {
+    for (const auto& [k, t] : model::bnb_tensors(prefix, q)) {
+      writer.add(k, t);
+      ++report.tensors_written;
+    }
+  };
+  auto emit = [&](const std::string& name, const torch::Tensor& t) {
+    writer.add(name, t);
+    ++report.tensors_written;
+  };
+
+  for (const auto& name : names) {
+    if (stop_requested()) throw Interrupted("merge stopped before committing; nothing was written");
+    const uint64_t nbytes = ckpt.info(name).nbytes();
+    report.bytes_read += nbytes;
+    if (bnb_aux.count(name)) {
+      progress.advance(static_cast<double>(nbytes) / (1 << 20));
+      continue;  // written together with its P.weight
+    }
+    torch::NoGradGuard no_grad;
+    const AdapterModule* am = by_weight.count(name) ? by_weight.at(name) : nullptr;
+    const std::string prefix = ends_with(name, ".weight") ? name.substr(0, name.size() - 7) : name;
+    const bool base_q = quantized_prefixes.count(prefix) > 0;
+
+    if (base_q) {
+      const quant::QuantizedTensor q = model::bnb_read(ckpt, prefix);
+      for (const auto& k : model::bnb_keys(ckpt, prefix)) ckpt.release(k);
+      if (!am && o.format == MergeFormat::kNF4) {
+        emit_quantized(prefix, q);  // untouched projection: same bytes as the base
+      } else {
+        torch::Tensor w = quant::dequantize_4bit(q, torch::kFloat32).reshape(q.shape);
+        if (am) w.add_(torch::matmul(am->b.to(torch::kFloat32), am->a.to(torch::kFloat32)) * am->scale());
+        if (o.format == MergeFormat::kNF4) {
+          quant::QuantizedTensor q2 = quant::quantize_4bit(w, q.type, q.blocksize, q.double_quant);
+          q2.dtype = q.dtype;
+          report.requant.push_back(requant_error(prefix, true, w, q2));
+          emit_quantized(prefix, q2);
+        } else {
+          emit(name, w.to(out16));
+        }
+      }
+      report.modules_merged += am ? 1 : 0;
+    } else {
+      const torch::Tensor t = ckpt.get(name);
+      const bool quantize_now = o.format == MergeFormat::kNF4 && is_projection_weight(name);
+      if (am || quantize_now) {
+        torch::Tensor w = t.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
+        ckpt.release(name);
+        if (am) w.add_(torch::matmul(am->b.to(torch::kFloat32), am->a.to(torch::kFloat32)) * am->scale());
+        if (quantize_now) {
+          quant::QuantizedTensor q2 = quant::quantize_4bit(w, qtype, qblock, qdouble);
+          q2.dtype = t.scalar_type();
+          report.requant.push_back(requant_error(prefix, am != nullptr, w, q2));
+          emit_quantized(prefix, q2);
+        } else {
+          emit(name, w.to(o.format == MergeFormat::kNF4 ? t.scalar_type() : out16));
+        }
+        report.modules_merged += am ? 1 : 0;
+      } else if (o.format != MergeFormat::kNF4 && c10::isFloatingType(t.scalar_type()) && t.scalar_type() != out16) {
+        emit(name, t.to(out16));
+        ckpt.release(name);
+      } else {
+        emit(name, t);  // unchanged: a view of the mapping, written when its shard is flushed
+      }
+    }
+    progress.advance(static_cast<double>(nbytes) / (1 << 20), fmt::format("{} merged", report.modules_merged));
+  }
+  TORCH_CHECK(report.modules_merged == static_cast<int64_t>(adapter.modules.size()), "merge: merged ",
+              report.modules_merged, " of ", adapter.modules.size(), " adapter modules");
+  writer.finish();
+
+  // ---- 3. config and side files ------------------------------------------------------------------------------
+  const char* dtype_key = config_json.contains("dtype") && !config_json.contains("torch_dtype") ? "dtype" : "torch_dtype";
+  if (o.format == MergeFormat::kNF4) {
+    config_json["quantization_config"] = model::bnb_quantization_config(qtype, qdouble, compute_dtype);
+  } else {
+    config_json.erase("quantization_config");
+    config_json[dtype_key] = model::torch_dtype_name(out16);
+  }
+  write_file_atomic(out.path() / "config.json", config_json.dump(2) + "\n");
+  for (const auto& entry : fs::directory_iterator(o.base_dir)) {
+    const std::string fname = entry.path().filename().string();
+    if (entry.is_regular_file() && is_copied_side_file(fname)) fs::copy_file(entry.path(), out.path() / fname);
+  }
+  for (const auto& entry : fs::directory_iterator(out.path())) report.files.push_back(entry.path().filename().string());
+  std::sort(report.files.begin(), report.files.end());
+  out.commit();
+  progress.finish();
+
+  if (!report.requant.empty()) {
+    double sum = 0.0;
+    for (const auto& e : report.requant) {
+      sum += e.mean_rel;
+      report.requant_max_rel = std::max(report.requant_max_rel, e.max_rel);
+      spdlog::info("requant {}{}: mean rel err {:.4e}, max rel err {:.4e}", e.module, e.merged ? " (merged)" : "",
+                   e.mean_rel, e.max_rel);
+    }
+    report.requant_mean_rel = sum / static_cast<double>(report.requant.size());
+  }
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return report;
+}
+
+}  // namespace qlora::lora
