@@ -1,0 +1,279 @@
+#include "gguf/gguf_export.h"
+
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <set>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/progress.h"
+#include "lora/peft_io.h"
+#include "model/bnb_format.h"
+#include "model/hf_config.h"
+#include "model/loader.h"
+#include "model/safetensors.h"
+#include "quant/quantized_tensor.h"
+
+namespace qlora::gguf {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string strip_weight(const std::string& name) {
+  return ends_with(name, ".weight") ? name.substr(0, name.size() - 7) : name;
+}
+
+// HF tensor names of a LlamaForCausalLM in llama.cpp's natural order: embeddings, layers in numeric order, norm, head.
+std::vector<std::string> ordered_llama_names(const model::LlamaConfig& c) {
+  std::vector<std::string> out = {"model.embed_tokens.weight"};
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    for (const char* s : {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                          "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
+                          "mlp.down_proj"}) {
+      out.push_back(p + s + ".weight");
+    }
+  }
+  out.push_back("model.norm.weight");
+  if (!c.tie_word_embeddings) out.push_back("lm_head.weight");
+  return out;
+}
+
+// Projection module -> {out, in} for adapter shape checks.
+std::map<std::string, std::pair<int64_t, int64_t>> projection_shapes(const model::LlamaConfig& c) {
+  std::map<std::string, std::pair<int64_t, int64_t>> shapes;
+  for (const auto& [name, shape] : model::expected_llama_tensors(c)) {
+    if (shape.size() == 2) shapes[strip_weight(name)] = {shape[0], shape[1]};
+  }
+  return shapes;
+}
+
+void add_general(GgufWriter& w, const std::string& type, const std::string& name, OutType out, bool quantized) {
+  w.add_string("general.architecture", "llama");
+  w.add_string("general.type", type);
+  w.add_string("general.name", name);
+  w.add_u32("general.alignment", w.alignment());
+  w.add_u32("general.file_type", llama_file_type(out));
+  if (quantized) w.add_u32("general.quantization_version", 2);  // GGML_QNT_VERSION
+}
+
+std::string folder_name(const fs::path& dir) {
+  fs::path p = dir;
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
+ExportSummary summarize(const fs::path& out, const GgufWriter& w) {
+  ExportSummary s;
+  s.path = out;
+  s.tensors = static_cast<int64_t>(w.tensors().size());
+  s.bytes = fs::file_size(out);
+  for (const auto& t : w.tensors()) s.tensors_by_type[ggml_type_name(t.type)]++;
+  return s;
+}
+
+}  // namespace
+
+ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, const ExportOptions& options) {
+  check_output_path(out, options.overwrite);
+  const auto config = model::load_llama_config(model_dir / "config.json");
+  const auto ckpt = model::Checkpoint::open(model_dir);
+  const auto vocab = load_sentencepiece_vocab(model_dir, config.vocab_size, config);
+
+  // Optional adapter to merge.
+  std::optional<lora::AdapterFile> adapter;
+  if (!options.adapter_dir.empty()) {
+    adapter = lora::load_adapter(options.adapter_dir);
+    lora::check_adapter_shapes(*adapter, projection_shapes(config), model_dir.string());
+  }
+
+  // Where each weight comes from, validated before anything is written.
+  struct Source {
+    std::string hf_name;
+    bool bnb = false;
+    const lora::AdapterModule* lora = nullptr;
+  };
+  std::vector<Source> sources;
+  const auto expected = model::expected_llama_tensors(config);
+  std::vector<std::string> problems;
+  for (const auto& name : ordered_llama_names(config)) {
+    Source src{name};
+    const std::string module = strip_weight(name);
+    if (model::bnb_is_quantized(ckpt, module)) {
+      src.bnb = true;
+    } else if (!ckpt.contains(name)) {
+      problems.push_back("missing tensor " + name);
+      continue;
+    } else if (ckpt.info(name).shape != expected.at(name)) {
+      problems.push_back(name + ": shape " + c10::str(c10::IntArrayRef(ckpt.info(name).shape)) + ", config.json says " +
+                         c10::str(c10::IntArrayRef(expected.at(name))));
+      continue;
+    }
+    if (adapter) src.lora = adapter->find(module);
+    sources.push_back(src);
+  }
+  if (!problems.empty()) {
+    std::string msg = model_dir.string() + ": cannot export to GGUF:";
+    for (const auto& p : problems) msg += "\n  " + p;
+    throw Error(msg);
+  }
+  int64_t merged = 0;
+  if (adapter) {
+    for (const auto& m : adapter->modules) {
+      bool found = false;
+      for (const auto& s : sources) found = found || s.lora == &m;
+      if (!found) {
+        throw Error(options.adapter_dir.string() + ": adapter module '" + m.module + "' has no weight in " +
+                    model_dir.string());
+      }
+      ++merged;
+    }
+  }
+
+  const auto rope_factors = llama3_rope_factors(config);
+  bool quantized = false;
+  GgufWriter w;
+  std::vector<std::pair<std::string, GgmlType>> planned;  // gguf name, type (sources order, rope_freqs first)
+  if (!rope_factors.empty()) planned.emplace_back("rope_freqs.weight", GgmlType::kF32);
+  for (const auto& s : sources) {
+    const std::string gname = *gguf_tensor_name(s.hf_name);
+    const GgmlType t = tensor_type_for(gname, expected.at(s.hf_name), options.out_type);
+    quantized = quantized || t == GgmlType::kQ8_0 || t == GgmlType::kQ4_0;
+    planned.emplace_back(gname, t);
+  }
+  add_general(w, "model", options.name.empty() ? folder_name(model_dir) : options.name, options.out_type, quantized);
+  add_llama_hparams(w, config);
+  add_sentencepiece_vocab(w, vocab);
+  size_t k = 0;
+  if (!rope_factors.empty()) w.add_tensor("rope_freqs.weight", {static_cast<int64_t>(rope_factors.size())}, planned[k++].second);
+  for (const auto& s : sources) w.add_tensor(planned[k].first, expected.at(s.hf_name), planned[k].second), ++k;
+
+  const size_t first_weight = rope_factors.empty() ? 0 : 1;
+  Progress progress("export gguf", static_cast<double>(w.tensors().size()), "tensors");
+  w.write_file(
+      out,
+      [&](size_t i, const TensorSpec&) -> torch::Tensor {
+        if (i < first_weight) return torch::tensor(rope_factors, torch::kFloat32);
+        const Source& s = sources[i - first_weight];
+        const std::string module = strip_weight(s.hf_name);
+        torch::Tensor t;
+        if (s.bnb) {
+          t = quant::dequantize_4bit(model::bnb_read(ckpt, module), torch::kFloat32);
+        } else {
+          t = ckpt.get(s.hf_name);
+        }
+        if (s.lora) {
+          // W' = W + scale * B @ A, in fp32: (out, r) @ (r, in) -> (out, in)
+          const auto delta = torch::matmul(s.lora->b.to(torch::kFloat32), s.lora->a.to(torch::kFloat32));
+          t = t.to(torch::kFloat32) + delta * s.lora->scale();
+        }
+        if (const int64_t heads = permute_heads_for(s.hf_name, config)) t = permute_qk(t, heads);
+        return t;
+      },
+      [&](size_t i, const TensorSpec& spec) {
+        if (i >= first_weight) {
+          const Source& s = sources[i - first_weight];
+          if (s.bnb) {
+            for (const auto& key : model::bnb_keys(ckpt, strip_weight(s.hf_name))) ckpt.release(key);
+          } else {
+            ckpt.release(s.hf_name);
+          }
+        }
+        if (options.show_progress) progress.advance(1, spec.name);
+      });
+  if (options.show_progress) progress.finish();
+  auto summary = summarize(out, w);
+  summary.merged_modules = merged;
+  return summary;
+}
+
+ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& base_dir, const fs::path& out,
+                                  const AdapterExportOptions& options) {
+  if (options.out_type == OutType::kQ4_0) {
+    throw Error("GGUF LoRA adapters cannot be written as q4_0\nHINT: use --outtype f32 (default), f16, bf16 or q8_0");
+  }
+  check_output_path(out, options.overwrite);
+  const auto adapter = lora::load_adapter(adapter_dir);
+  fs::path base = base_dir;
+  if (base.empty()) {
+    if (!adapter.base_model_name_or_path.empty() && fs::is_directory(adapter.base_model_name_or_path)) {
+      base = adapter.base_model_name_or_path;
+    } else {
+      throw Error(adapter_dir.string() + ": the base model folder is needed (for its config.json)\nHINT: pass --base DIR");
+    }
+  }
+  const auto config = model::load_llama_config(base / "config.json");
+  lora::check_adapter_shapes(adapter, projection_shapes(config), base.string());
+
+  // One alpha for the file; llama.cpp scales by alpha / r with r = lora_b's ne[0].
+  const auto& cfg = adapter.config;
+  const double alpha = cfg.rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;
+
+  struct Item {
+    const lora::AdapterModule* m;
+    std::string gname;  // "blk.0.attn_q.weight"
+    double fold;        // extra factor folded into B (1 unless alpha/rank patterns make scales differ)
+  };
+  std::vector<Item> items;
+  for (const auto& m : adapter.modules) {
+    if (m.module == "lm_head" || ends_with(m.module, "embed_tokens")) {
+      throw Error(adapter_dir.string() + ": adapter module '" + m.module + "' cannot be exported as a GGUF LoRA " +
+                  "(llama.cpp's converter accepts only layer projections)\nHINT: merge it instead: " +
+                  "qlora-export-gguf --model BASE --adapter " + adapter_dir.string() + " --out FILE.gguf");
+    }
+    const auto gname = gguf_tensor_name(m.module + ".weight");
+    if (!gname || gname->rfind("blk.", 0) != 0) {
+      throw Error(adapter_dir.string() + ": adapter module '" + m.module + "' has no llama.cpp LoRA equivalent");
+    }
+    const double r = static_cast<double>(m.b.size(1));
+    const double fold = m.scale() * r / alpha;
+    if (std::abs(fold - 1.0) > 1e-6) {
+      spdlog::info("{}: scale {:.6g} differs from alpha/r = {:.6g}; folded into lora_b", m.module, m.scale(),
+                   alpha / r);
+    }
+    items.push_back({&m, *gname, std::abs(fold - 1.0) > 1e-6 ? fold : 1.0});
+  }
+  if (items.empty()) throw Error(adapter_dir.string() + ": the adapter has no modules");
+
+  auto type_for = [&](int64_t row) {
+    switch (options.out_type) {
+      case OutType::kF32: return GgmlType::kF32;
+      case OutType::kF16: return GgmlType::kF16;
+      case OutType::kBF16: return GgmlType::kBF16;
+      default: return row % kQK8_0 == 0 ? GgmlType::kQ8_0 : GgmlType::kF16;
+    }
+  };
+  GgufWriter w;
+  bool quantized = false;
+  std::vector<std::tuple<std::string, std::vector<int64_t>, GgmlType>> planned;
+  for (const auto& it : items) {
+    const auto a_shape = it.m->a.sizes().vec();  // (r, in)  -> ne [in, r]
+    const auto b_shape = it.m->b.sizes().vec();  // (out, r) -> ne [r, out]
+    planned.emplace_back(it.gname + ".lora_a", a_shape, type_for(a_shape.back()));
+    planned.emplace_back(it.gname + ".lora_b", b_shape, type_for(b_shape.back()));
+  }
+  for (const auto& [n, s, t] : planned) quantized = quantized || t == GgmlType::kQ8_0;
+  add_general(w, "adapter", options.name.empty() ? folder_name(adapter_dir) : options.name, options.out_type,
+              quantized);
+  w.add_string("adapter.type", "lora");
+  w.add_f32("adapter.lora.alpha", static_cast<float>(alpha));
+  for (const auto& [n, s, t] : planned) w.add_tensor(n, s, t);
+
+  w.write_file(out, [&](size_t i, const TensorSpec&) -> torch::Tensor {
+    const Item& it = items[i / 2];
+    if (i % 2 == 0) return it.m->a;
+    torch::Tensor b = it.m->b;
+    if (it.fold != 1.0) b = b.to(torch::kFloat32) * it.fold;
+    if (const int64_t heads = permute_heads_for(it.m->module, config)) b = permute_qk(b, heads);
+    return b;
+  });
+  return summarize(out, w);
+}
+
+}  // namespace qlora::gguf
