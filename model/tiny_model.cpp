@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
@@ -182,6 +183,11 @@ void train_tiny_tokenizer(const fs::path& corpus, const fs::path& out_file, int 
   fs::remove_all(work);
 }
 
+double tiny_init_std(const std::string& name, int64_t hidden_size) {
+  if (name == "lm_head.weight") return kTinyLmHeadLogitStd / std::sqrt(static_cast<double>(hidden_size));
+  return kTinyInitStd;
+}
+
 void write_random_llama_weights(const LlamaConfig& c, const fs::path& file, uint64_t seed) {
   const auto shapes = llama_weight_shapes(c);
   std::vector<SafetensorsWriter::Entry> entries;
@@ -199,7 +205,7 @@ void write_random_llama_weights(const LlamaConfig& c, const fs::path& file, uint
     if (is_norm(name)) {
       t = torch::ones(shape, torch::kBFloat16);
     } else {
-      t = torch::randn(shape, torch::kFloat32).mul_(0.02).to(torch::kBFloat16);
+      t = torch::randn(shape, torch::kFloat32).mul_(tiny_init_std(name, c.hidden_size)).to(torch::kBFloat16);
     }
     writer.write(name, t);
     progress.advance(static_cast<double>(t.numel()) * 2.0 / (1 << 20));

@@ -16,6 +16,13 @@ namespace fs = std::filesystem;
 
 // Size of the BPE vocabulary trained for the tiny models (incl. <unk> <s> </s> and 256 byte pieces).
 constexpr int kTinyTokenizerVocab = 1024;
+// Init: N(0, 0.02) like HF's initializer_range, except lm_head, whose std gives logits of std ~1.5 over a
+// unit-RMS hidden state. With 0.02 a frozen random lm_head caps how peaked the output can get (max logit
+// ~0.02*H), so a LoRA-only fine-tune of a random tiny model could not get its loss below ~4.4 nats.
+constexpr double kTinyInitStd = 0.02;
+constexpr double kTinyLmHeadLogitStd = 1.5;
+// The init std of one tensor of the tiny model (norms are 1).
+double tiny_init_std(const std::string& name, int64_t hidden_size);
 
 struct TinyModelOptions {
   std::string preset = "tiny";  // "tiny" (fast tests / CPU demo) | "bench" (~125M params)

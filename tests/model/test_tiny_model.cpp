@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -117,8 +118,10 @@ TEST(TinyModel, WeightsHaveHfNamesShapesAndInit) {
     if (name.find("norm") != std::string::npos) {
       EXPECT_TRUE(torch::equal(w, torch::ones_like(w))) << name;
     } else {
-      EXPECT_NEAR(w.std().item<double>(), 0.02, 0.02 * kStdTol) << name;
-      EXPECT_NEAR(w.mean().item<double>(), 0.0, 0.002) << name;
+      // lm_head: 1.5 / sqrt(hidden) (hand value 0.1326 for hidden 128); everything else 0.02.
+      const double want = name == "lm_head.weight" ? 1.5 / std::sqrt(128.0) : 0.02;
+      EXPECT_NEAR(w.std().item<double>(), want, want * kStdTol) << name;
+      EXPECT_NEAR(w.mean().item<double>(), 0.0, want / 10) << name;
     }
   }
   // 2*1024*128 + 4*(2*128 + 128*128*2 + 2*64*128 + 3*352*128) + 128

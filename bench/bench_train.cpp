@@ -1,0 +1,171 @@
+// Training throughput of the QLoRA loop on configs/bench.yaml (~100M-parameter model, seq 512, bf16, NF4+DQ),
+// with gradient checkpointing on and off: tokens/s, model FLOPs utilisation against the bf16 matmul rate
+// measured in the same run, and peak RSS (each configuration runs in its own forked process so its peak RSS
+// is its own).
+//
+//   build/bin/bench_train [configs/bench.yaml] [--steps N] [--threads T]
+//   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench)
+//
+// Model FLOPs per trained token (frozen base + LoRA; stated, not the 6N full-finetune convention):
+//   4 * N_mm          forward 2N + backward 2N for the input gradients only (no weight gradients: frozen)
+// + 6 * N_lora        LoRA A/B: forward 2N + backward 4N (input and weight gradients)
+// + 12 * L * H * T    attention scores and values (QK^T, AV), forward + backward, full T (no causal discount)
+// where N_mm = matmul weights (all projections + lm_head; embedding lookups are free), L layers, H = heads *
+// head_dim, T = sequence length. Recomputation under gradient checkpointing is NOT counted (it is overhead),
+// so MFU drops when checkpointing is on. The 6 * N_params figure (full fine-tuning convention) is printed too.
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/machine_limits.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "common/threads.h"
+#include "model/hf_config.h"
+#include "trainer/trainer.h"
+
+namespace {
+
+using namespace qlora;
+
+struct Result {
+  bool checkpointing = false;
+  double tokens_per_s = 0;
+  double peak_rss = 0;
+  double steps = 0;
+  double loss = 0;
+  bool ok = false;
+  std::string error;
+};
+
+// Runs one configuration in a child process; the child reports a JSON line through a pipe.
+Result run_forked(const std::string& config_file, bool checkpointing, int steps, int threads) {
+  Result r;
+  r.checkpointing = checkpointing;
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    nlohmann::json out;
+    try {
+      const std::string tag = checkpointing ? "ckpt_on" : "ckpt_off";
+      const std::string dir = "runs/bench/" + tag;
+      auto cfg = trainer::load_config(
+          config_file, {"model.gradient_checkpointing=" + std::string(checkpointing ? "true" : "false"),
+                        "train.max_steps=" + std::to_string(steps), "train.threads=" + std::to_string(threads),
+                        "checkpoint.dir=" + dir, "checkpoint.every=0", "checkpoint.resume=none",
+                        "log.metrics=" + dir + "/metrics.jsonl", "eval.every=0", "eval.at_end=false"});
+      trainer::TrainerOptions opts;
+      opts.overwrite = true;
+      opts.write_outputs = false;
+      auto s = trainer::run_training(cfg, opts);
+      out = {{"ok", true}, {"tokens_per_s", s.steady_tokens_per_s}, {"peak_rss", s.peak_rss_bytes},
+             {"steps", s.steps}, {"loss", s.final_loss}};
+    } catch (const std::exception& e) {
+      out = {{"ok", false}, {"error", e.what()}};
+    }
+    const std::string line = out.dump() + "\n";
+    ssize_t w = ::write(fds[1], line.data(), line.size());
+    (void)w;
+    ::close(fds[1]);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  try {
+    auto j = nlohmann::json::parse(text);
+    r.ok = j.value("ok", false);
+    r.error = j.value("error", "");
+    r.tokens_per_s = j.value("tokens_per_s", 0.0);
+    r.peak_rss = j.value("peak_rss", 0.0);
+    r.steps = j.value("steps", 0.0);
+    r.loss = j.value("loss", 0.0);
+  } catch (const std::exception&) {
+    r.error = "child exited without a result (status " + std::to_string(status) + ")";
+  }
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_file = "configs/bench.yaml";
+  int steps = 6, threads = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--steps" && i + 1 < argc) {
+      steps = std::atoi(argv[++i]);
+    } else if (a == "--threads" && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+    } else if (a == "--help" || a == "-h") {
+      std::printf("usage: bench_train [CONFIG=configs/bench.yaml] [--steps N=6] [--threads T=0 (all)]\n");
+      return 0;
+    } else {
+      config_file = a;
+    }
+  }
+  init_logging("warn");
+  try {
+    const auto cfg = trainer::load_config(config_file);
+    const auto mc = model::load_llama_config(cfg.model.path / "config.json");
+    const double L = static_cast<double>(mc.num_hidden_layers), H = static_cast<double>(mc.hidden_size);
+    const double I = static_cast<double>(mc.intermediate_size), V = static_cast<double>(mc.vocab_size);
+    const double q = static_cast<double>(mc.q_dim()), kv = static_cast<double>(mc.kv_dim());
+    const double T = static_cast<double>(cfg.data_config.max_seq_len);
+    const double n_layer = H * q + 2 * H * kv + q * H + 3 * H * I;
+    const double n_mm = L * n_layer + V * H;
+    const double r = static_cast<double>(cfg.lora.r);
+    const double n_lora = L * r * ((H + q) + 2 * (H + kv) + (q + H) + 2 * (H + I) + (I + H));  // all-linear
+    const double flops_per_token = 4 * n_mm + 6 * n_lora + 12 * L * q * T;
+    const double n_params = static_cast<double>(mc.num_parameters());
+
+    std::printf("bench_train: %s  (%s, %.1fM params, %lld layers, hidden %lld, seq %.0f, micro batch %lld, %s %s)\n",
+                config_file.c_str(), cfg.model.path.c_str(), n_params / 1e6,
+                static_cast<long long>(mc.num_hidden_layers), static_cast<long long>(mc.hidden_size), T,
+                static_cast<long long>(cfg.train.micro_batch_size), cfg.model.quant_type.c_str(),
+                cfg.model.compute_dtype.c_str());
+    std::vector<Result> results;
+    for (bool ck : {true, false}) results.push_back(run_forked(config_file, ck, steps, threads));
+
+    // Machine limits, measured after the children (no OpenMP pool in the parent before fork).
+    const int nthreads = configure_threads(threads);
+    const double peak_bf16 = bench::measure_matmul_gflops(c10::ScalarType::BFloat16, 1024, 1024, 1024, 3);
+    const double peak_fp32 = bench::measure_matmul_gflops(c10::ScalarType::Float, 1024, 1024, 1024, 3);
+    std::printf("machine: %d threads, matmul bf16 %.1f GFLOP/s, fp32 %.1f GFLOP/s (1024^3, best of 3)\n", nthreads,
+                peak_bf16, peak_fp32);
+    std::printf("model FLOPs/token: 4*N_mm + 6*N_lora + 12*L*H*T = %.3f GFLOP (N_mm %.1fM, N_lora %.2fM); "
+                "6*N_params = %.3f GFLOP\n",
+                flops_per_token / 1e9, n_mm / 1e6, n_lora / 1e6, 6 * n_params / 1e9);
+    std::printf("%-26s %12s %14s %10s %10s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s",
+                "MFU(bf16)", "6N MFU", "peak RSS");
+    for (const auto& res : results) {
+      if (!res.ok) {
+        std::printf("%-26s failed: %s\n", res.checkpointing ? "on" : "off", res.error.c_str());
+        continue;
+      }
+      const double gflops = res.tokens_per_s * flops_per_token / 1e9;
+      const double gflops_6n = res.tokens_per_s * 6 * n_params / 1e9;
+      std::printf("%-26s %12.1f %14.1f %9.1f%% %9.1f%% %12s\n", res.checkpointing ? "on" : "off", res.tokens_per_s,
+                  gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16,
+                  format_bytes(res.peak_rss).c_str());
+    }
+    std::printf("(tokens/s excludes the first step; %d steps per configuration)\n", steps);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

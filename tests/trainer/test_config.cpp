@@ -1,0 +1,249 @@
+// Config schema: every bad config names the exact key path and line; --set overrides are typed by the schema;
+// effective config round trip; config hash stability; the shipped configs parse with the paper's recipe.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "test_util.h"
+#include "trainer/config.h"
+
+namespace qlora::trainer {
+namespace {
+
+// Line numbers below refer to this text (1-based).
+const char* kBaseConfig =
+    "model:\n"                                                                     // 1
+    "  path: models/tiny\n"                                                        // 2
+    "  compute_dtype: bf16\n"                                                      // 3
+    "  quant: {type: nf4, blocksize: 64, double_quant: true}\n"                    // 4
+    "  gradient_checkpointing: true\n"                                             // 5
+    "lora: {r: 16, alpha: 32, dropout: 0.05, targets: all-linear, rslora: false}\n"  // 6
+    "data:\n"                                                                      // 7
+    "  train: data/demo/train.jsonl\n"                                             // 8
+    "  format: alpaca\n"                                                           // 9
+    "train:\n"                                                                     // 10
+    "  seed: 42\n"                                                                 // 11
+    "  max_steps: 200\n"                                                           // 12
+    "  micro_batch_size: 4\n"                                                      // 13
+    "  grad_accum: 2\n"                                                            // 14
+    "  lr: 2.0e-4\n"                                                               // 15
+    "  schedule: cosine\n"                                                         // 16
+    "  warmup_steps: 10\n"                                                         // 17
+    "  weight_decay: 0.0\n"                                                        // 18
+    "  max_grad_norm: 0.3\n"                                                       // 19
+    "  optimizer: adamw\n"                                                         // 20
+    "  threads: 0\n"                                                               // 21
+    "eval: {every: 50, max_batches: 20}\n"                                         // 22
+    "checkpoint: {dir: runs/tiny, every: 50, keep: 3, resume: auto}\n"            // 23
+    "output_dir: runs/tiny/final\n"                                                // 24
+    "log: {every: 10, metrics: runs/tiny/metrics.jsonl}\n";                        // 25
+
+// kBaseConfig with line `line` (1-based) replaced by `text` (which may hold several lines or be empty).
+std::string with_line(int line, const std::string& text) {
+  std::string src = kBaseConfig, out;
+  size_t pos = 0;
+  for (int i = 1; pos < src.size(); ++i) {
+    size_t end = src.find('\n', pos);
+    std::string l = src.substr(pos, end - pos);
+    if (i == line) {
+      if (!text.empty()) out += text + "\n";
+    } else {
+      out += l + "\n";
+    }
+    pos = end + 1;
+  }
+  return out;
+}
+
+std::string error_of(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_config(yaml, "cfg.yaml", overrides);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+struct BadCase {
+  int line;              // line replaced in kBaseConfig
+  std::string text;      // its new text
+  std::string prefix;    // the error must start with this ("cfg.yaml:<line>: <key.path>: ")
+  std::string contains;  // and contain this
+};
+
+TEST(TrainConfig, BaseConfigParses) {
+  TrainConfig c = parse_config(kBaseConfig, "cfg.yaml");
+  EXPECT_EQ(c.model.compute_dtype, "bf16");
+  EXPECT_EQ(c.model.quant_type, "nf4");
+  EXPECT_EQ(c.model.quant_blocksize, 64);
+  EXPECT_TRUE(c.model.double_quant);
+  EXPECT_EQ(c.lora.r, 16);
+  EXPECT_DOUBLE_EQ(c.lora.alpha, 32.0);
+  EXPECT_DOUBLE_EQ(c.lora.dropout, 0.05);
+  EXPECT_EQ(c.lora.targets, std::vector<std::string>{"all-linear"});
+  EXPECT_EQ(c.train.max_steps, 200);
+  EXPECT_EQ(c.train.grad_accum, 2);
+  EXPECT_DOUBLE_EQ(c.train.lr, 2e-4);
+  EXPECT_DOUBLE_EQ(c.train.max_grad_norm, 0.3);
+  EXPECT_EQ(c.eval.every, 50);
+  EXPECT_EQ(c.checkpoint.keep, 3);
+  EXPECT_EQ(c.checkpoint.resume, "auto");
+  EXPECT_EQ(c.data_config.train, std::vector<std::string>{"data/demo/train.jsonl"});
+  // Relative paths resolve against the working directory.
+  EXPECT_EQ(c.model.path, (fs::current_path() / "models/tiny").lexically_normal());
+  EXPECT_EQ(c.output_dir, (fs::current_path() / "runs/tiny/final").lexically_normal());
+  EXPECT_EQ(c.log.metrics, (fs::current_path() / "runs/tiny/metrics.jsonl").lexically_normal());
+}
+
+TEST(TrainConfig, BadValuesNameKeyPathAndLine) {
+  const std::vector<BadCase> cases = {
+      {15, "  lr: -1", "cfg.yaml:15: train.lr: ", "must be > 0"},
+      {15, "  lr: fast", "cfg.yaml:15: train.lr: ", "expected a number, got `fast`"},
+      {15, "  lrr: 2.0e-4", "cfg.yaml:15: train.lrr: ", "did you mean `train.lr`?"},
+      {16, "  schedule: cosin", "cfg.yaml:16: train.schedule: ", "constant | linear | cosine"},
+      {3, "  compute_dtype: fp8", "cfg.yaml:3: model.compute_dtype: ", "unknown value `fp8`"},
+      {4, "  quant: {type: nf5, blocksize: 64}", "cfg.yaml:4: model.quant.type: ", "nf4 | fp4 | none"},
+      {4, "  quant: {type: nf4, blocksize: 96}", "cfg.yaml:4: model.quant.blocksize: ", "power of two"},
+      {5, "  gradient_checkpointing: maybe", "cfg.yaml:5: model.gradient_checkpointing: ", "true or false"},
+      {6, "lora: {r: 0, alpha: 32}", "cfg.yaml:6: lora.r: ", "must be >= 1 (got 0)"},
+      {6, "lora: {r: 8, dropout: 1.5}", "cfg.yaml:6: lora.dropout: ", "must be < 1"},
+      {6, "lora: {r: 8, targets: {q: 1}}", "cfg.yaml:6: lora.targets: ", "list of module names"},
+      {6, "lora: {r: 8, rank: 4}", "cfg.yaml:6: lora.rank: ", "unknown key"},
+      {13, "  micro_batch_size: 0", "cfg.yaml:13: train.micro_batch_size: ", "must be >= 1"},
+      {14, "  grad_accum: 1.5", "cfg.yaml:14: train.grad_accum: ", "expected an integer, got `1.5`"},
+      {17, "  warmup_steps: 10\n  warmup_ratio: 0.03", "cfg.yaml:18: train.warmup_ratio: ", "not both"},
+      {12, "  max_steps: 200\n  epochs: 3", "cfg.yaml:13: train.epochs: ", "not both"},
+      {20, "  optimizer: sgd", "cfg.yaml:20: train.optimizer: ", "unknown value `sgd`"},
+      {22, "eval: {every: -1}", "cfg.yaml:22: eval.every: ", "must be >= 0"},
+      {23, "checkpoint: {dir: runs/tiny, keep: many}", "cfg.yaml:23: checkpoint.keep: ", "expected an integer"},
+      {25, "log: {every: 0}", "cfg.yaml:25: log.every: ", "must be >= 1"},
+      {24, "output_dir: [a, b]", "cfg.yaml:24: output_dir: ", "expected a string, got a list"},
+      {24, "lr: 0.1", "cfg.yaml:24: lr: ", "did you mean `train.lr`?"},
+      {24, "device: tpu", "cfg.yaml:24: device: ", "cpu, cuda"},
+      {2, "", "cfg.yaml:2: model: ", "missing `model.path`"},
+      {21, "  threads:", "cfg.yaml:21: train.threads: ", "expected an integer, got nothing"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    const std::string err = error_of(with_line(c.line, c.text));
+    EXPECT_EQ(err.rfind(c.prefix, 0), 0u) << err;
+    EXPECT_NE(err.find(c.contains), std::string::npos) << err;
+  }
+}
+
+TEST(TrainConfig, DataSectionErrorsComeFromDataParser) {
+  const std::string err = error_of(with_line(9, "  format: xml"));
+  EXPECT_NE(err.find("cfg.yaml:9"), std::string::npos) << err;
+  EXPECT_NE(err.find("data.format"), std::string::npos) << err;
+}
+
+TEST(TrainConfig, YamlSyntaxErrorHasLine) {
+  const std::string err = error_of(with_line(15, "  lr: [2.0e-4"));
+  EXPECT_EQ(err.rfind("cfg.yaml:", 0), 0u) << err;
+  EXPECT_NE(err.find("YAML syntax error"), std::string::npos) << err;
+}
+
+TEST(TrainConfig, MissingTrainingLength) {
+  const std::string err = error_of(with_line(12, ""));
+  EXPECT_EQ(err.rfind("cfg.yaml:11: train: ", 0), 0u) << err;  // the train mapping starts at its first key
+  EXPECT_NE(err.find("max_steps"), std::string::npos) << err;
+}
+
+TEST(TrainConfig, OverridesAreTypedBySchema) {
+  TrainConfig c = parse_config(kBaseConfig, "cfg.yaml",
+                               {"train.lr=1e-4", "lora.r=32", "lora.targets=[q_proj, v_proj]", "model.quant.type=fp4",
+                                "model.gradient_checkpointing=false", "data.max_seq_len=128", "eval.max_batches=0"});
+  EXPECT_DOUBLE_EQ(c.train.lr, 1e-4);
+  EXPECT_EQ(c.lora.r, 32);
+  EXPECT_EQ(c.lora.targets, (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_EQ(c.model.quant_type, "fp4");
+  EXPECT_EQ(c.model.quant_blocksize, 64);  // the rest of the flow map survives
+  EXPECT_FALSE(c.model.gradient_checkpointing);
+  EXPECT_EQ(c.data_config.max_seq_len, 128);
+  EXPECT_EQ(c.eval.max_batches, 0);
+  // A new section and a new key inside an existing one.
+  TrainConfig d = parse_config(kBaseConfig, "cfg.yaml", {"device=cpu", "train.adam_beta2=0.99"});
+  EXPECT_DOUBLE_EQ(d.train.adam_beta2, 0.99);
+}
+
+TEST(TrainConfig, OverrideErrorsNameTheOverride) {
+  std::string err = error_of(kBaseConfig, {"train.lr=abc"});
+  EXPECT_EQ(err.rfind("cfg.yaml: train.lr (from --set train.lr=abc): expected a number", 0), 0u) << err;
+  err = error_of(kBaseConfig, {"lora.r=1.5"});
+  EXPECT_EQ(err.rfind("cfg.yaml: lora.r (from --set lora.r=1.5): expected an integer", 0), 0u) << err;
+  err = error_of(kBaseConfig, {"train.lrr=1"});
+  EXPECT_EQ(err.rfind("cfg.yaml: train.lrr (from --set train.lrr=1): unknown key", 0), 0u) << err;
+  EXPECT_NE(err.find("did you mean `train.lr`?"), std::string::npos) << err;
+  err = error_of(kBaseConfig, {"train.lr"});
+  EXPECT_NE(err.find("expected key.path=value"), std::string::npos) << err;
+  err = error_of(kBaseConfig, {"train..lr=1"});
+  EXPECT_NE(err.find("empty segment"), std::string::npos) << err;
+  err = error_of(kBaseConfig, {"output_dir.x=1"});
+  EXPECT_NE(err.find("`output_dir` is not a mapping"), std::string::npos) << err;
+}
+
+TEST(TrainConfig, EffectiveConfigRoundTrips) {
+  TrainConfig c = parse_config(kBaseConfig, "cfg.yaml", {"lora.r=8"});
+  const std::string text = effective_config_yaml(c);
+  TrainConfig back = parse_config(text, "effective.yaml");
+  EXPECT_EQ(back.lora.r, 8);
+  EXPECT_EQ(back.model.path, c.model.path);
+  EXPECT_EQ(back.output_dir, c.output_dir);
+  EXPECT_EQ(config_hash(back), config_hash(c));
+}
+
+TEST(TrainConfig, HashCoversTrajectoryOnly) {
+  const std::string h = config_hash(parse_config(kBaseConfig, "cfg.yaml"));
+  EXPECT_EQ(h.size(), 16u);
+  // Spelling of the same number and non-trajectory settings do not change it.
+  EXPECT_EQ(config_hash(parse_config(with_line(15, "  lr: 0.0002"), "cfg.yaml")), h);
+  EXPECT_EQ(config_hash(parse_config(kBaseConfig, "other.yaml", {"log.every=1", "eval.every=7", "checkpoint.keep=9",
+                                                                 "output_dir=x", "train.threads=3"})),
+            h);
+  // Trajectory fields do.
+  for (const char* o : {"train.lr=1e-4", "lora.r=8", "train.seed=1", "data.max_seq_len=128", "model.quant.type=fp4",
+                        "train.grad_accum=4", "train.max_steps=100"}) {
+    EXPECT_NE(config_hash(parse_config(kBaseConfig, "cfg.yaml", {o})), h) << o;
+  }
+  const auto before = trajectory_fields(parse_config(kBaseConfig, "cfg.yaml"));
+  const auto after = trajectory_fields(parse_config(kBaseConfig, "cfg.yaml", {"train.lr=1e-4"}));
+  EXPECT_EQ(describe_field_changes(before, after), "train.lr: \"0.0002\" -> \"0.0001\"");
+}
+
+TEST(TrainConfig, ShippedConfigsParse) {
+  const fs::path dir = test::source_dir() / "configs";
+  for (const char* name : {"tiny", "bench", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b"}) {
+    SCOPED_TRACE(name);
+    TrainConfig c = load_config(dir / (std::string(name) + ".yaml"));
+    EXPECT_EQ(c.model.quant_type, "nf4");
+    EXPECT_TRUE(c.model.double_quant);
+    EXPECT_EQ(c.model.compute_dtype, "bf16");
+    EXPECT_TRUE(c.model.gradient_checkpointing);
+    if (std::string(name).rfind("llama", 0) != 0) continue;
+    const bool large = std::string(name).find("70b") != std::string::npos;
+    EXPECT_EQ(c.lora.r, 64);
+    EXPECT_DOUBLE_EQ(c.lora.alpha, 16.0);
+    EXPECT_DOUBLE_EQ(c.lora.dropout, large ? 0.05 : 0.1);
+    EXPECT_DOUBLE_EQ(c.train.lr, large ? 1e-4 : 2e-4);
+    EXPECT_EQ(c.lora.targets, std::vector<std::string>{"all-linear"});
+    EXPECT_EQ(c.train.schedule, "constant");
+    EXPECT_DOUBLE_EQ(c.train.warmup_ratio, 0.03);
+    EXPECT_DOUBLE_EQ(c.train.max_grad_norm, 0.3);
+    EXPECT_DOUBLE_EQ(c.train.adam_beta2, 0.999);
+    EXPECT_EQ(c.train.micro_batch_size, 1);
+    EXPECT_EQ(c.train.grad_accum, 16);
+  }
+}
+
+TEST(TrainConfig, EditDistance) {
+  EXPECT_EQ(edit_distance("lr", "lr"), 0u);
+  EXPECT_EQ(edit_distance("lrr", "lr"), 1u);
+  EXPECT_EQ(edit_distance("shedule", "schedule"), 1u);
+  EXPECT_EQ(edit_distance("", "abc"), 3u);
+  EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
+}
+
+}  // namespace
+}  // namespace qlora::trainer

@@ -1,0 +1,299 @@
+#include "trainer/checkpoint.h"
+
+#include <ATen/Context.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <regex>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "lora/peft_io.h"
+#include "trainer/config.h"
+
+namespace qlora::trainer {
+
+namespace {
+
+const std::regex& checkpoint_name_re() {
+  static const std::regex re(R"(checkpoint-(\d+))");
+  return re;
+}
+const std::regex& leftover_name_re() {
+  static const std::regex re(R"(checkpoint-\d+\.(tmp|old)-(\d+))");
+  return re;
+}
+
+uint64_t fnv1a64(const std::string& s, uint64_t h = 1469598103934665603ull) {
+  for (unsigned char ch : s) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+bool process_alive(long pid) { return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
+
+torch::Tensor generator_state(at::Generator gen) {
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+}  // namespace
+
+nlohmann::json trainer_state_to_json(const TrainerState& s) {
+  return {{"step", s.step},
+          {"total_steps", s.total_steps},
+          {"tokens_seen", s.tokens_seen},
+          {"label_tokens_seen", s.label_tokens_seen},
+          {"nonfinite_in_row", s.nonfinite_in_row},
+          {"nonfinite_total", s.nonfinite_total},
+          {"elapsed_s", s.elapsed_s},
+          {"last_loss", s.last_loss},
+          {"config_hash", s.config_hash},
+          {"trajectory", s.trajectory},
+          {"model_fingerprint", s.model_fingerprint},
+          {"data_state", s.data_state},
+          {"threads", s.threads},
+          {"format", "qlora.cpp trainer_state v1"}};
+}
+
+TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string& source) {
+  TrainerState s;
+  try {
+    s.step = j.at("step").get<int64_t>();
+    s.total_steps = j.at("total_steps").get<int64_t>();
+    s.tokens_seen = j.at("tokens_seen").get<int64_t>();
+    s.label_tokens_seen = j.at("label_tokens_seen").get<int64_t>();
+    s.nonfinite_in_row = j.at("nonfinite_in_row").get<int64_t>();
+    s.nonfinite_total = j.at("nonfinite_total").get<int64_t>();
+    s.elapsed_s = j.at("elapsed_s").get<double>();
+    s.last_loss = j.value("last_loss", 0.0);
+    s.config_hash = j.at("config_hash").get<std::string>();
+    s.trajectory = j.value("trajectory", nlohmann::json::object());
+    s.model_fingerprint = j.at("model_fingerprint").get<std::string>();
+    s.data_state = j.at("data_state");
+    s.threads = j.value("threads", 0);
+  } catch (const nlohmann::json::exception& e) {
+    throw_file_error(source, std::string("not a valid trainer state: ") + e.what(),
+                     "the checkpoint is damaged; resume from an older one (checkpoint.resume: <path>)");
+  }
+  return s;
+}
+
+TrainerState read_trainer_state(const fs::path& checkpoint_dir) {
+  const fs::path file = checkpoint_dir / kTrainerStateFile;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(file));
+  } catch (const nlohmann::json::exception& e) {
+    throw_file_error(file.string(), std::string("invalid JSON: ") + e.what());
+  }
+  return trainer_state_from_json(j, file.string());
+}
+
+std::string model_fingerprint(const fs::path& model_dir) {
+  uint64_t h = fnv1a64(read_file(model_dir / "config.json"));
+  std::vector<std::string> parts;
+  for (const auto& e : fs::directory_iterator(model_dir)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_regular_file() && (e.path().extension() == ".safetensors" || name == "tokenizer.model")) {
+      parts.push_back(name + ":" + std::to_string(e.file_size()));
+    }
+  }
+  std::sort(parts.begin(), parts.end());
+  for (const auto& p : parts) h = fnv1a64(p, h);
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+void check_resume_compatible(const TrainerState& saved, const std::string& config_hash,
+                             const nlohmann::json& trajectory, const std::string& fingerprint,
+                             const fs::path& checkpoint_dir, bool force) {
+  std::vector<std::string> problems;
+  if (saved.config_hash != config_hash) {
+    std::string what = "the configuration differs (config hash " + saved.config_hash + " vs " + config_hash + ")";
+    const std::string changes = describe_field_changes(saved.trajectory, trajectory);
+    if (!changes.empty()) what += ": " + changes;
+    problems.push_back(what);
+  }
+  if (saved.model_fingerprint != fingerprint) {
+    problems.push_back("the base model differs (fingerprint " + saved.model_fingerprint + " vs " + fingerprint + ")");
+  }
+  if (problems.empty()) return;
+  std::string msg = checkpoint_dir.string() + ": cannot resume: ";
+  for (size_t i = 0; i < problems.size(); ++i) msg += (i ? "; and " : "") + problems[i];
+  if (force) {
+    spdlog::warn("{} (resuming anyway: --force-resume)", msg);
+    return;
+  }
+  throw Error(msg +
+              "\nHINT: resume with the original config, or start a new run (checkpoint.resume: none with another "
+              "checkpoint.dir, or --overwrite), or pass --force-resume to continue from these weights anyway");
+}
+
+CheckpointManager::CheckpointManager(fs::path dir, int64_t keep) : dir_(std::move(dir)), keep_(keep) {}
+
+fs::path CheckpointManager::checkpoint_path(const fs::path& dir, int64_t step) {
+  return dir / ("checkpoint-" + std::to_string(step));
+}
+
+std::vector<std::pair<int64_t, fs::path>> CheckpointManager::list() const {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir_, ec)) return out;
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    std::smatch m;
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || !std::regex_match(name, m, checkpoint_name_re())) continue;
+    if (!fs::is_regular_file(e.path() / kTrainerStateFile)) {
+      spdlog::warn("ignoring incomplete checkpoint {} (no {})", e.path().string(), kTrainerStateFile);
+      continue;
+    }
+    out.emplace_back(std::stoll(m[1].str()), e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+std::optional<fs::path> CheckpointManager::latest() const {
+  auto all = list();
+  if (all.empty()) return std::nullopt;
+  return all.back().second;
+}
+
+void CheckpointManager::remove_stale_temp_dirs() const {
+  std::error_code ec;
+  if (!fs::is_directory(dir_, ec)) return;
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    std::smatch m;
+    const std::string name = e.path().filename().string();
+    if (!std::regex_match(name, m, leftover_name_re())) continue;
+    const long pid = std::stol(m[2].str());
+    if (pid != static_cast<long>(::getpid()) && process_alive(pid)) continue;  // another live writer
+    spdlog::info("removing the leftover of an interrupted checkpoint write: {}", e.path().string());
+    fs::remove_all(e.path(), ec);
+  }
+}
+
+void CheckpointManager::remove_all_checkpoints() const {
+  for (const auto& [step, path] : list()) {
+    spdlog::info("--overwrite: removing {}", path.string());
+    fs::remove_all(path);
+  }
+}
+
+fs::path CheckpointManager::save(const TrainerState& state, const CheckpointContents& c) {
+  TORCH_CHECK(c.adapters && c.optimizer, "CheckpointManager::save needs the adapters and the optimizer");
+  const fs::path final_path = checkpoint_path(dir_, state.step);
+  fs::create_directories(dir_);
+  AtomicDir out(final_path, /*overwrite=*/true);
+  int files = 0;
+  auto written = [&](int n) {
+    files += n;
+    maybe_inject_checkpoint_fault(state.step, files);
+  };
+
+  lora::SaveAdapterOptions opts;
+  opts.base_model_name_or_path = c.base_model;
+  opts.dtype = torch::kFloat32;  // the fp32 masters, so resuming restores them exactly
+  lora::write_adapter_files(out.path(), *c.adapters, opts);
+  written(2);
+  torch::save(*c.optimizer, (out.path() / kOptimizerFile).string());
+  written(1);
+  std::vector<torch::Tensor> rng = {generator_state(at::detail::getDefaultCPUGenerator())};
+  if (c.cuda_device) rng.push_back(generator_state(at::globalContext().defaultGenerator(*c.cuda_device)));
+  torch::save(rng, (out.path() / kRngFile).string());
+  written(1);
+  write_file_atomic(out.path() / kEffectiveConfigFile, c.effective_config);
+  written(1);
+  write_file_atomic(out.path() / kTrainerStateFile, trainer_state_to_json(state).dump(2) + "\n");
+  written(1);
+  out.commit();
+
+  // Prune only now that the new checkpoint is durable.
+  if (keep_ > 0) {
+    auto all = list();
+    for (size_t i = 0; i + static_cast<size_t>(keep_) < all.size(); ++i) {
+      if (all[i].second == final_path) continue;
+      std::error_code ec;
+      fs::remove_all(all[i].second, ec);
+      if (ec) spdlog::warn("could not remove old checkpoint {}: {}", all[i].second.string(), ec.message());
+    }
+  }
+  return final_path;
+}
+
+void load_adapter_weights(const fs::path& checkpoint_dir, const lora::LoraAdapters& adapters) {
+  const lora::AdapterFile file = lora::load_adapter(checkpoint_dir);
+  if (file.modules.size() != adapters.modules.size()) {
+    throw_file_error(checkpoint_dir.string(),
+                     "the checkpoint holds " + std::to_string(file.modules.size()) + " adapted modules, the run has " +
+                         std::to_string(adapters.modules.size()),
+                     "resume with the lora settings the checkpoint was written with");
+  }
+  for (const auto& m : file.modules) {
+    auto target = adapters.find(m.module);
+    if (!target) {
+      throw_file_error(checkpoint_dir.string(), "adapter module " + m.module + " is not adapted in this run");
+    }
+    if (m.a.sizes() != target->lora_A().sizes() || m.b.sizes() != target->lora_B().sizes()) {
+      throw_file_error(checkpoint_dir.string(), "adapter module " + m.module + " has other ranks/shapes than this run");
+    }
+    target->set_weights(m.a, m.b);
+  }
+}
+
+void load_optimizer_state(const fs::path& checkpoint_dir, torch::optim::Optimizer& optimizer) {
+  const fs::path file = checkpoint_dir / kOptimizerFile;
+  if (!fs::is_regular_file(file)) throw_file_error(file.string(), "missing optimizer state");
+  try {
+    torch::load(optimizer, file.string());
+  } catch (const c10::Error& e) {
+    throw_file_error(file.string(), std::string("cannot read optimizer state: ") + e.what_without_backtrace());
+  }
+}
+
+void load_rng_state(const fs::path& checkpoint_dir, std::optional<torch::Device> cuda_device) {
+  const fs::path file = checkpoint_dir / kRngFile;
+  std::vector<torch::Tensor> rng;
+  try {
+    torch::load(rng, file.string());
+  } catch (const c10::Error& e) {
+    throw_file_error(file.string(), std::string("cannot read RNG state: ") + e.what_without_backtrace());
+  }
+  if (rng.empty()) throw_file_error(file.string(), "empty RNG state");
+  {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(rng[0]);
+  }
+  if (cuda_device && rng.size() > 1) {
+    auto gen = at::globalContext().defaultGenerator(*cuda_device);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(rng[1]);
+  }
+}
+
+void maybe_inject_checkpoint_fault(int64_t step, int files_written) {
+  const char* spec = std::getenv("QLORA_TEST_CHECKPOINT_FAULT");
+  if (!spec) return;
+  long long at_step = -1;
+  int at_files = -1;
+  char mode[16] = {0};
+  if (std::sscanf(spec, "%lld:%d:%15s", &at_step, &at_files, mode) != 3) return;
+  if (at_step != step || at_files != files_written) return;
+  if (std::string(mode) == "kill") {
+    std::raise(SIGKILL);
+  }
+  throw Error("QLORA_TEST_CHECKPOINT_FAULT: injected failure while writing checkpoint-" + std::to_string(step));
+}
+
+}  // namespace qlora::trainer

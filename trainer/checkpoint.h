@@ -1,0 +1,109 @@
+// Training checkpoints: everything needed to continue a run bit for bit.
+//
+//   <checkpoint.dir>/checkpoint-<step>/
+//     adapter_model.safetensors, adapter_config.json   the adapter (PEFT layout, fp32: loadable as-is)
+//     optimizer.pt                                     torch::save of the AdamW state (exp_avg, exp_avg_sq, step)
+//     rng_state.pt                                     default CPU generator state (LoRA dropout), + CUDA's if used
+//     effective_config.yaml                            the run's configuration
+//     trainer_state.json                               step counters, schedule, data-loader cursor, config hash,
+//                                                      model fingerprint (written last)
+//
+// A checkpoint is built in "checkpoint-<step>.tmp-<pid>" and renamed into place (AtomicDir), so a crash or
+// kill -9 at any moment leaves only complete checkpoint-<step> directories; leftovers of dead writers are
+// removed on the next start. Older checkpoints beyond `keep` are deleted only after the new one is committed.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lora/lora_model.h"
+
+namespace qlora::trainer {
+
+namespace fs = std::filesystem;
+
+inline constexpr const char* kTrainerStateFile = "trainer_state.json";
+inline constexpr const char* kOptimizerFile = "optimizer.pt";
+inline constexpr const char* kRngFile = "rng_state.pt";
+inline constexpr const char* kEffectiveConfigFile = "effective_config.yaml";
+
+// The counters and cursors of a run (trainer_state.json).
+struct TrainerState {
+  int64_t step = 0;                 // optimizer updates done
+  int64_t total_steps = 0;          // the run's step budget
+  int64_t tokens_seen = 0;          // non-padding tokens fed forward
+  int64_t label_tokens_seen = 0;    // tokens that counted in the loss
+  int64_t nonfinite_in_row = 0;     // consecutive skipped (non-finite) steps
+  int64_t nonfinite_total = 0;
+  double elapsed_s = 0.0;           // training wall time so far (all segments of the run)
+  double last_loss = 0.0;           // mean loss of the last update
+  std::string config_hash;
+  nlohmann::json trajectory;        // the fields behind config_hash
+  std::string model_fingerprint;
+  nlohmann::json data_state;        // DataLoader::state()
+  int threads = 0;                  // intra-op threads (bitwise resume needs the same count)
+};
+
+nlohmann::json trainer_state_to_json(const TrainerState& s);
+TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string& source);
+TrainerState read_trainer_state(const fs::path& checkpoint_dir);
+
+// A fingerprint of an HF model folder: config.json contents and the names and sizes of its weight files.
+std::string model_fingerprint(const fs::path& model_dir);
+
+// Refuses (qlora::Error) a checkpoint whose config hash or model fingerprint differs, naming what changed,
+// unless `force` (then it only warns).
+void check_resume_compatible(const TrainerState& saved, const std::string& config_hash,
+                             const nlohmann::json& trajectory, const std::string& fingerprint,
+                             const fs::path& checkpoint_dir, bool force);
+
+// What a save needs besides the trainer state.
+struct CheckpointContents {
+  const lora::LoraAdapters* adapters = nullptr;
+  torch::optim::Optimizer* optimizer = nullptr;
+  std::string effective_config;     // YAML text
+  std::string base_model;           // adapter_config.json base_model_name_or_path
+  std::optional<torch::Device> cuda_device;  // also save this device's generator state
+};
+
+class CheckpointManager {
+ public:
+  CheckpointManager(fs::path dir, int64_t keep);
+
+  const fs::path& dir() const { return dir_; }
+  static fs::path checkpoint_path(const fs::path& dir, int64_t step);
+
+  // Complete checkpoints (a trainer_state.json inside), ascending by step.
+  std::vector<std::pair<int64_t, fs::path>> list() const;
+  std::optional<fs::path> latest() const;
+  // Removes "checkpoint-*.tmp-<pid>" / ".old-<pid>" leftovers whose writer is no longer running.
+  void remove_stale_temp_dirs() const;
+  // Deletes every checkpoint-<step> (fresh start with --overwrite).
+  void remove_all_checkpoints() const;
+
+  // Writes checkpoint-<state.step> atomically (replacing one of the same step), then prunes beyond `keep`.
+  fs::path save(const TrainerState& state, const CheckpointContents& contents);
+
+ private:
+  fs::path dir_;
+  int64_t keep_;
+};
+
+// Restores what save() wrote into live objects (the adapters must be attached with the same modules and ranks).
+void load_adapter_weights(const fs::path& checkpoint_dir, const lora::LoraAdapters& adapters);
+void load_optimizer_state(const fs::path& checkpoint_dir, torch::optim::Optimizer& optimizer);
+void load_rng_state(const fs::path& checkpoint_dir, std::optional<torch::Device> cuda_device);
+
+// Test hook: QLORA_TEST_CHECKPOINT_FAULT="<step>:<files>:<throw|kill>" makes the save of checkpoint <step>
+// stop after writing <files> files, by throwing qlora::Error or by SIGKILL (a crash mid-write).
+void maybe_inject_checkpoint_fault(int64_t step, int files_written);
+
+}  // namespace qlora::trainer

@@ -1,0 +1,113 @@
+// The QLoRA training recipe: setup -> train -> save, driven by a TrainConfig (trainer/config.h).
+//
+//   Trainer t(load_config("configs/tiny.yaml"), {});
+//   t.setup();                        // threads, resume point, data, 4-bit base, LoRA, AdamW
+//   TrainSummary s = t.train();       // the loop; checkpoints; final adapter in output_dir
+//
+// One optimizer update ("step") consumes grad_accum micro-batches of micro_batch_size rows. The loss of an
+// update is the mean token loss over ALL label tokens of its micro-batches: each micro-batch backpropagates
+// sum_loss_i / N_total, where N_total counts the labels of the whole accumulated batch (read before the first
+// forward). So every trained token weighs the same however the tokens fall into micro-batches (unlike averaging
+// per-micro-batch means, which overweights short micro-batches).
+//
+// Non-finite loss or gradient norm: the update is skipped (gradients zeroed, step still counted) and counted;
+// after train.max_nonfinite_steps in a row the run saves a checkpoint and stops with a qlora::Error.
+// SIGINT/SIGTERM: the current update finishes, a checkpoint is saved, and qlora::Interrupted is thrown (exit 130).
+//
+// Output policy: output_dir must not exist unless --overwrite, or it holds the final adapter of this same run
+// (same config hash: re-finishing a resumed run). With checkpoint.resume: none, existing checkpoints in
+// checkpoint.dir are refused unless --overwrite (which deletes them). resume: auto continues from the newest
+// complete checkpoint of a compatible run.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/metrics.h"
+#include "trainer/schedule.h"
+
+namespace qlora::trainer {
+
+struct TrainerOptions {
+  bool overwrite = false;      // --overwrite
+  bool force_resume = false;   // --force-resume
+  // Stop (checkpoint + qlora::Interrupted) once this many updates are done; 0 = off. For time-sliced jobs
+  // and tests: it does not change the config hash, so the rest of the run resumes exactly.
+  int64_t stop_after_steps = 0;
+  bool write_outputs = true;   // false: no final adapter / summary (benchmarks)
+  // Called after every update with its metrics (tests, benchmarks).
+  std::function<void(const StepMetrics&)> on_step;
+};
+
+struct EvalResult {
+  double loss = 0.0;  // mean token loss over the evaluated label tokens
+  double perplexity = 0.0;
+  int64_t label_tokens = 0;
+  int64_t batches = 0;
+};
+
+struct TrainSummary {
+  int64_t start_step = 0;      // > 0 when resumed
+  int64_t steps = 0;           // updates done in total
+  int64_t total_steps = 0;
+  int64_t tokens = 0;          // tokens fed forward over the whole run
+  int64_t tokens_this_run = 0; // ... in this process
+  double wall_s = 0.0;         // training time of this process
+  double tokens_per_s = 0.0;   // this process
+  double steady_tokens_per_s = 0.0;  // this process, excluding its first update (warm-up)
+  size_t peak_rss_bytes = 0;
+  double first_loss = 0.0;     // first update of this process
+  double final_loss = 0.0;     // last update
+  std::optional<double> final_eval_loss;
+  int64_t nonfinite_steps = 0;
+  fs::path adapter_dir;        // empty when outputs are off
+  fs::path checkpoint_dir;
+  fs::path metrics_file;
+};
+
+class Trainer {
+ public:
+  Trainer(TrainConfig config, TrainerOptions options);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  void setup();
+  TrainSummary train();
+  EvalResult evaluate();
+  fs::path save_checkpoint();
+
+  const TrainConfig& config() const { return cfg_; }
+  const TrainerState& state() const { return state_; }
+  int64_t total_steps() const { return state_.total_steps; }
+  int64_t num_trainable_parameters() const;
+  int64_t num_model_parameters() const;
+
+ private:
+  struct Impl;
+  void resolve_resume_point();
+  void check_output_dir();
+  int64_t count_total_steps();
+  void write_final_outputs(TrainSummary& summary);
+  void cleanup();
+
+  TrainConfig cfg_;
+  TrainerOptions opts_;
+  TrainerState state_;
+  std::optional<fs::path> resume_from_;
+  bool output_overwrite_ = false;
+  std::unique_ptr<Impl> impl_;
+};
+
+// setup() + train(): what qlora-train runs.
+TrainSummary run_training(const TrainConfig& config, const TrainerOptions& options);
+
+}  // namespace qlora::trainer
