@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
     std::vector<int64_t> ids;
     for (int32_t t : tok->encode(prompt, /*add_bos=*/true)) ids.push_back(t);
     g.eos_token_ids = model->config().eos_token_ids;
+    g.vocab_limit = tok->vocab_size();  // models may pad their vocabulary beyond the tokenizer's
     g.eos_token_ids.push_back(tok->eos_id());
     std::printf("%s", prompt.c_str());
     std::fflush(stdout);

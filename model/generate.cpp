@@ -11,6 +11,7 @@ namespace qlora::model {
 
 int64_t sample_token(const torch::Tensor& logits, const GenerateOptions& o, torch::Generator& gen) {
   torch::Tensor l = logits.to(torch::kCPU, torch::kFloat32).reshape({-1});
+  if (o.vocab_limit > 0 && o.vocab_limit < l.size(0)) l = l.slice(0, 0, o.vocab_limit);
   if (o.temperature <= 0.0) return l.argmax().item<int64_t>();
   l = l / o.temperature;
   const int64_t v = l.size(0);
