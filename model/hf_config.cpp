@@ -87,7 +87,7 @@ RopeScaling parse_rope(const json& j, const std::string& source, const std::stri
   if (type == "default" || type.empty()) return rs;
   if (type != "linear" && type != "llama3") {
     r.fail(j.contains("rope_type") ? "rope_type" : "type", "rope scaling type '" + type + "' is not supported",
-           "supported types: default, linear, llama3 (yarn, dynamic, longrope, ntk are not implemented)");
+           "supported types: default, linear, llama3 (yarn, dynamic, longrope, ntk are not supported yet)");
   }
   rs.type = type;
   if (!r.has("factor")) r.fail("factor", "missing (required for rope type '" + type + "')");
