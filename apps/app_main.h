@@ -12,6 +12,7 @@
 #include <functional>
 
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "common/log.h"
 #include "common/threads.h"
 
@@ -32,6 +33,7 @@ inline int run(CLI::App& cli, int argc, char** argv, const std::function<int()>&
     return 2;
   }
   init_logging();
+  configure_host_allocator();
   install_stop_handlers();
   try {
     return body();

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "bench/machine_limits.h"
+#include "common/host_memory.h"
 #include "quant/dequant_kernels.h"
 #include "quant/linear_4bit.h"
 #include "quant/quantized_tensor.h"
@@ -29,8 +30,16 @@ void bench_dequant(int64_t out, int64_t in, double copy_gbs) {
   torch::Tensor w = torch::randn({out, in}, torch::kBFloat16);
   quant::QuantizedTensor q;
   const double tq = seconds([&] { q = quant::quantize_4bit(w, quant::QuantType::kNF4, 64, true); });
+  std::printf("quantize_4bit %lldx%lld (bf16 in, NF4+DQ, %s): %.2f s = %.0f Mparam/s", (long long)out, (long long)in,
+              quant::detail::isa_name(quant::detail::active_isa()), tq, n / tq / 1e6);
+  if (n <= (int64_t{1} << 24)) {
+    const double ts = seconds([&] {
+      quant::detail::quantize_4bit_with(w, quant::QuantType::kNF4, 64, true, quant::detail::Isa::kScalar);
+    });
+    std::printf("  (scalar path: %.2f s = %.0f Mparam/s)", ts, n / ts / 1e6);
+  }
+  std::printf("\n");
   w = torch::Tensor();
-  std::printf("quantize_4bit %lldx%lld (bf16 in, NF4+DQ): %.2f s\n", (long long)out, (long long)in, tq);
   for (auto dt : {torch::kBFloat16, torch::kFloat32}) {
     torch::Tensor dst = torch::empty({out, in}, torch::TensorOptions().dtype(dt));
     const double out_bytes = static_cast<double>(dst.element_size());
@@ -87,8 +96,9 @@ void bench_linear(int64_t out, int64_t in, int64_t tokens) {
 int main(int argc, char** argv) {
   const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
   at::set_num_threads(threads);
-  std::printf("threads: %d, active dequant path: %s\n", at::get_num_threads(),
-              quant::detail::isa_name(quant::detail::active_isa()));
+  const bool tuned = qlora::configure_host_allocator();  // as every qlora-* app does (QLORA_MALLOC_TUNING=0: off)
+  std::printf("threads: %d, active dequant path: %s, host allocator tuning: %s\n", at::get_num_threads(),
+              quant::detail::isa_name(quant::detail::active_isa()), tuned ? "on" : "off");
   const double copy = qlora::bench::measure_copy_bandwidth_gbs();
   std::printf("memory copy bandwidth: %.2f GB/s (read + write)\n", copy);
   std::printf("bf16 matmul 2048^3: %.1f GFLOP/s; fp32: %.1f GFLOP/s\n",

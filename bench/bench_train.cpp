@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/machine_limits.h"
+#include "common/host_memory.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/threads.h"
@@ -118,6 +119,8 @@ int main(int argc, char** argv) {
     }
   }
   init_logging("warn");
+  const bool tuned = configure_host_allocator();  // as qlora-train does
+  std::printf("host allocator tuning: %s\n", tuned ? "on" : "off (QLORA_MALLOC_TUNING=0)");
   try {
     const auto cfg = trainer::load_config(config_file);
     const auto mc = model::load_llama_config(cfg.model.path / "config.json");
