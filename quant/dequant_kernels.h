@@ -5,19 +5,42 @@
 
 #include <torch/types.h>
 
+#include <array>
 #include <cstdint>
+#include <vector>
 
 #include "quant/quantized_tensor.h"
 
 namespace qlora::quant::detail {
 
-// Instruction-set paths of the CPU dequant kernel. Chosen once from the CPU (best available) unless
+// Instruction-set paths of the CPU quantize and dequant kernels. Chosen once from the CPU (best available) unless
 // QLORA_QUANT_ISA=scalar|avx2|avx512 forces one (an unsupported choice falls back with a warning).
 enum class Isa { kScalar, kAvx2, kAvx512 };
 
 const char* isa_name(Isa isa);
 bool cpu_supports(Isa isa);
 Isa active_isa();
+
+// Decision table of a 16-entry codebook: the sorted midpoints (bounds[15] = +inf) and the sorted -> code index
+// map. A value's code is the number of bounds strictly below it (a value exactly on a bound takes the lower
+// entry, as torch.bucketize(right=False) in bitsandbytes' reference), mapped through `order` when the
+// codebook is not sorted (FP4).
+struct CodeBounds {
+  std::array<float, 16> bounds;
+  std::array<uint8_t, 16> order;
+  bool remap;
+};
+CodeBounds code_bounds(const std::vector<float>& code);
+
+// Quantizes blocks [b0, b1) of x (n elements of dtype dt: fp32, bf16 or fp16) with the given path: writes
+// absmax[b] and the blocks' packed bytes (packed[e / 2]; blocksize is a multiple of 16, so each block owns
+// whole bytes; an odd final element is paired with the code of 0.0). Every path gives the same bytes.
+void quantize_blocks_cpu(const void* x, torch::ScalarType dt, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+                         const CodeBounds& cb, float* absmax, uint8_t* packed, Isa isa);
+
+// quantize_4bit with a forced CPU path (tests and the benchmark).
+QuantizedTensor quantize_4bit_with(const torch::Tensor& w, QuantType type, int64_t blocksize, bool double_quant,
+                                   Isa isa);
 
 // CPU dequant of q into `out` (contiguous, q.numel() elements, fp32/bf16/fp16) with the given path.
 void dequantize_cpu_into(const QuantizedTensor& q, torch::Tensor& out, Isa isa);

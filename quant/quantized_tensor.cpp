@@ -108,30 +108,6 @@ struct Bounds {
   }
 };
 
-template <class T>
-float to_f32(T v) {
-  return static_cast<float>(v);
-}
-
-// Quantizes blocks [b0, b1) of x (n elements) into 4-bit codes (one per element, unpacked) and absmax.
-template <class T>
-void quantize_blocks(const T* x, int64_t n, int64_t bs, int64_t b0, int64_t b1, const Bounds<16>& bnd,
-                     bool remap, uint8_t* codes, float* absmax) {
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t e0 = b * bs;
-    const int64_t e1 = std::min(n, e0 + bs);
-    float m = 0.0f;
-    for (int64_t e = e0; e < e1; ++e) m = std::max(m, std::fabs(to_f32(x[e])));
-    absmax[b] = m;
-    const float inv = 1.0f / std::max(m, kMinAbsmax);
-    for (int64_t e = e0; e < e1; ++e) {
-      const float s = std::min(1.0f, std::max(-1.0f, to_f32(x[e]) * inv));
-      const int k = bnd.bucket(s);
-      codes[e] = remap ? bnd.order[static_cast<size_t>(k)] : static_cast<uint8_t>(k);
-    }
-  }
-}
-
 // Blockwise 8-bit quantization of v (n values) against the sorted dynamic map, blocksize 256.
 void quantize_nested(const std::vector<float>& v, uint8_t* q, float* absmax2) {
   static const Bounds<256> bnd(dynamic_map_signed());
@@ -253,6 +229,11 @@ torch::Tensor QuantizedTensor::absmax_fp32() const {
 }
 
 QuantizedTensor quantize_4bit(const torch::Tensor& w, QuantType type, int64_t blocksize, bool double_quant) {
+  return detail::quantize_4bit_with(w, type, blocksize, double_quant, detail::active_isa());
+}
+
+QuantizedTensor detail::quantize_4bit_with(const torch::Tensor& w, QuantType type, int64_t blocksize,
+                                           bool double_quant, Isa isa) {
   check_blocksize(blocksize);
   const auto dt = w.scalar_type();
   if (dt != torch::kFloat32 && dt != torch::kBFloat16 && dt != torch::kHalf) {
@@ -274,31 +255,14 @@ QuantizedTensor quantize_4bit(const torch::Tensor& w, QuantType type, int64_t bl
   q.code = torch::from_blob(const_cast<float*>(code.data()), {16}, torch::kFloat32).clone();
 
   auto absmax = torch::empty({nblocks}, torch::kFloat32);
-  auto codes = torch::empty({nblocks * blocksize + 1}, torch::kUInt8);  // one code per element (+pad)
-  uint8_t* c = codes.data_ptr<uint8_t>();
-  float* am = absmax.data_ptr<float>();
-  const Bounds<16> bnd(code);
-  const bool remap = type != QuantType::kNF4;
-  const int64_t grain = std::max<int64_t>(1, 16384 / blocksize);
-  at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
-    switch (dt) {
-      case torch::kFloat32:
-        quantize_blocks(x.data_ptr<float>(), n, blocksize, b0, b1, bnd, remap, c, am);
-        break;
-      case torch::kBFloat16:
-        quantize_blocks(x.data_ptr<c10::BFloat16>(), n, blocksize, b0, b1, bnd, remap, c, am);
-        break;
-      default:
-        quantize_blocks(x.data_ptr<c10::Half>(), n, blocksize, b0, b1, bnd, remap, c, am);
-        break;
-    }
-  });
-  if (n % 2) c[n] = remap ? bnd.order[static_cast<size_t>(bnd.bucket(0.0f))] : static_cast<uint8_t>(bnd.bucket(0.0f));
-
   q.packed = torch::empty({(n + 1) / 2}, torch::kUInt8);
+  float* am = absmax.data_ptr<float>();
   uint8_t* p = q.packed.data_ptr<uint8_t>();
-  at::parallel_for(0, (n + 1) / 2, 65536, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) p[i] = static_cast<uint8_t>((c[2 * i] << 4) | c[2 * i + 1]);
+  const void* src = x.data_ptr();
+  const detail::CodeBounds cb = detail::code_bounds(code);
+  const int64_t grain = std::max<int64_t>(1, 65536 / blocksize);
+  at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
+    detail::quantize_blocks_cpu(src, dt, n, blocksize, b0, b1, cb, am, p, isa);
   });
 
   q.double_quant = double_quant;
