@@ -33,9 +33,8 @@ void bench_dequant(int64_t out, int64_t in, double copy_gbs) {
   std::printf("quantize_4bit %lldx%lld (bf16 in, NF4+DQ, %s): %.2f s = %.0f Mparam/s", (long long)out, (long long)in,
               quant::detail::isa_name(quant::detail::active_isa()), tq, n / tq / 1e6);
   if (n <= (int64_t{1} << 24)) {
-    const double ts = seconds([&] {
-      quant::detail::quantize_4bit_with(w, quant::QuantType::kNF4, 64, true, quant::detail::Isa::kScalar);
-    });
+    const double ts = seconds(
+        [&] { quant::detail::quantize_4bit_with(w, quant::QuantType::kNF4, 64, true, quant::detail::Isa::kScalar); });
     std::printf("  (scalar path: %.2f s = %.0f Mparam/s)", ts, n / ts / 1e6);
   }
   std::printf("\n");
@@ -83,12 +82,13 @@ void bench_linear(int64_t out, int64_t in, int64_t tokens) {
     tfwd_d = time_best([&] { torch::linear(x, wd); }, 3);
     tfwd_n = time_best([&] { quant::linear_4bit(x, q); }, 3);
   }
-  std::printf("  fwd only: dense %.1f ms, NF4 %.1f ms; dense autograd on fresh dequant fwd+bwd: %.1f ms\n", tfwd_d * 1e3,
-              tfwd_n * 1e3, tf * 1e3);
+  std::printf("  fwd only: dense %.1f ms, NF4 %.1f ms; dense autograd on fresh dequant fwd+bwd: %.1f ms\n",
+              tfwd_d * 1e3, tfwd_n * 1e3, tf * 1e3);
   torch::Tensor tmp = torch::empty({out, in}, torch::kBFloat16);
   const double tdq = time_best([&] { quant::dequantize_4bit_into(q, tmp); }, 3);
-  std::printf("linear %lldx%lld, %lld tokens, fwd+bwd bf16: dense %.1f ms, NF4 %.1f ms  (ratio %.3f; 2 dequants = %.1f ms)\n",
-              (long long)out, (long long)in, (long long)tokens, td * 1e3, tn * 1e3, tn / td, 2 * tdq * 1e3);
+  std::printf(
+      "linear %lldx%lld, %lld tokens, fwd+bwd bf16: dense %.1f ms, NF4 %.1f ms  (ratio %.3f; 2 dequants = %.1f ms)\n",
+      (long long)out, (long long)in, (long long)tokens, td * 1e3, tn * 1e3, tn / td, 2 * tdq * 1e3);
 }
 
 }  // namespace
@@ -102,7 +102,8 @@ int main(int argc, char** argv) {
   const double copy = qlora::bench::measure_copy_bandwidth_gbs();
   std::printf("memory copy bandwidth: %.2f GB/s (read + write)\n", copy);
   std::printf("bf16 matmul 2048^3: %.1f GFLOP/s; fp32: %.1f GFLOP/s\n",
-              qlora::bench::measure_matmul_gflops(torch::kBFloat16), qlora::bench::measure_matmul_gflops(torch::kFloat32));
+              qlora::bench::measure_matmul_gflops(torch::kBFloat16),
+              qlora::bench::measure_matmul_gflops(torch::kFloat32));
   const bool linear_only = argc > 2 && std::string(argv[2]) == "linear";
   if (!linear_only) {
     bench_dequant(4096, 4096, copy);

@@ -66,8 +66,8 @@ void block_scalar(const T* x, int64_t e0, int64_t e1, const CodeBounds& cb, floa
 }
 
 template <class T>
-void blocks_scalar(const void* x, int64_t n, int64_t bs, int64_t b0, int64_t b1, const CodeBounds& cb,
-                   float* absmax, uint8_t* packed) {
+void blocks_scalar(const void* x, int64_t n, int64_t bs, int64_t b0, int64_t b1, const CodeBounds& cb, float* absmax,
+                   uint8_t* packed) {
   for (int64_t b = b0; b < b1; ++b) {
     block_scalar(typed<T>(x), b * bs, std::min(n, (b + 1) * bs), cb, absmax + b, packed);
   }
@@ -144,8 +144,8 @@ QLORA_AVX512 inline __m512 load16(const T* p) {
 }
 
 template <class T>
-QLORA_AVX512 void blocks_avx512(const void* xv, int64_t n, int64_t bs, int64_t b0, int64_t b1,
-                                const CodeBounds& cb, float* absmax, uint8_t* packed) {
+QLORA_AVX512 void blocks_avx512(const void* xv, int64_t n, int64_t bs, int64_t b0, int64_t b1, const CodeBounds& cb,
+                                float* absmax, uint8_t* packed) {
   const T* x = typed<T>(xv);
   const __m512 one = _mm512_set1_ps(1.0f), neg_one = _mm512_set1_ps(-1.0f);
   const __m512i ones = _mm512_set1_epi32(1);

@@ -21,7 +21,9 @@ namespace {
 
 constexpr float kMinAbsmax = 1e-38f;  // bitsandbytes clamps the absmax to this before the reciprocal
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 void check_blocksize(int64_t blocksize) {
   const bool pow2 = blocksize > 0 && (blocksize & (blocksize - 1)) == 0;
@@ -129,7 +131,9 @@ void quantize_nested(const std::vector<float>& v, uint8_t* q, float* absmax2) {
 
 }  // namespace
 
-std::string quant_type_name(QuantType t) { return t == QuantType::kNF4 ? "nf4" : "fp4"; }
+std::string quant_type_name(QuantType t) {
+  return t == QuantType::kNF4 ? "nf4" : "fp4";
+}
 
 QuantType parse_quant_type(const std::string& name) {
   if (name == "nf4") return QuantType::kNF4;
@@ -178,7 +182,9 @@ int64_t QuantizedTensor::numel() const {
   return n;
 }
 
-int64_t QuantizedTensor::num_blocks() const { return ceil_div(numel(), blocksize); }
+int64_t QuantizedTensor::num_blocks() const {
+  return ceil_div(numel(), blocksize);
+}
 
 int64_t QuantizedTensor::nbytes() const {
   int64_t total = 0;
@@ -232,8 +238,8 @@ QuantizedTensor quantize_4bit(const torch::Tensor& w, QuantType type, int64_t bl
   return detail::quantize_4bit_with(w, type, blocksize, double_quant, detail::active_isa());
 }
 
-QuantizedTensor detail::quantize_4bit_with(const torch::Tensor& w, QuantType type, int64_t blocksize,
-                                           bool double_quant, Isa isa) {
+QuantizedTensor detail::quantize_4bit_with(const torch::Tensor& w, QuantType type, int64_t blocksize, bool double_quant,
+                                           Isa isa) {
   check_blocksize(blocksize);
   const auto dt = w.scalar_type();
   if (dt != torch::kFloat32 && dt != torch::kBFloat16 && dt != torch::kHalf) {
@@ -291,8 +297,7 @@ torch::Tensor dequantize_4bit(const QuantizedTensor& q, torch::ScalarType out_dt
 void dequantize_4bit_into(const QuantizedTensor& q, torch::Tensor& out) {
   TORCH_CHECK(out.is_contiguous() && out.numel() == q.numel(), "dequantize_4bit_into: out must be contiguous with ",
               q.numel(), " elements");
-  TORCH_CHECK(out.device() == q.device(), "dequantize_4bit_into: out is on ", out.device(), ", weight on ",
-              q.device());
+  TORCH_CHECK(out.device() == q.device(), "dequantize_4bit_into: out is on ", out.device(), ", weight on ", q.device());
   if (!q.device().is_cpu() || out.scalar_type() == torch::kFloat64) {
     out.copy_(detail::dequantize_ops(q, out.scalar_type()).view_as(out));
     return;

@@ -28,8 +28,8 @@ void expect_same(const QuantizedTensor& a, const QuantizedTensor& b, const std::
 
 TEST(QuantizePaths, SimdEqualsScalarOnRandomData) {
   torch::manual_seed(21);
-  const std::vector<std::pair<int64_t, int64_t>> cases = {{1, 32},      {31, 32},     {33, 32},    {77, 64},
-                                                          {1001, 64},   {4097, 128},  {9999, 512}, {70001, 1024},
+  const std::vector<std::pair<int64_t, int64_t>> cases = {{1, 32},       {31, 32},      {33, 32},    {77, 64},
+                                                          {1001, 64},    {4097, 128},   {9999, 512}, {70001, 1024},
                                                           {40000, 4096}, {64 * 301, 64}};
   int checked = 0;
   for (const auto& [numel, bs] : cases) {
@@ -42,8 +42,8 @@ TEST(QuantizePaths, SimdEqualsScalarOnRandomData) {
           for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
             if (!detail::cpu_supports(isa)) continue;
             expect_same(detail::quantize_4bit_with(x, type, bs, dq, isa), ref,
-                        std::string(detail::isa_name(isa)) + " n=" + std::to_string(numel) + " bs=" +
-                            std::to_string(bs) + " " + c10::toString(dt) + " " + quant_type_name(type));
+                        std::string(detail::isa_name(isa)) + " n=" + std::to_string(numel) +
+                            " bs=" + std::to_string(bs) + " " + c10::toString(dt) + " " + quant_type_name(type));
             ++checked;
           }
         }
@@ -73,7 +73,7 @@ TEST(QuantizePaths, SimdEqualsScalarOnBoundsAndSpecialValues) {
     for (int i = 0; i < 64; ++i) v.push_back(i % 3 == 0 ? s : (i % 3 == 1 ? 0.5f * static_cast<float>(i) : -0.0f));
   }
   for (int i = 0; i < 64; ++i) v.push_back(tiny * static_cast<float>(i % 5));  // a block of subnormals only
-  for (int i = 0; i < 64; ++i) v.push_back(nan);                                 // a block of NaN only
+  for (int i = 0; i < 64; ++i) v.push_back(nan);                               // a block of NaN only
   const torch::Tensor w = torch::from_blob(v.data(), {static_cast<int64_t>(v.size())}, torch::kFloat32).clone();
   for (auto type : {QuantType::kNF4, QuantType::kFP4}) {
     for (int64_t bs : {32, 64}) {
