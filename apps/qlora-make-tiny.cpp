@@ -16,15 +16,22 @@ int main(int argc, char** argv) {
   qlora::model::TinyModelOptions opts;
   std::string corpus;
   cli.add_option("--out", out, "output model folder (must not exist unless --overwrite)")->required();
-  cli.add_option("--preset", opts.preset, "tiny: ~1M params, fast on CPU; bench: ~125M params")
-      ->check(CLI::IsMember({"tiny", "bench"}))
+  cli.add_option("--preset", opts.preset,
+                 "tiny: ~1M params, fast on CPU; tiny-llama3: tiny layers with Meta's Llama 3 tokenizer (128k vocab, "
+                 "~16M params); bench: ~125M params")
+      ->check(CLI::IsMember({"tiny", "tiny-llama3", "bench"}))
       ->capture_default_str();
   cli.add_option("--seed", opts.seed, "random seed of the weights (same seed, same bytes)")->capture_default_str();
   cli.add_flag("--overwrite", opts.overwrite, "replace an existing output folder");
   cli.add_option("--corpus", corpus, "tokenizer training text (default: assets/tiny_corpus.txt)");
+  std::string tokenizer_dir;
+  cli.add_option("--tokenizer-dir", tokenizer_dir,
+                 "tiny-llama3: folder with Meta's tokenizer.json, tokenizer_config.json, LICENSE, NOTICE "
+                 "(default: assets/llama3-tokenizer)");
 
   return qlora::app::run(cli, argc, argv, [&] {
     if (!corpus.empty()) opts.corpus = corpus;
+    if (!tokenizer_dir.empty()) opts.tokenizer_dir = tokenizer_dir;
     const auto report = qlora::model::make_tiny_model(out, opts);
     const auto& c = report.config;
     spdlog::info("wrote {} preset '{}' (seed {}) to {}", c.architecture, opts.preset, opts.seed, report.dir.string());

@@ -1,5 +1,5 @@
 // bench_tokenize [--model DIR] [--mb N]: byte-level BPE encode speed (MB/s, one thread) on English prose, C++
-// code and CJK text, with Meta's Llama 3 tokenizer.json (tests/fixtures/bpe_llama3 by default). Prints the
+// code and CJK text, with Meta's Llama 3 tokenizer.json (assets/llama3-tokenizer by default). Prints the
 // first pass (cold word cache) and the best of the next passes, plus decode speed.
 #include <algorithm>
 #include <chrono>
@@ -94,7 +94,7 @@ void run(const BpeTokenizer& tok, const char* name, const std::string& text, int
 
 int main(int argc, char** argv) {
   const fs::path src = fs::path(__FILE__).parent_path().parent_path();  // the repo root
-  fs::path model = src / "tests" / "fixtures" / "bpe_llama3";
+  fs::path model = src / "assets" / "llama3-tokenizer";
   double target_mb = 4.0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::strcmp(argv[i], "--model") == 0)

@@ -10,7 +10,9 @@ void PackedRow::append(const TokenizedExample& ex) {
   lengths.push_back(ex.size());
 }
 
-int32_t choose_pad_id(const model::Tokenizer& tok) { return tok.pad_id() >= 0 ? tok.pad_id() : tok.eos_id(); }
+int32_t choose_pad_id(const model::Tokenizer& tok) {
+  return tok.pad_id() >= 0 ? tok.pad_id() : tok.eos_id();
+}
 
 namespace {
 

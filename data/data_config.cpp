@@ -1,7 +1,7 @@
 #include "data/data_config.h"
 
-#include <optional>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "common/error.h"
@@ -27,7 +27,9 @@ class ConfigReader {
     throw Error(msg);
   }
 
-  std::string scalar_text(const YAML::Node& n) const { return n.IsScalar() ? n.Scalar() : std::string("<not a scalar>"); }
+  std::string scalar_text(const YAML::Node& n) const {
+    return n.IsScalar() ? n.Scalar() : std::string("<not a scalar>");
+  }
 
   bool get_bool(const YAML::Node& n, const std::string& key) const {
     bool v = false;
@@ -108,15 +110,17 @@ class ConfigReader {
   TemplateSpec get_template(const YAML::Node& n, const std::string& key) const {
     TemplateSpec t;
     if (n.IsScalar()) {
-      const std::string name = get_choice(n, key, {"alpaca", "llama2-chat", "chatml", "raw"});
+      const std::string name = get_choice(n, key, {"alpaca", "llama2-chat", "chatml", "llama3", "raw"});
       t.kind = name == "alpaca"        ? TemplateKind::kAlpaca
                : name == "llama2-chat" ? TemplateKind::kLlama2Chat
                : name == "chatml"      ? TemplateKind::kChatml
+               : name == "llama3"      ? TemplateKind::kLlama3
                                        : TemplateKind::kRaw;
       return t;
     }
     const char* hint =
-        "a name (alpaca | llama2-chat | chatml | raw), {prompt: \"...{instruction}...\", response: \"{output}\"} "
+        "a name (alpaca | llama2-chat | chatml | llama3 | raw), {prompt: \"...{instruction}...\", response: "
+        "\"{output}\"} "
         "or {system: {prefix, suffix}, user: {prefix, suffix}, assistant: {prefix, suffix}}";
     if (!n.IsMap()) fail(n, key, "expected a template name or mapping", hint);
     bool string_form = false, role_form = false;
@@ -159,7 +163,8 @@ void check_placeholders(const ConfigReader& r, const YAML::Node& at, const std::
     }
     if (text[i] != '{') continue;
     const size_t close = text.find('}', i);
-    if (close == std::string::npos) r.fail(at, "data.template", "unclosed '{' in '" + text + "'", "write {{ for a literal brace");
+    if (close == std::string::npos)
+      r.fail(at, "data.template", "unclosed '{' in '" + text + "'", "write {{ for a literal brace");
     const std::string name = text.substr(i + 1, close - i - 1);
     if (!allowed.count(name)) {
       std::string list;
@@ -175,27 +180,41 @@ void check_placeholders(const ConfigReader& r, const YAML::Node& at, const std::
 
 const char* format_name(DataFormat format) {
   switch (format) {
-    case DataFormat::kAlpaca: return "alpaca";
-    case DataFormat::kChat: return "chat";
-    case DataFormat::kCompletion: return "completion";
-    case DataFormat::kText: return "text";
+    case DataFormat::kAlpaca:
+      return "alpaca";
+    case DataFormat::kChat:
+      return "chat";
+    case DataFormat::kCompletion:
+      return "completion";
+    case DataFormat::kText:
+      return "text";
   }
   return "?";
 }
 
 const char* template_name(TemplateKind kind) {
   switch (kind) {
-    case TemplateKind::kAlpaca: return "alpaca";
-    case TemplateKind::kLlama2Chat: return "llama2-chat";
-    case TemplateKind::kChatml: return "chatml";
-    case TemplateKind::kRaw: return "raw";
-    case TemplateKind::kCustomString: return "custom (prompt/response)";
-    case TemplateKind::kCustomRoles: return "custom (per role)";
+    case TemplateKind::kAlpaca:
+      return "alpaca";
+    case TemplateKind::kLlama2Chat:
+      return "llama2-chat";
+    case TemplateKind::kChatml:
+      return "chatml";
+    case TemplateKind::kLlama3:
+      return "llama3";
+    case TemplateKind::kRaw:
+      return "raw";
+    case TemplateKind::kCustomString:
+      return "custom (prompt/response)";
+    case TemplateKind::kCustomRoles:
+      return "custom (per role)";
   }
   return "?";
 }
 
-bool has_eval_split(const DataConfig& cfg) { return !cfg.eval.empty() || cfg.eval_fraction > 0.0; }
+bool has_eval_split(const DataConfig& cfg) {
+  return !cfg.eval.empty() || cfg.eval_fraction > 0.0;
+}
 
 DataConfig parse_data_config(const YAML::Node& node, const std::string& file) {
   ConfigReader r(file);
@@ -229,8 +248,8 @@ DataConfig parse_data_config(const YAML::Node& node, const std::string& file) {
       }
     } else if (k == "format") {
       const std::string f = r.get_choice(v, key, {"alpaca", "chat", "completion", "text"});
-      cfg.format = f == "alpaca" ? DataFormat::kAlpaca
-                   : f == "chat" ? DataFormat::kChat
+      cfg.format = f == "alpaca"       ? DataFormat::kAlpaca
+                   : f == "chat"       ? DataFormat::kChat
                    : f == "completion" ? DataFormat::kCompletion
                                        : DataFormat::kText;
     } else if (k == "template") {
@@ -265,7 +284,8 @@ DataConfig parse_data_config(const YAML::Node& node, const std::string& file) {
       r.fail(kv.first, key, "unknown key", "valid keys: " + valid_keys);
     }
   }
-  if (!have_train) r.fail(node, "data.train", "missing", "add train: data/train.jsonl (a file, list, glob or directory)");
+  if (!have_train)
+    r.fail(node, "data.train", "missing", "add train: data/train.jsonl (a file, list, glob or directory)");
   if (!cfg.eval.empty() && cfg.eval_fraction > 0.0) {
     r.fail(*fraction_node, "data.eval_fraction", "cannot be combined with data.eval",
            "use either a separate eval file or a held-out fraction of train");
@@ -273,10 +293,16 @@ DataConfig parse_data_config(const YAML::Node& node, const std::string& file) {
 
   // Template: default by format, then check it fits the format.
   switch (cfg.format) {
-    case DataFormat::kAlpaca: cfg.tmpl.kind = TemplateKind::kAlpaca; break;
-    case DataFormat::kChat: cfg.tmpl.kind = TemplateKind::kChatml; break;
+    case DataFormat::kAlpaca:
+      cfg.tmpl.kind = TemplateKind::kAlpaca;
+      break;
+    case DataFormat::kChat:
+      cfg.tmpl.kind = TemplateKind::kChatml;
+      break;
     case DataFormat::kCompletion:
-    case DataFormat::kText: cfg.tmpl.kind = TemplateKind::kRaw; break;
+    case DataFormat::kText:
+      cfg.tmpl.kind = TemplateKind::kRaw;
+      break;
   }
   if (template_node) {
     const YAML::Node& tn = *template_node;
@@ -289,10 +315,11 @@ DataConfig parse_data_config(const YAML::Node& node, const std::string& file) {
     }
     if (k == TemplateKind::kAlpaca && f != DataFormat::kAlpaca) {
       r.fail(tn, "data.template", "the alpaca template needs format alpaca, not " + fname,
-             "for format " + fname + " use llama2-chat, chatml or a custom template");
+             "for format " + fname + " use llama2-chat, chatml, llama3 or a custom template");
     }
     if (k == TemplateKind::kRaw && f == DataFormat::kChat) {
-      r.fail(tn, "data.template", "format chat needs a chat template", "use llama2-chat, chatml or a per-role custom template");
+      r.fail(tn, "data.template", "format chat needs a chat template",
+             "use llama2-chat, chatml, llama3 or a per-role custom template");
     }
     if (k == TemplateKind::kCustomString) {
       if (f == DataFormat::kChat) {

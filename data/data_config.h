@@ -27,6 +27,12 @@
 //                (BOS/EOS are token ids, never text). Formats chat, alpaca, completion.
 //   chatml       "<|im_start|>{role}\n{content}<|im_end|>\n" per message; the assistant content and its
 //                <|im_end|> are trained (+ EOS id after it). Formats chat, alpaca, completion.
+//   llama3       Meta Llama 3: "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>" per message,
+//                content trimmed of surrounding whitespace as Meta's chat_template does
+//                after BOS (<|begin_of_text|>); the assistant content and its <|eot_id|> are trained; with add_eos
+//                an EOS id follows the last assistant turn only. The header and <|eot_id|> tokens are special
+//                token ids, never text: the tokenizer must have them (a Llama 3 tokenizer.json), else an error.
+//                Formats chat, alpaca, completion.
 //   raw          prompt text then completion text, no decoration (default for completion and text).
 //   custom, as a mapping; either the string form (formats alpaca and completion):
 //                  template: {prompt: "Q: {instruction}\n{input}\nA:", response: " {output}"}
@@ -53,7 +59,7 @@ namespace fs = std::filesystem;
 
 enum class DataFormat { kAlpaca, kChat, kCompletion, kText };
 enum class BadLinePolicy { kFail, kSkip };
-enum class TemplateKind { kAlpaca, kLlama2Chat, kChatml, kRaw, kCustomString, kCustomRoles };
+enum class TemplateKind { kAlpaca, kLlama2Chat, kChatml, kLlama3, kRaw, kCustomString, kCustomRoles };
 
 struct RoleAffixes {
   std::string prefix;

@@ -27,7 +27,9 @@ bool is_eval_record(int64_t record, double fraction) {
   return static_cast<double>(h >> 11) * (1.0 / 9007199254740992.0) < fraction;
 }
 
-nlohmann::json pos_to_json(const SourcePos& p) { return {p.file, p.offset, p.line, p.record}; }
+nlohmann::json pos_to_json(const SourcePos& p) {
+  return {p.file, p.offset, p.line, p.record};
+}
 SourcePos pos_from_json(const nlohmann::json& j) {
   return {j.at(0).get<int64_t>(), j.at(1).get<int64_t>(), j.at(2).get<int64_t>(), j.at(3).get<int64_t>()};
 }
@@ -51,7 +53,9 @@ std::vector<fs::path> split_files(const DataConfig& cfg, Split split) {
 
 }  // namespace
 
-const char* split_name(Split s) { return s == Split::kTrain ? "train" : "eval"; }
+const char* split_name(Split s) {
+  return s == Split::kTrain ? "train" : "eval";
+}
 
 nlohmann::json DataStats::to_json() const {
   return {{"records_read", records_read},
@@ -180,11 +184,14 @@ DataLoader::Processed DataLoader::process(const RawRecord& rec) const {
 
 void DataLoader::account(const SourcePos& pos, const Processed& p) {
   switch (p.outcome) {
-    case Outcome::kBad: bad_record(pos, p.what); return;
+    case Outcome::kBad:
+      bad_record(pos, p.what);
+      return;
     case Outcome::kDroppedLong:
       stats_.dropped_long += 1;
       if (warnings_++ < kMaxWarnings) {
-        spdlog::warn("{}: dropped: {} tokens > data.max_seq_len {}", source_.where(pos), p.original_len, cfg_.max_seq_len);
+        spdlog::warn("{}: dropped: {} tokens > data.max_seq_len {}", source_.where(pos), p.original_len,
+                     cfg_.max_seq_len);
       }
       return;
     case Outcome::kFullyMasked:
@@ -195,8 +202,11 @@ void DataLoader::account(const SourcePos& pos, const Processed& p) {
                      source_.where(pos), cfg_.max_seq_len, p.original_len);
       }
       return;
-    case Outcome::kTruncated: stats_.truncated += 1; break;
-    case Outcome::kOk: break;
+    case Outcome::kTruncated:
+      stats_.truncated += 1;
+      break;
+    case Outcome::kOk:
+      break;
   }
   stats_.examples += 1;
   stats_.tokens += p.ex->size();
@@ -333,7 +343,8 @@ void DataLoader::restore(const nlohmann::json& s) {
     if (s.at("version").get<int>() != kStateVersion) {
       mismatch("version", s.at("version").dump(), std::to_string(kStateVersion));
     }
-    if (s.at("split").get<std::string>() != split_name(split_)) mismatch("split", s.at("split").get<std::string>(), split_name(split_));
+    if (s.at("split").get<std::string>() != split_name(split_))
+      mismatch("split", s.at("split").get<std::string>(), split_name(split_));
     if (s.at("rank").get<int>() != rank_ || s.at("world_size").get<int>() != world_size_) {
       mismatch("rank/world size", s.at("rank").dump() + "/" + s.at("world_size").dump(),
                std::to_string(rank_) + "/" + std::to_string(world_size_));
@@ -343,7 +354,8 @@ void DataLoader::restore(const nlohmann::json& s) {
     }
     std::vector<std::string> files;
     for (const auto& f : source_.files()) files.push_back(f.string());
-    if (s.at("files").get<std::vector<std::string>>() != files) mismatch("files", s.at("files").dump(), nlohmann::json(files).dump());
+    if (s.at("files").get<std::vector<std::string>>() != files)
+      mismatch("files", s.at("files").dump(), nlohmann::json(files).dump());
 
     std::istringstream rng(s.at("rng").get<std::string>());
     std::mt19937_64 new_rng;
@@ -375,7 +387,8 @@ void DataLoader::restore(const nlohmann::json& s) {
     stats_ = DataStats::from_json(s.at("stats"));
     source_.seek(pos_from_json(s.at("source")));
   } catch (const nlohmann::json::exception& e) {
-    throw Error(std::string("data cursor: malformed state (") + e.what() + ")\nHINT: the checkpoint's data state is damaged");
+    throw Error(std::string("data cursor: malformed state (") + e.what() +
+                ")\nHINT: the checkpoint's data state is damaged");
   }
 }
 

@@ -12,16 +12,21 @@ const char* const kAlpacaPromptNoInput =
 
 const char* role_name(Role r) {
   switch (r) {
-    case Role::kSystem: return "system";
-    case Role::kUser: return "user";
-    case Role::kAssistant: return "assistant";
+    case Role::kSystem:
+      return "system";
+    case Role::kUser:
+      return "user";
+    case Role::kAssistant:
+      return "assistant";
   }
   return "?";
 }
 
 namespace {
 
-const char* json_type_name(const nlohmann::json& v) { return v.type_name(); }
+const char* json_type_name(const nlohmann::json& v) {
+  return v.type_name();
+}
 
 // A string field; `optional` fields may be absent or null (-> "").
 std::string get_field(const nlohmann::json& j, const std::string& name, bool optional = false) {
@@ -42,8 +47,8 @@ Role parse_role(const std::string& s, bool sharegpt, const std::string& where) {
   if (s == "system") return Role::kSystem;
   if (s == "user" || (sharegpt && s == "human")) return Role::kUser;
   if (s == "assistant" || (sharegpt && s == "gpt")) return Role::kAssistant;
-  throw BadRecord(where + ": unknown role \"" + s + "\" (valid: " +
-                  (sharegpt ? "system, human, gpt" : "system, user, assistant") + ")");
+  throw BadRecord(where + ": unknown role \"" + s +
+                  "\" (valid: " + (sharegpt ? "system, human, gpt" : "system, user, assistant") + ")");
 }
 
 std::vector<Message> parse_messages(const nlohmann::json& j) {
@@ -53,7 +58,8 @@ std::vector<Message> parse_messages(const nlohmann::json& j) {
   const char* text_key = sharegpt ? "value" : "content";
   auto it = j.find(list_key);
   if (it == j.end()) throw BadRecord("missing field \"messages\" (or ShareGPT \"conversations\")");
-  if (!it->is_array()) throw BadRecord(std::string("field \"") + list_key + "\" must be an array, got " + json_type_name(*it));
+  if (!it->is_array())
+    throw BadRecord(std::string("field \"") + list_key + "\" must be an array, got " + json_type_name(*it));
   std::vector<Message> msgs;
   for (size_t i = 0; i < it->size(); ++i) {
     const auto& m = (*it)[i];
@@ -73,8 +79,9 @@ std::vector<Message> parse_messages(const nlohmann::json& j) {
   for (size_t k = i; k < msgs.size(); ++k) {
     const Role want = (k - i) % 2 == 0 ? Role::kUser : Role::kAssistant;
     if (msgs[k].role != want) {
-      throw BadRecord(std::string(list_key) + "[" + std::to_string(k) + "]: expected role " + role_name(want) + ", got " +
-                      role_name(msgs[k].role) + " (an optional system message, then user and assistant alternating)");
+      throw BadRecord(std::string(list_key) + "[" + std::to_string(k) + "]: expected role " + role_name(want) +
+                      ", got " + role_name(msgs[k].role) +
+                      " (an optional system message, then user and assistant alternating)");
     }
   }
   if (msgs.back().role != Role::kAssistant) {
@@ -93,7 +100,9 @@ void add_text(std::vector<Segment>& out, const std::string& text, bool trainable
   out.push_back({Segment::Kind::kText, text, trainable});
 }
 
-void add_special(std::vector<Segment>& out, Segment::Kind kind, bool trainable) { out.push_back({kind, "", trainable}); }
+void add_special(std::vector<Segment>& out, Segment::Kind kind, bool trainable) {
+  out.push_back({kind, "", trainable});
+}
 
 void render_llama2(const Record& rec, const DataConfig& cfg, std::vector<Segment>& out) {
   const auto& m = rec.messages;
@@ -120,6 +129,32 @@ void render_chatml(const Record& rec, const DataConfig& cfg, std::vector<Segment
     add_text(out, msg.content + "<|im_end|>", train);
     if (train && cfg.add_eos) add_special(out, Segment::Kind::kEos, true);
     add_text(out, "\n", false);
+  }
+}
+
+void add_special_token(std::vector<Segment>& out, const char* content, bool trainable) {
+  out.push_back({Segment::Kind::kSpecial, content, trainable});
+}
+
+// Jinja's `trim`, which Meta's Llama 3 chat template applies to every message (ASCII whitespace).
+std::string trim_whitespace(const std::string& s) {
+  const char* ws = " \t\n\r\f\v";
+  const size_t b = s.find_first_not_of(ws);
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
+void render_llama3(const Record& rec, const DataConfig& cfg, std::vector<Segment>& out) {
+  for (size_t i = 0; i < rec.messages.size(); ++i) {
+    const Message& msg = rec.messages[i];
+    add_special_token(out, "<|start_header_id|>", false);
+    add_text(out, role_name(msg.role), false);
+    add_special_token(out, "<|end_header_id|>", false);
+    add_text(out, "\n\n", false);
+    const bool train = msg.role == Role::kAssistant;
+    add_text(out, trim_whitespace(msg.content), train);
+    add_special_token(out, "<|eot_id|>", train);
+    if (train && cfg.add_eos && i + 1 == rec.messages.size()) add_special(out, Segment::Kind::kEos, true);
   }
 }
 
@@ -175,7 +210,8 @@ Record parse_record(const nlohmann::json& j, const DataConfig& cfg) {
       const std::string input = get_field(j, "input", /*optional=*/true);
       const std::string output = get_field(j, "output");
       r.fields = {{"instruction", instruction}, {"input", input}, {"output", output}};
-      r.messages = {{Role::kUser, input.empty() ? instruction : instruction + "\n\n" + input}, {Role::kAssistant, output}};
+      r.messages = {{Role::kUser, input.empty() ? instruction : instruction + "\n\n" + input},
+                    {Role::kAssistant, output}};
       break;
     }
     case DataFormat::kCompletion: {
@@ -185,8 +221,12 @@ Record parse_record(const nlohmann::json& j, const DataConfig& cfg) {
       r.messages = {{Role::kUser, prompt}, {Role::kAssistant, completion}};
       break;
     }
-    case DataFormat::kChat: r.messages = parse_messages(j); break;
-    case DataFormat::kText: r.fields["text"] = get_field(j, cfg.text_field); break;
+    case DataFormat::kChat:
+      r.messages = parse_messages(j);
+      break;
+    case DataFormat::kText:
+      r.fields["text"] = get_field(j, cfg.text_field);
+      break;
   }
   return r;
 }
@@ -220,9 +260,18 @@ std::vector<Segment> render_record(const Record& rec, const DataConfig& cfg) {
       add_text(out, fill_placeholders(cfg.tmpl.response, rec.fields), true);
       if (cfg.add_eos) add_special(out, Segment::Kind::kEos, true);
       break;
-    case TemplateKind::kLlama2Chat: render_llama2(rec, cfg, out); break;
-    case TemplateKind::kChatml: render_chatml(rec, cfg, out); break;
-    case TemplateKind::kCustomRoles: render_roles(rec, cfg, out); break;
+    case TemplateKind::kLlama2Chat:
+      render_llama2(rec, cfg, out);
+      break;
+    case TemplateKind::kChatml:
+      render_chatml(rec, cfg, out);
+      break;
+    case TemplateKind::kLlama3:
+      render_llama3(rec, cfg, out);
+      break;
+    case TemplateKind::kCustomRoles:
+      render_roles(rec, cfg, out);
+      break;
   }
   return out;
 }

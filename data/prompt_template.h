@@ -10,18 +10,18 @@
 // A record that does not fit is a BadRecord (the loader adds file:line and applies on_bad_line).
 //
 // render_record() turns a Record into Segments: text pieces flagged trained or not, and BOS/EOS markers
-// (token ids, never text). Adjacent text pieces with the same flag are merged into one segment. The
-// tokenizer encodes each segment on its own (no BOS/EOS) and concatenates the ids: the prompt/response
-// boundary is then a token boundary and masks are exact, at the price of a word-boundary marker at the
-// start of each segment (sentencepiece's dummy prefix), which stands in for the separating space.
+// (token ids, never text), and special tokens of a chat template (token ids looked up by content, never text). Adjacent
+// text pieces with the same flag are merged into one segment. The tokenizer encodes each segment on its own (no
+// BOS/EOS) and concatenates the ids: the prompt/response boundary is then a token boundary and masks are exact, at the
+// price of a word-boundary marker at the start of each segment (sentencepiece's dummy prefix), which stands in for the
+// separating space.
 #pragma once
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "data/data_config.h"
 
@@ -36,8 +36,9 @@ struct Message {
 };
 
 struct Record {
-  std::map<std::string, std::string> fields;  // alpaca: instruction/input/output; completion: prompt/completion; text: text
-  std::vector<Message> messages;               // chat; alpaca and completion: one user + one assistant turn
+  std::map<std::string, std::string>
+      fields;                     // alpaca: instruction/input/output; completion: prompt/completion; text: text
+  std::vector<Message> messages;  // chat; alpaca and completion: one user + one assistant turn
 };
 
 // A record that does not match its format (missing field, wrong type, bad role order).
@@ -50,9 +51,9 @@ Record parse_record(const nlohmann::json& j, const DataConfig& cfg);
 Record parse_text_document(std::string text);
 
 struct Segment {
-  enum class Kind { kText, kBos, kEos };
+  enum class Kind { kText, kBos, kEos, kSpecial };
   Kind kind = Kind::kText;
-  std::string text;  // kText only
+  std::string text;  // kText: the text; kSpecial: the special token's content, e.g. "<|eot_id|>" (one id)
   bool trainable = false;
 
   bool operator==(const Segment& o) const { return kind == o.kind && text == o.text && trainable == o.trainable; }

@@ -11,7 +11,9 @@ namespace qlora::data {
 
 namespace {
 
-bool has_glob_chars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
+bool has_glob_chars(const std::string& s) {
+  return s.find_first_of("*?[") != std::string::npos;
+}
 
 std::vector<fs::path> expand_glob(const std::string& pattern) {
   std::vector<fs::path> out;
@@ -47,12 +49,15 @@ std::vector<fs::path> expand_spec(const fs::path& spec) {
 }
 
 bool is_blank(const std::string& s) {
-  return std::all_of(s.begin(), s.end(), [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; });
+  return std::all_of(s.begin(), s.end(),
+                     [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; });
 }
 
 }  // namespace
 
-bool is_plain_text_file(const fs::path& p) { return p.extension() == ".txt"; }
+bool is_plain_text_file(const fs::path& p) {
+  return p.extension() == ".txt";
+}
 
 std::vector<fs::path> resolve_data_files(const std::vector<std::string>& specs, const fs::path& base_dir,
                                          const std::string& key) {
@@ -82,7 +87,8 @@ std::vector<fs::path> resolve_data_files(const std::vector<std::string>& specs, 
 RecordSource::RecordSource(std::vector<fs::path> files) : files_(std::move(files)) {}
 
 std::string RecordSource::where(const SourcePos& pos) const {
-  const std::string name = pos.file >= 0 && pos.file < static_cast<int64_t>(files_.size()) ? files_[pos.file].string() : "?";
+  const std::string name =
+      pos.file >= 0 && pos.file < static_cast<int64_t>(files_.size()) ? files_[pos.file].string() : "?";
   return name + ":" + std::to_string(pos.line);
 }
 
@@ -122,7 +128,9 @@ bool RecordSource::open_current() {
       in_ = std::ifstream(p, std::ios::binary);
       if (!in_) throw_file_error(p.string(), "cannot open data file", "check the path and its permissions");
       in_.seekg(pos_.offset);
-      if (!in_) throw_file_error(p.string(), "cannot seek to byte " + std::to_string(pos_.offset), "the file changed since the cursor was saved");
+      if (!in_)
+        throw_file_error(p.string(), "cannot seek to byte " + std::to_string(pos_.offset),
+                         "the file changed since the cursor was saved");
       open_ = true;
     }
     return true;

@@ -2,11 +2,27 @@
 
 #include <algorithm>
 
+#include "common/error.h"
+
 namespace qlora::data {
 
 int64_t TokenizedExample::num_label_tokens() const {
   return std::count_if(labels.begin(), labels.end(), [](int32_t l) { return l != kIgnoreIndex; });
 }
+
+namespace {
+
+int32_t special_token_id(const model::Tokenizer& tok, const std::string& content) {
+  const int32_t id = tok.piece_to_id(content);
+  if (id < 0 || id >= tok.vocab_size() || tok.id_to_piece(id) != content) {
+    throw Error("the prompt template needs the special token " + content +
+                ", which this tokenizer does not have\nHINT: this template is for models whose tokenizer defines it "
+                "(llama3: a Llama 3 tokenizer.json); pick a template that fits the model");
+  }
+  return id;
+}
+
+}  // namespace
 
 TokenizedExample tokenize_segments(const std::vector<Segment>& segments, const model::Tokenizer& tok,
                                    bool train_on_prompt) {
@@ -14,9 +30,18 @@ TokenizedExample tokenize_segments(const std::vector<Segment>& segments, const m
   for (const auto& seg : segments) {
     std::vector<int32_t> ids;
     switch (seg.kind) {
-      case Segment::Kind::kBos: ids = {tok.bos_id()}; break;
-      case Segment::Kind::kEos: ids = {tok.eos_id()}; break;
-      case Segment::Kind::kText: ids = tok.encode(seg.text); break;
+      case Segment::Kind::kBos:
+        ids = {tok.bos_id()};
+        break;
+      case Segment::Kind::kEos:
+        ids = {tok.eos_id()};
+        break;
+      case Segment::Kind::kText:
+        ids = tok.encode(seg.text);
+        break;
+      case Segment::Kind::kSpecial:
+        ids = {special_token_id(tok, seg.text)};
+        break;
     }
     const bool label = seg.trainable || train_on_prompt;
     for (int32_t id : ids) {
@@ -49,7 +74,9 @@ std::string render_runs(const TokenizedExample& ex, const model::Tokenizer& tok,
     const bool special = id == tok.bos_id() || id == tok.eos_id();
     size_t j = i + 1;
     if (!special) {
-      while (j < n && (ex.labels[j] == kIgnoreIndex) == masked && ex.ids[j] != tok.bos_id() && ex.ids[j] != tok.eos_id()) ++j;
+      while (j < n && (ex.labels[j] == kIgnoreIndex) == masked && ex.ids[j] != tok.bos_id() &&
+             ex.ids[j] != tok.eos_id())
+        ++j;
     }
     std::string text;
     if (special) {
@@ -72,7 +99,8 @@ std::string format_masked(const TokenizedExample& ex, const model::Tokenizer& to
 }
 
 std::string format_prompt_trained(const TokenizedExample& ex, const model::Tokenizer& tok) {
-  return "PROMPT: " + render_runs(ex, tok, true, false, false) + "\nTRAINED: " + render_runs(ex, tok, false, true, false);
+  return "PROMPT: " + render_runs(ex, tok, true, false, false) +
+         "\nTRAINED: " + render_runs(ex, tok, false, true, false);
 }
 
 }  // namespace qlora::data

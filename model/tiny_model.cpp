@@ -1,9 +1,9 @@
 #include "model/tiny_model.h"
 
-#include <sys/wait.h>
-#include <unistd.h>
 #include <spdlog/spdlog.h>
+#include <sys/wait.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +23,7 @@ namespace qlora::model {
 namespace {
 
 constexpr const char* kCorpusName = "tiny_corpus.txt";
+constexpr const char* kLlama3TokenizerAsset = "llama3-tokenizer";
 
 fs::path exe_dir() {
   std::error_code ec;
@@ -56,15 +57,28 @@ LlamaConfig tiny_model_config(const std::string& preset, int64_t tokenizer_vocab
     c.intermediate_size = 352;
     c.max_position_embeddings = 1024;
   } else if (preset == "bench") {
-    c.vocab_size = std::max<int64_t>(32000, tokenizer_vocab);  // Llama-2 sized embedding; rows past the tokenizer are unused
+    c.vocab_size =
+        std::max<int64_t>(32000, tokenizer_vocab);  // Llama-2 sized embedding; rows past the tokenizer are unused
     c.hidden_size = 768;
     c.num_hidden_layers = 12;
     c.num_attention_heads = 12;
     c.num_key_value_heads = 4;
     c.intermediate_size = 2048;
     c.max_position_embeddings = 2048;
+  } else if (preset == "tiny-llama3") {
+    // The tiny architecture with Meta's Llama 3 vocabulary (128,000 BPE tokens + 256 special) and rope base.
+    c.vocab_size = tokenizer_vocab;
+    c.hidden_size = 64;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.intermediate_size = 176;
+    c.max_position_embeddings = 1024;
+    c.rope_theta = 500000.0;
+    c.bos_token_id = 128000;     // <|begin_of_text|>
+    c.eos_token_ids = {128001};  // <|end_of_text|>, as in Meta-Llama-3-8B's config.json
   } else {
-    throw Error("unknown tiny-model preset '" + preset + "' (expected tiny or bench)");
+    throw Error("unknown tiny-model preset '" + preset + "' (expected tiny, tiny-llama3 or bench)");
   }
   c.head_dim = c.hidden_size / c.num_attention_heads;
   return c;
@@ -91,23 +105,35 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> llama_weight_shapes(co
   return out;
 }
 
-fs::path find_tiny_corpus() {
+namespace {
+
+fs::path find_asset(const std::string& name, const char* what, const char* flag) {
   std::vector<fs::path> candidates;
-  if (const char* env = std::getenv("QLORA_ASSETS_DIR")) candidates.push_back(fs::path(env) / kCorpusName);
+  if (const char* env = std::getenv("QLORA_ASSETS_DIR")) candidates.push_back(fs::path(env) / name);
   const fs::path exe = exe_dir();
   if (!exe.empty()) {
-    candidates.push_back(exe / ".." / "share" / "qlora" / kCorpusName);
-    candidates.push_back(exe / ".." / ".." / "assets" / kCorpusName);
+    candidates.push_back(exe / ".." / "share" / "qlora" / name);
+    candidates.push_back(exe / ".." / ".." / "assets" / name);
   }
   // The source tree this file was compiled from (development builds).
-  candidates.push_back(fs::path(__FILE__).parent_path().parent_path() / "assets" / kCorpusName);
+  candidates.push_back(fs::path(__FILE__).parent_path().parent_path() / "assets" / name);
   std::string tried;
   for (const auto& p : candidates) {
-    if (fs::is_regular_file(p)) return fs::weakly_canonical(p);
+    if (fs::exists(p)) return fs::weakly_canonical(p);
     tried += "\n  " + p.string();
   }
-  throw Error(std::string("cannot find the tokenizer corpus ") + kCorpusName + "; tried:" + tried +
-              "\nHINT: pass --corpus FILE or set QLORA_ASSETS_DIR to the repo's assets/ folder");
+  throw Error(std::string("cannot find the ") + what + " " + name + "; tried:" + tried + "\nHINT: pass " + flag +
+              " or set QLORA_ASSETS_DIR to the repo's assets/ folder");
+}
+
+}  // namespace
+
+fs::path find_tiny_corpus() {
+  return find_asset(kCorpusName, "tokenizer corpus", "--corpus FILE");
+}
+
+fs::path find_llama3_tokenizer_dir() {
+  return find_asset(kLlama3TokenizerAsset, "Llama 3 tokenizer folder", "--tokenizer-dir DIR");
 }
 
 namespace {
@@ -214,8 +240,51 @@ void write_random_llama_weights(const LlamaConfig& c, const fs::path& file, uint
   progress.finish();
 }
 
+namespace {
+
+void list_files(TinyModelReport& report) {
+  for (const auto& entry : fs::directory_iterator(report.dir)) {
+    if (entry.is_regular_file()) report.files.emplace_back(entry.path().filename().string(), entry.file_size());
+  }
+  std::sort(report.files.begin(), report.files.end());
+}
+
+// tiny-llama3: Meta's tokenizer files (with their LICENSE and NOTICE) copied in, random weights over its vocabulary.
+TinyModelReport make_tiny_llama3_model(const fs::path& out_dir, const TinyModelOptions& opts) {
+  const fs::path src = opts.tokenizer_dir.empty() ? find_llama3_tokenizer_dir() : opts.tokenizer_dir;
+  AtomicDir dir(out_dir, opts.overwrite);
+  TinyModelReport report;
+  report.dir = out_dir;
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "LICENSE", "NOTICE"}) {
+    if (!fs::is_regular_file(src / f)) {
+      throw Error("the Llama 3 tokenizer folder " + src.string() + " has no " + f +
+                  "\nHINT: it needs tokenizer.json, tokenizer_config.json and Meta's LICENSE and NOTICE");
+    }
+    fs::copy_file(src / f, dir.path() / f);
+  }
+  const auto tok = load_tokenizer(dir.path());
+  report.tokenizer_vocab = tok->vocab_size();
+  LlamaConfig c = tiny_model_config(opts.preset, report.tokenizer_vocab);
+  if (tok->bos_id() != c.bos_token_id || tok->eos_id() != c.eos_token_ids[0]) {
+    throw Error("the tokenizer in " + src.string() + " has bos/eos ids " + std::to_string(tok->bos_id()) + "/" +
+                std::to_string(tok->eos_id()) + ", expected Llama 3's 128000/128001");
+  }
+  report.config = c;
+  write_file_atomic(dir.path() / "config.json", llama_config_to_json(c).dump(2) + "\n");
+  const nlohmann::json gen = {
+      {"_from_model_config", true}, {"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_ids[0]}};
+  write_file_atomic(dir.path() / "generation_config.json", gen.dump(2) + "\n");
+  write_random_llama_weights(c, dir.path() / "model.safetensors", opts.seed);
+  dir.commit();
+  list_files(report);
+  return report;
+}
+
+}  // namespace
+
 TinyModelReport make_tiny_model(const fs::path& out_dir, const TinyModelOptions& opts) {
   tiny_model_config(opts.preset, kTinyTokenizerVocab);  // validates the preset before any work
+  if (opts.preset == "tiny-llama3") return make_tiny_llama3_model(out_dir, opts);
   const fs::path corpus = opts.corpus.empty() ? find_tiny_corpus() : opts.corpus;
   AtomicDir dir(out_dir, opts.overwrite);
   TinyModelReport report;
@@ -231,8 +300,8 @@ TinyModelReport make_tiny_model(const fs::path& out_dir, const TinyModelOptions&
   LlamaConfig c = tiny_model_config(opts.preset, report.tokenizer_vocab);
   report.config = c;
   write_file_atomic(dir.path() / "config.json", llama_config_to_json(c).dump(2) + "\n");
-  const nlohmann::json gen = {{"_from_model_config", true}, {"bos_token_id", c.bos_token_id},
-                              {"eos_token_id", c.eos_token_ids[0]}};
+  const nlohmann::json gen = {
+      {"_from_model_config", true}, {"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_ids[0]}};
   write_file_atomic(dir.path() / "generation_config.json", gen.dump(2) + "\n");
   // Lets transformers' AutoTokenizer load the folder (LlamaTokenizer over tokenizer.model).
   const nlohmann::json tok_cfg = {{"tokenizer_class", "LlamaTokenizer"},
@@ -252,11 +321,7 @@ TinyModelReport make_tiny_model(const fs::path& out_dir, const TinyModelOptions&
 
   write_random_llama_weights(c, dir.path() / "model.safetensors", opts.seed);
   dir.commit();
-
-  for (const auto& entry : fs::directory_iterator(out_dir)) {
-    if (entry.is_regular_file()) report.files.emplace_back(entry.path().filename().string(), entry.file_size());
-  }
-  std::sort(report.files.begin(), report.files.end());
+  list_files(report);
   return report;
 }
 

@@ -25,10 +25,13 @@ constexpr double kTinyLmHeadLogitStd = 1.5;
 double tiny_init_std(const std::string& name, int64_t hidden_size);
 
 struct TinyModelOptions {
-  std::string preset = "tiny";  // "tiny" (fast tests / CPU demo) | "bench" (~125M params)
-  uint64_t seed = 0;            // torch::manual_seed for the weights; same seed -> same bytes
-  bool overwrite = false;       // replace an existing output folder
-  fs::path corpus;              // tokenizer training text; empty: find_tiny_corpus()
+  // "tiny" (fast tests / CPU demo) | "tiny-llama3" (tiny layers, Meta's Llama 3 tokenizer.json and 128,256-token
+  // vocabulary) | "bench" (~125M params)
+  std::string preset = "tiny";
+  uint64_t seed = 0;       // torch::manual_seed for the weights; same seed -> same bytes
+  bool overwrite = false;  // replace an existing output folder
+  fs::path corpus;         // tokenizer training text; empty: find_tiny_corpus()
+  fs::path tokenizer_dir;  // tiny-llama3: folder with Meta's tokenizer files; empty: find_llama3_tokenizer_dir()
 };
 
 struct TinyModelReport {
@@ -38,8 +41,8 @@ struct TinyModelReport {
   std::vector<std::pair<std::string, uint64_t>> files;  // name, size in bytes
 };
 
-// The architecture of a preset; tokenizer_vocab is the trained vocabulary size (tiny uses it as vocab_size,
-// bench pads to 32000 like Llama-2). Unknown presets throw qlora::Error.
+// The architecture of a preset; tokenizer_vocab is the tokenizer's vocabulary size (tiny and tiny-llama3 use it
+// as vocab_size, bench pads to 32000 like Llama-2). Unknown presets throw qlora::Error.
 LlamaConfig tiny_model_config(const std::string& preset, int64_t tokenizer_vocab);
 
 // HF tensor names and shapes of a Llama in module order (embed, layers, norm, lm_head unless tied).
@@ -47,6 +50,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> llama_weight_shapes(co
 
 // assets/tiny_corpus.txt: $QLORA_ASSETS_DIR, <exe>/../share/qlora, <exe>/../../assets, then the source tree.
 fs::path find_tiny_corpus();
+// assets/llama3-tokenizer/ (Meta's Llama 3 tokenizer.json, tokenizer_config.json, LICENSE, NOTICE), searched alike.
+fs::path find_llama3_tokenizer_dir();
 
 // Trains a Llama-like sentencepiece BPE (byte_fallback, split_digits, <unk>=0 <s>=1 </s>=2, no pad) on `corpus`
 // and writes `out_file` (tokenizer.model). Deterministic: single-threaded, no sampling or shuffling.

@@ -12,10 +12,18 @@ using nlohmann::json;
 using test::make_config;
 using K = Segment::Kind;
 
-Segment bos() { return {K::kBos, "", false}; }
-Segment eos() { return {K::kEos, "", true}; }
-Segment prompt(const std::string& s) { return {K::kText, s, false}; }
-Segment trained(const std::string& s) { return {K::kText, s, true}; }
+Segment bos() {
+  return {K::kBos, "", false};
+}
+Segment eos() {
+  return {K::kEos, "", true};
+}
+Segment prompt(const std::string& s) {
+  return {K::kText, s, false};
+}
+Segment trained(const std::string& s) {
+  return {K::kText, s, true};
+}
 
 std::vector<Segment> render(const std::string& cfg_yaml, const json& j) {
   const DataConfig cfg = make_config(cfg_yaml);
@@ -47,12 +55,13 @@ const json kShareGpt = {{"conversations",
                           {{"from", "gpt"}, {"value", "Goodbye."}}}}};
 
 TEST(PromptTemplate, AlpacaWithInput) {
-  expect_segments(render("train: t\n", kAlpacaWithInput),
-                  {bos(),
-                   prompt("Below is an instruction that describes a task, paired with an input that provides further "
-                          "context. Write a response that appropriately completes the request.\n\n### Instruction:\nAdd "
-                          "the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n"),
-                   trained("5"), eos()});
+  expect_segments(
+      render("train: t\n", kAlpacaWithInput),
+      {bos(),
+       prompt("Below is an instruction that describes a task, paired with an input that provides further "
+              "context. Write a response that appropriately completes the request.\n\n### Instruction:\nAdd "
+              "the numbers.\n\n### Input:\n2 and 3\n\n### Response:\n"),
+       trained("5"), eos()});
 }
 
 TEST(PromptTemplate, AlpacaNoInput) {
@@ -94,11 +103,45 @@ TEST(PromptTemplate, Llama2ChatNoSystem) {
 }
 
 TEST(PromptTemplate, ChatmlMultiTurn) {
-  expect_segments(render("train: t\nformat: chat\ntemplate: chatml\n", kChat),
-                  {bos(),
-                   prompt("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
-                   trained("Hello!<|im_end|>"), eos(), prompt("\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"),
-                   trained("Goodbye.<|im_end|>"), eos(), prompt("\n")});
+  expect_segments(
+      render("train: t\nformat: chat\ntemplate: chatml\n", kChat),
+      {bos(),
+       prompt("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+       trained("Hello!<|im_end|>"), eos(), prompt("\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"),
+       trained("Goodbye.<|im_end|>"), eos(), prompt("\n")});
+}
+
+TEST(PromptTemplate, Llama3MultiTurn) {
+  const auto sp = [](const char* tok, bool train) { return Segment{K::kSpecial, tok, train}; };
+  expect_segments(render("train: t\nformat: chat\ntemplate: llama3\n", kChat), {bos(),
+                                                                                sp("<|start_header_id|>", false),
+                                                                                prompt("system"),
+                                                                                sp("<|end_header_id|>", false),
+                                                                                prompt("\n\nBe brief."),
+                                                                                sp("<|eot_id|>", false),
+                                                                                sp("<|start_header_id|>", false),
+                                                                                prompt("user"),
+                                                                                sp("<|end_header_id|>", false),
+                                                                                prompt("\n\nHi"),
+                                                                                sp("<|eot_id|>", false),
+                                                                                sp("<|start_header_id|>", false),
+                                                                                prompt("assistant"),
+                                                                                sp("<|end_header_id|>", false),
+                                                                                prompt("\n\n"),
+                                                                                trained("Hello!"),
+                                                                                sp("<|eot_id|>", true),
+                                                                                sp("<|start_header_id|>", false),
+                                                                                prompt("user"),
+                                                                                sp("<|end_header_id|>", false),
+                                                                                prompt("\n\nBye"),
+                                                                                sp("<|eot_id|>", false),
+                                                                                sp("<|start_header_id|>", false),
+                                                                                prompt("assistant"),
+                                                                                sp("<|end_header_id|>", false),
+                                                                                prompt("\n\n"),
+                                                                                trained("Goodbye."),
+                                                                                sp("<|eot_id|>", true),
+                                                                                eos()});
 }
 
 TEST(PromptTemplate, CustomRoles) {
@@ -110,14 +153,15 @@ template:
   user: {prefix: "User: ", suffix: "\n"}
   assistant: {prefix: "Bot: ", suffix: "\n"}
 )";
-  expect_segments(render(cfg, kChat), {bos(), prompt("<sys>Be brief.</sys>\nUser: Hi\nBot: "), trained("Hello!\n"), eos(),
-                                       prompt("User: Bye\nBot: "), trained("Goodbye.\n"), eos()});
+  expect_segments(render(cfg, kChat), {bos(), prompt("<sys>Be brief.</sys>\nUser: Hi\nBot: "), trained("Hello!\n"),
+                                       eos(), prompt("User: Bye\nBot: "), trained("Goodbye.\n"), eos()});
 }
 
 TEST(PromptTemplate, CustomStringAlpaca) {
-  expect_segments(render("train: t\ntemplate: {prompt: \"Q: {instruction}\\n{input}\\nA:\", response: \" {output} {{ok}}\"}\n",
-                         kAlpacaWithInput),
-                  {bos(), prompt("Q: Add the numbers.\n2 and 3\nA:"), trained(" 5 {ok}"), eos()});
+  expect_segments(
+      render("train: t\ntemplate: {prompt: \"Q: {instruction}\\n{input}\\nA:\", response: \" {output} {{ok}}\"}\n",
+             kAlpacaWithInput),
+      {bos(), prompt("Q: Add the numbers.\n2 and 3\nA:"), trained(" 5 {ok}"), eos()});
 }
 
 TEST(PromptTemplate, AlpacaWithChatmlTemplate) {
@@ -129,13 +173,16 @@ TEST(PromptTemplate, AlpacaWithChatmlTemplate) {
 TEST(PromptTemplate, CompletionRawAndFieldNames) {
   expect_segments(render("train: t\nformat: completion\n", json{{"prompt", "2+2="}, {"completion", "4"}}),
                   {bos(), prompt("2+2="), trained("4"), eos()});
-  expect_segments(render("train: t\nformat: completion\nprompt_field: q\ncompletion_field: a\n", json{{"q", "x"}, {"a", "y"}}),
-                  {bos(), prompt("x"), trained("y"), eos()});
+  expect_segments(
+      render("train: t\nformat: completion\nprompt_field: q\ncompletion_field: a\n", json{{"q", "x"}, {"a", "y"}}),
+      {bos(), prompt("x"), trained("y"), eos()});
 }
 
 TEST(PromptTemplate, Text) {
-  expect_segments(render("train: t\nformat: text\n", json{{"text", "hello world"}}), {bos(), trained("hello world"), eos()});
-  expect_segments(render("train: t\nformat: text\ntext_field: body\n", json{{"body", "b"}}), {bos(), trained("b"), eos()});
+  expect_segments(render("train: t\nformat: text\n", json{{"text", "hello world"}}),
+                  {bos(), trained("hello world"), eos()});
+  expect_segments(render("train: t\nformat: text\ntext_field: body\n", json{{"body", "b"}}),
+                  {bos(), trained("b"), eos()});
 }
 
 TEST(PromptTemplate, BadRecords) {
@@ -150,8 +197,9 @@ TEST(PromptTemplate, BadRecords) {
     return "";
   };
   EXPECT_NE(reason(json{{"instruction", "x"}}, alpaca).find("missing field \"output\""), std::string::npos);
-  EXPECT_NE(reason(json{{"instruction", 3}, {"output", "y"}}, alpaca).find("\"instruction\" must be a string, got number"),
-            std::string::npos);
+  EXPECT_NE(
+      reason(json{{"instruction", 3}, {"output", "y"}}, alpaca).find("\"instruction\" must be a string, got number"),
+      std::string::npos);
   EXPECT_NE(reason(json::array({1, 2}), alpaca).find("expected a JSON object"), std::string::npos);
   EXPECT_NE(reason(json{{"messages", "hi"}}, chat).find("must be an array"), std::string::npos);
   EXPECT_NE(reason(json{{"messages", {{{"role", "user"}, {"content", "a"}}}}}, chat).find("must end with an assistant"),
@@ -160,7 +208,8 @@ TEST(PromptTemplate, BadRecords) {
             std::string::npos);
   EXPECT_NE(reason(json{{"messages", {{{"role", "bot"}, {"content", "a"}}}}}, chat).find("unknown role \"bot\""),
             std::string::npos);
-  EXPECT_NE(reason(json{{"messages", {{{"role", "user"}}}}}, chat).find("missing field \"content\""), std::string::npos);
+  EXPECT_NE(reason(json{{"messages", {{{"role", "user"}}}}}, chat).find("missing field \"content\""),
+            std::string::npos);
   EXPECT_NE(reason(json{{"nothing", 1}}, chat).find("missing field \"messages\""), std::string::npos);
 }
 

@@ -4,7 +4,7 @@
 //
 //   cd tests/interop_bpe && npm ci && node make_golden.js > ../fixtures/bpe_golden_llama3.jsonl
 //   node make_golden.js --seed 7 > other.jsonl                 # another set of strings (the interop ctest)
-//   node make_golden.js --copy-model ../fixtures/bpe_llama3   # copies tokenizer.json + tokenizer_config.json
+//   node make_golden.js --copy-model ../../assets/llama3-tokenizer   # copies tokenizer.json + tokenizer_config.json
 //
 // Output: one JSON object per line: {"text": str, "ids": [...], "ids_plain": [...]}
 //   ids       = tokenizer.encode(text, {add_special_tokens: false})  (special-token strings in the text are parsed)

@@ -19,7 +19,7 @@ using json = nlohmann::json;
 using Ids = std::vector<int32_t>;
 
 fs::path llama3_dir() {
-  return test::fixtures_dir() / "bpe_llama3";
+  return test::source_dir() / "assets" / "llama3-tokenizer";
 }
 
 const BpeTokenizer& llama3() {

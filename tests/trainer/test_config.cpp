@@ -14,31 +14,31 @@ namespace {
 
 // Line numbers below refer to this text (1-based).
 const char* kBaseConfig =
-    "model:\n"                                                                     // 1
-    "  path: models/tiny\n"                                                        // 2
-    "  compute_dtype: bf16\n"                                                      // 3
-    "  quant: {type: nf4, blocksize: 64, double_quant: true}\n"                    // 4
-    "  gradient_checkpointing: true\n"                                             // 5
+    "model:\n"                                                                       // 1
+    "  path: models/tiny\n"                                                          // 2
+    "  compute_dtype: bf16\n"                                                        // 3
+    "  quant: {type: nf4, blocksize: 64, double_quant: true}\n"                      // 4
+    "  gradient_checkpointing: true\n"                                               // 5
     "lora: {r: 16, alpha: 32, dropout: 0.05, targets: all-linear, rslora: false}\n"  // 6
-    "data:\n"                                                                      // 7
-    "  train: data/demo/train.jsonl\n"                                             // 8
-    "  format: alpaca\n"                                                           // 9
-    "train:\n"                                                                     // 10
-    "  seed: 42\n"                                                                 // 11
-    "  max_steps: 200\n"                                                           // 12
-    "  micro_batch_size: 4\n"                                                      // 13
-    "  grad_accum: 2\n"                                                            // 14
-    "  lr: 2.0e-4\n"                                                               // 15
-    "  schedule: cosine\n"                                                         // 16
-    "  warmup_steps: 10\n"                                                         // 17
-    "  weight_decay: 0.0\n"                                                        // 18
-    "  max_grad_norm: 0.3\n"                                                       // 19
-    "  optimizer: adamw\n"                                                         // 20
-    "  threads: 0\n"                                                               // 21
-    "eval: {every: 50, max_batches: 20}\n"                                         // 22
-    "checkpoint: {dir: runs/tiny, every: 50, keep: 3, resume: auto}\n"            // 23
-    "output_dir: runs/tiny/final\n"                                                // 24
-    "log: {every: 10, metrics: runs/tiny/metrics.jsonl}\n";                        // 25
+    "data:\n"                                                                        // 7
+    "  train: data/demo/train.jsonl\n"                                               // 8
+    "  format: alpaca\n"                                                             // 9
+    "train:\n"                                                                       // 10
+    "  seed: 42\n"                                                                   // 11
+    "  max_steps: 200\n"                                                             // 12
+    "  micro_batch_size: 4\n"                                                        // 13
+    "  grad_accum: 2\n"                                                              // 14
+    "  lr: 2.0e-4\n"                                                                 // 15
+    "  schedule: cosine\n"                                                           // 16
+    "  warmup_steps: 10\n"                                                           // 17
+    "  weight_decay: 0.0\n"                                                          // 18
+    "  max_grad_norm: 0.3\n"                                                         // 19
+    "  optimizer: adamw\n"                                                           // 20
+    "  threads: 0\n"                                                                 // 21
+    "eval: {every: 50, max_batches: 20}\n"                                           // 22
+    "checkpoint: {dir: runs/tiny, every: 50, keep: 3, resume: auto}\n"               // 23
+    "output_dir: runs/tiny/final\n"                                                  // 24
+    "log: {every: 10, metrics: runs/tiny/metrics.jsonl}\n";                          // 25
 
 // kBaseConfig with line `line` (1-based) replaced by `text` (which may hold several lines or be empty).
 std::string with_line(int line, const std::string& text) {
@@ -199,8 +199,9 @@ TEST(TrainConfig, HashCoversTrajectoryOnly) {
   EXPECT_EQ(h.size(), 16u);
   // Spelling of the same number and non-trajectory settings do not change it.
   EXPECT_EQ(config_hash(parse_config(with_line(15, "  lr: 0.0002"), "cfg.yaml")), h);
-  EXPECT_EQ(config_hash(parse_config(kBaseConfig, "other.yaml", {"log.every=1", "eval.every=7", "checkpoint.keep=9",
-                                                                 "output_dir=x", "train.threads=3"})),
+  EXPECT_EQ(config_hash(
+                parse_config(kBaseConfig, "other.yaml",
+                             {"log.every=1", "eval.every=7", "checkpoint.keep=9", "output_dir=x", "train.threads=3"})),
             h);
   // Trajectory fields do.
   for (const char* o : {"train.lr=1e-4", "lora.r=8", "train.seed=1", "data.max_seq_len=128", "model.quant.type=fp4",
@@ -214,7 +215,8 @@ TEST(TrainConfig, HashCoversTrajectoryOnly) {
 
 TEST(TrainConfig, ShippedConfigsParse) {
   const fs::path dir = test::source_dir() / "configs";
-  for (const char* name : {"tiny", "bench", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b"}) {
+  for (const char* name :
+       {"tiny", "tiny-llama3", "bench", "llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b"}) {
     SCOPED_TRACE(name);
     TrainConfig c = load_config(dir / (std::string(name) + ".yaml"));
     EXPECT_EQ(c.model.quant_type, "nf4");
