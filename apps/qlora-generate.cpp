@@ -2,10 +2,14 @@
 //
 //   qlora-generate --model models/tiny --prompt "Once upon a time" [--max-new-tokens 64] [--temperature 0.8]
 //                  [--top-k 40] [--top-p 0.95] [--seed 1] [--quant nf4|fp4|none] [--threads N]
+//   qlora-generate --model DIR --prompt-ids "1 263 273" --temperature 0 --ignore-eos --print-ids
+//                  (token ids in and out, for comparing with other runtimes, e.g. llama.cpp on a GGUF export)
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "apps/app_main.h"
 #include "common/atomic_file.h"
@@ -14,6 +18,32 @@
 #include "model/generate.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+
+namespace {
+
+// "1 263 273" -> ids; anything that is not an id in [0, vocab) is a qlora::Error naming it.
+std::vector<int64_t> parse_token_ids(const std::string& text, int64_t vocab) {
+  std::vector<int64_t> ids;
+  std::istringstream in(text);
+  for (std::string w; in >> w;) {
+    size_t used = 0;
+    int64_t id = -1;
+    try {
+      id = std::stoll(w, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != w.size() || id < 0 || id >= vocab) {
+      throw qlora::Error("--prompt-ids: '" + w + "' is not a token id of this model (0.." + std::to_string(vocab - 1) +
+                         ")");
+    }
+    ids.push_back(id);
+  }
+  if (ids.empty()) throw qlora::Error("--prompt-ids: no token ids given");
+  return ids;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App cli{"Generate text from a Llama model (optionally with a LoRA adapter)."};
@@ -25,20 +55,34 @@ int main(int argc, char** argv) {
   cli.add_option("--adapter", adapter, "PEFT LoRA adapter folder");
   auto* p = cli.add_option("--prompt", prompt, "prompt text");
   auto* pf = cli.add_option("--prompt-file", prompt_file, "file holding the prompt");
+  std::string prompt_ids;
+  bool ignore_eos = false, print_ids = false;
+  auto* pi = cli.add_option("--prompt-ids", prompt_ids,
+                            "the prompt as space-separated token ids, used as given (include BOS yourself)");
+  cli.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
+  cli.add_flag("--print-ids", print_ids, "print the generated token ids (one line, space-separated) instead of text");
   p->excludes(pf);
+  pi->excludes(p);
+  pi->excludes(pf);
   cli.add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate at most")->capture_default_str();
   cli.add_option("--temperature", g.temperature, "0 = greedy")->check(CLI::NonNegativeNumber)->capture_default_str();
   cli.add_option("--top-k", g.top_k, "keep the k most likely tokens (0 = off)")->capture_default_str();
-  cli.add_option("--top-p", g.top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  cli.add_option("--top-p", g.top_p, "nucleus sampling mass (1 = off)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   cli.add_option("--seed", g.seed, "sampling seed")->capture_default_str();
   cli.add_option("--quant", quant, "base weights: 4-bit type or none (dense)")
       ->check(CLI::IsMember({"nf4", "fp4", "none"}))
       ->capture_default_str();
-  cli.add_option("--dtype", dtype, "compute dtype")->check(CLI::IsMember({"bf16", "fp16", "fp32"}))->capture_default_str();
+  cli.add_option("--dtype", dtype, "compute dtype")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
+      ->capture_default_str();
   cli.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
 
   return qlora::app::run(cli, argc, argv, [&] {
-    if (prompt.empty() && prompt_file.empty()) throw qlora::Error("give --prompt TEXT or --prompt-file FILE");
+    if (prompt.empty() && prompt_file.empty() && prompt_ids.empty()) {
+      throw qlora::Error("give --prompt TEXT, --prompt-file FILE or --prompt-ids \"ID ID ...\"");
+    }
     if (!prompt_file.empty()) prompt = qlora::read_file(prompt_file);
     qlora::configure_threads(threads);
     qlora::model::LoadOptions lo;
@@ -53,17 +97,26 @@ int main(int argc, char** argv) {
     model->eval();
     auto tok = qlora::model::load_tokenizer(model_dir);
     std::vector<int64_t> ids;
-    for (int32_t t : tok->encode(prompt, /*add_bos=*/true)) ids.push_back(t);
-    g.eos_token_ids = model->config().eos_token_ids;
+    if (!prompt_ids.empty()) {
+      ids = parse_token_ids(prompt_ids, model->config().vocab_size);
+    } else {
+      for (int32_t t : tok->encode(prompt, /*add_bos=*/true)) ids.push_back(t);
+    }
+    if (!ignore_eos) {
+      g.eos_token_ids = model->config().eos_token_ids;
+      g.eos_token_ids.push_back(tok->eos_id());
+    }
     g.vocab_limit = tok->vocab_size();  // models may pad their vocabulary beyond the tokenizer's
-    g.eos_token_ids.push_back(tok->eos_id());
-    std::printf("%s", prompt.c_str());
-    std::fflush(stdout);
+    if (!print_ids) {
+      std::printf("%s", prompt.c_str());
+      std::fflush(stdout);
+    }
     std::vector<int32_t> out;
     std::string shown;
     auto r = qlora::model::generate(*model, ids, g, [&](int64_t t) {
       if (std::find(g.eos_token_ids.begin(), g.eos_token_ids.end(), t) != g.eos_token_ids.end()) return true;
       out.push_back(static_cast<int32_t>(t));
+      if (print_ids) return !qlora::stop_requested();
       // Decode the whole continuation so pieces that join (spaces, multi-byte characters) print correctly.
       const std::string text = tok->decode(out);
       if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
@@ -73,6 +126,9 @@ int main(int argc, char** argv) {
       }
       return !qlora::stop_requested();
     });
+    if (print_ids) {
+      for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? " " : "", out[i]);
+    }
     std::printf("\n");
     const double n = static_cast<double>(r.tokens.size());
     std::fprintf(stderr, "prompt %zu tokens in %.2fs (%.1f tok/s); generated %zu tokens in %.2fs (%.1f tok/s)%s\n",

@@ -5,7 +5,9 @@
 //   - F16: probabilities within 2e-3, greedy identical; Q8_0: probabilities within 2e-2, first greedy token identical;
 //   - base GGUF + exported LoRA adapter (llama.cpp applies it at run time) and the merged GGUF vs the reference on
 //     W + scale * B @ A;
-//   - llama.cpp's tokenizer on the exported vocabulary vs sentencepiece's ids (golden, from Python).
+//   - llama.cpp's tokenizer on the exported vocabulary vs sentencepiece's ids (golden, from Python);
+//   - llama.cpp's greedy tokens vs `qlora-generate`'s (fp32, dense base; with --adapter for the LoRA case): identical
+//     for F32 and F16 exports, the first token for Q8_0.
 // Needs `node` and tests/interop/node_modules (ctest fixture interop_npm_setup).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -13,6 +15,7 @@
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "gguf/gguf_export.h"
 #include "gguf/gguf_test_model.h"
@@ -49,7 +52,7 @@ torch::Tensor reference_logits(const MiniLlama& m, const Weights& w, const std::
   const int64_t T = static_cast<int64_t>(ids.size()), hd = m.hidden / m.heads;
   const double eps = 1e-5;
   auto W = [&](const std::string& n) { return w.at(n); };
-  auto x = W("model.embed_tokens.weight").index_select(0, torch::tensor(ids, torch::kInt64));  // (T, H)
+  auto x = W("model.embed_tokens.weight").index_select(0, torch::tensor(ids, torch::kInt64));      // (T, H)
   const auto inv_freq = 1.0 / torch::pow(10000.0, torch::arange(0, hd, 2, torch::kFloat64) / hd);  // (hd/2)
   const auto freqs = torch::outer(torch::arange(T, torch::kFloat64), inv_freq);                    // (T, hd/2)
   const auto cos = torch::cat({freqs, freqs}, -1).cos(), sin = torch::cat({freqs, freqs}, -1).sin();
@@ -92,7 +95,8 @@ struct LlamaCppResult {
   std::vector<int64_t> tokenize;
 };
 
-LlamaCppResult run_llama_cpp(const fs::path& work, const fs::path& model, const std::vector<std::vector<int64_t>>& prompts,
+LlamaCppResult run_llama_cpp(const fs::path& work, const fs::path& model,
+                             const std::vector<std::vector<int64_t>>& prompts,
                              const nlohmann::json& lora = nlohmann::json::array(), const std::string& text = "") {
   nlohmann::json req = {{"model", model.string()}, {"lora", lora}, {"prompts", prompts}, {"n_predict", kPredict}};
   if (!text.empty()) req["text"] = text;
@@ -109,6 +113,31 @@ LlamaCppResult run_llama_cpp(const fs::path& work, const fs::path& model, const 
   out.probs = j["probs"].get<std::vector<std::vector<double>>>();
   out.tokenize = j["tokenize"].get<std::vector<int64_t>>();
   return out;
+}
+
+// qlora-generate's greedy continuation (fp32 compute, unquantized base, EOS ignored like llama.cpp's evaluate).
+std::vector<int64_t> qlora_greedy(const fs::path& model, const std::vector<int64_t>& prompt,
+                                  const fs::path& adapter = {}) {
+  std::string ids;
+  for (int64_t t : prompt) ids += (ids.empty() ? "" : " ") + std::to_string(t);
+  std::string args = "--model " + model.string() +
+                     " --quant none --dtype fp32 --threads 2 --temperature 0 "
+                     "--ignore-eos --print-ids --max-new-tokens " +
+                     std::to_string(kPredict) + " --prompt-ids \"" + ids + "\"";
+  if (!adapter.empty()) args += " --adapter " + adapter.string();
+  const auto r = qlora::test::run_app("qlora-generate", args);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  // stdout and stderr arrive together: the ids are the one line made of digits and spaces only.
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line.find_first_not_of("0123456789 ") != std::string::npos) continue;
+    std::vector<int64_t> out;
+    std::istringstream in(line);
+    for (int64_t t; in >> t;) out.push_back(t);
+    return out;
+  }
+  ADD_FAILURE() << "no id line in qlora-generate's output:\n" << r.output;
+  return {};
 }
 
 class InteropGguf : public ::testing::Test {
@@ -164,6 +193,13 @@ TEST_F(InteropGguf, ModelF32F16Q8MatchReference) {
     const auto res = run_llama_cpp(dir, path, prompts(), nlohmann::json::array(), "the quick brown fox jumps");
     ASSERT_EQ(res.greedy.size(), prompts().size());
     for (size_t i = 0; i < prompts().size(); ++i) {
+      const auto ours = qlora_greedy(dir / "mini", prompts()[i]);
+      ASSERT_EQ(ours.size(), static_cast<size_t>(kPredict));
+      if (out == OutType::kQ8_0) {
+        EXPECT_EQ(res.greedy[i].at(0), ours.at(0)) << "llama.cpp vs qlora-generate, first greedy token";
+      } else {
+        EXPECT_EQ(res.greedy[i], ours) << "llama.cpp vs qlora-generate greedy tokens";
+      }
       const auto logits = reference_logits(m, w, prompts()[i]);
       const double tol = out == OutType::kF32 ? kProbTolF32 : out == OutType::kF16 ? kProbTolF16 : kProbTolQ8;
       expect_probs_close(res.probs[i], logits[-1], tol);
@@ -191,7 +227,8 @@ TEST_F(InteropGguf, LoraAdapterAndMergedModelMatchReference) {
   torch::manual_seed(5);
   std::vector<std::pair<std::string, std::pair<torch::Tensor, torch::Tensor>>> mods;
   for (int64_t l = 0; l < m.layers; ++l) {
-    for (const char* s : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj"}) {
+    for (const char* s :
+         {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj"}) {
       const std::string module = "model.layers." + std::to_string(l) + "." + s;
       const auto& base = w.at(module + ".weight");
       mods.push_back({module, {torch::randn({r, base.size(1)}) * 0.2, torch::randn({base.size(0), r}) * 0.2}});
@@ -199,8 +236,8 @@ TEST_F(InteropGguf, LoraAdapterAndMergedModelMatchReference) {
   }
   qlora::test::make_peft_adapter(dir / "ad", mods, r, alpha);
   for (const auto& [module, ab] : mods) {
-    w[module + ".weight"] = w[module + ".weight"] + (alpha / r) * torch::matmul(ab.second.to(torch::kFloat64),
-                                                                                ab.first.to(torch::kFloat64));
+    w[module + ".weight"] = w[module + ".weight"] +
+                            (alpha / r) * torch::matmul(ab.second.to(torch::kFloat64), ab.first.to(torch::kFloat64));
   }
 
   ExportOptions o;
@@ -211,13 +248,18 @@ TEST_F(InteropGguf, LoraAdapterAndMergedModelMatchReference) {
   o.adapter_dir = dir / "ad";
   export_model_gguf(dir / "base", dir / "merged.gguf", o);
 
-  const auto with_lora = run_llama_cpp(dir, dir / "base.gguf", prompts(),
-                                       nlohmann::json::array({{{"filePath", (dir / "ad.gguf").string()}, {"scale", 1.0}}}));
+  const auto with_lora =
+      run_llama_cpp(dir, dir / "base.gguf", prompts(),
+                    nlohmann::json::array({{{"filePath", (dir / "ad.gguf").string()}, {"scale", 1.0}}}));
   const auto merged = run_llama_cpp(dir, dir / "merged.gguf", prompts());
   for (size_t i = 0; i < prompts().size(); ++i) {
     const auto logits = reference_logits(m, w, prompts()[i]);
     const auto ref_greedy = reference_greedy(m, w, prompts()[i], kPredict);
     SCOPED_TRACE("prompt " + std::to_string(i));
+    // Our model with the adapter applied (what qlora-merge folds into the weights).
+    const auto ours = qlora_greedy(dir / "base", prompts()[i], dir / "ad");
+    EXPECT_EQ(with_lora.greedy[i], ours) << "llama.cpp base + LoRA GGUF vs qlora-generate --adapter";
+    EXPECT_EQ(merged.greedy[i], ours) << "llama.cpp merged GGUF vs qlora-generate --adapter";
     {
       SCOPED_TRACE("base + LoRA adapter");
       expect_probs_close(with_lora.probs[i], logits[-1], kProbTolF32);
