@@ -15,18 +15,18 @@
 // so MFU drops when checkpointing is on. The 6 * N_params figure (full fine-tuning convention) is printed too.
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "bench/machine_limits.h"
-#include "common/host_memory.h"
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "common/log.h"
 #include "common/threads.h"
 #include "model/hf_config.h"
@@ -47,7 +47,8 @@ struct Result {
 };
 
 // Runs one configuration in a child process; the child reports a JSON line through a pipe.
-Result run_forked(const std::string& config_file, bool checkpointing, int steps, int threads) {
+Result run_forked(const std::string& config_file, bool checkpointing, int steps, int threads,
+                  const std::string& profile_prefix) {
   Result r;
   r.checkpointing = checkpointing;
   int fds[2];
@@ -67,9 +68,17 @@ Result run_forked(const std::string& config_file, bool checkpointing, int steps,
       trainer::TrainerOptions opts;
       opts.overwrite = true;
       opts.write_outputs = false;
+      std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+      if (!profile_prefix.empty()) {
+        profile = std::make_unique<torch::autograd::profiler::RecordProfile>(profile_prefix + "-" + tag + ".json");
+      }
       auto s = trainer::run_training(cfg, opts);
-      out = {{"ok", true}, {"tokens_per_s", s.steady_tokens_per_s}, {"peak_rss", s.peak_rss_bytes},
-             {"steps", s.steps}, {"loss", s.final_loss}};
+      profile.reset();
+      out = {{"ok", true},
+             {"tokens_per_s", s.steady_tokens_per_s},
+             {"peak_rss", s.peak_rss_bytes},
+             {"steps", s.steps},
+             {"loss", s.final_loss}};
     } catch (const std::exception& e) {
       out = {{"ok", false}, {"error", e.what()}};
     }
@@ -105,14 +114,21 @@ Result run_forked(const std::string& config_file, bool checkpointing, int steps,
 int main(int argc, char** argv) {
   std::string config_file = "configs/bench.yaml";
   int steps = 6, threads = 0;
+  std::string profile_prefix, only;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--steps" && i + 1 < argc) {
       steps = std::atoi(argv[++i]);
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
+    } else if (a == "--profile" && i + 1 < argc) {
+      profile_prefix = argv[++i];
+    } else if (a == "--only" && i + 1 < argc) {
+      only = argv[++i];
     } else if (a == "--help" || a == "-h") {
-      std::printf("usage: bench_train [CONFIG=configs/bench.yaml] [--steps N=6] [--threads T=0 (all)]\n");
+      std::printf(
+          "usage: bench_train [CONFIG=configs/bench.yaml] [--steps N=6] [--threads T=0 (all)] [--only on|off]\n"
+          "                   [--profile PREFIX (LibTorch op trace per run: PREFIX-ckpt_on.json, chrome://tracing)]\n");
       return 0;
     } else {
       config_file = a;
@@ -141,7 +157,10 @@ int main(int argc, char** argv) {
                 static_cast<long long>(cfg.train.micro_batch_size), cfg.model.quant_type.c_str(),
                 cfg.model.compute_dtype.c_str());
     std::vector<Result> results;
-    for (bool ck : {true, false}) results.push_back(run_forked(config_file, ck, steps, threads));
+    for (bool ck : {true, false}) {
+      if (only == (ck ? "off" : "on")) continue;
+      results.push_back(run_forked(config_file, ck, steps, threads, profile_prefix));
+    }
 
     // Machine limits, measured after the children (no OpenMP pool in the parent before fork).
     const int nthreads = configure_threads(threads);
@@ -149,11 +168,12 @@ int main(int argc, char** argv) {
     const double peak_fp32 = bench::measure_matmul_gflops(c10::ScalarType::Float, 1024, 1024, 1024, 3);
     std::printf("machine: %d threads, matmul bf16 %.1f GFLOP/s, fp32 %.1f GFLOP/s (1024^3, best of 3)\n", nthreads,
                 peak_bf16, peak_fp32);
-    std::printf("model FLOPs/token: 4*N_mm + 6*N_lora + 12*L*H*T = %.3f GFLOP (N_mm %.1fM, N_lora %.2fM); "
-                "6*N_params = %.3f GFLOP\n",
-                flops_per_token / 1e9, n_mm / 1e6, n_lora / 1e6, 6 * n_params / 1e9);
-    std::printf("%-26s %12s %14s %10s %10s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s",
-                "MFU(bf16)", "6N MFU", "peak RSS");
+    std::printf(
+        "model FLOPs/token: 4*N_mm + 6*N_lora + 12*L*H*T = %.3f GFLOP (N_mm %.1fM, N_lora %.2fM); "
+        "6*N_params = %.3f GFLOP\n",
+        flops_per_token / 1e9, n_mm / 1e6, n_lora / 1e6, 6 * n_params / 1e9);
+    std::printf("%-26s %12s %14s %10s %10s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s", "MFU(bf16)",
+                "6N MFU", "peak RSS");
     for (const auto& res : results) {
       if (!res.ok) {
         std::printf("%-26s failed: %s\n", res.checkpointing ? "on" : "off", res.error.c_str());
@@ -162,8 +182,7 @@ int main(int argc, char** argv) {
       const double gflops = res.tokens_per_s * flops_per_token / 1e9;
       const double gflops_6n = res.tokens_per_s * 6 * n_params / 1e9;
       std::printf("%-26s %12.1f %14.1f %9.1f%% %9.1f%% %12s\n", res.checkpointing ? "on" : "off", res.tokens_per_s,
-                  gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16,
-                  format_bytes(res.peak_rss).c_str());
+                  gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16, format_bytes(res.peak_rss).c_str());
     }
     std::printf("(tokens/s excludes the first step; %d steps per configuration)\n", steps);
   } catch (const std::exception& e) {
