@@ -425,7 +425,8 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
     top.fail("device", "unknown device `" + cfg.device + "`", "use cpu, cuda or cuda:<index>");
   }
 
-  Section ds(ctx, top.get("dist"), "dist");
+  // Most configs have no dist section: pass an empty node (a missing key of a const node is not a valid node).
+  Section ds(ctx, top.has("dist") ? top.get("dist") : YAML::Node(), "dist");
   cfg.dist.backend = ds.get_enum("backend", cfg.device == "cpu" ? "gloo" : "nccl", {"gloo", "nccl"});
   cfg.dist.timeout_s = ds.get_double("timeout_s", 300.0, 0.0, 86400.0, /*min_exclusive=*/true);
   cfg.dist.bucket_mb = ds.get_double("bucket_mb", 25.0, 0.0, 4096.0, /*min_exclusive=*/true);

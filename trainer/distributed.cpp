@@ -65,15 +65,15 @@ int env_int(const char* name, int def, int min, int max) {
   return static_cast<int>(x);
 }
 
-// `join`: this connection counts as the rank's arrival at the rendezvous (rank 0's server waits for
-// world_size of them); side connections (heartbeat, diagnosis) do not.
-c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistEnv& env, bool server, bool join,
-                                                 std::chrono::milliseconds timeout) {
+// No store connection waits for the others (TCPStoreOptions::waitWorkers): with LibTorch 1.13 the server's wait
+// for all workers was observed to last its whole timeout. The process group's full-mesh connect is the
+// rendezvous instead: it waits (up to the rendezvous timeout) for every rank's address in the store.
+c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistEnv& env, bool server, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions so;
   so.port = static_cast<std::uint16_t>(env.master_port);
   so.isServer = server;
   so.numWorkers = server ? c10::optional<std::size_t>(env.world_size) : c10::nullopt;
-  so.waitWorkers = join;
+  so.waitWorkers = false;
   so.timeout = timeout;
   return c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
 }
@@ -124,7 +124,7 @@ DistGroup::DistGroup(const DistEnv& env, const DistOptions& options)
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
   const auto rendezvous_timeout = std::max(options.timeout, kMinRendezvousTimeout);
   try {
-    I.store = connect_store(env, env.rank == 0, /*join=*/true, rendezvous_timeout);
+    I.store = connect_store(env, env.rank == 0, rendezvous_timeout);
   } catch (const std::exception& e) {
     throw Error("distributed rendezvous at " + where + " (rank " + std::to_string(env.rank) + " of " +
                 std::to_string(env.world_size) + ") failed: " + e.what() + "\nHINT: every rank must start within " +
@@ -164,7 +164,7 @@ DistGroup::DistGroup(const DistEnv& env, const DistOptions& options)
   }
 
   // Heartbeat: bump our key every kHeartbeatInterval until destroyed.
-  auto hb_store = connect_store(env, /*server=*/false, /*join=*/false, rendezvous_timeout);
+  auto hb_store = connect_store(env, /*server=*/false, rendezvous_timeout);
   I.heartbeat = std::thread([this, hb_store]() {
     auto& J = *impl_;
     std::unique_lock<std::mutex> lock(J.hb_mutex);
@@ -204,7 +204,7 @@ std::string DistGroup::diagnose_failure() {
   std::vector<int64_t> before(W), after(W);
   std::vector<bool> failed(W);
   try {
-    store = connect_store(env_, /*server=*/false, /*join=*/false, kDiagnoseStoreTimeout);
+    store = connect_store(env_, /*server=*/false, kDiagnoseStoreTimeout);
     for (int r = 0; r < W; ++r) before[r] = store->add(heartbeat_key(r), 0);
     std::this_thread::sleep_for(kHeartbeatStale);
     for (int r = 0; r < W; ++r) {

@@ -172,10 +172,12 @@ TEST_F(DataParallel, ConfigSection) {
   const TrainConfig c = load_config(cfg);
   EXPECT_EQ(c.dist.backend, "gloo");
   EXPECT_DOUBLE_EQ(c.dist.timeout_s, kTimeoutS);
-  EXPECT_EQ(
-      load_config(cfg, {"device=cuda"}).dist.backend + "/" +
-          parse_config("model: {path: m}\ndata: {train: t.jsonl}\ntrain: {max_steps: 1}\n", "c.yaml").dist.backend,
-      "nccl/gloo");  // defaults by device
+  // Without a dist section the backend follows the device.
+  std::string text = read_file(cfg);
+  text = text.substr(0, text.find("dist:"));
+  EXPECT_EQ(parse_config(text, "c.yaml").dist.backend, "gloo");
+  EXPECT_EQ(parse_config(text, "c.yaml", {"device=cuda"}).dist.backend, "nccl");
+  EXPECT_DOUBLE_EQ(parse_config(text, "c.yaml").dist.timeout_s, 300.0);
   try {
     load_config(cfg, {"dist.backend=mpi"});
     FAIL() << "dist.backend=mpi accepted";
@@ -189,110 +191,6 @@ TEST_F(DataParallel, ConfigSection) {
   // Not part of the trajectory: changing it keeps checkpoints resumable.
   EXPECT_EQ(config_hash(load_config(cfg, {"dist.timeout_s=9", "dist.bucket_mb=1", "dist.backend=nccl"})),
             config_hash(c));
-}
-
-TEST_F(DataParallel, TwoRanksMatchOneRankWithGradAccum) {
-  const fs::path root = test::temp_dir();
-  Spec one;
-  one.grad_accum = 2;
-  auto r1 = test::run_app("qlora-train", make_run(root / "one", one).string());
-  ASSERT_EQ(r1.exit_code, 0) << r1.output;
-
-  Spec two;  // micro batch 4, grad accum 1, 2 ranks
-  auto r2 = test::run_app("qlora-train", make_run(root / "two", two).string() + " --nproc 2");
-  ASSERT_EQ(r2.exit_code, 0) << r2.output;
-  EXPECT_NE(r2.output.find("global batch 8 rows = micro batch 4 x grad accum 1 x world size 2"), std::string::npos)
-      << r2.output;
-  std::smatch m;
-  ASSERT_TRUE(std::regex_search(r2.output, m, std::regex(R"(in (\d+) buckets)"))) << r2.output;
-  EXPECT_GE(std::stoi(m[1]), 2) << "the test should exercise several buckets";
-
-  const float diff = max_adapter_difference(root / "one" / "out", root / "two" / "out");
-  EXPECT_LE(diff, kAdapterTolerance);
-  std::printf("max |adapter difference| 2 ranks vs grad accum 2: %g\n", diff);
-  // And the adapter did train (the comparison is not between two untouched initialisations).
-  const auto trained = lora::load_adapter(root / "two" / "out");
-  EXPECT_GT(trained.modules[0].b.abs().max().item<float>(), 0.0f);
-}
-
-TEST_F(DataParallel, HungRankIsNamedWithinTimeout) {
-  const fs::path root = test::temp_dir();
-  Spec s;
-  s.max_steps = 100000;
-  const fs::path cfg = make_run(root, s);
-  const int port = free_port();
-  const pid_t r0 = spawn_rank(cfg, 0, 2, port, root / "rank0.log");
-  const pid_t r1 = spawn_rank(cfg, 1, 2, port, root / "rank1.log");
-  ASSERT_TRUE(wait_for_file(root / "metrics.jsonl", std::chrono::seconds(120))) << read_file(root / "rank0.log");
-  ::kill(r1, SIGSTOP);  // hung: alive, silent
-  const auto t0 = Clock::now();
-  const int code = wait_for(r0, std::chrono::seconds(kTimeoutS + kSlackS));
-  const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
-  ::kill(r1, SIGKILL);
-  ::waitpid(r1, nullptr, 0);
-  if (code == -1) ::kill(r0, SIGKILL), ::waitpid(r0, nullptr, 0);
-  const std::string log = read_file(root / "rank0.log");
-  ASSERT_NE(code, -1) << "rank 0 did not stop within " << kTimeoutS + kSlackS << " s\n" << log;
-  EXPECT_NE(code, 0);
-  EXPECT_NE(log.find("rank 1 stopped responding"), std::string::npos) << log;
-  EXPECT_GE(waited, kTimeoutS - 1.0);  // it waited for the timeout (a stopped peer closes no connection)
-  std::printf("rank 0 stopped %.1f s after rank 1 hung (timeout %d s)\n", waited, kTimeoutS);
-}
-
-TEST_F(DataParallel, KilledRankStopsJobAndResumeMatchesUninterruptedRun) {
-  const fs::path root = test::temp_dir();
-  Spec s;
-  s.max_steps = 6;
-  s.checkpoint_every = 2;
-  s.dropout = 0.1;  // rank 1's dropout stream must resume too
-  auto full = test::run_app("qlora-train", make_run(root / "full", s).string() + " --nproc 2");
-  ASSERT_EQ(full.exit_code, 0) << full.output;
-
-  // SIGKILL of rank 0 (the checkpoint writer and store host) after 2 files of checkpoint-4.
-  const std::string cmd =
-      (test::bin_dir() / "qlora-train").string() + " " + make_run(root / "split", s).string() + " --nproc 2";
-  const auto t0 = Clock::now();
-  auto killed = test::run_command("QLORA_TEST_CHECKPOINT_FAULT=4:2:kill " + cmd);
-  const double took = std::chrono::duration<double>(Clock::now() - t0).count();
-  EXPECT_NE(killed.exit_code, 0) << killed.output;
-  EXPECT_NE(killed.output.find("rank 0 was killed by signal 9"), std::string::npos) << killed.output;  // launcher
-  EXPECT_NE(killed.output.find("rank 0 stopped responding"), std::string::npos) << killed.output;      // rank 1
-  EXPECT_LT(took, 120.0);
-  ASSERT_TRUE(fs::exists(root / "split" / "ckpt" / "checkpoint-2" / "trainer_state.json"));
-  EXPECT_FALSE(fs::exists(root / "split" / "ckpt" / "checkpoint-4"));  // never half-written in place
-  EXPECT_FALSE(fs::exists(root / "split" / "out"));
-
-  auto resumed = test::run_command(cmd);
-  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
-  EXPECT_EQ(max_adapter_difference(root / "full" / "out", root / "split" / "out"), 0.0f);
-
-  // Another world size is refused, naming both.
-  auto other =
-      test::run_command((test::bin_dir() / "qlora-train").string() + " " + (root / "split" / "config.yaml").string());
-  EXPECT_EQ(other.exit_code, 2) << other.output;
-  EXPECT_NE(other.output.find("written by a run of 2 process(es); this run has 1"), std::string::npos) << other.output;
-}
-
-}  // namespace
-}  // namespace qlora::trainer  // Without a dist section the backend follows the device.
-std::string text = read_file(cfg);
-text = text.substr(0, text.find("dist:"));
-EXPECT_EQ(parse_config(text, "c.yaml").dist.backend, "gloo");
-EXPECT_EQ(parse_config(text, "c.yaml", {"device=cuda"}).dist.backend, "nccl");
-EXPECT_DOUBLE_EQ(parse_config(text, "c.yaml").dist.timeout_s, 300.0);
-try {
-  load_config(cfg, {"dist.backend=mpi"});
-  FAIL() << "dist.backend=mpi accepted";
-} catch (const Error& e) {
-  EXPECT_NE(std::string(e.what()).find("dist.backend (from --set dist.backend=mpi): unknown value `mpi`"),
-            std::string::npos)
-      << e.what();
-}
-EXPECT_THROW(load_config(cfg, {"dist.timeout_s=0"}), Error);
-EXPECT_THROW(load_config(cfg, {"dist.bucket_size=1"}), Error);  // unknown key
-// Not part of the trajectory: changing it keeps checkpoints resumable.
-EXPECT_EQ(config_hash(load_config(cfg, {"dist.timeout_s=9", "dist.bucket_mb=1", "dist.backend=nccl"})), config_hash(c));
 }
 
 TEST_F(DataParallel, TwoRanksMatchOneRankWithGradAccum) {
