@@ -33,6 +33,8 @@ using Clock = std::chrono::steady_clock;
 // only the order of float additions may differ (Gloo's sum vs. AccumulateGrad), so the adapters agree to float
 // rounding amplified by 4 AdamW steps. Measured max |difference|: 0 (bitwise equal) on this machine.
 constexpr float kAdapterTolerance = 1e-5f;
+// Eval loss: float64 sums of the same per-batch float sums, grouped differently across ranks.
+constexpr double kEvalLossTolerance = 1e-9;
 // Seconds a collective may wait for a silent rank in these tests, and the slack allowed on top for the
 // heartbeat check (2 s) and process exit.
 constexpr int kTimeoutS = 4;
@@ -65,11 +67,11 @@ fs::path make_run(const fs::path& dir, const Spec& s) {
   std::ostringstream y;
   y << "model: {path: " << test::tiny_model_dir().string() << ", compute_dtype: fp32, gradient_checkpointing: true}\n"
     << "lora: {r: 8, alpha: 16, dropout: " << s.dropout << ", targets: all-linear}\n"
-    << "data: {train: " << (dir / "train.jsonl").string()
+    << "data: {train: " << (dir / "train.jsonl").string() << ", eval: " << (dir / "train.jsonl").string()
     << ", format: alpaca, max_seq_len: 64, packing: true, shuffle_buffer: 16}\n"
     << "train: {seed: 7, max_steps: " << s.max_steps << ", micro_batch_size: " << s.micro_batch
     << ", grad_accum: " << s.grad_accum << ", lr: 5e-3, schedule: cosine, warmup_steps: 1, threads: 1}\n"
-    << "eval: {at_end: false}\n"
+    << "eval: {at_end: true, max_batches: 5}\n"  // 2 ranks: batches 0, 2, 4 and 1, 3
     << "checkpoint: {dir: " << (dir / "ckpt").string() << ", every: " << s.checkpoint_every << ", keep: 3}\n"
     << "output_dir: " << (dir / "out").string() << "\n"
     << "log: {every: 1, metrics: " << (dir / "metrics.jsonl").string() << "}\n"
@@ -212,6 +214,12 @@ TEST_F(DataParallel, TwoRanksMatchOneRankWithGradAccum) {
   const float diff = max_adapter_difference(root / "one" / "out", root / "two" / "out");
   EXPECT_LE(diff, kAdapterTolerance);
   std::printf("max |adapter difference| 2 ranks vs grad accum 2: %g\n", diff);
+  // Sharded eval (the same adapter on both sides) sums to the same loss over the same label tokens.
+  const auto summary = [&](const char* run) {
+    return nlohmann::json::parse(read_file(root / run / "out" / "training_summary.json"));
+  };
+  EXPECT_NEAR(summary("one").at("final_eval_loss").get<double>(), summary("two").at("final_eval_loss").get<double>(),
+              kEvalLossTolerance);
   // And the adapter did train (the comparison is not between two untouched initialisations).
   const auto trained = lora::load_adapter(root / "two" / "out");
   EXPECT_GT(trained.modules[0].b.abs().max().item<float>(), 0.0f);
