@@ -5,12 +5,17 @@
 //
 // Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits with code 130; running the
 // same command again resumes from it (checkpoint.resume: auto) and ends bitwise identical to an uninterrupted run.
+//
+// Data parallel: `qlora-train cfg.yaml --nproc 2` starts 2 local ranks; across machines start one process per
+// rank with torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), e.g. by torchrun itself
+// (`torchrun --nnodes 2 --nproc-per-node 1 ... --no-python qlora-train cfg.yaml`).
 #include <spdlog/spdlog.h>
 
 #include <string>
 #include <vector>
 
 #include "app_main.h"
+#include "trainer/launch.h"
 #include "trainer/trainer.h"
 
 int main(int argc, char** argv) {
@@ -19,6 +24,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> overrides;
   qlora::trainer::TrainerOptions options;
   bool print_config = false;
+  int nproc = 0;
   cli.add_option("config", config_file, "training config (YAML), e.g. configs/tiny.yaml")->required();
   cli.add_option("--set", overrides,
                  "override a config key, e.g. --set train.lr=1e-4 --set lora.r=32 (typed and validated like the "
@@ -31,6 +37,8 @@ int main(int argc, char** argv) {
                "resume from a checkpoint even if its config hash or base model differs");
   cli.add_option("--stop-after-steps", options.stop_after_steps,
                  "save a checkpoint and stop (exit 130) after this many steps; run again to continue");
+  cli.add_option("--nproc", nproc,
+                 "start this many local data-parallel ranks (Gloo on CPU, NCCL on GPU; see dist: in the config)");
   cli.add_flag("--print-config", print_config, "print the effective config (after --set) and exit");
   cli.footer(
       "Outputs: checkpoints in checkpoint.dir/checkpoint-<step>/, the final adapter (PEFT layout) in output_dir,\n"
@@ -42,6 +50,7 @@ int main(int argc, char** argv) {
       std::printf("%s", qlora::trainer::effective_config_yaml(config).c_str());
       return 0;
     }
+    if (nproc > 0) return qlora::trainer::launch_local_ranks(nproc, std::vector<std::string>(argv, argv + argc));
     qlora::trainer::run_training(config, options);
     return 0;
   });

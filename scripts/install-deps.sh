@@ -14,6 +14,7 @@ PACKAGES=(
   nlohmann-json3-dev      # JSON (safetensors headers, HF configs, JSONL data)
   libcli11-dev            # command-line parsing for the apps
   libpcre2-dev            # Unicode regex pre-tokenization for byte-level BPE (tokenizer.json)
+  libgloo-dev             # headers for c10d's ProcessGroupGloo (data-parallel qlora-train; LibTorch ships the rest)
 )
 
 missing=()

@@ -61,6 +61,7 @@ nlohmann::json trainer_state_to_json(const TrainerState& s) {
           {"model_fingerprint", s.model_fingerprint},
           {"data_state", s.data_state},
           {"threads", s.threads},
+          {"world_size", s.world_size},
           {"format", "qlora.cpp trainer_state v1"}};
 }
 
@@ -80,6 +81,7 @@ TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string&
     s.model_fingerprint = j.at("model_fingerprint").get<std::string>();
     s.data_state = j.at("data_state");
     s.threads = j.value("threads", 0);
+    s.world_size = j.value("world_size", 1);
   } catch (const nlohmann::json::exception& e) {
     throw_file_error(source, std::string("not a valid trainer state: ") + e.what(),
                      "the checkpoint is damaged; resume from an older one (checkpoint.resume: <path>)");
@@ -112,6 +114,20 @@ std::string model_fingerprint(const fs::path& model_dir) {
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
   return buf;
+}
+
+void check_resume_world_size(int saved_world_size, int world_size, const fs::path& checkpoint_dir, bool force) {
+  if (saved_world_size == world_size) return;
+  const std::string what = checkpoint_dir.string() + ": written by a run of " + std::to_string(saved_world_size) +
+                           " process(es); this run has " + std::to_string(world_size) +
+                           ", which changes the global batch (micro batch x grad accum x world size)";
+  if (force) {
+    spdlog::warn("{}; continuing (--force-resume): the data cursor re-shards to the new world size", what);
+    return;
+  }
+  throw Error(what + "\nHINT: launch with " + std::to_string(saved_world_size) +
+              " processes (--nproc / WORLD_SIZE), or pass --force-resume to continue with " +
+              std::to_string(world_size) + " (the data cursor re-shards exactly; the global batch changes)");
 }
 
 void check_resume_compatible(const TrainerState& saved, const std::string& config_hash,

@@ -50,6 +50,7 @@ struct TrainerState {
   std::string model_fingerprint;
   nlohmann::json data_state;        // DataLoader::state()
   int threads = 0;                  // intra-op threads (bitwise resume needs the same count)
+  int world_size = 1;               // data-parallel ranks (the global batch is micro x accum x world_size)
 };
 
 nlohmann::json trainer_state_to_json(const TrainerState& s);
@@ -64,6 +65,12 @@ std::string model_fingerprint(const fs::path& model_dir);
 void check_resume_compatible(const TrainerState& saved, const std::string& config_hash,
                              const nlohmann::json& trajectory, const std::string& fingerprint,
                              const fs::path& checkpoint_dir, bool force);
+
+// Refuses (qlora::Error) to resume a checkpoint written with another data-parallel world size, unless `force`:
+// then it warns and continues. The data cursor is a position in the one global stream of micro-batches (every
+// rank reads all of it and keeps every W-th), so it re-shards exactly to any world size; what changes is the
+// global batch (micro x accum x world size) from there on.
+void check_resume_world_size(int saved_world_size, int world_size, const fs::path& checkpoint_dir, bool force);
 
 // What a save needs besides the trainer state.
 struct CheckpointContents {

@@ -18,7 +18,7 @@ namespace {
 // Every key the schema knows, by section ("" = top level). `data` is open here (data/ validates it).
 const std::map<std::string, std::vector<std::string>>& schema_keys() {
   static const std::map<std::string, std::vector<std::string>> keys = {
-      {"", {"model", "lora", "data", "train", "eval", "checkpoint", "output_dir", "log", "device"}},
+      {"", {"model", "lora", "data", "train", "eval", "checkpoint", "output_dir", "log", "device", "dist"}},
       {"model", {"path", "compute_dtype", "quant", "gradient_checkpointing"}},
       {"model.quant", {"type", "blocksize", "double_quant"}},
       {"lora", {"r", "alpha", "dropout", "targets", "rslora"}},
@@ -29,6 +29,7 @@ const std::map<std::string, std::vector<std::string>>& schema_keys() {
       {"eval", {"every", "max_batches", "at_end"}},
       {"checkpoint", {"dir", "every", "keep", "resume"}},
       {"log", {"every", "metrics"}},
+      {"dist", {"backend", "timeout_s", "bucket_mb"}},
   };
   return keys;
 }
@@ -424,6 +425,12 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
     top.fail("device", "unknown device `" + cfg.device + "`", "use cpu, cuda or cuda:<index>");
   }
 
+  // Most configs have no dist section: pass an empty node (a missing key of a const node is not a valid node).
+  Section ds(ctx, top.has("dist") ? top.get("dist") : YAML::Node(), "dist");
+  cfg.dist.backend = ds.get_enum("backend", cfg.device == "cpu" ? "gloo" : "nccl", {"gloo", "nccl"});
+  cfg.dist.timeout_s = ds.get_double("timeout_s", 300.0, 0.0, 86400.0, /*min_exclusive=*/true);
+  cfg.dist.bucket_mb = ds.get_double("bucket_mb", 25.0, 0.0, 4096.0, /*min_exclusive=*/true);
+
   // Relative paths resolve against the working directory (not the config file's folder).
   cfg.model.path = resolve(cfg.model.path);
   cfg.checkpoint.dir = resolve(cfg.checkpoint.dir);
@@ -491,6 +498,9 @@ YAML::Node to_yaml(const TrainConfig& c) {
   n["log"]["every"] = c.log.every;
   n["log"]["metrics"] = c.log.metrics.string();
   n["device"] = c.device;
+  n["dist"]["backend"] = c.dist.backend;
+  n["dist"]["timeout_s"] = c.dist.timeout_s;
+  n["dist"]["bucket_mb"] = c.dist.bucket_mb;
   return n;
 }
 

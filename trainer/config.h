@@ -84,6 +84,13 @@ struct LogSection {
   fs::path metrics;              // metrics.jsonl; empty = <checkpoint.dir>/metrics.jsonl
 };
 
+// Data-parallel runs (trainer/distributed.h); ignored by a single process. Not part of the trajectory hash.
+struct DistSection {
+  std::string backend;       // gloo | nccl; empty = by device (cpu: gloo, cuda: nccl)
+  double timeout_s = 300.0;  // a collective waiting longer than this fails, naming the unresponsive rank
+  double bucket_mb = 25.0;   // adapter gradients are all-reduced in flat buckets of about this size
+};
+
 struct TrainConfig {
   std::string source_file;   // the YAML file, as given
   ModelSection model;
@@ -96,6 +103,7 @@ struct TrainConfig {
   fs::path output_dir;       // final adapter
   LogSection log;
   std::string device = "cpu";  // cpu | cuda | cuda:N
+  DistSection dist;
   YAML::Node tree;           // the YAML tree after overrides (what was validated)
   std::vector<std::string> overrides;  // the --set strings, in order
 };

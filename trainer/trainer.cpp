@@ -16,6 +16,7 @@
 #include "lora/peft_io.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "trainer/distributed.h"
 
 namespace qlora::trainer {
 
@@ -59,7 +60,25 @@ struct Trainer::Impl {
   std::string fingerprint;
   std::string effective_config;
   int threads = 0;
+  // Data parallel (trainer/distributed.h); world_size 1 and no group for a single process.
+  DistEnv env;
+  std::unique_ptr<DistGroup> dist;
+  std::unique_ptr<GradientReducer> reducer;  // declared after dist: destroyed first
+  bool stop_agreed = false;                  // some rank saw a stop signal (agreed in the last update's all-reduce)
+  double allreduce_s = 0.0;                  // time blocked in the gradient + loss all-reduces, this process
 };
+
+namespace {
+
+// Rank r > 0 reseeds its LoRA-dropout generator per update from (seed, rank, step): its stream differs from the
+// other ranks' and needs no saved state to resume exactly (rank 0 keeps the checkpointed generator).
+uint64_t rank_step_seed(uint64_t seed, int rank, int64_t step) {
+  uint64_t x = seed ^ (0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(rank)) ^ (0xBF58476D1CE4E5B9ULL * step);
+  x ^= x >> 31;
+  return x * 0x94D049BB133111EBULL;
+}
+
+}  // namespace
 
 Trainer::Trainer(TrainConfig config, TrainerOptions options)
     : cfg_(std::move(config)), opts_(std::move(options)), impl_(std::make_unique<Impl>()) {}
@@ -84,17 +103,34 @@ void Trainer::setup() {
     config_error(cfg_, cfg_.model.path_line, "model.path", "no HF model folder at " + cfg_.model.path.string(),
                  "point model.path at a folder with config.json and *.safetensors (qlora-make-tiny makes one)");
   }
+  I.env = dist_env_from_environment();
+  if (I.env.enabled()) {
+    if (I.env.rank > 0) spdlog::set_level(spdlog::level::warn);  // rank 0 logs
+    if (I.device.is_cuda() && cfg_.device == "cuda") I.device = torch::Device(torch::kCUDA, I.env.local_rank);
+    if (I.device.is_cuda()) I.cuda_device = I.device;
+    DistOptions dopt;
+    dopt.backend = cfg_.dist.backend;
+    dopt.timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.dist.timeout_s * 1000.0));
+    I.dist = std::make_unique<DistGroup>(I.env, dopt);
+  }
   I.config_hash = config_hash(cfg_);
   I.trajectory = trajectory_fields(cfg_);
   I.fingerprint = model_fingerprint(cfg_.model.path);
   I.effective_config = effective_config_yaml(cfg_);
   I.checkpoints = std::make_unique<CheckpointManager>(cfg_.checkpoint.dir, cfg_.checkpoint.keep);
 
-  // Decide where we start before the expensive parts, so a refused resume or output costs nothing.
-  resolve_resume_point();
-  check_output_dir();
-  fs::create_directories(cfg_.checkpoint.dir);
-  write_file_atomic(cfg_.checkpoint.dir / kEffectiveConfigFile, I.effective_config);
+  // Decide where we start before the expensive parts, so a refused resume or output costs nothing. Data
+  // parallel: rank 0 decides (and alone touches checkpoint.dir); every rank resumes from its choice.
+  if (I.env.rank == 0) {
+    resolve_resume_point();
+    check_output_dir();
+    fs::create_directories(cfg_.checkpoint.dir);
+    write_file_atomic(cfg_.checkpoint.dir / kEffectiveConfigFile, I.effective_config);
+  }
+  if (I.dist) {
+    const std::string from = I.dist->share_from_rank0("resume_from", resume_from_ ? resume_from_->string() : "");
+    if (!from.empty()) resume_from_ = fs::path(from);
+  }
 
   // Data.
   I.tokenizer = model::load_tokenizer(cfg_.model.path);
@@ -165,8 +201,20 @@ void Trainer::setup() {
   state_.trajectory = I.trajectory;
   state_.model_fingerprint = I.fingerprint;
   state_.threads = I.threads;
+  state_.world_size = I.env.world_size;
 
-  I.metrics = MetricsWriter(cfg_.log.metrics, resume_from_ ? std::optional<int64_t>(state_.step) : std::nullopt);
+  I.metrics = MetricsWriter(I.env.rank == 0 ? cfg_.log.metrics : fs::path(),
+                            resume_from_ ? std::optional<int64_t>(state_.step) : std::nullopt);
+  if (I.dist) {
+    // Every rank starts from rank 0's adapter (equal by construction; this makes it so whatever happened).
+    I.dist->broadcast(I.adapters.adapter_parameters(), /*root=*/0, "broadcast of the initial adapter");
+    I.reducer = std::make_unique<GradientReducer>(*I.dist, I.adapters.adapter_parameters(), cfg_.dist.bucket_mb);
+    spdlog::info(
+        "data parallel: {} ranks ({}), global batch {} rows = micro batch {} x grad accum {} x world size "
+        "{}; rank r takes micro-batches r, r+{}, ... of the data stream",
+        I.env.world_size, cfg_.dist.backend, cfg_.train.micro_batch_size * cfg_.train.grad_accum * I.env.world_size,
+        cfg_.train.micro_batch_size, cfg_.train.grad_accum, I.env.world_size, I.env.world_size);
+  }
 
   const auto& mc = I.model->config();
   spdlog::info("model {}: {} layers, hidden {}, {} params, {} {}; LoRA r={} alpha={} on {} modules ({} trainable)",
@@ -207,6 +255,7 @@ void Trainer::resolve_resume_point() {
   if (resume_from_) {
     const TrainerState saved = read_trainer_state(*resume_from_);
     check_resume_compatible(saved, I.config_hash, I.trajectory, I.fingerprint, *resume_from_, opts_.force_resume);
+    check_resume_world_size(saved.world_size, I.env.world_size, *resume_from_, opts_.force_resume);
   }
 }
 
@@ -241,7 +290,8 @@ int64_t Trainer::count_total_steps() {
     progress.advance();
   }
   if (micro == 0) throw Error(cfg_.source_file + ": data.train: the training split yields no examples");
-  return (micro + cfg_.train.grad_accum - 1) / cfg_.train.grad_accum;
+  const int64_t per_step = cfg_.train.grad_accum * impl_->env.world_size;  // micro-batches per update, all ranks
+  return (micro + per_step - 1) / per_step;
 }
 
 int64_t Trainer::num_trainable_parameters() const { return impl_->adapters.num_parameters(); }
@@ -259,16 +309,23 @@ EvalResult Trainer::evaluate() {
   I.model->eval();
   I.eval_data->reset();
   double loss_sum = 0.0;
+  // Data parallel: rank r evaluates batches r, r+W, ...; the sums are all-reduced.
   while (cfg_.eval.max_batches == 0 || r.batches < cfg_.eval.max_batches) {
     auto batch = I.eval_data->next();
     if (!batch) break;
+    if (r.batches++ % I.env.world_size != I.env.rank) continue;
     model::ForwardInputs in{batch->attention_mask.to(I.device), batch->position_ids.to(I.device),
                             batch->segment_ids.to(I.device)};
     auto [sum, n] = I.model->causal_lm_loss(batch->input_ids.to(I.device), batch->labels.to(I.device), in,
                                             cfg_.train.loss_chunk_tokens);
     loss_sum += sum.item<double>();
     r.label_tokens += n;
-    ++r.batches;
+  }
+  if (I.dist) {
+    auto sums = torch::tensor({loss_sum, static_cast<double>(r.label_tokens)}, torch::kDouble);
+    I.dist->all_reduce_sum({sums}, "eval all-reduce at step " + std::to_string(state_.step));
+    loss_sum = sums[0].item<double>();
+    r.label_tokens = static_cast<int64_t>(sums[1].item<double>());
   }
   I.model->train();
   r.loss = r.label_tokens > 0 ? loss_sum / static_cast<double>(r.label_tokens) : std::nan("");
@@ -279,6 +336,8 @@ EvalResult Trainer::evaluate() {
 fs::path Trainer::save_checkpoint() {
   auto& I = *impl_;
   state_.data_state = I.train_data->state();
+  // Rank 0 writes; every rank's cursor is the same (all read the whole stream), so its checkpoint is everyone's.
+  if (I.env.rank != 0) return CheckpointManager::checkpoint_path(cfg_.checkpoint.dir, state_.step);
   CheckpointContents c;
   c.adapters = &I.adapters;
   c.optimizer = I.optimizer.get();
@@ -316,7 +375,7 @@ TrainSummary Trainer::train() {
   I.model->train();
   if (state_.step >= state_.total_steps) spdlog::info("the run is already complete at step {}", state_.step);
   while (state_.step < state_.total_steps) {
-    const bool stop_signal = stop_requested();
+    const bool stop_signal = I.dist ? I.stop_agreed : stop_requested();
     if (stop_signal || (opts_.stop_after_steps > 0 && state_.step >= opts_.stop_after_steps)) {
       const fs::path p = save_checkpoint();
       throw Interrupted("stopped at step " + std::to_string(state_.step) + "/" + std::to_string(state_.total_steps) +
@@ -326,16 +385,19 @@ TrainSummary Trainer::train() {
 
     // 1. Gather the micro-batches of this update and count their label tokens.
     const auto t_step = Clock::now();
+    // Data parallel: every rank reads the update's grad_accum x W micro-batches (so all count the same label
+    // tokens and keep the same cursor) and trains on micro-batches rank, rank+W, ...
     std::vector<data::Batch> micro;
-    int64_t label_tokens = 0, tokens = 0;
-    for (int64_t i = 0; i < tc.grad_accum; ++i) {
+    int64_t label_tokens = 0, tokens = 0, global_micro = 0;
+    for (int64_t i = 0; i < tc.grad_accum * I.env.world_size; ++i) {
       auto b = I.train_data->next();
       if (!b) break;
       label_tokens += count_loss_tokens(b->labels);
       tokens += b->num_tokens;
-      micro.push_back(std::move(*b));
+      ++global_micro;
+      if (i % I.env.world_size == I.env.rank) micro.push_back(std::move(*b));
     }
-    if (micro.empty()) {
+    if (global_micro == 0) {
       spdlog::warn("the training data ran out at step {} of {}", state_.step, state_.total_steps);
       break;
     }
@@ -346,14 +408,26 @@ TrainSummary Trainer::train() {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
     I.optimizer->zero_grad();
+    if (I.dist && I.env.rank > 0) torch::manual_seed(rank_step_seed(tc.seed, I.env.rank, state_.step));
     double loss_sum = 0.0;
     for (const auto& b : micro) {
       if (label_tokens == 0) break;
+      if (I.reducer && &b == &micro.back()) I.reducer->arm();  // its backward launches the bucket all-reduces
       model::ForwardInputs in{b.attention_mask.to(I.device), b.position_ids.to(I.device), b.segment_ids.to(I.device)};
       auto [sum, n] =
           I.model->causal_lm_loss(b.input_ids.to(I.device), b.labels.to(I.device), in, tc.loss_chunk_tokens);
       (sum / static_cast<double>(label_tokens)).backward();
       loss_sum += sum.item<double>();
+    }
+    if (I.dist) {
+      // Gradients: sum over ranks (each rank's loss is already divided by the update's global label count).
+      const auto t_comm = Clock::now();
+      I.reducer->finish("gradient all-reduce of step " + std::to_string(state_.step + 1));
+      auto sums = torch::tensor({loss_sum, stop_requested() ? 1.0 : 0.0}, torch::kDouble);
+      I.dist->all_reduce_sum({sums}, "loss all-reduce of step " + std::to_string(state_.step + 1));
+      loss_sum = sums[0].item<double>();
+      I.stop_agreed = sums[1].item<double>() > 0.0;
+      I.allreduce_s += seconds_since(t_comm);
     }
     const double loss = label_tokens > 0 ? loss_sum / static_cast<double>(label_tokens) : std::nan("");
 
@@ -458,7 +532,9 @@ TrainSummary Trainer::train() {
   summary.final_loss = state_.last_loss;
   summary.final_eval_loss = last_eval;
   summary.nonfinite_steps = state_.nonfinite_total;
-  if (opts_.write_outputs) write_final_outputs(summary);
+  const int64_t steps_here = state_.step - summary.start_step;
+  summary.allreduce_s_per_step = steps_here > 0 ? I.allreduce_s / static_cast<double>(steps_here) : 0.0;
+  if (opts_.write_outputs && I.env.rank == 0) write_final_outputs(summary);
 
   spdlog::info("done: {} steps, {} tokens in {} ({:.0f} tok/s), peak RSS {}", summary.steps, summary.tokens_this_run,
                format_duration(summary.wall_s), summary.tokens_per_s, format_bytes(double(summary.peak_rss_bytes)));
@@ -467,6 +543,10 @@ TrainSummary Trainer::train() {
   if (!summary.adapter_dir.empty()) spdlog::info("adapter:     {}", summary.adapter_dir.string());
   spdlog::info("checkpoints: {}", summary.checkpoint_dir.string());
   if (I.metrics.enabled()) spdlog::info("metrics:     {}", summary.metrics_file.string());
+  if (I.dist) {
+    spdlog::info("data parallel: {} ranks, all-reduce {:.1f} ms per step on rank 0 (time blocked after the backward)",
+                 I.env.world_size, summary.allreduce_s_per_step * 1e3);
+  }
   return summary;
 }
 

@@ -68,6 +68,7 @@ struct TrainSummary {
   double final_loss = 0.0;     // last update
   std::optional<double> final_eval_loss;
   int64_t nonfinite_steps = 0;
+  double allreduce_s_per_step = 0.0;  // data parallel: time blocked in the all-reduces per update (0 alone)
   fs::path adapter_dir;        // empty when outputs are off
   fs::path checkpoint_dir;
   fs::path metrics_file;
