@@ -16,6 +16,7 @@
 #include "lora/peft_io.h"
 #include "model/llama.h"
 #include "model/tokenizer.h"
+#include "trainer/run_plan.h"
 
 namespace qlora::trainer {
 
@@ -59,6 +60,7 @@ struct Trainer::Impl {
   std::string fingerprint;
   std::string effective_config;
   int threads = 0;
+  int64_t planned_peak_bytes = 0;  // the memory plan's total (trainer/run_plan.h)
 };
 
 Trainer::Trainer(TrainConfig config, TrainerOptions options)
@@ -71,6 +73,7 @@ Trainer::~Trainer() { cleanup(); }
 
 void Trainer::setup() {
   auto& I = *impl_;
+  return_freed_tensor_memory_to_os();  // so the peak RSS is what the memory plan counts (trainer/run_plan.h)
   I.threads = configure_threads(cfg_.train.threads);
   I.device = torch::Device(cfg_.device);
   if (I.device.is_cuda()) {
@@ -113,6 +116,13 @@ void Trainer::setup() {
   I.schedule.total_steps = state_.total_steps;
   I.schedule.warmup_steps =
       resolve_warmup_steps(cfg_.train.warmup_steps, cfg_.train.warmup_ratio, state_.total_steps);
+
+  // The memory plan, with the process's own resident memory before the model as its baseline.
+  {
+    const model::MemoryPlan plan = plan_run(cfg_, {}, static_cast<int64_t>(current_rss_bytes()));
+    I.planned_peak_bytes = plan.total_bytes;
+    spdlog::info("{}", model::format_plan(plan));
+  }
 
   // Model: frozen (4-bit) base, then LoRA. The seed fixes LoRA init (per module) and dropout.
   torch::manual_seed(cfg_.train.seed);
@@ -455,6 +465,7 @@ TrainSummary Trainer::train() {
   summary.steady_tokens_per_s = steady_s > 0 && steady_tokens > 0 ? static_cast<double>(steady_tokens) / steady_s
                                                                   : summary.tokens_per_s;
   summary.peak_rss_bytes = peak_rss_bytes();
+  summary.planned_peak_bytes = I.planned_peak_bytes;
   summary.final_loss = state_.last_loss;
   summary.final_eval_loss = last_eval;
   summary.nonfinite_steps = state_.nonfinite_total;
@@ -462,6 +473,11 @@ TrainSummary Trainer::train() {
 
   spdlog::info("done: {} steps, {} tokens in {} ({:.0f} tok/s), peak RSS {}", summary.steps, summary.tokens_this_run,
                format_duration(summary.wall_s), summary.tokens_per_s, format_bytes(double(summary.peak_rss_bytes)));
+  spdlog::info("memory: measured peak {} {} vs planned {} ({:+.1f}%)", I.device.is_cuda() ? "RSS (host)" : "RSS",
+               format_bytes(double(summary.peak_rss_bytes)), format_bytes(double(summary.planned_peak_bytes)),
+               summary.planned_peak_bytes > 0
+                   ? 100.0 * (double(summary.peak_rss_bytes) / double(summary.planned_peak_bytes) - 1.0)
+                   : 0.0);
   spdlog::info("loss {:.4f} -> {:.4f}{}", summary.first_loss, summary.final_loss,
                last_eval ? fmt::format(", eval loss {:.4f} (ppl {:.2f})", *last_eval, std::exp(*last_eval)) : "");
   if (!summary.adapter_dir.empty()) spdlog::info("adapter:     {}", summary.adapter_dir.string());
@@ -472,25 +488,26 @@ TrainSummary Trainer::train() {
 
 void Trainer::write_final_outputs(TrainSummary& summary) {
   auto& I = *impl_;
-  nlohmann::json j = {{"config_hash", I.config_hash},
-                      {"config_file", cfg_.source_file},
-                      {"base_model", cfg_.model.path.string()},
-                      {"steps", summary.steps},
-                      {"total_steps", summary.total_steps},
-                      {"resumed_from_step", summary.start_step},
-                      {"tokens", summary.tokens},
-                      {"label_tokens", state_.label_tokens_seen},
-                      {"wall_s_this_process", summary.wall_s},
-                      {"train_time_s", state_.elapsed_s},
-                      {"tokens_per_s", summary.tokens_per_s},
-                      {"peak_rss_bytes", summary.peak_rss_bytes},
-                      {"final_train_loss", std::isfinite(summary.final_loss) ? nlohmann::json(summary.final_loss)
-                                                                             : nlohmann::json()},
-                      {"nonfinite_steps", summary.nonfinite_steps},
-                      {"trainable_parameters", num_trainable_parameters()},
-                      {"threads", I.threads},
-                      {"checkpoint_dir", cfg_.checkpoint.dir.string()},
-                      {"metrics", cfg_.log.metrics.string()}};
+  nlohmann::json j = {
+      {"config_hash", I.config_hash},
+      {"config_file", cfg_.source_file},
+      {"base_model", cfg_.model.path.string()},
+      {"steps", summary.steps},
+      {"total_steps", summary.total_steps},
+      {"resumed_from_step", summary.start_step},
+      {"tokens", summary.tokens},
+      {"label_tokens", state_.label_tokens_seen},
+      {"wall_s_this_process", summary.wall_s},
+      {"train_time_s", state_.elapsed_s},
+      {"tokens_per_s", summary.tokens_per_s},
+      {"peak_rss_bytes", summary.peak_rss_bytes},
+      {"planned_peak_bytes", summary.planned_peak_bytes},
+      {"final_train_loss", std::isfinite(summary.final_loss) ? nlohmann::json(summary.final_loss) : nlohmann::json()},
+      {"nonfinite_steps", summary.nonfinite_steps},
+      {"trainable_parameters", num_trainable_parameters()},
+      {"threads", I.threads},
+      {"checkpoint_dir", cfg_.checkpoint.dir.string()},
+      {"metrics", cfg_.log.metrics.string()}};
   if (summary.final_eval_loss) {
     j["final_eval_loss"] = *summary.final_eval_loss;
     j["final_eval_ppl"] = std::exp(*summary.final_eval_loss);
