@@ -11,11 +11,13 @@
 // (`torchrun --nnodes 2 --nproc-per-node 1 ... --no-python qlora-train cfg.yaml`).
 #include <spdlog/spdlog.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "app_main.h"
 #include "trainer/launch.h"
+#include "trainer/run_plan.h"
 #include "trainer/trainer.h"
 
 int main(int argc, char** argv) {
@@ -25,6 +27,8 @@ int main(int argc, char** argv) {
   qlora::trainer::TrainerOptions options;
   bool print_config = false;
   int nproc = 0;
+  bool plan = false;
+  std::string plan_config, device_memory;
   cli.add_option("config", config_file, "training config (YAML), e.g. configs/tiny.yaml")->required();
   cli.add_option("--set", overrides,
                  "override a config key, e.g. --set train.lr=1e-4 --set lora.r=32 (typed and validated like the "
@@ -40,15 +44,28 @@ int main(int argc, char** argv) {
   cli.add_option("--nproc", nproc,
                  "start this many local data-parallel ranks (Gloo on CPU, NCCL on GPU; see dist: in the config)");
   cli.add_flag("--print-config", print_config, "print the effective config (after --set) and exit");
+  cli.add_flag("--plan", plan, "print the memory plan (from config.json alone, no weights read) and exit");
+  cli.add_option("--plan-config", plan_config,
+                 "config.json to plan with instead of model.path/config.json, e.g. configs/models/llama-2-70b.json");
+  cli.add_option("--device-memory", device_memory,
+                 "with --plan: the memory budget to check (e.g. 24GiB, 80GB); says what would make it fit");
   cli.footer(
       "Outputs: checkpoints in checkpoint.dir/checkpoint-<step>/, the final adapter (PEFT layout) in output_dir,\n"
-      "metrics in log.metrics (JSON lines). Exit codes: 0 done, 2 bad config/input, 1 internal error, 130 stopped.");
+      "metrics in log.metrics (JSON lines). Exit codes: 0 done, 2 bad config/input, 1 internal error, 3 (--plan) does "
+      "not fit --device-memory, 130 stopped.");
 
   return qlora::app::run(cli, argc, argv, [&]() {
     const auto config = qlora::trainer::load_config(config_file, overrides);
     if (print_config) {
       std::printf("%s", qlora::trainer::effective_config_yaml(config).c_str());
       return 0;
+    }
+    if (plan) {
+      const auto p = qlora::trainer::plan_run(config, plan_config);
+      std::optional<int64_t> budget;
+      if (!device_memory.empty()) budget = qlora::model::parse_byte_size(device_memory);
+      std::printf("%s", qlora::model::format_plan(p, budget).c_str());
+      return budget && p.total_bytes > *budget ? 3 : 0;
     }
     if (nproc > 0) return qlora::trainer::launch_local_ranks(nproc, std::vector<std::string>(argv, argv + argc));
     qlora::trainer::run_training(config, options);

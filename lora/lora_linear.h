@@ -37,6 +37,7 @@ class LoraLinearImpl : public model::LinearLayerImpl {
   int64_t out_features() const override { return base_->out_features(); }
   // base.dense_weight + scale · B · A, computed in fp32 and cast to `dtype`: (out, in).
   torch::Tensor dense_weight(torch::ScalarType dtype) const override;
+  std::shared_ptr<model::FrozenLinearImpl> frozen_base() override { return base_->frozen_base(); }
   // scale · B · A in fp32: (out, in).
   torch::Tensor delta_weight() const;
 

@@ -29,6 +29,9 @@ std::shared_ptr<FrozenLinearImpl> FrozenLinearImpl::dense(torch::Tensor w, torch
 // x: (..., in) -> (..., out), in x's dtype.
 torch::Tensor FrozenLinearImpl::forward(const torch::Tensor& x) {
   if (qweight_) {
+    TORCH_CHECK(qweight_->packed.defined(),
+                "FrozenLinear: the 4-bit weight is not resident (layer streaming evicted it; run the layer between "
+                "the streamer's before/after hooks)");
     torch::Tensor b = bias_.defined() ? bias_.to(x.scalar_type()) : bias_;
     return quant::linear_4bit(x, *qweight_, b);
   }
@@ -51,5 +54,16 @@ const quant::QuantizedTensor& FrozenLinearImpl::quantized_weight() const {
 }
 
 void FrozenLinearImpl::to_device(torch::Device device) { to(device); }
+
+std::shared_ptr<FrozenLinearImpl> FrozenLinearImpl::frozen_base() {
+  return std::dynamic_pointer_cast<FrozenLinearImpl>(shared_from_this());
+}
+
+quant::QuantizedTensor FrozenLinearImpl::exchange_quantized_weight(quant::QuantizedTensor w) {
+  TORCH_CHECK(is_quantized(), "FrozenLinear::exchange_quantized_weight: this projection is dense");
+  TORCH_CHECK(w.shape == qweight_->shape, "FrozenLinear::exchange_quantized_weight: shape mismatch");
+  std::swap(w, *qweight_);
+  return w;
+}
 
 }  // namespace qlora::model

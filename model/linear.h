@@ -13,6 +13,8 @@
 
 namespace qlora::model {
 
+class FrozenLinearImpl;
+
 class LinearLayerImpl : public torch::nn::Module {
  public:
   // x: (..., in) -> (..., out), in x's dtype.
@@ -21,6 +23,8 @@ class LinearLayerImpl : public torch::nn::Module {
   virtual int64_t out_features() const = 0;
   // The effective dense weight (out, in) in `dtype` (dequantized for 4-bit; base + delta for LoRA).
   virtual torch::Tensor dense_weight(torch::ScalarType dtype) const = 0;
+  // The frozen base projection underneath (itself for a FrozenLinear; a wrapper's base); null if none.
+  virtual std::shared_ptr<FrozenLinearImpl> frozen_base() { return nullptr; }
 };
 using LinearLayerPtr = std::shared_ptr<LinearLayerImpl>;
 
@@ -36,11 +40,17 @@ class FrozenLinearImpl : public LinearLayerImpl {
   int64_t out_features() const override;
   torch::Tensor dense_weight(torch::ScalarType dtype) const override;
 
+  std::shared_ptr<FrozenLinearImpl> frozen_base() override;
+
   bool is_quantized() const { return qweight_.has_value(); }
   const quant::QuantizedTensor& quantized_weight() const;  // TORCH_CHECK(is_quantized())
   const torch::Tensor& dense_weight_ref() const { return weight_; }  // undefined when quantized
   const torch::Tensor& bias() const { return bias_; }
   void to_device(torch::Device device);
+  // Layer streaming (model/layer_streaming.h): the 4-bit weight forward computes with, swapped for another of the
+  // same shape (a device copy, or one without data meaning "not resident": forward then fails). The registered
+  // buffers keep the original (host) parts. Returns the weight it replaces.
+  quant::QuantizedTensor exchange_quantized_weight(quant::QuantizedTensor w);
 
  private:
   std::optional<quant::QuantizedTensor> qweight_;

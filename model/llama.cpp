@@ -105,6 +105,7 @@ struct LlamaModelImpl::Impl {
   LinearLayerPtr lm_head;  // null when tied to the embedding
   torch::Tensor inv_freq;  // fp32 (d/2), moved lazily to the model's device
   bool checkpointing = false;
+  LayerHooks hooks;
 };
 
 LlamaModelImpl::LlamaModelImpl(LlamaConfig config, torch::ScalarType compute_dtype)
@@ -155,16 +156,26 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
 
   torch::Tensor h = torch::embedding(m.embed_tokens->weight, ids).to(compute_dtype_);  // (B, T, H)
   const bool ckpt = m.checkpointing && !cache && torch::GradMode::is_enabled();
+  const LayerHooks hooks = m.hooks;  // copied: the recompute in backward runs with the hooks of this forward
   for (size_t i = 0; i < m.layers.size(); ++i) {
     auto layer = m.layers[i];
+    const auto idx = static_cast<int64_t>(i);
     if (ckpt) {
       h = checkpoint(
-          [layer, cos = cos, sin = sin, mask](const std::vector<torch::Tensor>& xs) {
-            return std::vector<torch::Tensor>{layer->forward(xs[0], cos, sin, mask, nullptr, nullptr)};
+          [layer, cos = cos, sin = sin, mask, hooks, idx](const std::vector<torch::Tensor>& xs) {
+            // Grad mode is off in the checkpointed forward and on in the recompute.
+            const LayerPass pass =
+                torch::GradMode::is_enabled() ? LayerPass::kRecompute : LayerPass::kForwardCheckpoint;
+            if (hooks.before) hooks.before(idx, pass);
+            torch::Tensor out = layer->forward(xs[0], cos, sin, mask, nullptr, nullptr);
+            if (hooks.after) hooks.after(idx, pass);
+            return std::vector<torch::Tensor>{out};
           },
           {h})[0];
     } else {
+      if (hooks.before) hooks.before(idx, LayerPass::kForward);
       h = layer->forward(h, cos, sin, mask, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
+      if (hooks.after) hooks.after(idx, LayerPass::kForward);
     }
   }
   return rms_norm(h, m.norm->weight, config_.rms_norm_eps);
@@ -251,6 +262,9 @@ void LlamaModelImpl::replace_linear(const std::string& hf_name, LinearLayerPtr l
 
 void LlamaModelImpl::set_gradient_checkpointing(bool on) { impl_->checkpointing = on; }
 bool LlamaModelImpl::gradient_checkpointing() const { return impl_->checkpointing; }
+void LlamaModelImpl::set_layer_hooks(LayerHooks hooks) {
+  impl_->hooks = std::move(hooks);
+}
 
 std::vector<std::pair<std::string, torch::Tensor>> LlamaModelImpl::named_dense_tensors() const {
   std::vector<std::pair<std::string, torch::Tensor>> out;

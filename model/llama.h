@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -47,6 +48,20 @@ struct KVCache {
   int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
 };
 
+// Which run of a decoder layer a LayerHooks call is about (see set_layer_hooks).
+enum class LayerPass {
+  kForward,            // a forward whose graph (if any) keeps what backward needs: no recompute follows
+  kForwardCheckpoint,  // the no-grad forward of a checkpointed layer: it is recomputed (kRecompute) in backward
+  kRecompute,          // the recompute of a checkpointed layer during backward (backward order: last layer first)
+};
+
+// Called around every run of a decoder layer (e.g. model/layer_streaming.h puts the layer's frozen weights in
+// device memory in `before` and releases them in `after`). Either may be empty.
+struct LayerHooks {
+  std::function<void(int64_t layer, LayerPass pass)> before;
+  std::function<void(int64_t layer, LayerPass pass)> after;
+};
+
 class LlamaModelImpl : public torch::nn::Module {
  public:
   LlamaModelImpl(LlamaConfig config, torch::ScalarType compute_dtype);
@@ -76,6 +91,8 @@ class LlamaModelImpl : public torch::nn::Module {
   // Rerun each decoder layer in backward instead of keeping its activations.
   void set_gradient_checkpointing(bool on);
   bool gradient_checkpointing() const;
+  // Installs hooks run around each decoder layer (replaces earlier ones; default-constructed: none).
+  void set_layer_hooks(LayerHooks hooks);
 
   // Non-linear tensors by HF name (embeddings, norms, and lm_head when dense): for saving/merging.
   // These are the model's own tensors (copy_ into them to set weights).

@@ -17,6 +17,7 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "trainer/distributed.h"
+#include "trainer/run_plan.h"
 
 namespace qlora::trainer {
 
@@ -26,7 +27,9 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kIgnoreIndex = -100;
 constexpr const char* kSummaryFile = "training_summary.json";
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 // Labels that count in the causal-LM loss: positions 1..T-1 (position t's logits predict label t+1).
 int64_t count_loss_tokens(const torch::Tensor& labels) {
@@ -66,6 +69,7 @@ struct Trainer::Impl {
   std::unique_ptr<GradientReducer> reducer;  // declared after dist: destroyed first
   bool stop_agreed = false;                  // some rank saw a stop signal (agreed in the last update's all-reduce)
   double allreduce_s = 0.0;                  // time blocked in the gradient + loss all-reduces, this process
+  int64_t planned_peak_bytes = 0;            // the memory plan's total (trainer/run_plan.h)
 };
 
 namespace {
@@ -83,13 +87,16 @@ uint64_t rank_step_seed(uint64_t seed, int rank, int64_t step) {
 Trainer::Trainer(TrainConfig config, TrainerOptions options)
     : cfg_(std::move(config)), opts_(std::move(options)), impl_(std::make_unique<Impl>()) {}
 
-Trainer::~Trainer() { cleanup(); }
+Trainer::~Trainer() {
+  cleanup();
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // setup
 
 void Trainer::setup() {
   auto& I = *impl_;
+  return_freed_tensor_memory_to_os();  // so the peak RSS is what the memory plan counts (trainer/run_plan.h)
   I.threads = configure_threads(cfg_.train.threads);
   I.device = torch::Device(cfg_.device);
   if (I.device.is_cuda()) {
@@ -147,8 +154,14 @@ void Trainer::setup() {
   I.schedule.kind = parse_schedule_kind(cfg_.train.schedule);
   I.schedule.base_lr = cfg_.train.lr;
   I.schedule.total_steps = state_.total_steps;
-  I.schedule.warmup_steps =
-      resolve_warmup_steps(cfg_.train.warmup_steps, cfg_.train.warmup_ratio, state_.total_steps);
+  I.schedule.warmup_steps = resolve_warmup_steps(cfg_.train.warmup_steps, cfg_.train.warmup_ratio, state_.total_steps);
+
+  // The memory plan, with the process's own resident memory before the model as its baseline.
+  {
+    const model::MemoryPlan plan = plan_run(cfg_, {}, static_cast<int64_t>(current_rss_bytes()));
+    I.planned_peak_bytes = plan.total_bytes;
+    spdlog::info("{}", model::format_plan(plan));
+  }
 
   // Model: frozen (4-bit) base, then LoRA. The seed fixes LoRA init (per module) and dropout.
   torch::manual_seed(cfg_.train.seed);
@@ -191,9 +204,10 @@ void Trainer::setup() {
     state_ = saved;
     state_.total_steps = total;
     if (saved.threads != 0 && saved.threads != I.threads) {
-      spdlog::warn("the checkpoint was written with {} threads, this run uses {}: the result will not be bitwise "
-                   "identical to an uninterrupted run (set train.threads: {})",
-                   saved.threads, I.threads, saved.threads);
+      spdlog::warn(
+          "the checkpoint was written with {} threads, this run uses {}: the result will not be bitwise "
+          "identical to an uninterrupted run (set train.threads: {})",
+          saved.threads, I.threads, saved.threads);
     }
     spdlog::info("resumed from {} at step {}/{}", ck.string(), state_.step, state_.total_steps);
   }
@@ -219,11 +233,11 @@ void Trainer::setup() {
   const auto& mc = I.model->config();
   spdlog::info("model {}: {} layers, hidden {}, {} params, {} {}; LoRA r={} alpha={} on {} modules ({} trainable)",
                cfg_.model.path.string(), mc.num_hidden_layers, mc.hidden_size, num_model_parameters(),
-               cfg_.model.quant_type, cfg_.model.compute_dtype, cfg_.lora.r, cfg_.lora.alpha,
-               I.adapters.modules.size(), num_trainable_parameters());
+               cfg_.model.quant_type, cfg_.model.compute_dtype, cfg_.lora.r, cfg_.lora.alpha, I.adapters.modules.size(),
+               num_trainable_parameters());
   spdlog::info("training {} steps x {} micro-batches x {} rows (seq <= {}), lr {:.2e} {} (warmup {}), {} threads",
-               state_.total_steps, cfg_.train.grad_accum, cfg_.train.micro_batch_size,
-               cfg_.data_config.max_seq_len, cfg_.train.lr, cfg_.train.schedule, I.schedule.warmup_steps, I.threads);
+               state_.total_steps, cfg_.train.grad_accum, cfg_.train.micro_batch_size, cfg_.data_config.max_seq_len,
+               cfg_.train.lr, cfg_.train.schedule, I.schedule.warmup_steps, I.threads);
 }
 
 void Trainer::resolve_resume_point() {
@@ -233,7 +247,8 @@ void Trainer::resolve_resume_point() {
   if (mode == "none") {
     if (!I.checkpoints->list().empty()) {
       if (!opts_.overwrite) {
-        throw Error(cfg_.checkpoint.dir.string() + ": holds checkpoints of an earlier run, and checkpoint.resume is "
+        throw Error(cfg_.checkpoint.dir.string() +
+                    ": holds checkpoints of an earlier run, and checkpoint.resume is "
                     "none\nHINT: set checkpoint.resume: auto to continue it, choose another checkpoint.dir, or pass "
                     "--overwrite to delete them and start over");
       }
@@ -274,7 +289,8 @@ void Trainer::check_output_dir() {
     } catch (const nlohmann::json::exception&) {
     }
   }
-  throw Error(cfg_.output_dir.string() + ": output_dir already exists (from another run)\nHINT: pass --overwrite to "
+  throw Error(cfg_.output_dir.string() +
+              ": output_dir already exists (from another run)\nHINT: pass --overwrite to "
               "replace it, or set output_dir to a new folder");
 }
 
@@ -294,9 +310,13 @@ int64_t Trainer::count_total_steps() {
   return (micro + per_step - 1) / per_step;
 }
 
-int64_t Trainer::num_trainable_parameters() const { return impl_->adapters.num_parameters(); }
+int64_t Trainer::num_trainable_parameters() const {
+  return impl_->adapters.num_parameters();
+}
 
-int64_t Trainer::num_model_parameters() const { return impl_->model->config().num_parameters(); }
+int64_t Trainer::num_model_parameters() const {
+  return impl_->model->config().num_parameters();
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // train
@@ -512,8 +532,8 @@ TrainSummary Trainer::train() {
     last_eval = ev.loss;
     spdlog::info("eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens)", state_.step, ev.loss, ev.perplexity,
                  ev.label_tokens);
-    nlohmann::json rec = {{"step", state_.step}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity},
-                          {"elapsed", state_.elapsed_s}};
+    nlohmann::json rec = {
+        {"step", state_.step}, {"eval_loss", ev.loss}, {"eval_ppl", ev.perplexity}, {"elapsed", state_.elapsed_s}};
     I.metrics.write(rec);
   }
   if (cfg_.checkpoint.every > 0 && last_checkpoint_step != state_.step && state_.step > summary.start_step) {
@@ -526,9 +546,10 @@ TrainSummary Trainer::train() {
   summary.tokens_per_s = summary.wall_s > 0 ? static_cast<double>(summary.tokens_this_run) / summary.wall_s : 0.0;
   const double steady_s = summary.wall_s - first_step_s;
   const int64_t steady_tokens = summary.tokens_this_run - first_step_tokens;
-  summary.steady_tokens_per_s = steady_s > 0 && steady_tokens > 0 ? static_cast<double>(steady_tokens) / steady_s
-                                                                  : summary.tokens_per_s;
+  summary.steady_tokens_per_s =
+      steady_s > 0 && steady_tokens > 0 ? static_cast<double>(steady_tokens) / steady_s : summary.tokens_per_s;
   summary.peak_rss_bytes = peak_rss_bytes();
+  summary.planned_peak_bytes = I.planned_peak_bytes;
   summary.final_loss = state_.last_loss;
   summary.final_eval_loss = last_eval;
   summary.nonfinite_steps = state_.nonfinite_total;
@@ -538,6 +559,11 @@ TrainSummary Trainer::train() {
 
   spdlog::info("done: {} steps, {} tokens in {} ({:.0f} tok/s), peak RSS {}", summary.steps, summary.tokens_this_run,
                format_duration(summary.wall_s), summary.tokens_per_s, format_bytes(double(summary.peak_rss_bytes)));
+  spdlog::info("memory: measured peak {} {} vs planned {} ({:+.1f}%)", I.device.is_cuda() ? "RSS (host)" : "RSS",
+               format_bytes(double(summary.peak_rss_bytes)), format_bytes(double(summary.planned_peak_bytes)),
+               summary.planned_peak_bytes > 0
+                   ? 100.0 * (double(summary.peak_rss_bytes) / double(summary.planned_peak_bytes) - 1.0)
+                   : 0.0);
   spdlog::info("loss {:.4f} -> {:.4f}{}", summary.first_loss, summary.final_loss,
                last_eval ? fmt::format(", eval loss {:.4f} (ppl {:.2f})", *last_eval, std::exp(*last_eval)) : "");
   if (!summary.adapter_dir.empty()) spdlog::info("adapter:     {}", summary.adapter_dir.string());
@@ -552,25 +578,26 @@ TrainSummary Trainer::train() {
 
 void Trainer::write_final_outputs(TrainSummary& summary) {
   auto& I = *impl_;
-  nlohmann::json j = {{"config_hash", I.config_hash},
-                      {"config_file", cfg_.source_file},
-                      {"base_model", cfg_.model.path.string()},
-                      {"steps", summary.steps},
-                      {"total_steps", summary.total_steps},
-                      {"resumed_from_step", summary.start_step},
-                      {"tokens", summary.tokens},
-                      {"label_tokens", state_.label_tokens_seen},
-                      {"wall_s_this_process", summary.wall_s},
-                      {"train_time_s", state_.elapsed_s},
-                      {"tokens_per_s", summary.tokens_per_s},
-                      {"peak_rss_bytes", summary.peak_rss_bytes},
-                      {"final_train_loss", std::isfinite(summary.final_loss) ? nlohmann::json(summary.final_loss)
-                                                                             : nlohmann::json()},
-                      {"nonfinite_steps", summary.nonfinite_steps},
-                      {"trainable_parameters", num_trainable_parameters()},
-                      {"threads", I.threads},
-                      {"checkpoint_dir", cfg_.checkpoint.dir.string()},
-                      {"metrics", cfg_.log.metrics.string()}};
+  nlohmann::json j = {
+      {"config_hash", I.config_hash},
+      {"config_file", cfg_.source_file},
+      {"base_model", cfg_.model.path.string()},
+      {"steps", summary.steps},
+      {"total_steps", summary.total_steps},
+      {"resumed_from_step", summary.start_step},
+      {"tokens", summary.tokens},
+      {"label_tokens", state_.label_tokens_seen},
+      {"wall_s_this_process", summary.wall_s},
+      {"train_time_s", state_.elapsed_s},
+      {"tokens_per_s", summary.tokens_per_s},
+      {"peak_rss_bytes", summary.peak_rss_bytes},
+      {"planned_peak_bytes", summary.planned_peak_bytes},
+      {"final_train_loss", std::isfinite(summary.final_loss) ? nlohmann::json(summary.final_loss) : nlohmann::json()},
+      {"nonfinite_steps", summary.nonfinite_steps},
+      {"trainable_parameters", num_trainable_parameters()},
+      {"threads", I.threads},
+      {"checkpoint_dir", cfg_.checkpoint.dir.string()},
+      {"metrics", cfg_.log.metrics.string()}};
   if (summary.final_eval_loss) {
     j["final_eval_loss"] = *summary.final_eval_loss;
     j["final_eval_ppl"] = std::exp(*summary.final_eval_loss);

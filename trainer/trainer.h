@@ -64,6 +64,7 @@ struct TrainSummary {
   double tokens_per_s = 0.0;   // this process
   double steady_tokens_per_s = 0.0;  // this process, excluding its first update (warm-up)
   size_t peak_rss_bytes = 0;
+  int64_t planned_peak_bytes = 0;  // the memory plan's total for this run (printed at setup)
   double first_loss = 0.0;     // first update of this process
   double final_loss = 0.0;     // last update
   std::optional<double> final_eval_loss;

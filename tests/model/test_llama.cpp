@@ -158,6 +158,44 @@ TEST(LlamaLoss, MatchesReferenceAndChunkedEqualsUnchunked) {
   norm.set_requires_grad(false);
 }
 
+// Chunked loss (several chunk sizes, including chunks that split rows unevenly) against a float64 dense
+// computation of the whole (T, V) logits from the model's final hidden states: loss value and lm_head gradient.
+TEST(LlamaLoss, ChunkedLossAndGradientMatchFloat64DenseLogits) {
+  auto m = random_model(small_config());
+  const torch::Tensor ids = ids_tensor({{5, 9, 13, 2, 40, 41, 7, 3, 22}, {1, 2, 3, 4, 5, 6, 8, 10, 30}});
+  const torch::Tensor labels = ids_tensor({{-100, -100, 13, 2, 40, 41, 7, 3, 22}, {1, 2, 3, -100, 5, 6, 8, -100, 30}});
+  auto lm_head = m->named_dense_tensors().back().second;
+  ASSERT_EQ(m->named_dense_tensors().back().first, "lm_head.weight");
+
+  // Reference: float64 logits = hidden · Wᵀ over all positions, cross entropy summed, autograd in float64.
+  torch::Tensor hidden;
+  {
+    torch::NoGradGuard ng;
+    hidden = m->forward_hidden(ids).to(torch::kFloat64);  // (B, T, H)
+  }
+  torch::Tensor w64 = lm_head.detach().to(torch::kFloat64).requires_grad_(true);
+  const int64_t t = ids.size(1);
+  torch::Tensor logits64 = torch::matmul(hidden.narrow(1, 0, t - 1), w64.t());  // (B, T-1, V)
+  torch::Tensor y = labels.narrow(1, 1, t - 1).reshape({-1});
+  torch::Tensor ref = torch::nn::functional::cross_entropy(
+      logits64.reshape({-1, logits64.size(-1)}), y,
+      torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(-100));
+  ref.backward();
+  const double ref_loss = ref.item<double>();
+  const torch::Tensor ref_grad = w64.grad();
+
+  lm_head.set_requires_grad(true);
+  for (int64_t chunk : {1024, 2, 6, 10}) {  // per row: all 8 positions; 1; 3 (3+3+2); 5 (5+3)
+    if (lm_head.grad().defined()) lm_head.mutable_grad().zero_();
+    auto [loss, n] = m->causal_lm_loss(ids, labels, {}, chunk);
+    loss.backward();
+    EXPECT_EQ(n, (y != -100).sum().item<int64_t>());
+    EXPECT_NEAR(loss.item<double>(), ref_loss, kFp32RelTol * std::abs(ref_loss)) << "chunk " << chunk;
+    EXPECT_LT(max_rel(lm_head.grad().to(torch::kFloat64), ref_grad), kGradTol) << "chunk " << chunk;
+  }
+  lm_head.set_requires_grad(false);
+}
+
 // A projection with a trainable weight and dropout inside (like LoRA), to check checkpointing.
 struct DropoutLinearImpl : model::LinearLayerImpl {
   DropoutLinearImpl(torch::Tensor w) { weight = register_parameter("weight", w.clone()); }

@@ -1,0 +1,139 @@
+// The memory plan (qlora-train --plan) against the measured peak RSS of real training runs: each configuration
+// runs in its own forked process (so its peak RSS, VmHWM, is its own), plans with its own measured baseline RSS,
+// trains a few steps and reports both. The target: within 10% on the bench model.
+//
+//   build/bin/bench_memory_plan [configs/bench.yaml] [--steps N=3] [--threads T=0]
+//   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench)
+//
+// Configurations: gradient checkpointing on/off x the config's micro batch and half of it.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/log.h"
+#include "model/memory_plan.h"
+#include "trainer/run_plan.h"
+#include "trainer/trainer.h"
+
+namespace {
+
+using namespace qlora;
+
+struct Case {
+  bool checkpointing;
+  int64_t micro_batch;
+};
+
+nlohmann::json run_forked(const std::string& config_file, const Case& c, int steps, int threads) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    nlohmann::json out;
+    try {
+      const std::string dir = "runs/bench_memory_plan";
+      auto cfg = trainer::load_config(
+          config_file,
+          {"model.gradient_checkpointing=" + std::string(c.checkpointing ? "true" : "false"),
+           "train.micro_batch_size=" + std::to_string(c.micro_batch), "train.max_steps=" + std::to_string(steps),
+           "train.threads=" + std::to_string(threads), "checkpoint.dir=" + dir, "checkpoint.every=0",
+           "checkpoint.resume=none", "log.metrics=" + dir + "/metrics.jsonl", "eval.every=0", "eval.at_end=false"});
+      trainer::TrainerOptions opts;
+      opts.overwrite = true;
+      opts.write_outputs = false;
+      const size_t baseline = current_rss_bytes();
+      auto s = trainer::run_training(cfg, opts);
+      const auto plan = trainer::plan_run(cfg, {}, static_cast<int64_t>(baseline));
+      out = {{"ok", true},
+             {"peak_rss", s.peak_rss_bytes},
+             {"planned", s.planned_peak_bytes},
+             {"baseline", baseline},
+             {"phase", plan.peak_phase},
+             {"activations", plan.activation_bytes},
+             {"tokens", cfg.train.micro_batch_size * cfg.data_config.max_seq_len}};
+    } catch (const std::exception& e) {
+      out = {{"ok", false}, {"error", e.what()}};
+    }
+    const std::string line = out.dump() + "\n";
+    ssize_t w = ::write(fds[1], line.data(), line.size());
+    (void)w;
+    ::close(fds[1]);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const std::exception&) {
+    return {{"ok", false}, {"error", "child exited without a result (status " + std::to_string(status) + ")"}};
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_file = "configs/bench.yaml";
+  int steps = 3, threads = 0;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--steps" && i + 1 < argc) {
+      steps = std::atoi(argv[++i]);
+    } else if (a == "--threads" && i + 1 < argc) {
+      threads = std::atoi(argv[++i]);
+    } else if (a == "--help" || a == "-h") {
+      std::printf("usage: bench_memory_plan [CONFIG=configs/bench.yaml] [--steps N=3] [--threads T=0 (all)]\n");
+      return 0;
+    } else {
+      config_file = a;
+    }
+  }
+  init_logging("warn");
+  try {
+    const auto cfg = trainer::load_config(config_file);
+    std::printf("bench_memory_plan: %s (%s, seq %lld), %d steps per run, each run in its own process\n",
+                config_file.c_str(), cfg.model.path.c_str(), static_cast<long long>(cfg.data_config.max_seq_len),
+                steps);
+    std::printf("%-14s %6s %8s %12s %12s %12s %9s  %s\n", "checkpointing", "micro", "tokens", "baseline", "planned",
+                "measured", "error", "planned peak phase (activations)");
+    const int64_t mb = cfg.train.micro_batch_size;
+    int worst_ok = 1;
+    double worst = 0;
+    for (bool ck : {true, false}) {
+      for (int64_t b : {mb, std::max<int64_t>(1, mb / 2)}) {
+        const auto j = run_forked(config_file, {ck, b}, steps, threads);
+        if (!j.value("ok", false)) {
+          std::printf("%-14s %6lld failed: %s\n", ck ? "on" : "off", static_cast<long long>(b),
+                      j.value("error", "").c_str());
+          worst_ok = 0;
+          continue;
+        }
+        const double planned = j["planned"].get<double>(), measured = j["peak_rss"].get<double>();
+        const double err = measured / planned - 1.0;
+        worst = std::max(worst, std::abs(err));
+        std::printf("%-14s %6lld %8lld %12s %12s %12s %+8.1f%%  %s (%s)\n", ck ? "on" : "off",
+                    static_cast<long long>(b), static_cast<long long>(j["tokens"].get<int64_t>()),
+                    model::format_gib(j["baseline"].get<int64_t>()).c_str(),
+                    model::format_gib(static_cast<int64_t>(planned)).c_str(),
+                    model::format_gib(static_cast<int64_t>(measured)).c_str(), 100 * err,
+                    j["phase"].get<std::string>().c_str(), model::format_gib(j["activations"].get<int64_t>()).c_str());
+      }
+    }
+    std::printf("largest |measured / planned - 1|: %.1f%% (target: 10%%)\n", 100 * worst);
+    return worst_ok ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+}

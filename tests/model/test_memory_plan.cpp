@@ -1,0 +1,137 @@
+// The memory planner against hand counts: Llama-2-70B frozen bytes (68.45 G linear params at NF4+DQ plus the
+// 16-bit rest), LoRA parameter counts, activation bookkeeping that follows the switches it claims to, and the
+// byte-size parser. (Plan vs measured peak RSS of real runs: tests/trainer/test_run_plan.cpp, bench/.)
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+#include "model/hf_config.h"
+#include "model/memory_plan.h"
+#include "test_util.h"
+
+namespace qlora::model {
+namespace {
+
+// Llama-2-70B: hidden 8192, intermediate 28672, 80 layers, 64 heads, 8 kv heads (head_dim 128), vocab 32000.
+constexpr int64_t kH = 8192, kI = 28672, kKv = 1024, kL = 80, kV = 32000;
+
+MemoryPlanInputs llama2_70b_inputs(int64_t r = 64) {
+  MemoryPlanInputs in;
+  in.config = load_llama_config(test::source_dir() / "configs/models/llama-2-70b.json");
+  const std::vector<std::tuple<std::string, int64_t, int64_t>> projs = {
+      {"q_proj", kH, kH},    {"k_proj", kH, kKv}, {"v_proj", kH, kKv},  {"o_proj", kH, kH},
+      {"gate_proj", kH, kI}, {"up_proj", kH, kI}, {"down_proj", kI, kH}};
+  for (int64_t l = 0; l < kL; ++l) {
+    for (const auto& [p, fan_in, fan_out] : projs) in.lora.push_back({l, p, fan_in, fan_out, r});
+  }
+  in.lora_dropout = 0.05;
+  in.micro_batch = 1;
+  in.seq_len = 2048;
+  in.gradient_checkpointing = true;
+  in.fused_attention = true;  // a GPU run on LibTorch 2.x (SDPA); the eager path is tested below
+  return in;
+}
+
+// Hand count of one NF4 tensor with double quant, blocksize 64: 4-bit codes, a uint8 absmax per 64 weights, an fp32
+// absmax2 per 256 absmax, plus the 16-entry codebook and the 256-entry dynamic map (fp32).
+int64_t hand_nf4_dq_bytes(int64_t numel) {
+  const int64_t blocks = numel / 64;  // every 70B shape is a multiple of 64 * 256
+  return numel / 2 + blocks + 4 * (blocks / 256) + 16 * 4 + 256 * 4;
+}
+
+TEST(MemoryPlan, Llama2_70bFrozenBytesEqualTheHandCount) {
+  const MemoryPlan p = plan_memory(llama2_70b_inputs());
+  const int64_t per_layer = 2 * kH * kH + 2 * kH * kKv + 3 * kH * kI;
+  EXPECT_EQ(p.quantized_params, kL * per_layer);
+  EXPECT_EQ(p.quantized_params, 68451041280);  // "68.45 G linear params"
+  const int64_t quant =
+      kL * (2 * hand_nf4_dq_bytes(kH * kH) + 2 * hand_nf4_dq_bytes(kH * kKv) + 3 * hand_nf4_dq_bytes(kH * kI));
+  const int64_t rest16 = 2 * (2 * kV * kH + (2 * kL + 1) * kH);  // embed + lm_head + norms, bf16
+  EXPECT_EQ(p.frozen_quantized_bytes, quant);
+  EXPECT_EQ(p.frozen_dense_bytes, rest16);
+  EXPECT_EQ(p.frozen_bytes, quant + rest16);
+  // 4.127 bits/param is 4 + 8/64 + 32/(64*256) = 4.12695 rounded: the figure to 4 digits.
+  EXPECT_NEAR(static_cast<double>(p.frozen_quantized_bytes), 68.45e9 * 4.127 / 8, 68.45e9 * 4.127 / 8 * 1e-3);
+  EXPECT_NEAR(8.0 * p.frozen_quantized_bytes / p.quantized_params, 4.127, 5e-4);
+}
+
+TEST(MemoryPlan, Llama2_70bLoraStateAndTotalAgainstHandCounts) {
+  const MemoryPlan p = plan_memory(llama2_70b_inputs());
+  // r * (in + out) per module: q, o 2*8192; k, v 8192+1024; gate, up, down 8192+28672.
+  const int64_t lora = kL * 64 * (2 * (2 * kH) + 2 * (kH + kKv) + 3 * (kH + kI));
+  EXPECT_EQ(p.lora_params, lora);
+  EXPECT_EQ(p.lora_params, 828375040);
+  // fp32 master + fp32 grad + AdamW m, v (fp32): 16 bytes per parameter, plus the bf16 copies forward casts of
+  // one layer's adapters (checkpointing: the recompute makes them layer by layer).
+  EXPECT_EQ(p.lora_state_bytes, 16 * lora + 2 * (lora / kL));
+  // Layer inputs kept by checkpointing: 80 x 2048 x 8192 x bf16.
+  bool found = false;
+  for (const auto& it : p.items) {
+    if (it.name == "layer inputs (checkpointed)") {
+      EXPECT_EQ(it.bytes, kL * 2048 * kH * 2);
+      found = true;
+    }
+  }
+  EXPECT_TRUE(found);
+  // With fp32 LoRA masters and fp32 AdamW states the run does NOT fit 46 GB: frozen 36.4 GB + LoRA 13.3 GB alone
+  // are 49.6 GB. The plan says so, and names the changes that would fit.
+  EXPECT_GT(p.frozen_bytes + p.lora_state_bytes, 46000000000);
+  EXPECT_GT(p.total_bytes, 46000000000);
+  const auto changes = cheapest_changes(p, 46000000000);
+  ASSERT_FALSE(changes.empty());
+  for (const auto& c : changes) EXPECT_LE(c.total_bytes, 46000000000) << c.change;
+  // r 16 fits: the LoRA state drops 4x (hand count of the state difference).
+  MemoryPlan r16 = plan_memory(llama2_70b_inputs(16));
+  EXPECT_EQ(p.lora_state_bytes - r16.lora_state_bytes, 16 * (lora - lora / 4) + 2 * (lora / kL - lora / 4 / kL));
+  EXPECT_LT(r16.total_bytes, 46000000000);
+}
+
+TEST(MemoryPlan, CheckpointingAndChunkingChangeWhatTheyClaim) {
+  MemoryPlanInputs in = llama2_70b_inputs();
+  in.seq_len = 512;
+  in.fused_attention = false;  // eager: (T, T) scores kept per layer
+  const MemoryPlan on = plan_memory(in);
+  in.gradient_checkpointing = false;
+  const MemoryPlan off = plan_memory(in);
+  // Without checkpointing every layer keeps layer_saved_activation_bytes.
+  EXPECT_GE(off.activation_bytes, kL * layer_saved_activation_bytes(in));
+  EXPECT_LT(on.activation_bytes, off.activation_bytes / 10);
+  EXPECT_EQ(on.frozen_bytes, off.frozen_bytes);
+  // A vocab-128k model with the whole (T, V) logits unchunked: the loss phase dominates; chunking removes it.
+  MemoryPlanInputs l3 = in;
+  l3.config = load_llama_config(test::source_dir() / "configs/models/llama-3-8b.json");
+  l3.lora.clear();
+  l3.fused_attention = true;
+  l3.gradient_checkpointing = true;
+  l3.seq_len = 8192;
+  l3.loss_chunk_tokens = 1 << 20;  // one chunk
+  const MemoryPlan whole = plan_memory(l3);
+  EXPECT_EQ(whole.peak_phase, "loss");
+  l3.loss_chunk_tokens = 1024;
+  const MemoryPlan chunked = plan_memory(l3);
+  // 12 bytes per logit: the difference is 12 x (8191 - 1024) x 128256 exactly.
+  EXPECT_GE(whole.activation_bytes - chunked.activation_bytes, 0);
+  if (chunked.peak_phase == "loss") {
+    EXPECT_EQ(whole.activation_bytes - chunked.activation_bytes, int64_t{12} * (8191 - 1024) * 128256);
+  }
+  EXPECT_GT(whole.activation_bytes - chunked.activation_bytes, int64_t{5} << 30);
+}
+
+TEST(MemoryPlan, StreamingMovesEveryLayerTwicePerMicroBatch) {
+  const MemoryPlan p = plan_memory(llama2_70b_inputs());
+  const StreamingPlan s = plan_streaming(p);
+  EXPECT_EQ(s.layer_bytes * kL, p.frozen_quantized_bytes);
+  EXPECT_EQ(s.bytes_per_micro_batch, 2 * p.frozen_quantized_bytes);
+  EXPECT_LT(s.device_bytes, p.total_bytes - p.frozen_quantized_bytes + 3 * s.layer_bytes);
+}
+
+TEST(MemoryPlan, ParsesByteSizes) {
+  EXPECT_EQ(parse_byte_size("24GiB"), int64_t{24} << 30);
+  EXPECT_EQ(parse_byte_size("24 GB"), int64_t{24000000000});
+  EXPECT_EQ(parse_byte_size("512MiB"), int64_t{512} << 20);
+  EXPECT_EQ(parse_byte_size("1.5G"), int64_t{3} << 29);
+  EXPECT_THROW(parse_byte_size("lots"), Error);
+  EXPECT_THROW(parse_byte_size("24 parsecs"), Error);
+}
+
+}  // namespace
+}  // namespace qlora::model

@@ -1,0 +1,111 @@
+// The memory plan of a training config: the same accounting as the run (frozen bytes and LoRA parameters equal
+// those of the really loaded tiny model with adapters attached), the plan against the measured peak RSS of short
+// real runs of qlora-train (its own process; generous bound here, the 10% comparison on the ~100M bench model is
+// bench/bench_memory_plan), and `qlora-train --plan` on the 70B config from configs/models/ alone.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/atomic_file.h"
+#include "common/error.h"
+#include "lora/lora_model.h"
+#include "model/llama.h"
+#include "test_util.h"
+#include "trainer/run_plan.h"
+
+namespace qlora::trainer {
+namespace {
+
+// Plan vs measured peak RSS of a whole qlora-train process on the tiny model. Generous: the tiny model's numbers
+// are small next to the runtime's own RSS; the bench model is held to 10% (bench/RESULTS.md).
+constexpr double kTinyRssTolerance = 0.25;
+
+std::string tiny_config_yaml(const fs::path& dir, bool checkpointing) {
+  std::ostringstream y;
+  y << "model:\n  path: " << test::tiny_model_dir().string() << "\n  compute_dtype: bf16\n"
+    << "  quant: {type: nf4, blocksize: 64, double_quant: true}\n"
+    << "  gradient_checkpointing: " << (checkpointing ? "true" : "false") << "\n"
+    << "lora: {r: 16, alpha: 32, dropout: 0.05, targets: all-linear}\n"
+    << "data:\n  train: " << (test::source_dir() / "data/demo/train.jsonl").string() << "\n"
+    << "  format: alpaca\n  max_seq_len: 512\n  packing: true\n  pad_to_max_seq_len: true\n"
+    << "train: {seed: 1, max_steps: 1, micro_batch_size: 8, grad_accum: 1, lr: 1.0e-4, threads: 2}\n"
+    << "eval: {every: 0, at_end: false}\n"
+    << "checkpoint: {dir: " << (dir / "ckpt").string() << ", every: 0, resume: none}\n"
+    << "output_dir: " << (dir / "out").string() << "\n"
+    << "log: {every: 1, metrics: " << (dir / "metrics.jsonl").string() << "}\n";
+  return y.str();
+}
+
+TEST(RunPlan, SameAccountingAsTheLoadedTinyModel) {
+  const fs::path dir = test::temp_dir();
+  const TrainConfig cfg = parse_config(tiny_config_yaml(dir, true), (dir / "c.yaml").string());
+  const model::MemoryPlan plan = plan_run(cfg);
+  model::LoadOptions lo;
+  lo.show_progress = false;
+  auto m = model::load_model(test::tiny_model_dir(), lo);
+  int64_t quantized = 0, dense = 0;
+  for (const auto& [name, lin] : m->named_linears()) {
+    auto f = lin->frozen_base();
+    ASSERT_TRUE(f);
+    if (f->is_quantized()) {
+      quantized += f->quantized_weight().nbytes();
+    } else {
+      dense += f->dense_weight_ref().numel() * static_cast<int64_t>(f->dense_weight_ref().element_size());
+    }
+  }
+  for (const auto& [name, t] : m->named_dense_tensors()) {
+    if (name != "lm_head.weight") dense += t.numel() * static_cast<int64_t>(t.element_size());
+  }
+  EXPECT_EQ(plan.frozen_quantized_bytes, quantized);
+  EXPECT_EQ(plan.frozen_dense_bytes, dense);
+  lora::LoraConfig lc;
+  lc.r = cfg.lora.r;
+  lc.alpha = cfg.lora.alpha;
+  lc.targets = cfg.lora.targets;
+  auto adapters = lora::attach_lora(m, lc, /*seed=*/1);
+  EXPECT_EQ(plan.lora_params, adapters.num_parameters());
+  EXPECT_EQ(plan.inputs.lora.size(), adapters.modules.size());
+}
+
+class PlanVsRss : public ::testing::TestWithParam<bool> {};
+
+TEST_P(PlanVsRss, TinyRunPeakRssWithinBound) {
+  ASSERT_TRUE(fs::exists(test::tiny_model_dir() / "config.json")) << "run through ctest (fixture make_tiny_model)";
+  const bool checkpointing = GetParam();
+  const fs::path dir = test::temp_dir();
+  write_file_atomic(dir / "c.yaml", tiny_config_yaml(dir, checkpointing));
+  const auto r = test::run_app("qlora-train", (dir / "c.yaml").string());
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("memory plan:"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("vs planned"), std::string::npos) << r.output;
+  const auto j = nlohmann::json::parse(read_file(dir / "out/training_summary.json"));
+  const double measured = j.at("peak_rss_bytes").get<double>();
+  const double planned = j.at("planned_peak_bytes").get<double>();
+  std::printf("checkpointing %s: measured peak RSS %.1f MiB, planned %.1f MiB (%+.1f%%)\n",
+              checkpointing ? "on" : "off", measured / 1048576, planned / 1048576, 100 * (measured / planned - 1));
+  EXPECT_NEAR(measured / planned, 1.0, kTinyRssTolerance);
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpointing, PlanVsRss, ::testing::Bool());
+
+TEST(RunPlan, Llama2_70bPlanFromConfigsModelsAlone) {
+  const fs::path src = test::source_dir();
+  const std::string args = (src / "configs/llama2-70b.yaml").string() + " --plan --plan-config " +
+                           (src / "configs/models/llama-2-70b.json").string() +
+                           " --set data.max_seq_len=2048 --device-memory 46GB";
+  const auto r = test::run_app("qlora-train", args);
+  // Frozen 36.4 GB + fp32 LoRA state 13.3 GB: exit 3 (does not fit), with the changes that would.
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("68.45 G params x 4 bit"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("does NOT fit"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("would fit: "), std::string::npos) << r.output;
+  // Without --plan-config and without weights: a clear error naming configs/models.
+  const auto e = test::run_app("qlora-train", (src / "configs/llama2-70b.yaml").string() + " --plan");
+  EXPECT_EQ(e.exit_code, 2) << e.output;
+  EXPECT_NE(e.output.find("--plan-config configs/models/"), std::string::npos) << e.output;
+}
+
+}  // namespace
+}  // namespace qlora::trainer

@@ -1,0 +1,97 @@
+#include "trainer/run_plan.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <spdlog/spdlog.h>
+
+#include "common/error.h"
+#include "lora/lora_model.h"
+#include "model/llama.h"
+
+namespace qlora::trainer {
+
+fs::path plan_config_json(const TrainConfig& cfg, const fs::path& plan_config) {
+  if (!plan_config.empty()) {
+    if (!fs::is_regular_file(plan_config)) {
+      throw Error("--plan-config " + plan_config.string() +
+                  ": no such file\nHINT: configs/models/ holds the "
+                  "config.json of the public Llama checkpoints");
+    }
+    return plan_config;
+  }
+  const fs::path p = cfg.model.path / "config.json";
+  if (!fs::is_regular_file(p)) {
+    throw Error(cfg.source_file + (cfg.model.path_line > 0 ? ":" + std::to_string(cfg.model.path_line) : "") +
+                ": model.path: no config.json in " + cfg.model.path.string() +
+                "\nHINT: to plan before downloading, pass --plan-config configs/models/<model>.json (e.g. "
+                "configs/models/llama-2-70b.json)");
+  }
+  return p;
+}
+
+model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaConfig& mc, int64_t baseline_bytes) {
+  model::MemoryPlanInputs in;
+  in.config = mc;
+  in.compute_dtype = cfg.model.dtype();
+  const model::LoadOptions defaults;
+  in.quant_targets = defaults.quant_targets;
+  if (cfg.model.quant_type == "none") {
+    in.quant = std::nullopt;
+  } else {
+    in.quant = quant::parse_quant_type(cfg.model.quant_type);
+  }
+  in.blocksize = cfg.model.quant_blocksize;
+  in.double_quant = cfg.model.double_quant;
+  // The modules attach_lora adapts, with their ranks (same LoraConfig as Trainer::setup).
+  lora::LoraConfig lc;
+  lc.r = cfg.lora.r;
+  lc.alpha = cfg.lora.alpha;
+  lc.dropout = cfg.lora.dropout;
+  lc.targets = cfg.lora.targets;
+  lc.rslora = cfg.lora.rslora;
+  const int64_t h = mc.hidden_size, im = mc.intermediate_size;
+  const std::vector<std::tuple<std::string, std::string, int64_t, int64_t>> projs = {
+      {"self_attn", "q_proj", h, mc.q_dim()},
+      {"self_attn", "k_proj", h, mc.kv_dim()},
+      {"self_attn", "v_proj", h, mc.kv_dim()},
+      {"self_attn", "o_proj", mc.q_dim(), h},
+      {"mlp", "gate_proj", h, im},
+      {"mlp", "up_proj", h, im},
+      {"mlp", "down_proj", im, h}};
+  for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
+    for (const auto& [group, proj, fan_in, fan_out] : projs) {
+      const std::string name = "model.layers." + std::to_string(l) + "." + group + "." + proj;
+      if (!lora::is_lora_target(name, lc)) continue;
+      in.lora.push_back({l, proj, fan_in, fan_out, lora::lora_options_for(name, lc).r});
+    }
+  }
+  if (!mc.tie_word_embeddings && lora::is_lora_target("lm_head", lc)) {
+    in.lora.push_back({-1, "lm_head", h, mc.vocab_size, lora::lora_options_for("lm_head", lc).r});
+  }
+  in.lora_dropout = cfg.lora.dropout;
+  in.micro_batch = cfg.train.micro_batch_size;
+  in.seq_len = cfg.data_config.max_seq_len;
+  in.gradient_checkpointing = cfg.model.gradient_checkpointing;
+  in.loss_chunk_tokens = cfg.train.loss_chunk_tokens;
+  // On CUDA the plan is of the device's allocations (what max-allocated reports): no process baseline there.
+  in.baseline_bytes = cfg.device.rfind("cuda", 0) == 0 ? 0 : baseline_bytes;
+  in.device = cfg.device;
+  return in;
+}
+
+model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config, int64_t baseline_bytes) {
+  const model::LlamaConfig mc = model::load_llama_config(plan_config_json(cfg, plan_config));
+  return model::plan_memory(plan_inputs(cfg, mc, baseline_bytes));
+}
+
+void return_freed_tensor_memory_to_os() {
+#if defined(__GLIBC__)
+  if (mallopt(M_MMAP_THRESHOLD, static_cast<int>(kMmapThresholdBytes)) != 1) {
+    spdlog::warn("mallopt(M_MMAP_THRESHOLD) failed: peak RSS may exceed the memory plan");
+  }
+#endif
+}
+
+}  // namespace qlora::trainer

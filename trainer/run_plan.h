@@ -1,0 +1,39 @@
+// The memory plan of a training config (model/memory_plan.h), built the way Trainer::setup builds the run: the
+// same LoRA targeting (lora::is_lora_target / lora_options_for), quantization options and batch geometry.
+//
+//   qlora-train configs/llama2-70b.yaml --plan --plan-config configs/models/llama-2-70b.json --device-memory 48GB
+//
+// config.json comes from --plan-config when given, else from model.path/config.json; nothing else is read, so a
+// plan works before the weights are downloaded (configs/models/ ships the public Llama config.json files).
+#pragma once
+
+#include <filesystem>
+#include <optional>
+
+#include "model/memory_plan.h"
+#include "trainer/config.h"
+
+namespace qlora::trainer {
+
+// --plan-config if not empty, else model.path/config.json; qlora::Error with a HINT naming configs/models/ when
+// neither exists.
+fs::path plan_config_json(const TrainConfig& cfg, const fs::path& plan_config = {});
+
+// Plan inputs for `cfg` on a model described by `mc`; `baseline_bytes` is the process's resident memory before
+// the model is loaded (model::kDefaultCpuBaselineBytes when not measured).
+model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaConfig& mc,
+                                    int64_t baseline_bytes = model::kDefaultCpuBaselineBytes);
+
+// Reads config.json (plan_config_json) and plans.
+model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config = {},
+                           int64_t baseline_bytes = model::kDefaultCpuBaselineBytes);
+
+// On glibc: serve every allocation of kMmapThresholdBytes or more with its own mapping, so a freed tensor's memory
+// returns to the OS at once. With glibc's default (a dynamic threshold rising to 32 MiB) freed tensors stay in the
+// heap, and the peak RSS becomes the sum of the peaks of the run's phases rather than their maximum, which is what
+// the plan counts (measured on the bench model: +40% over the plan without this, within 6% with it; bench/RESULTS.md).
+// Trainer::setup calls it; elsewhere a no-op.
+constexpr size_t kMmapThresholdBytes = size_t{1} << 20;
+void return_freed_tensor_memory_to_os();
+
+}  // namespace qlora::trainer
