@@ -42,6 +42,22 @@ QuantizedTensor load_quantized(AutogradContext* ctx) {
   return w;
 }
 
+// The dequantized weight for one matmul. On the CPU it goes into a per-thread scratch buffer that is reused from
+// call to call (grown to the largest weight seen), never a fresh allocation: a fresh multi-MiB block is a new
+// mapping whose pages fault in on first touch (~30 us each on our VMs), which made the frozen linear ~3x slower
+// than a dense one (bench/RESULTS.md). The result lives only until the next call on this thread: forward and
+// backward use it for one matmul and keep nothing (autograd is off inside a custom Function). Other devices
+// allocate through their own caching allocator.
+torch::Tensor dequantize_scratch(const QuantizedTensor& w, torch::ScalarType dtype) {
+  if (!w.device().is_cpu()) return dequantize_4bit(w, dtype);
+  thread_local torch::Tensor scratch;  // uint8, 64-byte aligned by LibTorch's CPU allocator
+  const int64_t bytes = w.numel() * static_cast<int64_t>(c10::elementSize(dtype));
+  if (!scratch.defined() || scratch.numel() < bytes) scratch = torch::empty({bytes}, torch::kUInt8);
+  torch::Tensor out = scratch.narrow(0, 0, bytes).view(dtype).view(w.shape);
+  dequantize_4bit_into(w, out);
+  return out;
+}
+
 }  // namespace
 
 torch::Tensor LinearNF4Function::forward(AutogradContext* ctx, const torch::Tensor& x,
@@ -52,7 +68,7 @@ torch::Tensor LinearNF4Function::forward(AutogradContext* ctx, const torch::Tens
               w.shape[1]);
   save_quantized(ctx, w);
   ctx->saved_data["has_bias"] = bias.defined();
-  const torch::Tensor wd = dequantize_4bit(w, x.scalar_type());  // (out, in), freed when forward returns
+  const torch::Tensor wd = dequantize_scratch(w, x.scalar_type());  // (out, in), not kept past this call
   return torch::linear(x, wd, bias.defined() ? bias.to(x.scalar_type()) : bias);
 }
 
@@ -62,7 +78,7 @@ torch::autograd::variable_list LinearNF4Function::backward(AutogradContext* ctx,
   torch::Tensor grad_x, grad_bias;
   if (ctx->needs_input_grad(0)) {
     const QuantizedTensor w = load_quantized(ctx);
-    grad_x = torch::matmul(g, dequantize_4bit(w, g.scalar_type()));  // (..., out) · (out, in) -> (..., in)
+    grad_x = torch::matmul(g, dequantize_scratch(w, g.scalar_type()));  // (..., out) · (out, in) -> (..., in)
   }
   if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(1)) {
     grad_bias = g.reshape({-1, g.size(-1)}).sum(0);
@@ -99,12 +115,18 @@ std::shared_ptr<Linear4bitImpl> Linear4bitImpl::from_dense(const torch::Tensor& 
                                           bias.defined() ? bias.detach() : bias);
 }
 
-torch::Tensor Linear4bitImpl::forward(const torch::Tensor& x) { return linear_4bit(x, weight_, bias_); }
+torch::Tensor Linear4bitImpl::forward(const torch::Tensor& x) {
+  return linear_4bit(x, weight_, bias_);
+}
 
 // Module::to() moves the buffers in place (set_data), and weight_/bias_ share those tensors.
-void Linear4bitImpl::to_device(torch::Device device) { to(device); }
+void Linear4bitImpl::to_device(torch::Device device) {
+  to(device);
+}
 
-void Linear4bitImpl::to(torch::Device device, bool non_blocking) { torch::nn::Module::to(device, non_blocking); }
+void Linear4bitImpl::to(torch::Device device, bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);
+}
 
 void Linear4bitImpl::to(torch::Dtype dtype, bool non_blocking) {
   if (bias_.defined()) bias_.set_data(bias_.to(dtype, non_blocking));

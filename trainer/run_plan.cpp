@@ -1,12 +1,9 @@
 #include "trainer/run_plan.h"
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
-
 #include <spdlog/spdlog.h>
 
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "lora/lora_model.h"
 #include "model/llama.h"
 
@@ -87,11 +84,9 @@ model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config, 
 }
 
 void return_freed_tensor_memory_to_os() {
-#if defined(__GLIBC__)
-  if (mallopt(M_MMAP_THRESHOLD, static_cast<int>(kMmapThresholdBytes)) != 1) {
-    spdlog::warn("mallopt(M_MMAP_THRESHOLD) failed: peak RSS may exceed the memory plan");
-  }
-#endif
+  // Same switch as every app's startup tuning (common/host_memory.h), with the small threshold; the environment
+  // (QLORA_MALLOC_TUNING=0, MALLOC_MMAP_THRESHOLD_) still overrides it.
+  configure_host_allocator(kMmapThresholdBytes);
 }
 
 }  // namespace qlora::trainer

@@ -153,5 +153,22 @@ TEST(LinearNF4, ModuleToDtypeKeepsFourBitParts) {
   EXPECT_LT(rel_err(after, before), kBf16RelTol);
 }
 
+// The CPU path dequantizes into a per-thread scratch buffer reused across calls: layers of different shapes and
+// dtypes, interleaved forward and backward (as in a model, with a later layer's forward between), stay exact.
+TEST(LinearNF4, ReusedScratchKeepsLayersIndependent) {
+  Fixture big = make(96, 64, false, 31), small = make(16, 96, false, 32);
+  const torch::Tensor x = torch::randn({5, 64}, torch::kFloat64).to(torch::kFloat32).requires_grad_(true);
+  const torch::Tensor h = linear_4bit(x, big.q);                         // (5, 96)
+  const torch::Tensor y = linear_4bit(h.to(torch::kBFloat16), small.q);  // another shape and dtype in between
+  const torch::Tensor g = torch::randn({5, 16});
+  y.to(torch::kFloat32).backward(g);
+  const torch::Tensor x64 = x.detach().to(torch::kFloat64);
+  const torch::Tensor h64 = torch::matmul(x64, big.w64.t());
+  EXPECT_LT(rel_err(h, h64), kFp32RelTol);
+  EXPECT_LT(rel_err(y, torch::matmul(h64, small.w64.t())), kBf16RelTol);
+  const torch::Tensor gx64 = torch::matmul(torch::matmul(g.to(torch::kFloat64), small.w64), big.w64);
+  EXPECT_LT(rel_err(x.grad(), gx64), kBf16RelTol);
+}
+
 }  // namespace
 }  // namespace qlora::quant
