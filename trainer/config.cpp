@@ -83,7 +83,8 @@ std::string fmt_num(double v) {
 class Section {
  public:
   Section(const Ctx& ctx, const YAML::Node& node, std::string path) : ctx_(ctx), path_(std::move(path)) {
-    node_.reset(node);
+    // A missing section arrives as an invalid ("zombie") node: reset() would throw InvalidNode; keep node_ empty.
+    if (node.IsDefined()) node_.reset(node);
     if (node_.IsDefined() && !node_.IsNull() && !node_.IsMap()) {
       ctx_.fail(path_.empty() ? "<top level>" : path_, node_, "expected a mapping of keys, got " + describe(node_));
     }

@@ -97,6 +97,21 @@ TEST(TrainConfig, BaseConfigParses) {
   EXPECT_EQ(c.log.metrics, (fs::current_path() / "runs/tiny/metrics.jsonl").lexically_normal());
 }
 
+// eval:, checkpoint: and log: are optional sections: leaving them out gives the defaults, not a yaml-cpp crash.
+TEST(TrainConfig, OptionalSectionsMayBeOmitted) {
+  std::string src = kBaseConfig;
+  for (const char* section : {"eval:", "checkpoint:", "log:"}) {
+    const size_t at = src.find(std::string("\n") + section);
+    ASSERT_NE(at, std::string::npos) << section;
+    src.erase(at + 1, src.find('\n', at + 1) - at);
+  }
+  const TrainConfig c = parse_config(src, "cfg.yaml");
+  const TrainConfig defaults;
+  EXPECT_EQ(c.eval.every, defaults.eval.every);
+  EXPECT_EQ(c.checkpoint.keep, defaults.checkpoint.keep);
+  EXPECT_EQ(c.log.every, defaults.log.every);
+}
+
 TEST(TrainConfig, BadValuesNameKeyPathAndLine) {
   const std::vector<BadCase> cases = {
       {15, "  lr: -1", "cfg.yaml:15: train.lr: ", "must be > 0"},
