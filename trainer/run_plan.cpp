@@ -2,6 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "common/error.h"
 #include "common/host_memory.h"
 #include "lora/lora_model.h"
@@ -84,9 +87,10 @@ model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config, 
 }
 
 void return_freed_tensor_memory_to_os() {
-  // Same switch as every app's startup tuning (common/host_memory.h), with the small threshold; the environment
-  // (QLORA_MALLOC_TUNING=0, MALLOC_MMAP_THRESHOLD_) still overrides it.
-  configure_host_allocator(kMmapThresholdBytes);
+  // Opt-in (QLORA_MALLOC_TUNING=rss): on the bench model a 1 MiB threshold made training ~8x slower than the
+  // apps' default 1 GiB threshold (45 vs 377 tokens/s, bench/RESULTS.md): every activation page-faults in anew.
+  const char* mode = std::getenv("QLORA_MALLOC_TUNING");
+  if (mode != nullptr && std::string(mode) == "rss") configure_host_allocator(kMmapThresholdBytes);
 }
 
 }  // namespace qlora::trainer

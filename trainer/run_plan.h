@@ -32,7 +32,9 @@ model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config =
 // returns to the OS at once. With glibc's default (a dynamic threshold rising to 32 MiB) freed tensors stay in the
 // heap, and the peak RSS becomes the sum of the peaks of the run's phases rather than their maximum, which is what
 // the plan counts (measured on the bench model: +40% over the plan without this, within 6% with it; bench/RESULTS.md).
-// Trainer::setup calls it; elsewhere a no-op.
+// Trainer::setup calls it, and it acts only when the environment sets QLORA_MALLOC_TUNING=rss: the small
+// threshold page-faults every activation in anew, which made bench training ~8x slower; the default is the apps'
+// speed setting (common/host_memory.h), whose peak RSS exceeds the plan (+34-40% measured with glibc's own default).
 constexpr size_t kMmapThresholdBytes = size_t{1} << 20;
 void return_freed_tensor_memory_to_os();
 

@@ -76,7 +76,8 @@ TEST_P(PlanVsRss, TinyRunPeakRssWithinBound) {
   const bool checkpointing = GetParam();
   const fs::path dir = test::temp_dir();
   write_file_atomic(dir / "c.yaml", tiny_config_yaml(dir, checkpointing));
-  const auto r = test::run_app("qlora-train", (dir / "c.yaml").string());
+  const auto r = test::run_command("QLORA_MALLOC_TUNING=rss " + (test::bin_dir() / "qlora-train").string() + " " +
+                                   (dir / "c.yaml").string());
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("memory plan:"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("vs planned"), std::string::npos) << r.output;
@@ -95,7 +96,8 @@ TEST(RunPlan, Llama2_70bPlanFromConfigsModelsAlone) {
   const std::string args = (src / "configs/llama2-70b.yaml").string() + " --plan --plan-config " +
                            (src / "configs/models/llama-2-70b.json").string() +
                            " --set data.max_seq_len=2048 --device-memory 46GB";
-  const auto r = test::run_app("qlora-train", args);
+  const auto r =
+      test::run_command("QLORA_MALLOC_TUNING=rss " + (test::bin_dir() / "qlora-train").string() + " " + args);
   // Frozen 36.4 GB + fp32 LoRA state 13.3 GB: exit 3 (does not fit), with the changes that would.
   EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_NE(r.output.find("68.45 G params x 4 bit"), std::string::npos) << r.output;
