@@ -6,9 +6,6 @@
 //   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench)
 //
 // Configurations: gradient checkpointing on/off x the config's micro batch and half of it.
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/machine_limits.h"
 #include "common/log.h"
 #include "model/memory_plan.h"
 #include "trainer/run_plan.h"
@@ -31,54 +29,28 @@ struct Case {
 };
 
 nlohmann::json run_forked(const std::string& config_file, const Case& c, int steps, int threads) {
-  int fds[2];
-  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    nlohmann::json out;
-    try {
-      const std::string dir = "runs/bench_memory_plan";
-      auto cfg = trainer::load_config(
-          config_file,
-          {"model.gradient_checkpointing=" + std::string(c.checkpointing ? "true" : "false"),
-           "train.micro_batch_size=" + std::to_string(c.micro_batch), "train.max_steps=" + std::to_string(steps),
-           "train.threads=" + std::to_string(threads), "checkpoint.dir=" + dir, "checkpoint.every=0",
-           "checkpoint.resume=none", "log.metrics=" + dir + "/metrics.jsonl", "eval.every=0", "eval.at_end=false"});
-      trainer::TrainerOptions opts;
-      opts.overwrite = true;
-      opts.write_outputs = false;
-      const size_t baseline = current_rss_bytes();
-      auto s = trainer::run_training(cfg, opts);
-      const auto plan = trainer::plan_run(cfg, {}, static_cast<int64_t>(baseline));
-      out = {{"ok", true},
-             {"peak_rss", s.peak_rss_bytes},
-             {"planned", s.planned_peak_bytes},
-             {"baseline", baseline},
-             {"phase", plan.peak_phase},
-             {"activations", plan.activation_bytes},
-             {"tokens", cfg.train.micro_batch_size * cfg.data_config.max_seq_len}};
-    } catch (const std::exception& e) {
-      out = {{"ok", false}, {"error", e.what()}};
-    }
-    const std::string line = out.dump() + "\n";
-    ssize_t w = ::write(fds[1], line.data(), line.size());
-    (void)w;
-    ::close(fds[1]);
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string text;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const std::exception&) {
-    return {{"ok", false}, {"error", "child exited without a result (status " + std::to_string(status) + ")"}};
-  }
+  return bench::run_in_child([&]() -> nlohmann::json {
+    const std::string dir = "runs/bench_memory_plan";
+    auto cfg = trainer::load_config(
+        config_file,
+        {"model.gradient_checkpointing=" + std::string(c.checkpointing ? "true" : "false"),
+         "train.micro_batch_size=" + std::to_string(c.micro_batch), "train.max_steps=" + std::to_string(steps),
+         "train.threads=" + std::to_string(threads), "checkpoint.dir=" + dir, "checkpoint.every=0",
+         "checkpoint.resume=none", "log.metrics=" + dir + "/metrics.jsonl", "eval.every=0", "eval.at_end=false"});
+    trainer::TrainerOptions opts;
+    opts.overwrite = true;
+    opts.write_outputs = false;
+    const size_t baseline = current_rss_bytes();
+    auto s = trainer::run_training(cfg, opts);
+    const auto plan = trainer::plan_run(cfg, {}, static_cast<int64_t>(baseline));
+    return nlohmann::json{{"ok", true},
+                          {"peak_rss", s.peak_rss_bytes},
+                          {"planned", s.planned_peak_bytes},
+                          {"baseline", baseline},
+                          {"phase", plan.peak_phase},
+                          {"activations", plan.activation_bytes},
+                          {"tokens", cfg.train.micro_batch_size * cfg.data_config.max_seq_len}};
+  });
 }
 
 }  // namespace

@@ -46,66 +46,40 @@ struct Result {
   std::string error;
 };
 
-// Runs one configuration in a child process; the child reports a JSON line through a pipe.
+// Runs one configuration in a child process (bench::run_in_child).
 Result run_forked(const std::string& config_file, bool checkpointing, int steps, int threads,
                   const std::string& profile_prefix) {
   Result r;
   r.checkpointing = checkpointing;
-  int fds[2];
-  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    nlohmann::json out;
-    try {
-      const std::string tag = checkpointing ? "ckpt_on" : "ckpt_off";
-      const std::string dir = "runs/bench/" + tag;
-      auto cfg = trainer::load_config(
-          config_file, {"model.gradient_checkpointing=" + std::string(checkpointing ? "true" : "false"),
-                        "train.max_steps=" + std::to_string(steps), "train.threads=" + std::to_string(threads),
-                        "checkpoint.dir=" + dir, "checkpoint.every=0", "checkpoint.resume=none",
-                        "log.metrics=" + dir + "/metrics.jsonl", "eval.every=0", "eval.at_end=false"});
-      trainer::TrainerOptions opts;
-      opts.overwrite = true;
-      opts.write_outputs = false;
-      std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
-      if (!profile_prefix.empty()) {
-        profile = std::make_unique<torch::autograd::profiler::RecordProfile>(profile_prefix + "-" + tag + ".json");
-      }
-      auto s = trainer::run_training(cfg, opts);
-      profile.reset();
-      out = {{"ok", true},
-             {"tokens_per_s", s.steady_tokens_per_s},
-             {"peak_rss", s.peak_rss_bytes},
-             {"steps", s.steps},
-             {"loss", s.final_loss}};
-    } catch (const std::exception& e) {
-      out = {{"ok", false}, {"error", e.what()}};
+  const nlohmann::json j = bench::run_in_child([&]() -> nlohmann::json {
+    const std::string tag = checkpointing ? "ckpt_on" : "ckpt_off";
+    const std::string dir = "runs/bench/" + tag;
+    auto cfg = trainer::load_config(
+        config_file, {"model.gradient_checkpointing=" + std::string(checkpointing ? "true" : "false"),
+                      "train.max_steps=" + std::to_string(steps), "train.threads=" + std::to_string(threads),
+                      "checkpoint.dir=" + dir, "checkpoint.every=0", "checkpoint.resume=none",
+                      "log.metrics=" + dir + "/metrics.jsonl", "eval.every=0", "eval.at_end=false"});
+    trainer::TrainerOptions opts;
+    opts.overwrite = true;
+    opts.write_outputs = false;
+    std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+    if (!profile_prefix.empty()) {
+      profile = std::make_unique<torch::autograd::profiler::RecordProfile>(profile_prefix + "-" + tag + ".json");
     }
-    const std::string line = out.dump() + "\n";
-    ssize_t w = ::write(fds[1], line.data(), line.size());
-    (void)w;
-    ::close(fds[1]);
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  std::string text;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  try {
-    auto j = nlohmann::json::parse(text);
-    r.ok = j.value("ok", false);
-    r.error = j.value("error", "");
-    r.tokens_per_s = j.value("tokens_per_s", 0.0);
-    r.peak_rss = j.value("peak_rss", 0.0);
-    r.steps = j.value("steps", 0.0);
-    r.loss = j.value("loss", 0.0);
-  } catch (const std::exception&) {
-    r.error = "child exited without a result (status " + std::to_string(status) + ")";
-  }
+    auto s = trainer::run_training(cfg, opts);
+    profile.reset();
+    return {{"ok", true},
+            {"tokens_per_s", s.steady_tokens_per_s},
+            {"peak_rss", s.peak_rss_bytes},
+            {"steps", s.steps},
+            {"loss", s.final_loss}};
+  });
+  r.ok = j.value("ok", false);
+  r.error = j.value("error", "");
+  r.tokens_per_s = j.value("tokens_per_s", 0.0);
+  r.peak_rss = j.value("peak_rss", 0.0);
+  r.steps = j.value("steps", 0.0);
+  r.loss = j.value("loss", 0.0);
   return r;
 }
 

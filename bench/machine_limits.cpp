@@ -1,9 +1,13 @@
 #include "bench/machine_limits.h"
 
 #include <ATen/Parallel.h>
+#include <sys/wait.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace qlora::bench {
@@ -30,6 +34,38 @@ double measure_matmul_gflops(c10::ScalarType dtype, int64_t m, int64_t k, int64_
   auto c = torch::matmul(a, b);  // warm-up
   const double s = time_best([&] { c = torch::matmul(a, b); }, reps);
   return 2.0 * m * k * n / s / 1e9;
+}
+
+nlohmann::json run_in_child(const std::function<nlohmann::json()>& fn) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    nlohmann::json out;
+    try {
+      out = fn();
+    } catch (const std::exception& e) {
+      out = {{"ok", false}, {"error", e.what()}};
+    }
+    const std::string line = out.dump() + "\n";
+    ssize_t w = ::write(fds[1], line.data(), line.size());
+    (void)w;
+    ::close(fds[1]);
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const std::exception&) {
+    return {{"ok", false}, {"error", "child exited without a result (status " + std::to_string(status) + ")"}};
+  }
 }
 
 }  // namespace qlora::bench

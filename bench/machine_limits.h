@@ -6,6 +6,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
 
 namespace qlora::bench {
 
@@ -14,6 +16,11 @@ double measure_copy_bandwidth_gbs(size_t bytes = size_t(512) << 20, int reps = 5
 
 // Dense matmul rate (GFLOP/s) of LibTorch on (m,k)x(k,n) in `dtype`.
 double measure_matmul_gflops(c10::ScalarType dtype, int64_t m = 2048, int64_t k = 2048, int64_t n = 2048, int reps = 5);
+
+// Runs fn in a forked child (so its peak RSS and allocator state are its own) and returns the JSON object it
+// produced, sent back through a pipe; an exception in fn becomes {"ok": false, "error": what}, a child that dies
+// without answering {"ok": false, "error": "child exited ..."}.
+nlohmann::json run_in_child(const std::function<nlohmann::json()>& fn);
 
 // Best-of wall time of fn in seconds.
 template <class F>
