@@ -18,7 +18,10 @@ LoraLinearImpl::LoraLinearImpl(model::LinearLayerPtr base, const LoraLinearOptio
   TORCH_CHECK(options_.dropout >= 0.0 && options_.dropout < 1.0, "LoRA dropout must be in [0, 1), got ",
               options_.dropout);
   register_module("base_layer", base_);
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+  TORCH_CHECK(
+      options_.dtype == torch::kFloat32 || options_.dtype == torch::kBFloat16 || options_.dtype == torch::kFloat16,
+      "LoRA weights must be stored in fp32, bf16 or fp16, got ", options_.dtype);
+  const auto opts = torch::TensorOptions().dtype(options_.dtype).device(device);
   lora_A_ = register_parameter("lora_A", torch::empty({options_.r, in_features()}, opts));
   lora_B_ = register_parameter("lora_B", torch::zeros({out_features(), options_.r}, opts));
   reset_parameters(seed);
@@ -32,13 +35,13 @@ void LoraLinearImpl::reset_parameters(uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);
   torch::Tensor a = torch::empty({options_.r, in_features()}, torch::kFloat32);
   a.uniform_(-bound, bound, gen);
-  lora_A_.copy_(a);
+  lora_A_.copy_(a);  // rounded to the storage dtype
   lora_B_.zero_();
 }
 
 void LoraLinearImpl::set_weights(const torch::Tensor& a, const torch::Tensor& b) {
-  TORCH_CHECK(a.dim() == 2 && a.size(0) == options_.r && a.size(1) == in_features(), "lora_A must be (",
-              options_.r, ", ", in_features(), "), got ", a.sizes());
+  TORCH_CHECK(a.dim() == 2 && a.size(0) == options_.r && a.size(1) == in_features(), "lora_A must be (", options_.r,
+              ", ", in_features(), "), got ", a.sizes());
   TORCH_CHECK(b.dim() == 2 && b.size(0) == out_features() && b.size(1) == options_.r, "lora_B must be (",
               out_features(), ", ", options_.r, "), got ", b.sizes());
   torch::NoGradGuard no_grad;
@@ -59,7 +62,8 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor LoraLinearImpl::delta_weight() const {
   torch::NoGradGuard no_grad;
-  return torch::matmul(lora_B_, lora_A_) * scale_;  // (out, r) · (r, in) -> (out, in)
+  // (out, r) · (r, in) -> (out, in), in fp32 whatever the storage dtype.
+  return torch::matmul(lora_B_.to(torch::kFloat32), lora_A_.to(torch::kFloat32)) * scale_;
 }
 
 torch::Tensor LoraLinearImpl::dense_weight(torch::ScalarType dtype) const {

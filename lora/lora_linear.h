@@ -1,7 +1,9 @@
 // LoraLinear: a trainable low-rank update on a frozen base projection (PEFT's lora.Linear / lora.bnb.Linear4bit):
 //   y = base(x) + (dropout(x) · Aᵀ · Bᵀ) · scale,   scale = alpha / r   (rsLoRA: alpha / sqrt(r))
-// A (r, in) and B (out, r) are fp32 master Parameters named lora_A / lora_B; forward casts them to x's dtype, so
-// autograd accumulates fp32 gradients on the masters. Dropout acts on the LoRA branch only, in train mode only.
+// A (r, in) and B (out, r) are Parameters named lora_A / lora_B, stored in `LoraLinearOptions::dtype`: fp32 masters
+// by default, or bf16 (what the QLoRA paper's scripts do with --bf16, halving adapter memory). Forward casts them
+// to x's dtype, so autograd accumulates gradients in the storage dtype. Dropout acts on the LoRA branch only, in
+// train mode only.
 // The base (a model::LinearLayer, usually a frozen 4-bit FrozenLinear) is registered as `base_layer` and never trained.
 #pragma once
 
@@ -19,6 +21,7 @@ struct LoraLinearOptions {
   double alpha = 32.0;
   double dropout = 0.0;
   bool rslora = false;
+  torch::ScalarType dtype = torch::kFloat32;  // storage dtype of A and B (and of their gradients): fp32 | bf16 | fp16
 };
 
 // alpha / r, or alpha / sqrt(r) with rsLoRA (PEFT update_layer).
@@ -41,13 +44,13 @@ class LoraLinearImpl : public model::LinearLayerImpl {
   // scale · B · A in fp32: (out, in).
   torch::Tensor delta_weight() const;
 
-  // Overwrites the fp32 masters (e.g. from an adapter file). a: (r, in), b: (out, r), any float dtype.
+  // Overwrites A and B (e.g. from an adapter file; rounded to the storage dtype). a: (r, in), b: (out, r).
   void set_weights(const torch::Tensor& a, const torch::Tensor& b);
   // Re-draws A from `seed` and zeroes B.
   void reset_parameters(uint64_t seed);
 
-  const torch::Tensor& lora_A() const { return lora_A_; }  // (r, in) fp32
-  const torch::Tensor& lora_B() const { return lora_B_; }  // (out, r) fp32
+  const torch::Tensor& lora_A() const { return lora_A_; }  // (r, in), options().dtype
+  const torch::Tensor& lora_B() const { return lora_B_; }  // (out, r), options().dtype
   const model::LinearLayerPtr& base() const { return base_; }
   const LoraLinearOptions& options() const { return options_; }
   int64_t rank() const { return options_.r; }

@@ -88,7 +88,7 @@ void freeze_all_but(model::LlamaModel& model, const LoraAdapters& adapters) {
 }  // namespace
 
 const std::vector<std::string>& llama_projection_suffixes() {
-  static const std::vector<std::string> kSuffixes = {"q_proj", "k_proj",  "v_proj",   "o_proj",
+  static const std::vector<std::string> kSuffixes = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                      "gate_proj", "up_proj", "down_proj"};
   return kSuffixes;
 }
@@ -101,6 +101,9 @@ void validate_lora_config(const LoraConfig& c) {
   }
   if (c.targets.empty() && c.target_regex.empty()) {
     throw Error("LoRA target modules are empty\nHINT: list suffixes such as q_proj, v_proj, or use all-linear");
+  }
+  if (c.dtype != torch::kFloat32 && c.dtype != torch::kBFloat16 && c.dtype != torch::kFloat16) {
+    throw Error(fmt::format("LoRA weight dtype must be fp32, bf16 or fp16, got {}", c10::toString(c.dtype)));
   }
   for (const auto& [k, v] : c.rank_pattern) {
     if (v <= 0) throw Error(fmt::format("LoRA rank_pattern['{}'] must be positive, got {}", k, v));
@@ -127,6 +130,7 @@ LoraLinearOptions lora_options_for(const std::string& module, const LoraConfig& 
   o.alpha = c.alpha;
   o.dropout = c.dropout;
   o.rslora = c.rslora;
+  o.dtype = c.dtype;
   if (const int64_t* r = match_pattern(c.rank_pattern, module)) o.r = *r;
   if (const double* a = match_pattern(c.alpha_pattern, module)) o.alpha = *a;
   return o;
@@ -186,8 +190,7 @@ std::vector<std::string> LoraAdapters::target_module_suffixes() const {
 }
 
 LoraAdapters attach_lora_modules(model::LlamaModel& model, const LoraConfig& config,
-                                 const std::vector<std::pair<std::string, LoraLinearOptions>>& modules,
-                                 uint64_t seed) {
+                                 const std::vector<std::pair<std::string, LoraLinearOptions>>& modules, uint64_t seed) {
   validate_lora_config(config);
   std::map<std::string, model::LinearLayerPtr> linears;
   std::vector<std::string> order;
@@ -236,14 +239,14 @@ LoraAdapters attach_lora(model::LlamaModel& model, const LoraConfig& config, uin
       bool hit = false;
       for (const auto& n : names) hit = hit || (t == kAllLinear ? is_decoder_projection(n) : ends_with_component(n, t));
       if (!hit) {
-        throw Error(fmt::format("LoRA target '{}' matches no module of the model\nHINT: the model's projections are: {}",
-                                t, join(names)));
+        throw Error(fmt::format(
+            "LoRA target '{}' matches no module of the model\nHINT: the model's projections are: {}", t, join(names)));
       }
     }
   }
   if (modules.empty()) {
-    throw Error(fmt::format("LoRA targets match no module of the model\nHINT: the model's projections are: {}",
-                            join(names)));
+    throw Error(
+        fmt::format("LoRA targets match no module of the model\nHINT: the model's projections are: {}", join(names)));
   }
   return attach_lora_modules(model, config, modules, seed);
 }

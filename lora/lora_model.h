@@ -30,6 +30,7 @@ struct LoraConfig {
   // When non-empty, replaces `targets`: a full-match regex over the module name (PEFT's string target_modules).
   std::string target_regex;
   bool rslora = false;
+  torch::ScalarType dtype = torch::kFloat32;  // storage dtype of every adapter's A and B (LoraLinearOptions::dtype)
   // PEFT rank_pattern / alpha_pattern: key k matches module m when m == k or m fully matches "(.*\.)?(k)".
   std::map<std::string, int64_t> rank_pattern;
   std::map<std::string, double> alpha_pattern;
@@ -70,8 +71,7 @@ LoraAdapters attach_lora(model::LlamaModel& model, const LoraConfig& config, uin
 
 // Wraps exactly the modules in `ranks` (module -> options) — used to apply adapter files; same checks.
 LoraAdapters attach_lora_modules(model::LlamaModel& model, const LoraConfig& config,
-                                 const std::vector<std::pair<std::string, LoraLinearOptions>>& modules,
-                                 uint64_t seed);
+                                 const std::vector<std::pair<std::string, LoraLinearOptions>>& modules, uint64_t seed);
 
 // Puts the base layers back (drops the adapters). Returns the number of modules restored.
 int64_t detach_lora(model::LlamaModel& model, const LoraAdapters& adapters);

@@ -154,17 +154,30 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   p.frozen_dense_bytes = dense_proj + embed + (2 * layers + 1) * h * e + (c.tie_word_embeddings ? 0 : embed);
   p.frozen_bytes = p.frozen_quantized_bytes + p.frozen_dense_bytes;
 
-  // LoRA: fp32 masters, fp32 grads, AdamW exp_avg + exp_avg_sq (fp32), compute-dtype copies cast in forward.
+  // LoRA: A/B and their gradients in the storage dtype, AdamW exp_avg + exp_avg_sq (fp32) on the device or, with
+  // optimizer offload on a GPU run, in host memory; compute-dtype copies cast in forward.
   for (const auto& m : in.lora) p.lora_params += m.r * (m.in + m.out);
   const double mp = static_cast<double>(p.lora_params) / 1e6;
-  add("lora", "adapter weights (fp32 masters)", kFp32 * p.lora_params,
+  const int64_t lb = dtype_bytes(in.lora_dtype);
+  const std::string ln = in.lora_dtype == torch::kFloat32    ? "fp32"
+                         : in.lora_dtype == torch::kBFloat16 ? "bf16"
+                                                             : "fp16";
+  add("lora", "adapter weights (" + ln + (ln == "fp32" ? " masters)" : ")"), lb * p.lora_params,
       fmt::format("{:.1f} M params in {} modules", mp, in.lora.size()));
-  add("lora", "adapter gradients (fp32)", kFp32 * p.lora_params, "");
-  add("lora", "AdamW states (fp32 m, v)", 2 * kFp32 * p.lora_params, "");
-  // forward casts A, B to the compute dtype (a no-op in fp32); autograd keeps the copies until backward: every
-  // layer's without checkpointing, one layer's at a time with it (the recompute makes them again).
+  add("lora", "adapter gradients (" + ln + ")", lb * p.lora_params, "");
+  const bool on_host = in.device.rfind("cpu", 0) == 0;
+  const int64_t adam = 2 * kFp32 * p.lora_params;
+  if (in.optimizer_offload && !on_host) {
+    p.items.push_back({"host", "AdamW states (fp32 m, v)", adam, "offloaded: host memory, not on the device"});
+    p.host_bytes += adam;
+  } else {
+    add("lora", "AdamW states (fp32 m, v)", adam, in.optimizer_offload ? "offload: the host is the device here" : "");
+  }
+  // forward casts A, B to the compute dtype (a no-op when they are stored in it); autograd keeps the copies until
+  // backward: every layer's without checkpointing, one layer's at a time with it (the recompute makes them again).
   int64_t copies = 0;
-  if (e != kFp32) {
+  const bool cast = in.lora_dtype != in.compute_dtype;
+  if (cast) {
     std::map<int64_t, int64_t> per_layer;
     for (const auto& m : in.lora) per_layer[m.layer] += m.r * (m.in + m.out);
     int64_t largest = 0;
@@ -172,10 +185,10 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     copies = e * (in.gradient_checkpointing ? largest : p.lora_params);
   }
   add("lora", "adapter compute copies", copies,
-      e == kFp32                  ? "none: fp32 compute"
+      !cast                       ? "none: stored in the compute dtype"
       : in.gradient_checkpointing ? "A, B in the compute dtype, one layer at a time"
                                   : "A, B in the compute dtype, all layers");
-  p.lora_state_bytes = 4 * kFp32 * p.lora_params + copies;
+  p.lora_state_bytes = 2 * lb * p.lora_params + (p.host_bytes > 0 ? 0 : adam) + copies;
 
   // Activations of one micro-batch, by phase.
   const int64_t saved_layer = layer_saved_activation_bytes(in);
@@ -262,6 +275,10 @@ std::string format_plan(const MemoryPlan& plan, std::optional<int64_t> budget_by
   s += fmt::format("  {:<12} {:<34} {:>12}  ({} bytes; frozen {}, LoRA state {}, activations {})\n", "total",
                    "per device", format_gib(plan.total_bytes), plan.total_bytes, format_gib(plan.frozen_bytes),
                    format_gib(plan.lora_state_bytes), format_gib(plan.activation_bytes));
+  if (plan.host_bytes > 0) {
+    s += fmt::format("  {:<12} {:<34} {:>12}  (optimizer offload; the update runs there)\n", "total", "in host memory",
+                     format_gib(plan.host_bytes));
+  }
   const StreamingPlan st = plan_streaming(plan);
   const double pcie_s = static_cast<double>(st.bytes_per_micro_batch) / kStreamPcieBytesPerS;
   const double gpu_s = st.flops_per_micro_batch / kStreamGpuFlopsPerS;
@@ -307,6 +324,20 @@ std::vector<PlanChange> cheapest_changes(const MemoryPlan& plan, int64_t budget_
     MemoryPlanInputs in = base;
     in.loss_chunk_tokens = chunk;
     if (try_change(fmt::format("--set train.loss_chunk_tokens={}", chunk), in)) break;
+  }
+  // Adapter storage and optimizer placement: same hyperparameters, bf16 rounding of the adapter weights / a
+  // slower update through host memory.
+  {
+    MemoryPlanInputs bf16 = base, offload = base, both = base;
+    bf16.lora_dtype = both.lora_dtype = torch::kBFloat16;
+    offload.optimizer_offload = both.optimizer_offload = true;
+    const bool can_bf16 = base.lora_dtype == torch::kFloat32;
+    const bool can_offload = !base.optimizer_offload && base.device.rfind("cpu", 0) != 0;
+    bool fit = can_bf16 && try_change("--set lora.dtype=bf16", bf16);
+    fit = (can_offload && try_change("--set train.optimizer_offload=true", offload)) || fit;
+    if (!fit && can_bf16 && can_offload) {
+      try_change("--set lora.dtype=bf16 --set train.optimizer_offload=true", both);
+    }
   }
   if (base.micro_batch > 1) {
     for (int64_t mb = base.micro_batch / 2; mb >= 1; mb /= 2) {

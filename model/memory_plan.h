@@ -4,8 +4,10 @@
 // The accounting follows what the code allocates, not a rule of thumb:
 //  - frozen 4-bit projections: quant::QuantizedTensor::nbytes_for (the byte count the loader's tensors have);
 //    dense tensors (embeddings, norms, lm_head, unquantized projections) in the compute dtype;
-//  - LoRA: fp32 A/B masters (lora/lora_linear.h), their fp32 gradients, AdamW's fp32 exp_avg/exp_avg_sq, and the
-//    compute-dtype copies of A/B that each forward casts and autograd keeps;
+//  - LoRA: A/B in their storage dtype (fp32 masters or bf16, lora/lora_linear.h) and gradients in the same dtype,
+//    AdamW's fp32 exp_avg/exp_avg_sq (on the device, or in host memory with optimizer offload: trainer/optimizer.h,
+//    then not part of a GPU's total), and the compute-dtype copies of A/B that each forward casts and autograd
+//    keeps (none when the storage dtype is the compute dtype);
 //  - activations of one micro-batch of N = B*T tokens: what autograd saves per decoder layer (listed tensor by
 //    tensor in memory_plan.cpp, following model/llama.cpp, model/attention.cpp and lora/lora_linear.cpp), or with
 //    gradient checkpointing only each layer's input plus one layer recomputed during backward;
@@ -52,8 +54,10 @@ struct MemoryPlanInputs {
   bool double_quant = true;
   std::vector<std::string> quant_targets = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                             "gate_proj", "up_proj", "down_proj"};
-  std::vector<LoraModuleShape> lora;  // one entry per adapted module, each module as attach_lora makes it
-  double lora_dropout = 0.0;          // > 0: each adapted module keeps its dropout output and mask
+  std::vector<LoraModuleShape> lora;               // one entry per adapted module, each module as attach_lora makes it
+  double lora_dropout = 0.0;                       // > 0: each adapted module keeps its dropout output and mask
+  torch::ScalarType lora_dtype = torch::kFloat32;  // storage dtype of A/B and their gradients (lora.dtype)
+  bool optimizer_offload = false;                  // AdamW states in host memory (train.optimizer_offload)
   int64_t micro_batch = 1;
   int64_t seq_len = 2048;
   bool gradient_checkpointing = true;
@@ -79,7 +83,8 @@ struct MemoryPlan {
   int64_t frozen_dense_bytes = 0;
   int64_t quantized_params = 0;  // elements of the 4-bit projections
   int64_t lora_params = 0;
-  int64_t lora_state_bytes = 0;  // masters + grads + Adam states + compute copies
+  int64_t lora_state_bytes = 0;  // weights + grads + Adam states (when on the device) + compute copies
+  int64_t host_bytes = 0;        // offloaded to host memory, not in total_bytes (AdamW states on a GPU run)
   int64_t activation_bytes = 0;  // peak live activations of one micro-batch (the winning phase)
   std::string peak_phase;        // forward | loss | backward
   int64_t total_bytes = 0;

@@ -219,7 +219,7 @@ fs::path CheckpointManager::save(const TrainerState& state, const CheckpointCont
 
   lora::SaveAdapterOptions opts;
   opts.base_model_name_or_path = c.base_model;
-  opts.dtype = torch::kFloat32;  // the fp32 masters, so resuming restores them exactly
+  opts.dtype = torch::kFloat32;  // exact for fp32 and bf16 adapters, so resuming restores them bitwise
   lora::write_adapter_files(out.path(), *c.adapters, opts);
   written(2);
   torch::save(*c.optimizer, (out.path() / kOptimizerFile).string());

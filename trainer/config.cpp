@@ -1,11 +1,10 @@
 #include "trainer/config.h"
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/atomic_file.h"
@@ -21,11 +20,11 @@ const std::map<std::string, std::vector<std::string>>& schema_keys() {
       {"", {"model", "lora", "data", "train", "eval", "checkpoint", "output_dir", "log", "device", "dist"}},
       {"model", {"path", "compute_dtype", "quant", "gradient_checkpointing"}},
       {"model.quant", {"type", "blocksize", "double_quant"}},
-      {"lora", {"r", "alpha", "dropout", "targets", "rslora"}},
+      {"lora", {"r", "alpha", "dropout", "targets", "rslora", "dtype"}},
       {"train",
        {"seed", "max_steps", "epochs", "micro_batch_size", "grad_accum", "lr", "schedule", "warmup_steps",
-        "warmup_ratio", "weight_decay", "max_grad_norm", "optimizer", "adam_beta1", "adam_beta2", "adam_eps",
-        "threads", "max_nonfinite_steps", "loss_chunk_tokens"}},
+        "warmup_ratio", "weight_decay", "max_grad_norm", "optimizer", "optimizer_offload", "adam_beta1", "adam_beta2",
+        "adam_eps", "threads", "max_nonfinite_steps", "loss_chunk_tokens"}},
       {"eval", {"every", "max_batches", "at_end"}},
       {"checkpoint", {"dir", "every", "keep", "resume"}},
       {"log", {"every", "metrics"}},
@@ -224,7 +223,9 @@ class Section {
   std::string path_;
 };
 
-fs::path resolve(const fs::path& p) { return p.empty() ? p : fs::absolute(p).lexically_normal(); }
+fs::path resolve(const fs::path& p) {
+  return p.empty() ? p : fs::absolute(p).lexically_normal();
+}
 
 void parse_model(const Section& root, TrainConfig& cfg) {
   Section s(root.ctx(), root.get("model"), "model");
@@ -261,6 +262,7 @@ void parse_lora(const Section& root, TrainConfig& cfg) {
   l.alpha = s.get_double("alpha", 32.0, 0.0, 1e6, /*min_exclusive=*/true);
   l.dropout = s.get_double("dropout", 0.05, 0.0, 1.0, false, /*max_exclusive=*/true);
   l.rslora = s.get_bool("rslora", false);
+  l.dtype = s.get_enum("dtype", "fp32", {"fp32", "bf16"}, {{"float32", "fp32"}, {"bfloat16", "bf16"}});
   if (s.has("targets")) {
     YAML::Node t = s.get("targets");
     l.targets.clear();
@@ -305,6 +307,7 @@ void parse_train(const Section& root, TrainConfig& cfg) {
   t.weight_decay = s.get_double("weight_decay", 0.0, 0.0, 10.0);
   t.max_grad_norm = s.get_double("max_grad_norm", 1.0, 0.0, 1e9);
   t.optimizer = s.get_enum("optimizer", "adamw", {"adamw"}, {{"adamw_torch", "adamw"}});
+  t.optimizer_offload = s.get_bool("optimizer_offload", false);
   t.adam_beta1 = s.get_double("adam_beta1", 0.9, 0.0, 1.0, false, /*max_exclusive=*/true);
   t.adam_beta2 = s.get_double("adam_beta2", 0.999, 0.0, 1.0, false, /*max_exclusive=*/true);
   t.adam_eps = s.get_double("adam_eps", 1e-8, 0.0, 1.0, /*min_exclusive=*/true);
@@ -319,6 +322,10 @@ torch::ScalarType ModelSection::dtype() const {
   if (compute_dtype == "fp16") return torch::kFloat16;
   if (compute_dtype == "fp32") return torch::kFloat32;
   return torch::kBFloat16;
+}
+
+torch::ScalarType LoraSection::torch_dtype() const {
+  return dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
 }
 
 size_t edit_distance(const std::string& a, const std::string& b) {
@@ -465,6 +472,7 @@ YAML::Node to_yaml(const TrainConfig& c) {
   n["lora"]["dropout"] = c.lora.dropout;
   n["lora"]["targets"] = c.lora.targets;
   n["lora"]["rslora"] = c.lora.rslora;
+  n["lora"]["dtype"] = c.lora.dtype;
   n["data"] = c.data;
   const auto& t = c.train;
   n["train"]["seed"] = t.seed;
@@ -482,6 +490,7 @@ YAML::Node to_yaml(const TrainConfig& c) {
   n["train"]["weight_decay"] = t.weight_decay;
   n["train"]["max_grad_norm"] = t.max_grad_norm;
   n["train"]["optimizer"] = t.optimizer;
+  n["train"]["optimizer_offload"] = t.optimizer_offload;
   n["train"]["adam_beta1"] = t.adam_beta1;
   n["train"]["adam_beta2"] = t.adam_beta2;
   n["train"]["adam_eps"] = t.adam_eps;
@@ -552,6 +561,8 @@ nlohmann::json trajectory_fields(const TrainConfig& c) {
                {"dropout", fmt_num(c.lora.dropout)},
                {"targets", c.lora.targets},
                {"rslora", c.lora.rslora}};
+  // Only when not the default, so configs written before the key existed keep their hash.
+  if (c.lora.dtype != "fp32") j["lora"]["dtype"] = c.lora.dtype;
   j["data"] = yaml_to_json(c.data);
   const auto& t = c.train;
   j["train"] = {{"seed", t.seed},

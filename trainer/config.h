@@ -11,11 +11,10 @@
 #include <torch/types.h>
 #include <yaml-cpp/yaml.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -26,44 +25,48 @@ namespace qlora::trainer {
 namespace fs = std::filesystem;
 
 struct ModelSection {
-  fs::path path;                                       // HF model folder (absolute after loading)
-  std::string compute_dtype = "bf16";                  // bf16 | fp16 | fp32
-  std::string quant_type = "nf4";                      // nf4 | fp4 | none
+  fs::path path;                       // HF model folder (absolute after loading)
+  std::string compute_dtype = "bf16";  // bf16 | fp16 | fp32
+  std::string quant_type = "nf4";      // nf4 | fp4 | none
   int64_t quant_blocksize = 64;
   bool double_quant = true;
   bool gradient_checkpointing = true;
-  int path_line = 0;                                   // line of model.path in the file (for later errors)
+  int path_line = 0;  // line of model.path in the file (for later errors)
 
-  torch::ScalarType dtype() const;                     // compute_dtype as a torch dtype
+  torch::ScalarType dtype() const;  // compute_dtype as a torch dtype
 };
 
 struct LoraSection {
   int64_t r = 16;
   double alpha = 32.0;
   double dropout = 0.05;
-  std::vector<std::string> targets = {"all-linear"};   // "all-linear" or module-name suffixes
+  std::vector<std::string> targets = {"all-linear"};  // "all-linear" or module-name suffixes
   bool rslora = false;
+  std::string dtype = "fp32";  // storage dtype of the adapter weights and gradients: fp32 | bf16
+
+  torch::ScalarType torch_dtype() const;  // dtype as a torch dtype
 };
 
 struct TrainSection {
   uint64_t seed = 42;
-  int64_t max_steps = 0;            // optimizer steps; exactly one of max_steps / epochs is > 0
+  int64_t max_steps = 0;  // optimizer steps; exactly one of max_steps / epochs is > 0
   int64_t epochs = 0;
   int64_t micro_batch_size = 4;
   int64_t grad_accum = 1;
   double lr = 2e-4;
   std::string schedule = "cosine";  // constant | linear | cosine
   int64_t warmup_steps = 0;
-  double warmup_ratio = 0.0;        // used when warmup_steps is not given: ceil(ratio * total steps)
+  double warmup_ratio = 0.0;  // used when warmup_steps is not given: ceil(ratio * total steps)
   double weight_decay = 0.0;
-  double max_grad_norm = 1.0;       // 0 disables clipping
+  double max_grad_norm = 1.0;  // 0 disables clipping
   std::string optimizer = "adamw";
+  bool optimizer_offload = false;  // AdamW states in host memory, updated there (trainer/optimizer.h)
   double adam_beta1 = 0.9;
   double adam_beta2 = 0.999;
   double adam_eps = 1e-8;
-  int threads = 0;                  // 0 = all cores
-  int64_t max_nonfinite_steps = 5;  // stop after this many non-finite steps in a row
-  int64_t loss_chunk_tokens = 1024; // logits are computed this many tokens at a time
+  int threads = 0;                   // 0 = all cores
+  int64_t max_nonfinite_steps = 5;   // stop after this many non-finite steps in a row
+  int64_t loss_chunk_tokens = 1024;  // logits are computed this many tokens at a time
 };
 
 struct EvalSection {
@@ -73,15 +76,15 @@ struct EvalSection {
 };
 
 struct CheckpointSection {
-  fs::path dir;                  // holds checkpoint-<step>/ directories
-  int64_t every = 0;             // 0 = only when stopped by a signal
-  int64_t keep = 3;              // keep the newest K; 0 = keep all
-  std::string resume = "auto";   // auto | none | <path to a checkpoint-<step> dir>
+  fs::path dir;                 // holds checkpoint-<step>/ directories
+  int64_t every = 0;            // 0 = only when stopped by a signal
+  int64_t keep = 3;             // keep the newest K; 0 = keep all
+  std::string resume = "auto";  // auto | none | <path to a checkpoint-<step> dir>
 };
 
 struct LogSection {
   int64_t every = 10;
-  fs::path metrics;              // metrics.jsonl; empty = <checkpoint.dir>/metrics.jsonl
+  fs::path metrics;  // metrics.jsonl; empty = <checkpoint.dir>/metrics.jsonl
 };
 
 // Data-parallel runs (trainer/distributed.h); ignored by a single process. Not part of the trajectory hash.
@@ -92,19 +95,19 @@ struct DistSection {
 };
 
 struct TrainConfig {
-  std::string source_file;   // the YAML file, as given
+  std::string source_file;  // the YAML file, as given
   ModelSection model;
   LoraSection lora;
-  YAML::Node data;           // the `data:` node as written (after overrides)
+  YAML::Node data;               // the `data:` node as written (after overrides)
   data::DataConfig data_config;  // ... as parsed by data::parse_data_config
   TrainSection train;
   EvalSection eval;
   CheckpointSection checkpoint;
-  fs::path output_dir;       // final adapter
+  fs::path output_dir;  // final adapter
   LogSection log;
   std::string device = "cpu";  // cpu | cuda | cuda:N
   DistSection dist;
-  YAML::Node tree;           // the YAML tree after overrides (what was validated)
+  YAML::Node tree;                     // the YAML tree after overrides (what was validated)
   std::vector<std::string> overrides;  // the --set strings, in order
 };
 

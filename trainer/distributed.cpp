@@ -323,8 +323,7 @@ GradientReducer::GradientReducer(DistGroup& group, std::vector<torch::Tensor> pa
   int64_t filled = 0;
   for (size_t k = params_.size(); k-- > 0;) {
     const auto& p = params_[k];
-    TORCH_CHECK(p.scalar_type() == torch::kFloat, "GradientReducer: parameter ", k, " is ", p.scalar_type(),
-                ", expected fp32 masters");
+    TORCH_CHECK(c10::isFloatingType(p.scalar_type()), "GradientReducer: parameter ", k, " is ", p.scalar_type());
     if (buckets.empty() || (filled > 0 && filled + p.numel() > bucket_elems)) {
       buckets.emplace_back();
       filled = 0;

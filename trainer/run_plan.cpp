@@ -71,6 +71,8 @@ model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaCo
     in.lora.push_back({-1, "lm_head", h, mc.vocab_size, lora::lora_options_for("lm_head", lc).r});
   }
   in.lora_dropout = cfg.lora.dropout;
+  in.lora_dtype = cfg.lora.torch_dtype();
+  in.optimizer_offload = cfg.train.optimizer_offload;
   in.micro_batch = cfg.train.micro_batch_size;
   in.seq_len = cfg.data_config.max_seq_len;
   in.gradient_checkpointing = cfg.model.gradient_checkpointing;
@@ -78,6 +80,8 @@ model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaCo
   // On CUDA the plan is of the device's allocations (what max-allocated reports): no process baseline there.
   in.baseline_bytes = cfg.device.rfind("cuda", 0) == 0 ? 0 : baseline_bytes;
   in.device = cfg.device;
+  // CUDA runs are built against LibTorch 2.x (Debian's 1.13 is CPU-only), whose attention is the fused kernel.
+  if (cfg.device.rfind("cuda", 0) == 0) in.fused_attention = true;
   return in;
 }
 

@@ -17,6 +17,7 @@
 #include "model/llama.h"
 #include "model/tokenizer.h"
 #include "trainer/distributed.h"
+#include "trainer/optimizer.h"
 #include "trainer/run_plan.h"
 
 namespace qlora::trainer {
@@ -54,7 +55,7 @@ struct Trainer::Impl {
   std::optional<data::DataLoader> eval_data;
   model::LlamaModel model{nullptr};
   lora::LoraAdapters adapters;
-  std::unique_ptr<torch::optim::AdamW> optimizer;
+  std::unique_ptr<AdapterAdamW> optimizer;
   std::unique_ptr<CheckpointManager> checkpoints;
   MetricsWriter metrics;
   LrSchedule schedule;
@@ -184,14 +185,18 @@ void Trainer::setup() {
   lc.dropout = cfg_.lora.dropout;
   lc.targets = cfg_.lora.targets;
   lc.rslora = cfg_.lora.rslora;
+  lc.dtype = cfg_.lora.torch_dtype();
   I.adapters = lora::attach_lora(I.model, lc, cfg_.train.seed);
 
-  // AdamW over the adapter parameters only; fp32 states (the parameters are fp32 masters).
+  // AdamW over the adapter parameters only, fp32 states (trainer/optimizer.h); with optimizer_offload the states
+  // live in host memory and the update runs there.
   auto adam = torch::optim::AdamWOptions(cfg_.train.lr)
                   .betas({cfg_.train.adam_beta1, cfg_.train.adam_beta2})
                   .eps(cfg_.train.adam_eps)
                   .weight_decay(cfg_.train.weight_decay);
-  I.optimizer = std::make_unique<torch::optim::AdamW>(I.adapters.adapter_parameters(), adam);
+  I.optimizer = std::make_unique<AdapterAdamW>(
+      I.adapters.adapter_parameters(), adam,
+      cfg_.train.optimizer_offload ? std::optional<torch::Device>(torch::kCPU) : std::nullopt);
 
   if (resume_from_) {
     const fs::path& ck = *resume_from_;
@@ -452,7 +457,7 @@ TrainSummary Trainer::train() {
     const double loss = label_tokens > 0 ? loss_sum / static_cast<double>(label_tokens) : std::nan("");
 
     // 3. Clip, check, update.
-    const double grad_norm = torch::nn::utils::clip_grad_norm_(params, clip);
+    const double grad_norm = clip_grad_norm_fp32(params, clip);
     const bool finite = std::isfinite(loss) && std::isfinite(grad_norm);
     if (finite) {
       I.optimizer->step();

@@ -126,6 +126,8 @@ TEST(TrainConfig, BadValuesNameKeyPathAndLine) {
       {6, "lora: {r: 8, dropout: 1.5}", "cfg.yaml:6: lora.dropout: ", "must be < 1"},
       {6, "lora: {r: 8, targets: {q: 1}}", "cfg.yaml:6: lora.targets: ", "list of module names"},
       {6, "lora: {r: 8, rank: 4}", "cfg.yaml:6: lora.rank: ", "unknown key"},
+      {6, "lora: {r: 8, dtype: fp8}", "cfg.yaml:6: lora.dtype: ", "fp32 | bf16"},
+      {19, "  optimizer_offload: yes please", "cfg.yaml:19: train.optimizer_offload: ", "true or false"},
       {13, "  micro_batch_size: 0", "cfg.yaml:13: train.micro_batch_size: ", "must be >= 1"},
       {14, "  grad_accum: 1.5", "cfg.yaml:14: train.grad_accum: ", "expected an integer, got `1.5`"},
       {17, "  warmup_steps: 10\n  warmup_ratio: 0.03", "cfg.yaml:18: train.warmup_ratio: ", "not both"},
@@ -214,13 +216,13 @@ TEST(TrainConfig, HashCoversTrajectoryOnly) {
   EXPECT_EQ(h.size(), 16u);
   // Spelling of the same number and non-trajectory settings do not change it.
   EXPECT_EQ(config_hash(parse_config(with_line(15, "  lr: 0.0002"), "cfg.yaml")), h);
-  EXPECT_EQ(config_hash(
-                parse_config(kBaseConfig, "other.yaml",
-                             {"log.every=1", "eval.every=7", "checkpoint.keep=9", "output_dir=x", "train.threads=3"})),
+  EXPECT_EQ(config_hash(parse_config(kBaseConfig, "other.yaml",
+                                     {"log.every=1", "eval.every=7", "checkpoint.keep=9", "output_dir=x",
+                                      "train.threads=3", "train.optimizer_offload=true", "lora.dtype=fp32"})),
             h);
   // Trajectory fields do.
   for (const char* o : {"train.lr=1e-4", "lora.r=8", "train.seed=1", "data.max_seq_len=128", "model.quant.type=fp4",
-                        "train.grad_accum=4", "train.max_steps=100"}) {
+                        "train.grad_accum=4", "train.max_steps=100", "lora.dtype=bf16"}) {
     EXPECT_NE(config_hash(parse_config(kBaseConfig, "cfg.yaml", {o})), h) << o;
   }
   const auto before = trajectory_fields(parse_config(kBaseConfig, "cfg.yaml"));
@@ -251,6 +253,10 @@ TEST(TrainConfig, ShippedConfigsParse) {
     EXPECT_DOUBLE_EQ(c.train.adam_beta2, 0.999);
     EXPECT_EQ(c.train.micro_batch_size, 1);
     EXPECT_EQ(c.train.grad_accum, 16);
+    // The 70B configs are one-GPU configs that fit 48 GB: bf16 adapters, AdamW states in host memory.
+    EXPECT_EQ(c.lora.dtype, large ? "bf16" : "fp32");
+    EXPECT_EQ(c.train.optimizer_offload, large);
+    EXPECT_EQ(c.device, large ? "cuda" : "cpu");
   }
 }
 
