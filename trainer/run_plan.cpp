@@ -1,5 +1,10 @@
 #include "trainer/run_plan.h"
 
+#if defined(QLORA_WITH_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
@@ -90,11 +95,27 @@ model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config, 
   return model::plan_memory(plan_inputs(cfg, mc, baseline_bytes));
 }
 
+bool rss_tuning_requested() {
+  const char* mode = std::getenv("QLORA_MALLOC_TUNING");
+  return mode != nullptr && std::string(mode) == "rss";
+}
+
+std::optional<int64_t> device_peak_allocated_bytes(const torch::Device& device) {
+#if defined(QLORA_WITH_CUDA)
+  if (device.is_cuda()) {
+    const int index = device.has_index() ? device.index() : c10::cuda::current_device();
+    // allocated_bytes[0]: the aggregate over pools (StatType::AGGREGATE), whose name moved between versions.
+    return static_cast<int64_t>(c10::cuda::CUDACachingAllocator::getDeviceStats(index).allocated_bytes[0].peak);
+  }
+#endif
+  (void)device;
+  return std::nullopt;
+}
+
 void return_freed_tensor_memory_to_os() {
   // Opt-in (QLORA_MALLOC_TUNING=rss): on the bench model a 1 MiB threshold made training ~8x slower than the
   // apps' default 1 GiB threshold (45 vs 377 tokens/s, bench/RESULTS.md): every activation page-faults in anew.
-  const char* mode = std::getenv("QLORA_MALLOC_TUNING");
-  if (mode != nullptr && std::string(mode) == "rss") configure_host_allocator(kMmapThresholdBytes);
+  if (rss_tuning_requested()) configure_host_allocator(kMmapThresholdBytes);
 }
 
 }  // namespace qlora::trainer

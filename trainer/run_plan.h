@@ -37,5 +37,11 @@ model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config =
 // speed setting (common/host_memory.h), whose peak RSS exceeds the plan (+34-40% measured with glibc's own default).
 constexpr size_t kMmapThresholdBytes = size_t{1} << 20;
 void return_freed_tensor_memory_to_os();
+// Whether return_freed_tensor_memory_to_os() is in effect (QLORA_MALLOC_TUNING=rss).
+bool rss_tuning_requested();
+
+// The CUDA caching allocator's peak allocated bytes on `device` (what torch.cuda.max_memory_allocated reports),
+// the number a CUDA run's plan is compared with; nullopt for CPU devices and in builds without QLORA_CUDA.
+std::optional<int64_t> device_peak_allocated_bytes(const torch::Device& device);
 
 }  // namespace qlora::trainer

@@ -564,11 +564,22 @@ TrainSummary Trainer::train() {
 
   spdlog::info("done: {} steps, {} tokens in {} ({:.0f} tok/s), peak RSS {}", summary.steps, summary.tokens_this_run,
                format_duration(summary.wall_s), summary.tokens_per_s, format_bytes(double(summary.peak_rss_bytes)));
-  spdlog::info("memory: measured peak {} {} vs planned {} ({:+.1f}%)", I.device.is_cuda() ? "RSS (host)" : "RSS",
-               format_bytes(double(summary.peak_rss_bytes)), format_bytes(double(summary.planned_peak_bytes)),
-               summary.planned_peak_bytes > 0
-                   ? 100.0 * (double(summary.peak_rss_bytes) / double(summary.planned_peak_bytes) - 1.0)
-                   : 0.0);
+  {
+    // The plan counts live bytes; compare it with what the device's allocator reports (CUDA) or the process's
+    // peak RSS (CPU), and say why they may differ.
+    const auto device_peak = device_peak_allocated_bytes(I.device);
+    const double measured = device_peak ? double(*device_peak) : double(summary.peak_rss_bytes);
+    const double planned = double(summary.planned_peak_bytes);
+    std::string why;
+    if (I.device.is_cuda() && !device_peak) {
+      why = "; host RSS: this build has no CUDA allocator statistics (QLORA_CUDA=OFF)";
+    } else if (!I.device.is_cuda() && !rss_tuning_requested()) {
+      why = "; glibc keeps freed memory for reuse (faster here); QLORA_MALLOC_TUNING=rss returns it at once";
+    }
+    spdlog::info("memory: measured peak {} {} vs planned {} ({:+.1f}%{})",
+                 device_peak ? "CUDA allocated" : (I.device.is_cuda() ? "RSS (host)" : "RSS"), format_bytes(measured),
+                 format_bytes(planned), planned > 0 ? 100.0 * (measured / planned - 1.0) : 0.0, why);
+  }
   spdlog::info("loss {:.4f} -> {:.4f}{}", summary.first_loss, summary.final_loss,
                last_eval ? fmt::format(", eval loss {:.4f} (ppl {:.2f})", *last_eval, std::exp(*last_eval)) : "");
   if (!summary.adapter_dir.empty()) spdlog::info("adapter:     {}", summary.adapter_dir.string());
