@@ -84,6 +84,24 @@ int main(int argc, char** argv) {
     const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::rms_norm(v, w, 1e-5); });
     row("rms_norm", "(4, 512, 768) bf16", old_ms, new_ms, 5.0 * 2 * x.numel());
   }
+  {  // RoPE on q: (B, T, H, d) projections viewed as (B, H, T, d).
+    const torch::Tensor x = torch::randn({4, 512, 12, 64}, bf16).transpose(1, 2);
+    const torch::Tensor cos = torch::randn({4, 512, 64}, bf16), sin = torch::randn({4, 512, 64}, bf16);
+    const torch::Tensor g = torch::randn({4, 12, 512, 64}, bf16);
+    const double old_ms =
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::rotary_embedding_ops(v, cos, sin); });
+    const double new_ms =
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::rotary_embedding(v, cos, sin); });
+    row("rotary_embedding (q)", "(4, 12, 512, 64) bf16", old_ms, new_ms, 4.0 * 2 * x.numel());
+  }
+  {  // silu(gate) * up of the MLP.
+    const torch::Tensor up = torch::randn({4, 512, 2048}, bf16);
+    const torch::Tensor x = torch::randn({4, 512, 2048}, bf16);
+    const torch::Tensor g = torch::randn({4, 512, 2048}, bf16);
+    const double old_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::swiglu_ops(v, up); });
+    const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::swiglu(v, up); });
+    row("swiglu (grad in gate)", "(4, 512, 2048) bf16", old_ms, new_ms, 6.0 * 2 * x.numel());
+  }
   for (int64_t width : {768, 2048}) {  // LoRA input dropout: attention/MLP inputs, down_proj's input
     const torch::Tensor x = torch::randn({4, 512, width}, bf16);
     const torch::Tensor g = torch::randn({4, 512, width}, bf16);

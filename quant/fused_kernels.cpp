@@ -1,8 +1,9 @@
-// CPU kernels behind quant/fused_ops.h: causal-LM cross entropy, scaled masked softmax, RMSNorm and
-// counter-based dropout. Scalar versions are the specification (std::exp, one row at a time); the AVX-512 versions use
-// the same fp32 operations with a Cephes-style exp (about 2 ulp) and masked loads for the tails. Rows are split over
-// LibTorch's thread pool; every row is computed by one thread, so results do not depend on the thread count.
-// GCC 12 reports false (maybe-)uninitialized warnings inside its own AVX-512 intrinsic headers (_mm512_reduce_*).
+// CPU kernels behind quant/fused_ops.h: causal-LM cross entropy, scaled masked softmax, RMSNorm, rotary
+// embedding, SwiGLU and counter-based dropout. Scalar versions are the specification (std::exp, one row at a time); the
+// AVX-512 versions use the same fp32 operations with a Cephes-style exp (about 2 ulp) and masked loads for the tails.
+// Rows are split over LibTorch's thread pool; every row is computed by one thread, so results do not depend on the
+// thread count. GCC 12 reports false (maybe-)uninitialized warnings inside its own AVX-512 intrinsic headers
+// (_mm512_reduce_*).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
@@ -26,7 +27,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr int64_t kLongRowGrain = 1;        // rows of a vocabulary: one is plenty of work
 constexpr int64_t kShortRowGrain = 32;      // attention rows (S scores)
-constexpr int64_t kDropoutGrain = 1 << 15;  // elements
+constexpr int64_t kElementGrain = 1 << 15;  // elements (element-wise kernels)
 
 template <class F>
 void dispatch_dtype(torch::ScalarType dt, F&& f) {
@@ -123,6 +124,39 @@ void rms_grad_row_scalar(const T* x, const float* w, const T* g, int64_t h, floa
   const float c = r * r * r * dot / static_cast<float>(h);
   for (int64_t j = 0; j < h; ++j) {
     out[j] = static_cast<T>(r * static_cast<float>(g[j]) * w[j] - static_cast<float>(x[j]) * c);
+  }
+}
+
+// One rotary row: (p, q) = (-sin[:half], sin[half:]) forward, (sin[half:], -sin[:half]) backward.
+template <class T>
+void rotary_row_scalar(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
+  for (int64_t j = 0; j < half; ++j) {
+    const float a = static_cast<float>(x[j]), b = static_cast<float>(x[j + half]);
+    const float p = backward ? static_cast<float>(s[j + half]) : -static_cast<float>(s[j]);
+    const float q = backward ? -static_cast<float>(s[j]) : static_cast<float>(s[j + half]);
+    out[j] = static_cast<T>(a * static_cast<float>(c[j]) + b * p);
+    out[j + half] = static_cast<T>(b * static_cast<float>(c[j + half]) + a * q);
+  }
+}
+
+inline float sigmoid(float v) {
+  return 1.0f / (1.0f + std::exp(-v));
+}
+
+template <class T>
+void swiglu_scalar(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
+  for (int64_t e = e0; e < e1; ++e) {
+    const float a = static_cast<float>(g[e]);
+    out[e] = static_cast<T>(a * sigmoid(a) * static_cast<float>(u[e]));
+  }
+}
+
+template <class T>
+void swiglu_grad_scalar(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
+  for (int64_t e = e0; e < e1; ++e) {
+    const float a = static_cast<float>(g[e]), sg = sigmoid(a), d = static_cast<float>(go[e]);
+    gg[e] = static_cast<T>(d * static_cast<float>(u[e]) * sg * (1.0f + a * (1.0f - sg)));
+    gu[e] = static_cast<T>(d * a * sg);
   }
 }
 
@@ -330,6 +364,46 @@ QLORA_AVX512 void rms_grad_row_avx512(const T* x, const float* w, const T* g, in
     const __mmask16 m = lanes(h - j);
     const __m512 gn = _mm512_mul_ps(load16(g + j, m), _mm512_maskz_loadu_ps(m, w + j));
     store16(out + j, m, _mm512_fnmadd_ps(load16(x + j, m), c, _mm512_mul_ps(vr, gn)));
+  }
+}
+
+template <class T>
+QLORA_AVX512 void rotary_row_avx512(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
+  const __m512 neg = _mm512_set1_ps(-1.0f);
+  for (int64_t j = 0; j < half; j += 16) {
+    const __mmask16 m = lanes(half - j);
+    const __m512 a = load16(x + j, m), b = load16(x + half + j, m);
+    const __m512 s0 = load16(s + j, m), s1 = load16(s + half + j, m);
+    const __m512 p = backward ? s1 : _mm512_mul_ps(s0, neg);
+    const __m512 q = backward ? _mm512_mul_ps(s0, neg) : s1;
+    store16(out + j, m, _mm512_add_ps(_mm512_mul_ps(a, load16(c + j, m)), _mm512_mul_ps(b, p)));
+    store16(out + half + j, m, _mm512_add_ps(_mm512_mul_ps(b, load16(c + half + j, m)), _mm512_mul_ps(a, q)));
+  }
+}
+
+QLORA_AVX512 inline __m512 sigmoid16(__m512 v) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+}
+
+template <class T>
+QLORA_AVX512 void swiglu_avx512(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
+  for (int64_t e = e0; e < e1; e += 16) {
+    const __mmask16 m = lanes(e1 - e);
+    const __m512 a = load16(g + e, m);
+    store16(out + e, m, _mm512_mul_ps(_mm512_mul_ps(a, sigmoid16(a)), load16(u + e, m)));
+  }
+}
+
+template <class T>
+QLORA_AVX512 void swiglu_grad_avx512(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t e = e0; e < e1; e += 16) {
+    const __mmask16 m = lanes(e1 - e);
+    const __m512 a = load16(g + e, m), sg = sigmoid16(a), d = load16(go + e, m);
+    const __m512 ds = _mm512_mul_ps(sg, _mm512_add_ps(one, _mm512_mul_ps(a, _mm512_sub_ps(one, sg))));
+    store16(gg + e, m, _mm512_mul_ps(_mm512_mul_ps(d, load16(u + e, m)), ds));
+    store16(gu + e, m, _mm512_mul_ps(d, _mm512_mul_ps(a, sg)));
   }
 }
 
@@ -551,6 +625,92 @@ void rms_norm_backward_cpu(const torch::Tensor& x, const torch::Tensor& weight, 
   });
 }
 
+void rotary_cpu(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, bool backward,
+                torch::Tensor& out, Isa isa) {
+  TORCH_CHECK(x.device().is_cpu() && fused_dtype_supported(x.scalar_type()) && x.dim() == 4,
+              "rotary: x must be a (B, H, T, d) CPU tensor of fp32/bf16/fp16, got ", x.sizes());
+  const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3), half = d / 2;
+  TORCH_CHECK(d % 2 == 0 && (d == 0 || x.stride(3) == 1), "rotary: head dim ", d, " must be even with unit stride");
+  for (const torch::Tensor* cs : {&cos, &sin}) {
+    TORCH_CHECK(cs->is_contiguous() && cs->scalar_type() == x.scalar_type() && cs->dim() == 3 && cs->size(0) == b &&
+                    cs->size(1) == t && cs->size(2) == d,
+                "rotary: cos/sin must be contiguous (", b, ", ", t, ", ", d, ") of x's dtype, got ", cs->sizes());
+  }
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(),
+              "rotary: output must be contiguous like x");
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  const int64_t sb = x.stride(0), sh = x.stride(1), st = x.stride(2);
+  dispatch_dtype(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    const T* cp = static_cast<const T*>(cos.data_ptr());
+    const T* sp = static_cast<const T*>(sin.data_ptr());
+    T* op = static_cast<T*>(out.data_ptr());
+    at::parallel_for(0, b * h * t, kShortRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bi = r / (h * t), hi = (r / t) % h, ti = r % t;
+        const T* xr = xp + bi * sb + hi * sh + ti * st;
+        const int64_t cs = (bi * t + ti) * d;
+        if (isa == Isa::kAvx512) {
+          rotary_row_avx512(xr, cp + cs, sp + cs, half, backward, op + r * d);
+        } else {
+          rotary_row_scalar(xr, cp + cs, sp + cs, half, backward, op + r * d);
+        }
+      }
+    });
+  });
+}
+
+void swiglu_forward_cpu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tensor& out, Isa isa) {
+  check_cpu_contiguous(gate, "swiglu gate");
+  check_cpu_contiguous(up, "swiglu up");
+  TORCH_CHECK(up.sizes() == gate.sizes() && up.scalar_type() == gate.scalar_type() && out.is_contiguous() &&
+                  out.sizes() == gate.sizes() && out.scalar_type() == gate.scalar_type(),
+              "swiglu: gate, up and output must share shape and dtype");
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  dispatch_dtype(gate.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = static_cast<const T*>(gate.data_ptr());
+    const T* u = static_cast<const T*>(up.data_ptr());
+    T* o = static_cast<T*>(out.data_ptr());
+    at::parallel_for(0, gate.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
+      if (isa == Isa::kAvx512) {
+        swiglu_avx512(g, u, e0, e1, o);
+      } else {
+        swiglu_scalar(g, u, e0, e1, o);
+      }
+    });
+  });
+}
+
+void swiglu_backward_cpu(const torch::Tensor& gate, const torch::Tensor& up, const torch::Tensor& grad,
+                         torch::Tensor& grad_gate, torch::Tensor& grad_up, Isa isa) {
+  check_cpu_contiguous(gate, "swiglu gate");
+  check_cpu_contiguous(up, "swiglu up");
+  check_cpu_contiguous(grad, "swiglu grad");
+  for (const torch::Tensor* t :
+       {&up, &grad, static_cast<const torch::Tensor*>(&grad_gate), static_cast<const torch::Tensor*>(&grad_up)}) {
+    TORCH_CHECK(t->is_contiguous() && t->sizes() == gate.sizes() && t->scalar_type() == gate.scalar_type(),
+                "swiglu backward: tensors must share shape and dtype");
+  }
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  dispatch_dtype(gate.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = static_cast<const T*>(gate.data_ptr());
+    const T* u = static_cast<const T*>(up.data_ptr());
+    const T* go = static_cast<const T*>(grad.data_ptr());
+    T* gg = static_cast<T*>(grad_gate.data_ptr());
+    T* gu = static_cast<T*>(grad_up.data_ptr());
+    at::parallel_for(0, gate.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
+      if (isa == Isa::kAvx512) {
+        swiglu_grad_avx512(g, u, go, e0, e1, gg, gu);
+      } else {
+        swiglu_grad_scalar(g, u, go, e0, e1, gg, gu);
+      }
+    });
+  });
+}
+
 uint32_t dropout_bits(uint64_t seed, uint32_t e) {
   return lowbias32(lowbias32(e ^ static_cast<uint32_t>(seed)) + static_cast<uint32_t>(seed >> 32));
 }
@@ -573,7 +733,7 @@ void dropout_cpu(const torch::Tensor& x, uint64_t seed, double p, torch::Tensor&
     using T = decltype(tag);
     const T* xp = static_cast<const T*>(x.data_ptr());
     T* op = static_cast<T*>(out.data_ptr());
-    at::parallel_for(0, x.numel(), kDropoutGrain, [&](int64_t e0, int64_t e1) {
+    at::parallel_for(0, x.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
       if (isa == Isa::kAvx512) {
         dropout_avx512(xp, e0, e1, seed, thr, scale, op);
       } else {

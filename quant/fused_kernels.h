@@ -40,6 +40,20 @@ void rms_norm_forward_cpu(const torch::Tensor& x, const torch::Tensor& weight, d
 void rms_norm_backward_cpu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& rstd,
                            const torch::Tensor& grad, torch::Tensor& grad_x, Isa isa);
 
+// Rotary embedding, HF rotate_half convention, on rows of d = 2 * half: with a = x[:half], b = x[half:],
+// out[:half] = a * cos[:half] - b * sin[:half], out[half:] = b * cos[half:] + a * sin[half:]. `backward` applies the
+// transpose instead (the input gradient): out[:half] = a * cos[:half] + b * sin[half:], out[half:] = b * cos[half:] -
+// a * sin[:half]. x: (B, H, T, d) with any strides but a unit last one; cos, sin: contiguous (B, T, d) of x's dtype;
+// out: contiguous (B, H, T, d).
+void rotary_cpu(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, bool backward,
+                torch::Tensor& out, Isa isa);
+
+// SwiGLU: out = silu(gate) * up; backward: grad_gate = g * up * s * (1 + gate * (1 - s)) with s = sigmoid(gate),
+// grad_up = g * silu(gate). All contiguous, same shape and dtype.
+void swiglu_forward_cpu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tensor& out, Isa isa);
+void swiglu_backward_cpu(const torch::Tensor& gate, const torch::Tensor& up, const torch::Tensor& grad,
+                         torch::Tensor& grad_gate, torch::Tensor& grad_up, Isa isa);
+
 // Counter-based dropout keep bits: element e (flat index, numel < 2^32) of a call with `seed` is kept iff
 // dropout_bits(seed, e) >= dropout_threshold(p). Two rounds of the lowbias32 integer hash (C. Wellons), keyed by
 // the two halves of the seed; the same on every path and independent of the thread split.

@@ -32,6 +32,12 @@ double rtol(torch::ScalarType dt) {
 double atol(torch::ScalarType dt) {
   return dt == torch::kFloat32 ? kF32Atol : kBf16Atol;
 }
+// The LibTorch-ops fallbacks of rotary/SwiGLU round every intermediate product to bf16 (the fused kernels round
+// once), so with cancelling terms their absolute error is a bf16 ulp of the terms, not of the result.
+constexpr double kBf16ComposedAtol = 5e-2;
+double composed_atol(torch::ScalarType dt, bool fallback) {
+  return fallback && dt != torch::kFloat32 ? kBf16ComposedAtol : atol(dt);
+}
 
 // Largest |a - b| - (atol + rtol |b|) over all elements; <= 0 means allclose.
 double excess(const torch::Tensor& a, const torch::Tensor& b, double rt, double at) {
@@ -240,6 +246,77 @@ TEST_F(FusedOps, RmsNormMatchesFloat64OnEveryPath) {
           EXPECT_LE(excess(xr.grad(), xd.grad(), rtol(dt), atol(dt)), 0.0);
         }
       }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Rotary embedding and SwiGLU.
+
+TEST_F(FusedOps, RotaryMatchesFloat64OnEveryPath) {
+  const int64_t b = 2, h = 3, t = 5;
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    for (int64_t d : {64, 38}) {  // half = 19: a partial vector
+      // x as the model makes it: (B, T, H, d) transposed to (B, H, T, d), not contiguous. cos/sin not of the
+      // cat(f, f) form, so the transpose in backward is checked in general.
+      const torch::Tensor x = torch::randn({b, t, h, d}).to(dt).transpose(1, 2);
+      const torch::Tensor cos = torch::randn({b, t, d}).to(dt), sin = torch::randn({b, t, d}).to(dt);
+      const torch::Tensor g = torch::randn({b, h, t, d}).to(dt);
+      const torch::Tensor xd = x.to(torch::kFloat64).requires_grad_(true);
+      const torch::Tensor rot = torch::cat({-xd.narrow(-1, d / 2, d / 2), xd.narrow(-1, 0, d / 2)}, -1);
+      const torch::Tensor ref = xd * cos.to(torch::kFloat64).unsqueeze(1) + rot * sin.to(torch::kFloat64).unsqueeze(1);
+      (ref * g.to(torch::kFloat64)).sum().backward();
+      const std::string what = std::string(c10::toString(dt)) + " d=" + std::to_string(d);
+      for (Isa isa : cpu_paths()) {
+        SCOPED_TRACE(std::string(detail::isa_name(isa)) + " " + what);
+        torch::Tensor out = torch::full({b, h, t, d}, 9.0, torch::TensorOptions().dtype(dt));
+        detail::rotary_cpu(x, cos, sin, /*backward=*/false, out, isa);
+        EXPECT_LE(excess(out, ref.detach(), rtol(dt), atol(dt)), 0.0);
+        torch::Tensor gx = torch::full({b, h, t, d}, 9.0, torch::TensorOptions().dtype(dt));
+        detail::rotary_cpu(g, cos, sin, /*backward=*/true, gx, isa);
+        EXPECT_LE(excess(gx, xd.grad(), rtol(dt), atol(dt)), 0.0);
+      }
+      for (bool fallback : {false, true}) {
+        SCOPED_TRACE(std::string(fallback ? "ops " : "fused ") + what);
+        const torch::Tensor xr = x.detach().requires_grad_(true);
+        const torch::Tensor out =
+            fallback ? detail::rotary_embedding_ops(xr, cos, sin) : rotary_embedding(xr, cos, sin);
+        EXPECT_LE(excess(out, ref.detach(), rtol(dt), composed_atol(dt, fallback)), 0.0);
+        out.backward(g);
+        EXPECT_LE(excess(xr.grad(), xd.grad(), rtol(dt), composed_atol(dt, fallback)), 0.0);
+      }
+    }
+  }
+}
+
+TEST_F(FusedOps, SwigluMatchesFloat64OnEveryPath) {
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    // Gate values from deep negative to large positive (both sigmoid tails), odd element count.
+    const torch::Tensor gate = (torch::randn({3, 7, 45}) * 6.0).to(dt);
+    const torch::Tensor up = torch::randn({3, 7, 45}).to(dt);
+    const torch::Tensor g = torch::randn({3, 7, 45}).to(dt);
+    const torch::Tensor gd = gate.to(torch::kFloat64).requires_grad_(true);
+    const torch::Tensor ud = up.to(torch::kFloat64).requires_grad_(true);
+    const torch::Tensor ref = gd * torch::sigmoid(gd) * ud;
+    (ref * g.to(torch::kFloat64)).sum().backward();
+    for (Isa isa : cpu_paths()) {
+      SCOPED_TRACE(std::string(detail::isa_name(isa)) + " " + c10::toString(dt));
+      torch::Tensor out = torch::full_like(gate, 9.0), gg = torch::full_like(gate, 9.0),
+                    gu = torch::full_like(gate, 9.0);
+      detail::swiglu_forward_cpu(gate, up, out, isa);
+      EXPECT_LE(excess(out, ref.detach(), rtol(dt), atol(dt)), 0.0);
+      detail::swiglu_backward_cpu(gate, up, g, gg, gu, isa);
+      EXPECT_LE(excess(gg, gd.grad(), rtol(dt), atol(dt)), 0.0);
+      EXPECT_LE(excess(gu, ud.grad(), rtol(dt), atol(dt)), 0.0);
+    }
+    for (bool fallback : {false, true}) {
+      SCOPED_TRACE(std::string(fallback ? "ops " : "fused ") + c10::toString(dt));
+      const torch::Tensor a = gate.clone().requires_grad_(true), u = up.clone().requires_grad_(true);
+      const torch::Tensor out = fallback ? detail::swiglu_ops(a, u) : swiglu(a, u);
+      EXPECT_LE(excess(out, ref.detach(), rtol(dt), composed_atol(dt, fallback)), 0.0);
+      out.backward(g);
+      EXPECT_LE(excess(a.grad(), gd.grad(), rtol(dt), composed_atol(dt, fallback)), 0.0);
+      EXPECT_LE(excess(u.grad(), ud.grad(), rtol(dt), composed_atol(dt, fallback)), 0.0);
     }
   }
 }
