@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "quant/fused_ops.h"
+
 namespace qlora::lora {
 
 double lora_scale(int64_t r, double alpha, bool rslora) {
@@ -53,7 +55,7 @@ void LoraLinearImpl::set_weights(const torch::Tensor& a, const torch::Tensor& b)
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = base_->forward(x);
   torch::Tensor h = x;
-  if (options_.dropout > 0.0 && is_training()) h = torch::dropout(x, options_.dropout, /*train=*/true);
+  if (options_.dropout > 0.0 && is_training()) h = quant::dropout(x, options_.dropout, /*train=*/true);
   const auto dtype = x.scalar_type();
   // (..., in) · Aᵀ -> (..., r); · Bᵀ -> (..., out). The casts are differentiable: grads flow to the fp32 masters.
   torch::Tensor low = torch::linear(h, lora_A_.to(dtype));

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "quant/fused_ops.h"
+
 namespace qlora::model {
 
 torch::Tensor build_attention_mask(int64_t batch, int64_t seq, int64_t past, const torch::Tensor& attention_mask,
@@ -65,9 +67,9 @@ torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tenso
     m = torch::ones({t, s}, opts).tril().view({1, 1, t, s});
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  torch::Tensor scores = torch::matmul(q, kr.transpose(2, 3)).to(torch::kFloat32) * scale;  // (B, nH, T, S)
-  scores = scores.masked_fill(m.logical_not(), -std::numeric_limits<float>::infinity());
-  torch::Tensor probs = torch::softmax(scores, -1).to(q.scalar_type());
+  torch::Tensor scores = torch::matmul(q, kr.transpose(2, 3));  // (B, nH, T, S) in q's dtype
+  // Scale, mask and softmax in fp32 in one pass; probs come back in q's dtype.
+  torch::Tensor probs = quant::scaled_masked_softmax(scores, m, scale);
   return torch::matmul(probs, vr);  // (B, nH, T, d)
 #endif
 }

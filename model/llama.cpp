@@ -6,6 +6,7 @@
 #include "model/activation_checkpoint.h"
 #include "model/attention.h"
 #include "model/rope.h"
+#include "quant/fused_ops.h"
 
 namespace qlora::model {
 namespace {
@@ -18,12 +19,9 @@ struct WeightHolderImpl : torch::nn::Module {
   torch::Tensor weight;
 };
 
-// x: (..., H) -> (..., H): x * rsqrt(mean(x^2) + eps) in fp32, cast back, times weight.
+// x: (..., H) -> (..., H): x * rsqrt(mean(x^2) + eps) in fp32, cast back, times weight (one fused pass on CPU).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  torch::Tensor xf = x.to(torch::kFloat32);
-  torch::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  torch::Tensor normed = (xf * torch::rsqrt(var + eps)).to(x.scalar_type());
-  return weight.scalar_type() == x.scalar_type() ? normed * weight : normed * weight.to(x.scalar_type());
+  return quant::rms_norm(x, weight, eps);
 }
 
 torch::Tensor placeholder(int64_t out, int64_t in, torch::ScalarType dtype) {
@@ -86,7 +84,7 @@ struct DecoderLayerImpl : torch::nn::Module {
     attn = attn.transpose(1, 2).reshape({b, t, config.num_attention_heads * d});
     torch::Tensor h = x + linears["o_proj"]->forward(attn);
     torch::Tensor m = rms_norm(h, post_attention_layernorm->weight, config.rms_norm_eps);
-    torch::Tensor act = torch::silu(linears["gate_proj"]->forward(m)) * linears["up_proj"]->forward(m);
+    torch::Tensor act = quant::swiglu(linears["gate_proj"]->forward(m), linears["up_proj"]->forward(m));
     return h + linears["down_proj"]->forward(act);
   }
 
@@ -181,10 +179,14 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
   return rms_norm(h, m.norm->weight, config_.rms_norm_eps);
 }
 
-torch::Tensor LlamaModelImpl::logits(const torch::Tensor& hidden) {
+torch::Tensor LlamaModelImpl::head_logits(const torch::Tensor& hidden) {
   auto& m = *impl_;
-  if (m.lm_head) return m.lm_head->forward(hidden).to(torch::kFloat32);
-  return torch::nn::functional::linear(hidden, m.embed_tokens->weight.to(hidden.scalar_type())).to(torch::kFloat32);
+  if (m.lm_head) return m.lm_head->forward(hidden);
+  return torch::nn::functional::linear(hidden, m.embed_tokens->weight.to(hidden.scalar_type()));
+}
+
+torch::Tensor LlamaModelImpl::logits(const torch::Tensor& hidden) {
+  return head_logits(hidden).to(torch::kFloat32);
 }
 
 torch::Tensor LlamaModelImpl::forward(const torch::Tensor& input_ids, const ForwardInputs& in, KVCache* cache) {
@@ -206,15 +208,15 @@ std::pair<torch::Tensor, int64_t> LlamaModelImpl::causal_lm_loss(const torch::Te
   const int64_t count = (y != kIgnoreIndex).sum().item<int64_t>();
   const int64_t chunk = std::max<int64_t>(1, chunk_tokens / b);
   const bool chunked = chunk < t - 1;
-  const auto ce = torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum).ignore_index(kIgnoreIndex);
   torch::Tensor total;
   for (int64_t s = 0; s < t - 1; s += chunk) {
     const int64_t len = std::min(chunk, t - 1 - s);
     torch::Tensor yc = y.narrow(1, s, len).reshape({-1});
-    auto chunk_loss = [this, yc, ce](const std::vector<torch::Tensor>& xs) {
-      torch::Tensor lg = logits(xs[0]);  // (B, len, V) fp32: the only logits alive at a time
-      return std::vector<torch::Tensor>{
-          torch::nn::functional::cross_entropy(lg.reshape({-1, lg.size(-1)}), yc, ce)};
+    auto chunk_loss = [this, yc](const std::vector<torch::Tensor>& xs) {
+      // (B, len, V) in the compute dtype: the only logits alive at a time. The fused loss reads them in fp32
+      // and writes their gradient in their own dtype (no fp32 logits or log-probs).
+      torch::Tensor lg = head_logits(xs[0]);
+      return std::vector<torch::Tensor>{quant::cross_entropy_sum(lg.reshape({-1, lg.size(-1)}), yc, kIgnoreIndex)};
     };
     torch::Tensor hc = h.narrow(1, s, len);
     // Checkpointed when chunked, so backward also holds one chunk's logits at a time.

@@ -105,6 +105,9 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::Device device() const;
 
  private:
+  // hidden (..., H) -> logits (..., V) in the compute dtype (the loss reads them without an fp32 copy).
+  torch::Tensor head_logits(const torch::Tensor& hidden);
+
   struct Impl;
   std::shared_ptr<Impl> impl_;
   LlamaConfig config_;

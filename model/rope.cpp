@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "quant/fused_ops.h"
 
 namespace qlora::model {
 
@@ -39,13 +40,8 @@ std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor& inv_fr
 }
 
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  torch::Tensor x1 = x.narrow(-1, 0, half);
-  torch::Tensor x2 = x.narrow(-1, half, half);
-  torch::Tensor rotated = torch::cat({-x2, x1}, -1);
-  torch::Tensor c = cos.unsqueeze(1);  // (B, 1, T, d) broadcast over heads
-  torch::Tensor s = sin.unsqueeze(1);
-  return x * c + rotated * s;
+  // x * cos + rotate_half(x) * sin, cos/sin broadcast over heads (one fused pass on CPU).
+  return quant::rotary_embedding(x, cos, sin);
 }
 
 }  // namespace qlora::model

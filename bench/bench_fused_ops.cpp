@@ -1,0 +1,116 @@
+// bench_fused_ops [threads=2]: forward + backward time of each fused training op (quant/fused_ops.h) next to the
+// LibTorch composite it replaced (the ops fallbacks are the old code), at the shapes of configs/bench.yaml (micro batch
+// 4 x 512 tokens, hidden 768, intermediate 2048, 12 heads, vocab 32000, loss chunks of 1024 tokens, bf16), with the
+// machine's copy bandwidth.
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+
+#include "bench/machine_limits.h"
+#include "common/host_memory.h"
+#include "quant/dequant_kernels.h"
+#include "quant/fused_ops.h"
+
+using namespace qlora;
+using qlora::bench::time_best;
+
+namespace {
+
+constexpr int kReps = 5;
+constexpr int64_t kIgnore = -100;
+
+// Best-of time (ms) of forward + backward of fn(x) with upstream gradient g.
+double fwd_bwd_ms(const torch::Tensor& x0, const torch::Tensor& g,
+                  const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+  auto once = [&] {
+    torch::Tensor x = x0.detach().requires_grad_(true);
+    torch::Tensor y = fn(x);
+    y.backward(g);
+  };
+  once();  // warm-up
+  return 1e3 * time_best(once, kReps);
+}
+
+void row(const char* op, const char* shape, double old_ms, double new_ms, double bytes) {
+  std::printf("%-22s %-26s %9.2f %9.2f %7.1fx %8.2f\n", op, shape, old_ms, new_ms, old_ms / new_ms,
+              bytes / (new_ms * 1e-3) / 1e9);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int threads = argc > 1 ? std::atoi(argv[1]) : 2;
+  at::set_num_threads(threads);
+  configure_host_allocator();
+  torch::manual_seed(0);
+  const double copy_gbs = bench::measure_copy_bandwidth_gbs();
+  std::printf("threads: %d, kernel path: %s, copy bandwidth %.1f GB/s\n", at::get_num_threads(),
+              quant::detail::isa_name(quant::detail::active_isa()), copy_gbs);
+  std::printf("%-22s %-26s %9s %9s %8s %8s\n", "op (fwd+bwd)", "shape", "torch ms", "fused ms", "speedup", "GB/s");
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+
+  {  // Loss of one chunk: (B * 256, V) logits.
+    const torch::Tensor x = torch::randn({1024, 32000}, bf16) * 2;
+    torch::Tensor y = torch::randint(0, 32000, {1024}, torch::kInt64);
+    y.narrow(0, 0, 100).fill_(kIgnore);
+    const torch::Tensor g = torch::ones({}, torch::kFloat32);
+    const double old_ms =
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::cross_entropy_sum_ops(v, y, kIgnore); });
+    const double new_ms =
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::cross_entropy_sum(v, y, kIgnore); });
+    row("cross_entropy_sum", "(1024, 32000) bf16", old_ms, new_ms, 3.0 * 2 * x.numel());  // read x twice, write grad
+  }
+  {  // Attention probabilities of one layer, causal mask.
+    const torch::Tensor x = torch::randn({4, 12, 512, 512}, bf16) * 8;
+    const torch::Tensor g = torch::randn({4, 12, 512, 512}, bf16);
+    const torch::Tensor keep = torch::ones({512, 512}, torch::kBool).tril().view({1, 1, 512, 512});
+    const double scale = 1.0 / std::sqrt(64.0);
+    const double old_ms = fwd_bwd_ms(
+        x, g, [&](const torch::Tensor& v) { return quant::detail::scaled_masked_softmax_ops(v, keep, scale); });
+    const double new_ms =
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::scaled_masked_softmax(v, keep, scale); });
+    row("scaled_masked_softmax", "(4, 12, 512, 512) bf16", old_ms, new_ms, 5.0 * 2 * x.numel());
+  }
+  {  // Input / post-attention norm of one layer.
+    const torch::Tensor x = torch::randn({4, 512, 768}, bf16);
+    const torch::Tensor w = (1.0 + 0.1 * torch::randn({768})).to(torch::kBFloat16);
+    const torch::Tensor g = torch::randn({4, 512, 768}, bf16);
+    const double old_ms =
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::rms_norm_ops(v, w, 1e-5); });
+    const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::rms_norm(v, w, 1e-5); });
+    row("rms_norm", "(4, 512, 768) bf16", old_ms, new_ms, 5.0 * 2 * x.numel());
+  }
+  {  // RoPE on q: (B, T, H, d) projections viewed as (B, H, T, d).
+    const torch::Tensor x = torch::randn({4, 512, 12, 64}, bf16).transpose(1, 2);
+    const torch::Tensor cos = torch::randn({4, 512, 64}, bf16), sin = torch::randn({4, 512, 64}, bf16);
+    const torch::Tensor g = torch::randn({4, 12, 512, 64}, bf16);
+    const double old_ms =
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::rotary_embedding_ops(v, cos, sin); });
+    const double new_ms =
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::rotary_embedding(v, cos, sin); });
+    row("rotary_embedding (q)", "(4, 12, 512, 64) bf16", old_ms, new_ms, 4.0 * 2 * x.numel());
+  }
+  {  // silu(gate) * up of the MLP.
+    const torch::Tensor up = torch::randn({4, 512, 2048}, bf16);
+    const torch::Tensor x = torch::randn({4, 512, 2048}, bf16);
+    const torch::Tensor g = torch::randn({4, 512, 2048}, bf16);
+    const double old_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::swiglu_ops(v, up); });
+    const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::swiglu(v, up); });
+    row("swiglu (grad in gate)", "(4, 512, 2048) bf16", old_ms, new_ms, 6.0 * 2 * x.numel());
+  }
+  for (int64_t width : {768, 2048}) {  // LoRA input dropout: attention/MLP inputs, down_proj's input
+    const torch::Tensor x = torch::randn({4, 512, width}, bf16);
+    const torch::Tensor g = torch::randn({4, 512, width}, bf16);
+    const double old_ms =
+        fwd_bwd_ms(x, g, [](const torch::Tensor& v) { return torch::dropout(v, 0.05, /*train=*/true); });
+    const double new_ms =
+        fwd_bwd_ms(x, g, [](const torch::Tensor& v) { return quant::dropout(v, 0.05, /*train=*/true); });
+    const std::string shape = "(4, 512, " + std::to_string(width) + ") bf16";
+    row("dropout p=0.05", shape.c_str(), old_ms, new_ms, 4.0 * 2 * x.numel());
+  }
+  return 0;
+}
