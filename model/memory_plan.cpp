@@ -61,7 +61,11 @@ int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
   const int64_t h = c.hidden_size, dq = c.q_dim(), dkv = c.kv_dim(), im = c.intermediate_size;
   const bool dropout = in.lora_dropout > 0.0;
   const bool cuda = in.device.rfind("cuda", 0) == 0;
-  const int64_t per_mask = cuda ? kBool : e;  // bytes per element of the saved dropout mask / noise
+  const bool fused = in.fused_cpu_ops && in.device.rfind("cpu", 0) == 0;
+  // Bytes per element of the saved dropout mask / noise: CUDA keeps a bool mask, LibTorch's CPU dropout the noise,
+  // the fused CPU dropout only a seed.
+  const int64_t per_mask = cuda ? kBool : fused ? 0 : e;
+  const int64_t norm_in = fused ? e : kFp32;  // what RMSNorm / the softmax keep per element
   // Ranks of layer 0's modules (the activation count is per layer; modules of layer 0 come first).
   std::map<std::string, int64_t> rank;
   for (const auto& m : in.lora) {
@@ -83,17 +87,17 @@ int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
   };
   const int64_t kv_saved = dq != dkv ? dq : dkv;  // repeat_kv copies when heads != kv heads
   int64_t per_token = 0;
-  per_token += 2 * kFp32 * h;  // two rms_norm fp32 inputs
+  per_token += 2 * norm_in * h;  // two rms_norm inputs (fp32 copies unfused, x itself fused)
   per_token += lora_input({"q_proj", "k_proj", "v_proj"}, h);
   per_token += e * dq + 2 * e * kv_saved;  // roped q, expanded k and v
   if (!in.fused_attention)
-    per_token += (kFp32 + e) * c.num_attention_heads * in.seq_len;  // softmax fp32 + probs
+    per_token += (fused ? e : kFp32 + e) * c.num_attention_heads * in.seq_len;  // (softmax fp32 +) probs
   else
     per_token += e * dq + kFp32 * c.num_attention_heads;  // fused kernel: its output and logsumexp per row
   per_token += lora_input({"o_proj"}, dq);
   per_token += has("o_proj") && dropout ? 0 : e * dq;  // attention output (o's input) unless only dropped
   per_token += lora_input({"gate_proj", "up_proj"}, h);
-  per_token += 3 * e * im;  // gate, silu(gate), up
+  per_token += (fused ? 2 : 3) * e * im;  // gate, up (and silu(gate) unfused)
   per_token += lora_input({"down_proj"}, im);
   per_token += has("down_proj") && dropout ? 0 : e * im;  // silu(gate)*up (down's input)
   return per_token * n;
@@ -196,17 +200,21 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   // Attention scores per layer (elements) that the eager path materializes; a fused kernel works in tiles.
   const int64_t scores = in.fused_attention ? 0 : n * c.num_attention_heads * in.seq_len;
   const int64_t mask = in.micro_batch * in.seq_len * in.seq_len * kBool + 2 * n * c.head_dim * e;  // mask, cos/sin
-  const int64_t hidden_out = n * h * (e + kFp32);  // final norm output + its fp32 input kept for backward
+  const bool fused = in.fused_cpu_ops && in.device.rfind("cpu", 0) == 0;  // quant/fused_ops.h kernels
+  const int64_t norm_in = fused ? e : kFp32;
+  const int64_t hidden_out = n * h * (e + norm_in);  // final norm output + the input it keeps for backward
   // Live beyond the saved tensors while a layer runs: in attention two fp32 score tensors at a time (cast ->
   // scale -> mask -> softmax), in backward the score gradient (fp32) next to the softmax's, plus the residual
   // gradients (compute dtype) and q/k/v/attention of the layer under no-grad forward.
-  const int64_t fwd_work = 2 * kFp32 * scores + n * e * (2 * h + 3 * c.q_dim());
-  const int64_t bwd_work = 2 * kFp32 * scores + 3 * layer_input;
+  const int64_t fwd_work = 2 * norm_in * scores + n * e * (2 * h + 3 * c.q_dim());
+  const int64_t bwd_work = 2 * norm_in * scores + 3 * layer_input;
   bool chunked = false;
   const int64_t chunk = loss_chunk_rows_tokens(in, &chunked);
-  // Loss of one chunk: forward cast bf16 -> fp32 and log_softmax (8 B/logit live); backward log_softmax output +
-  // nll gradient + log_softmax gradient (12 B/logit), then the compute-dtype gradient of the logits.
-  const int64_t loss_live = 3 * kFp32 * chunk * v;
+  // Loss of one chunk. Unfused: forward cast to fp32 and log_softmax (8 B/logit live); backward log_softmax output
+  // + nll gradient + log_softmax gradient (12 B/logit). Fused (CPU): the logits in the compute dtype and their
+  // gradient in the same dtype (2e B/logit) plus an fp32 log-sum-exp per row.
+  const int64_t per_logit = fused ? 2 * e : 3 * kFp32;
+  const int64_t loss_live = per_logit * chunk * v + (fused ? kFp32 * chunk : 0);
   const int64_t stored = in.gradient_checkpointing ? layers * layer_input : layers * saved_layer;
   const int64_t forward = stored + (in.gradient_checkpointing ? fwd_work : fwd_work + 0);
   const int64_t loss = stored + hidden_out + loss_live;
@@ -229,8 +237,8 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
                                            ") + score/residual gradients + final hidden"
                                      : "score/residual gradients + final hidden";
   } else if (p.peak_phase == "loss") {
-    what = fmt::format("final hidden + {} logits of {} tokens x {} vocab ({}; 12 B/logit)", chunked ? "chunked" : "all",
-                       chunk, v, chunked ? "recomputed per chunk" : "unchunked");
+    what = fmt::format("final hidden + {} logits of {} tokens x {} vocab ({}; {} B/logit)", chunked ? "chunked" : "all",
+                       chunk, v, chunked ? "recomputed per chunk" : "unchunked", per_logit);
   } else {
     what = "one layer's forward working set (attention scores, q/k/v)";
   }

@@ -64,6 +64,9 @@ struct MemoryPlanInputs {
   int64_t loss_chunk_tokens = 1024;
   // model/attention.cpp: LibTorch 2.x runs a fused kernel (no (T, T) scores kept); 1.13 the eager softmax path.
   bool fused_attention = TORCH_VERSION_MAJOR >= 2;
+  // quant/fused_ops.h: on CPU, RMSNorm, SwiGLU, dropout, the attention softmax and the loss run as fused kernels
+  // that keep their inputs in the compute dtype (no fp32 copies, no dropout noise: only a seed).
+  bool fused_cpu_ops = true;
   int64_t baseline_bytes = kDefaultCpuBaselineBytes;
   std::string device = "cpu";
 };

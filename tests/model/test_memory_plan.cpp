@@ -138,16 +138,30 @@ TEST(MemoryPlan, CheckpointingAndChunkingChangeWhatTheyClaim) {
   l3.gradient_checkpointing = true;
   l3.seq_len = 8192;
   l3.loss_chunk_tokens = 1 << 20;  // one chunk
+  // LibTorch's own ops (CUDA, or CPU without the fused kernels): 12 bytes per fp32 logit.
+  l3.fused_cpu_ops = false;
   const MemoryPlan whole = plan_memory(l3);
   EXPECT_EQ(whole.peak_phase, "loss");
   l3.loss_chunk_tokens = 1024;
   const MemoryPlan chunked = plan_memory(l3);
-  // 12 bytes per logit: the difference is 12 x (8191 - 1024) x 128256 exactly.
+  // The difference is 12 x (8191 - 1024) x 128256 exactly.
   EXPECT_GE(whole.activation_bytes - chunked.activation_bytes, 0);
   if (chunked.peak_phase == "loss") {
     EXPECT_EQ(whole.activation_bytes - chunked.activation_bytes, int64_t{12} * (8191 - 1024) * 128256);
   }
   EXPECT_GT(whole.activation_bytes - chunked.activation_bytes, int64_t{5} << 30);
+  // The fused CPU loss (quant/fused_ops.h): bf16 logits + their bf16 gradient (4 B/logit) + an fp32 per row.
+  l3.fused_cpu_ops = true;
+  l3.loss_chunk_tokens = 1 << 20;
+  const MemoryPlan fused_whole = plan_memory(l3);
+  EXPECT_EQ(fused_whole.peak_phase, "loss");
+  l3.loss_chunk_tokens = 1024;
+  const MemoryPlan fused_chunked = plan_memory(l3);
+  if (fused_chunked.peak_phase == "loss") {
+    EXPECT_EQ(fused_whole.activation_bytes - fused_chunked.activation_bytes,
+              int64_t{4} * (8191 - 1024) * 128256 + 4 * (8191 - 1024));
+  }
+  EXPECT_LT(fused_whole.activation_bytes, whole.activation_bytes);
 }
 
 TEST(MemoryPlan, StreamingMovesEveryLayerTwicePerMicroBatch) {
