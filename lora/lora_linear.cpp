@@ -57,9 +57,13 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = x;
   if (options_.dropout > 0.0 && is_training()) h = quant::dropout(x, options_.dropout, /*train=*/true);
   const auto dtype = x.scalar_type();
-  // (..., in) · Aᵀ -> (..., r); · Bᵀ -> (..., out). The casts are differentiable: grads flow to the fp32 masters.
+  // (..., in) · Aᵀ -> (..., r); then y + low · (scale B)ᵀ as one addmm: the scale goes on the small (out, r) B
+  // instead of the (tokens, out) product, and the sum is the matmul's accumulate (no separate mul and add passes).
+  // The casts are differentiable: gradients flow to A and B in their storage dtype.
   torch::Tensor low = torch::linear(h, lora_A_.to(dtype));
-  return y + torch::linear(low, lora_B_.to(dtype)) * scale_;
+  const torch::Tensor b_scaled = (lora_B_.to(torch::kFloat32) * scale_).to(dtype);
+  const int64_t out = y.size(-1);
+  return torch::addmm(y.reshape({-1, out}), low.reshape({-1, options_.r}), b_scaled.t()).view(y.sizes());
 }
 
 torch::Tensor LoraLinearImpl::delta_weight() const {
