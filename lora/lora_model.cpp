@@ -88,9 +88,7 @@ void freeze_all_but(model::LlamaModel& model, const LoraAdapters& adapters) {
 }  // namespace
 
 const std::vector<std::string>& llama_projection_suffixes() {
-  static const std::vector<std::string> kSuffixes = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                     "gate_proj", "up_proj", "down_proj"};
-  return kSuffixes;
+  return model::llama_projection_names();
 }
 
 void validate_lora_config(const LoraConfig& c) {

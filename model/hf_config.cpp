@@ -146,10 +146,10 @@ BnbQuantConfig parse_bnb(const json& q, const std::string& source) {
 
 int64_t LlamaConfig::num_parameters() const {
   const int64_t h = hidden_size;
-  const int64_t per_layer = 2 * h                                  // two RMSNorms
-                            + h * q_dim() + 2 * h * kv_dim()       // q, k, v
-                            + q_dim() * h                          // o
-                            + 3 * h * intermediate_size;           // gate, up, down
+  const int64_t per_layer = 2 * h                             // two RMSNorms
+                            + h * q_dim() + 2 * h * kv_dim()  // q, k, v
+                            + q_dim() * h                     // o
+                            + 3 * h * intermediate_size;      // gate, up, down
   const int64_t embed = vocab_size * h;
   return embed + (tie_word_embeddings ? 0 : embed) + num_hidden_layers * per_layer + h;
 }
@@ -170,10 +170,14 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
   }
   const std::string model_type = r.get_string("model_type", "");
   if (arch.empty()) {
-    if (model_type == "llama") arch = "LlamaForCausalLM";
-    else if (model_type == "mistral") arch = "MistralForCausalLM";
-    else if (model_type.empty()) r.fail("architectures", "missing (and no model_type either)", "is this an HF config.json?");
-    else r.fail("model_type", "unsupported model type '" + model_type + "'", "supported: llama, mistral");
+    if (model_type == "llama")
+      arch = "LlamaForCausalLM";
+    else if (model_type == "mistral")
+      arch = "MistralForCausalLM";
+    else if (model_type.empty())
+      r.fail("architectures", "missing (and no model_type either)", "is this an HF config.json?");
+    else
+      r.fail("model_type", "unsupported model type '" + model_type + "'", "supported: llama, mistral");
   }
   const bool mistral = arch == "MistralForCausalLM";
   if (arch != "LlamaForCausalLM" && !mistral) {
@@ -202,7 +206,8 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  if (c.head_dim % 2 != 0) r.fail("head_dim", "must be even for rotary embeddings (got " + std::to_string(c.head_dim) + ")");
+  if (c.head_dim % 2 != 0)
+    r.fail("head_dim", "must be even for rotary embeddings (got " + std::to_string(c.head_dim) + ")");
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     r.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
                                       std::to_string(c.num_attention_heads));
@@ -238,7 +243,8 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
       c.eos_token_ids.push_back(e.get<int64_t>());
     } else if (e.is_array() && !e.empty()) {
       for (const auto& v : e) {
-        if (!v.is_number_integer()) r.fail("eos_token_id", "must be an integer or a list of integers (got " + e.dump() + ")");
+        if (!v.is_number_integer())
+          r.fail("eos_token_id", "must be an integer or a list of integers (got " + e.dump() + ")");
         c.eos_token_ids.push_back(v.get<int64_t>());
       }
     } else {
@@ -256,6 +262,12 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
 
   if (r.has("quantization_config")) c.quantization = parse_bnb(j["quantization_config"], source);
   return c;
+}
+
+const std::vector<std::string>& llama_projection_names() {
+  static const std::vector<std::string> kNames = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                  "gate_proj", "up_proj", "down_proj"};
+  return kNames;
 }
 
 LlamaConfig load_llama_config(const fs::path& config_json) {

@@ -5,21 +5,20 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace qlora::model {
 
 namespace fs = std::filesystem;
 
 struct RopeScaling {
-  std::string type;                // "" (none) | "linear" | "llama3" | "dynamic" (rejected) ...
+  std::string type;  // "" (none) | "linear" | "llama3" | "dynamic" (rejected) ...
   double factor = 1.0;
-  double low_freq_factor = 1.0;    // llama3
-  double high_freq_factor = 4.0;   // llama3
+  double low_freq_factor = 1.0;                     // llama3
+  double high_freq_factor = 4.0;                    // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3
 };
 
@@ -40,7 +39,7 @@ struct LlamaConfig {
   int64_t num_hidden_layers = 32;
   int64_t num_attention_heads = 32;
   int64_t num_key_value_heads = 32;
-  int64_t head_dim = 128;                 // hidden_size / heads unless given
+  int64_t head_dim = 128;  // hidden_size / heads unless given
   int64_t max_position_embeddings = 2048;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
@@ -49,7 +48,7 @@ struct LlamaConfig {
   int64_t bos_token_id = 1;
   std::vector<int64_t> eos_token_ids = {2};
   std::optional<int64_t> pad_token_id;
-  std::string torch_dtype = "bfloat16";   // "torch_dtype" (or transformers v5 "dtype")
+  std::string torch_dtype = "bfloat16";  // "torch_dtype" (or transformers v5 "dtype")
   std::string hidden_act = "silu";
   std::optional<BnbQuantConfig> quantization;  // present for bnb-4bit checkpoints
 
@@ -66,5 +65,9 @@ struct LlamaConfig {
 LlamaConfig load_llama_config(const fs::path& config_json);
 LlamaConfig parse_llama_config(const nlohmann::json& j, const std::string& source_name);
 nlohmann::json llama_config_to_json(const LlamaConfig& c);  // a config.json transformers can read
+
+// The 7 linear projections of a Llama decoder layer, in layer order: q_proj, k_proj, v_proj, o_proj, gate_proj,
+// up_proj, down_proj (the suffixes HF names them by, and what NF4 quantization and "all-linear" LoRA target).
+const std::vector<std::string>& llama_projection_names();
 
 }  // namespace qlora::model

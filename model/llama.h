@@ -29,8 +29,7 @@ struct LoadOptions {
   bool double_quant = true;
   bool quantize_lm_head = false;
   // Which projections to quantize (suffixes); others stay dense.
-  std::vector<std::string> quant_targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                            "down_proj"};
+  std::vector<std::string> quant_targets = llama_projection_names();
   torch::Device device = torch::kCPU;
   bool show_progress = true;
 };

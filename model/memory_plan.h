@@ -52,8 +52,7 @@ struct MemoryPlanInputs {
   std::optional<quant::QuantType> quant = quant::QuantType::kNF4;  // nullopt: projections dense
   int64_t blocksize = quant::kDefaultBlocksize;
   bool double_quant = true;
-  std::vector<std::string> quant_targets = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                            "gate_proj", "up_proj", "down_proj"};
+  std::vector<std::string> quant_targets = llama_projection_names();
   std::vector<LoraModuleShape> lora;               // one entry per adapted module, each module as attach_lora makes it
   double lora_dropout = 0.0;                       // > 0: each adapted module keeps its dropout output and mask
   torch::ScalarType lora_dtype = torch::kFloat32;  // storage dtype of A/B and their gradients (lora.dtype)
