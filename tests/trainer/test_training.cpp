@@ -129,6 +129,39 @@ void expect_same_adapter(const fs::path& a, const fs::path& b) {
   EXPECT_EQ(read_file(a / lora::kAdapterWeightsFile), read_file(b / lora::kAdapterWeightsFile));
 }
 
+// A short run that must learn: one micro-batch of 4 rows per step, lr 1e-2 constant, no dropout, no
+// gradient checkpointing, no checkpoints, a log line every 10 steps.
+RunSpec learning_spec(int64_t steps) {
+  RunSpec s;
+  s.max_steps = steps;
+  s.checkpoint_every = 0;
+  s.grad_accum = 1;
+  s.micro_batch = 4;
+  s.lr = 1e-2;
+  s.dropout = 0.0;
+  s.schedule = "constant";
+  s.checkpointing = false;
+  s.log_every = 10;
+  return s;
+}
+
+// Trains `cfg` and returns the loss of every step (and the summary in `summary` when given).
+std::vector<double> step_losses(const TrainConfig& cfg, TrainSummary* summary = nullptr) {
+  std::vector<double> losses;
+  TrainerOptions opts;
+  opts.on_step = [&](const StepMetrics& m) { losses.push_back(m.loss); };
+  TrainSummary sum = run_training(cfg, opts);
+  if (summary) *summary = sum;
+  return losses;
+}
+
+// Mean of losses[begin, end).
+double mean_loss(const std::vector<double>& losses, size_t begin, size_t end) {
+  double sum = 0.0;
+  for (size_t i = begin; i < end; ++i) sum += losses[i];
+  return sum / static_cast<double>(end - begin);
+}
+
 class TrainerRun : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -139,25 +172,14 @@ class TrainerRun : public ::testing::Test {
 
 TEST_F(TrainerRun, LossFallsOnLearnableData) {
   const fs::path dir = test::temp_dir();
-  RunSpec s;
-  s.max_steps = 40;
-  s.checkpoint_every = 0;
+  RunSpec s = learning_spec(40);
   s.eval_every = 20;
-  s.grad_accum = 1;
-  s.micro_batch = 4;
-  s.lr = 1e-2;
-  s.dropout = 0.0;
-  s.schedule = "constant";
-  s.checkpointing = false;
-  s.log_every = 10;
-  std::vector<double> losses;
-  TrainerOptions opts;
-  opts.on_step = [&](const StepMetrics& m) { losses.push_back(m.loss); };
-  TrainSummary sum = run_training(config_in(dir, s), opts);
+  TrainSummary sum;
+  const std::vector<double> losses = step_losses(config_in(dir, s), &sum);
 
   ASSERT_EQ(losses.size(), 40u);
-  const double first = (losses[0] + losses[1] + losses[2]) / 3.0;
-  const double last = (losses[35] + losses[36] + losses[37] + losses[38] + losses[39]) / 5.0;
+  const double first = mean_loss(losses, 0, 3);
+  const double last = mean_loss(losses, 35, 40);
   EXPECT_LT(last, kLossFallFraction * first) << "first " << first << " last " << last;
   EXPECT_EQ(sum.steps, 40);
   EXPECT_GT(sum.tokens, 0);
@@ -222,7 +244,7 @@ TEST_F(TrainerRun, ResumeIsBitwiseExact) {
 // adapters are bf16-representable (what the parameters held), and resuming is still bitwise exact.
 TEST_F(TrainerRun, Bf16AdaptersWithOffloadLearnAndResumeExactly) {
   const fs::path root = test::temp_dir();
-  RunSpec s;
+  RunSpec s;  // checkpoints every 4 steps, dropout 0.1, gradient checkpointing on
   s.lora_dtype = "bf16";
   s.optimizer_offload = true;
   s.max_steps = 16;
@@ -230,13 +252,11 @@ TEST_F(TrainerRun, Bf16AdaptersWithOffloadLearnAndResumeExactly) {
   s.micro_batch = 4;
   s.lr = 1e-2;
   s.schedule = "constant";
-  std::vector<double> losses;
-  TrainerOptions opts;
-  opts.on_step = [&](const StepMetrics& m) { losses.push_back(m.loss); };
-  TrainSummary full = run_training(config_in(root / "full", s), opts);
+  TrainSummary full;
+  const std::vector<double> losses = step_losses(config_in(root / "full", s), &full);
   ASSERT_EQ(losses.size(), 16u);
-  const double first = (losses[0] + losses[1] + losses[2]) / 3.0;
-  const double last = (losses[13] + losses[14] + losses[15]) / 3.0;
+  const double first = mean_loss(losses, 0, 3);
+  const double last = mean_loss(losses, 13, 16);
   EXPECT_LT(last, 0.8 * first) << "first " << first << " last " << last;
   const auto adapter = lora::load_adapter(root / "full" / "out");
   ASSERT_FALSE(adapter.modules.empty());
@@ -416,25 +436,14 @@ TEST(TrainerLlama3, TinyLlama3TrainsWithLlama3Template) {
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "LICENSE", "NOTICE", "model.safetensors"}) {
     EXPECT_TRUE(fs::exists(dir / "model" / f)) << f;
   }
-  RunSpec s;
+  RunSpec s = learning_spec(30);
   s.model = dir / "model";
   s.tmpl = "llama3";
-  s.max_steps = 30;
-  s.checkpoint_every = 0;
-  s.grad_accum = 1;
-  s.micro_batch = 4;
-  s.lr = 1e-2;
-  s.dropout = 0.0;
-  s.schedule = "constant";
-  s.checkpointing = false;
-  s.log_every = 10;
-  std::vector<double> losses;
-  TrainerOptions opts;
-  opts.on_step = [&](const StepMetrics& m) { losses.push_back(m.loss); };
-  const TrainSummary sum = run_training(config_in(dir / "run", s), opts);
+  TrainSummary sum;
+  const std::vector<double> losses = step_losses(config_in(dir / "run", s), &sum);
   ASSERT_EQ(losses.size(), 30u);
-  const double first = (losses[0] + losses[1] + losses[2]) / 3.0;
-  const double last = (losses[25] + losses[26] + losses[27] + losses[28] + losses[29]) / 5.0;
+  const double first = mean_loss(losses, 0, 3);
+  const double last = mean_loss(losses, 25, 30);
   EXPECT_LT(last, kLlama3LossFallFraction * first) << "first " << first << " last " << last;
   std::printf("    tiny-llama3 loss: first 3 steps %.3f, last 5 steps %.3f (ratio %.3f)\n", first, last, last / first);
   EXPECT_TRUE(fs::exists(dir / "run" / "out" / lora::kAdapterWeightsFile));
