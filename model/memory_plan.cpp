@@ -30,6 +30,15 @@ std::vector<Proj> layer_projections(const LlamaConfig& c) {
           {"gate_proj", i, h},      {"up_proj", i, h},         {"down_proj", h, i}};
 }
 
+// A CPU run: the host is the device (offloading to it saves nothing).
+bool on_host(const MemoryPlanInputs& in) {
+  return in.device.rfind("cpu", 0) == 0;
+}
+// Whether the fused CPU kernels of quant/fused_ops.h (which keep no fp32 copies) do the run's element-wise work.
+bool uses_fused_cpu_ops(const MemoryPlanInputs& in) {
+  return in.fused_cpu_ops && on_host(in);
+}
+
 bool is_quant_target(const MemoryPlanInputs& in, const std::string& proj) {
   return in.quant && std::find(in.quant_targets.begin(), in.quant_targets.end(), proj) != in.quant_targets.end();
 }
@@ -61,7 +70,7 @@ int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
   const int64_t h = c.hidden_size, dq = c.q_dim(), dkv = c.kv_dim(), im = c.intermediate_size;
   const bool dropout = in.lora_dropout > 0.0;
   const bool cuda = in.device.rfind("cuda", 0) == 0;
-  const bool fused = in.fused_cpu_ops && in.device.rfind("cpu", 0) == 0;
+  const bool fused = uses_fused_cpu_ops(in);
   // Bytes per element of the saved dropout mask / noise: CUDA keeps a bool mask, LibTorch's CPU dropout the noise,
   // the fused CPU dropout only a seed.
   const int64_t per_mask = cuda ? kBool : fused ? 0 : e;
@@ -169,9 +178,8 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   add("lora", "adapter weights (" + ln + (ln == "fp32" ? " masters)" : ")"), lb * p.lora_params,
       fmt::format("{:.1f} M params in {} modules", mp, in.lora.size()));
   add("lora", "adapter gradients (" + ln + ")", lb * p.lora_params, "");
-  const bool on_host = in.device.rfind("cpu", 0) == 0;
   const int64_t adam = 2 * kFp32 * p.lora_params;
-  if (in.optimizer_offload && !on_host) {
+  if (in.optimizer_offload && !on_host(in)) {
     p.items.push_back({"host", "AdamW states (fp32 m, v)", adam, "offloaded: host memory, not on the device"});
     p.host_bytes += adam;
   } else {
@@ -200,7 +208,7 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   // Attention scores per layer (elements) that the eager path materializes; a fused kernel works in tiles.
   const int64_t scores = in.fused_attention ? 0 : n * c.num_attention_heads * in.seq_len;
   const int64_t mask = in.micro_batch * in.seq_len * in.seq_len * kBool + 2 * n * c.head_dim * e;  // mask, cos/sin
-  const bool fused = in.fused_cpu_ops && in.device.rfind("cpu", 0) == 0;  // quant/fused_ops.h kernels
+  const bool fused = uses_fused_cpu_ops(in);
   const int64_t norm_in = fused ? e : kFp32;
   const int64_t hidden_out = n * h * (e + norm_in);  // final norm output + the input it keeps for backward
   // Live beyond the saved tensors while a layer runs: in attention two fp32 score tensors at a time (cast ->
@@ -340,7 +348,7 @@ std::vector<PlanChange> cheapest_changes(const MemoryPlan& plan, int64_t budget_
     bf16.lora_dtype = both.lora_dtype = torch::kBFloat16;
     offload.optimizer_offload = both.optimizer_offload = true;
     const bool can_bf16 = base.lora_dtype == torch::kFloat32;
-    const bool can_offload = !base.optimizer_offload && base.device.rfind("cpu", 0) != 0;
+    const bool can_offload = !base.optimizer_offload && !on_host(base);
     bool fit = can_bf16 && try_change("--set lora.dtype=bf16", bf16);
     fit = (can_offload && try_change("--set train.optimizer_offload=true", offload)) || fit;
     if (!fit && can_bf16 && can_offload) {
