@@ -1,28 +1,38 @@
 # The two commands of the README:
 #   make demo  - install dependencies, build, make the tiny model and fine-tune it end to end
-#   make test  - install dependencies, build, run the test suite
+#   make test  - install dependencies, build, run the test suite (unit + interop against the real Python tools)
+# Other targets: make cuda (the CUDA configuration: kernels and NCCL, in build-cuda/), make bench, make asan.
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+CMAKE := .venv/bin/cmake
+CTEST := .venv/bin/ctest
 
-.PHONY: all deps configure build test demo bench asan format clean
+.PHONY: all deps deps-interop configure build test demo cuda bench asan format clean
 
 all: build
 
 deps:
 	bash scripts/install-deps.sh
 
+deps-interop:
+	bash scripts/install-deps.sh --interop
+
 configure: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+	$(CMAKE) -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
 
 build: configure
-	cmake --build $(BUILD) -j$(JOBS)
+	$(CMAKE) --build $(BUILD) -j$(JOBS)
 
-test: build
-	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+test: build deps-interop
+	$(CTEST) --test-dir $(BUILD) --output-on-failure -j$(JOBS)
 
 demo: build
 	bash scripts/demo.sh $(BUILD)
+
+# The CUDA configuration on its own (what CI compiles; `build` is the same where nvcc is found).
+cuda:
+	$(MAKE) build BUILD=build-cuda CMAKE_FLAGS="-DQLORA_CUDA=ON $(CMAKE_FLAGS)"
 
 bench: build
 	bash scripts/bench.sh $(BUILD)
@@ -32,7 +42,7 @@ asan:
 	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DQLORA_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo"
 
 format:
-	clang-format -i $$(git ls-files '*.cpp' '*.h')
+	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
 
 clean:
 	rm -rf $(BUILD)

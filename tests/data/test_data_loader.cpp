@@ -25,14 +25,19 @@ using test::write_text_file;
 constexpr int32_t kBos = 1;
 constexpr int32_t kEos = 2;
 
-std::vector<int32_t> bytes_of(const std::string& s) { return ByteTokenizer().encode(s); }
+std::vector<int32_t> bytes_of(const std::string& s) {
+  return ByteTokenizer().encode(s);
+}
 
 // Completion records "p<i>: ..." -> "c<i>" with lengths varying with i.
 std::vector<json> completion_records(int n) {
   std::vector<json> out;
   for (int i = 0; i < n; ++i) {
-    out.push_back({{"prompt", "p" + std::to_string(i) + ": " + std::string(static_cast<size_t>(i * 7 % 23), 'x')},
-                   {"completion", "c" + std::to_string(i) + std::string(static_cast<size_t>(i * 5 % 11), 'y')}});
+    // Built with append: GCC 12's C++20 `"literal" + std::string&&` trips a false -Wstringop-overflow at -O2.
+    std::string prompt = "p", completion = "c";
+    prompt.append(std::to_string(i)).append(": ").append(static_cast<size_t>(i * 7 % 23), 'x');
+    completion.append(std::to_string(i)).append(static_cast<size_t>(i * 5 % 11), 'y');
+    out.push_back({{"prompt", prompt}, {"completion", completion}});
   }
   return out;
 }
@@ -110,7 +115,8 @@ void expect_same_batches(const std::vector<Batch>& a, const std::vector<Batch>& 
 }
 
 DataConfig completion_config(const fs::path& dir, const std::string& extra = "") {
-  DataConfig c = make_config("train: " + (dir / "train.jsonl").string() + "\nformat: completion\nmax_seq_len: 96\n" + extra);
+  DataConfig c =
+      make_config("train: " + (dir / "train.jsonl").string() + "\nformat: completion\nmax_seq_len: 96\n" + extra);
   return c;
 }
 
@@ -145,8 +151,8 @@ TEST(DataLoader, PadToMaxSeqLenAndPadId) {
   const auto dir = temp_dir();
   write_jsonl(dir / "train.jsonl", completion_records(3));
   ByteTokenizer tok(/*pad=*/0);
-  DataLoader dl(completion_config(dir, "packing: false\nshuffle_buffer: 0\npad_to_max_seq_len: true\n"), tok, Split::kTrain,
-                3, 1, 1);
+  DataLoader dl(completion_config(dir, "packing: false\nshuffle_buffer: 0\npad_to_max_seq_len: true\n"), tok,
+                Split::kTrain, 3, 1, 1);
   auto b = dl.next();
   ASSERT_TRUE(b);
   EXPECT_EQ(b->input_ids.size(1), 96);
@@ -176,8 +182,8 @@ TEST(DataLoader, ChatMasksEveryNonAssistantTurn) {
                       {{"role", "assistant"}, {"content", "Ciao"}}}}};
   write_jsonl(dir / "train.jsonl", {rec});
   ByteTokenizer tok;
-  DataLoader dl(make_config("train: " + (dir / "train.jsonl").string() + "\nformat: chat\ntemplate: llama2-chat\n"), tok,
-                Split::kTrain, 1, 1, 1);
+  DataLoader dl(make_config("train: " + (dir / "train.jsonl").string() + "\nformat: chat\ntemplate: llama2-chat\n"),
+                tok, Split::kTrain, 1, 1, 1);
   const auto ex = split_examples(*dl.next());
   ASSERT_EQ(ex.size(), 1u);
   // Hand-built: <s>[INST] Hi [/INST] Hello</s><s>[INST] Bye [/INST] Ciao</s>, trained spans Hello</s> and Ciao</s>.
@@ -220,7 +226,8 @@ TEST(DataLoader, PackingKeepsEveryExampleWholeAndSeparate) {
     }
     // Each allowed (t, s) pair lies within one example: same segment id, and no boundary between s and t.
     const auto pos = b.position_ids;
-    const auto same_example = (pos.unsqueeze(2) - pos.unsqueeze(1)) == (torch::arange(96).view({96, 1}) - torch::arange(96).view({1, 96}));
+    const auto same_example =
+        (pos.unsqueeze(2) - pos.unsqueeze(1)) == (torch::arange(96).view({96, 1}) - torch::arange(96).view({1, 96}));
     EXPECT_TRUE(torch::equal(allowed & same_example, allowed));
     label_tokens += b.num_label_tokens;
     examples += b.num_examples;
@@ -272,7 +279,8 @@ TEST(DataLoader, ShuffleIsDeterministicPerSeed) {
   const auto a = order(1), a2 = order(1), b = order(2);
   EXPECT_EQ(a, a2);
   EXPECT_NE(a, b);
-  EXPECT_EQ(std::multiset<std::vector<int32_t>>(a.begin(), a.end()), std::multiset<std::vector<int32_t>>(b.begin(), b.end()));
+  EXPECT_EQ(std::multiset<std::vector<int32_t>>(a.begin(), a.end()),
+            std::multiset<std::vector<int32_t>>(b.begin(), b.end()));
   // Not the file order.
   std::vector<std::vector<int32_t>> file_order;
   for (const auto& r : completion_records(80)) file_order.push_back(expected_completion(r).first);
@@ -294,7 +302,8 @@ TEST(DataLoader, EpochsRepeatTheDataInANewOrder) {
     for (const auto& ex : split_examples(batches[i])) (i < 4 ? e0 : e1).push_back(ex.first);
   }
   EXPECT_NE(e0, e1);
-  EXPECT_EQ(std::multiset<std::vector<int32_t>>(e0.begin(), e0.end()), std::multiset<std::vector<int32_t>>(e1.begin(), e1.end()));
+  EXPECT_EQ(std::multiset<std::vector<int32_t>>(e0.begin(), e0.end()),
+            std::multiset<std::vector<int32_t>>(e1.begin(), e1.end()));
 }
 
 // Resume: run k batches, save the cursor (through a JSON text round trip), restore into a fresh loader and
@@ -344,7 +353,8 @@ TEST(DataLoader, RestoreRejectsAnotherDataset) {
   ByteTokenizer tok;
   DataLoader a(completion_config(dir), tok, Split::kTrain, 1, 1, 1);
   a.next();
-  DataLoader b(make_config("train: " + (dir / "other.jsonl").string() + "\nformat: completion\n"), tok, Split::kTrain, 1, 1, 1);
+  DataLoader b(make_config("train: " + (dir / "other.jsonl").string() + "\nformat: completion\n"), tok, Split::kTrain,
+               1, 1, 1);
   EXPECT_THROW(b.restore(a.state()), Error);
   DataLoader c(completion_config(dir), tok, Split::kTrain, 2, 1, 1);
   EXPECT_THROW(c.restore(a.state()), Error);
@@ -498,8 +508,9 @@ TEST(DataLoader, PlainTextParagraphsAndDirectories) {
   write_text_file(dir / "corpus" / "a.txt", "first line\nsecond line\n\n\nnext para\r\n");
   write_text_file(dir / "corpus" / "b.txt", "  \nlast one");
   ByteTokenizer tok;
-  DataLoader dl(make_config("train: " + (dir / "corpus").string() + "\nformat: text\npacking: false\nshuffle_buffer: 0\n"),
-                tok, Split::kTrain, 8, 1, 1);
+  DataLoader dl(
+      make_config("train: " + (dir / "corpus").string() + "\nformat: text\npacking: false\nshuffle_buffer: 0\n"), tok,
+      Split::kTrain, 8, 1, 1);
   const auto ex = split_examples(*dl.next());
   ASSERT_EQ(ex.size(), 3u);
   const auto doc = [&](const std::string& s) {
@@ -539,8 +550,8 @@ TEST(DataLoader, StreamingKeepsMemoryBounded) {
   }
   ASSERT_GT(fs::file_size(p), 35u << 20);
   ByteTokenizer tok;
-  DataLoader dl(make_config("train: " + p.string() + "\nformat: completion\nmax_seq_len: 512\nshuffle_buffer: 1000\n"), tok,
-                Split::kTrain, 4, 1, 1);
+  DataLoader dl(make_config("train: " + p.string() + "\nformat: completion\nmax_seq_len: 512\nshuffle_buffer: 1000\n"),
+                tok, Split::kTrain, 4, 1, 1);
   const size_t before = current_rss_bytes();
   size_t peak_growth = 0;
   int64_t examples = 0;
