@@ -21,6 +21,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
+
+#include "quant/codec_4bit.h"
 
 namespace qlora::quant::detail {
 namespace {
@@ -29,6 +32,7 @@ enum class OutKind { kF32, kBF16, kF16 };
 
 // ---------------------------------------------------------------------------------------------------
 // Scalar reference: the specification the SIMD paths are tested against.
+// The per-element arithmetic is quant/codec_4bit.h, which the CUDA kernel runs too.
 template <class T>
 void blocks_scalar(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1, const float* am,
                    const float* code, T* out) {
@@ -36,9 +40,12 @@ void blocks_scalar(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int
     const float a = am[b - b0];
     const int64_t e1 = std::min(n, (b + 1) * bs);
     for (int64_t e = b * bs; e < e1; ++e) {
-      const uint8_t byte = packed[e >> 1];
-      const int nib = (e & 1) ? (byte & 0x0F) : (byte >> 4);
-      out[e] = static_cast<T>(code[nib] * a);
+      const float v = codec::dequant_value(packed, e, code, a);
+      if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        out[e] = c10::BFloat16(codec::bf16_bits_rne(v), c10::BFloat16::from_bits());
+      } else {
+        out[e] = static_cast<T>(v);
+      }
     }
   }
 }
@@ -138,8 +145,8 @@ QLORA_AVX512 inline __m256i bf16_rne_avx512(__m512 v) {
 }
 
 template <OutKind K>
-QLORA_AVX512 void blocks_avx512(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1,
-                                const float* am, const float* code, void* out_v) {
+QLORA_AVX512 void blocks_avx512(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1, const float* am,
+                                const float* code, void* out_v) {
   const __m512 vcode = _mm512_loadu_ps(code);
   const __m512i m0f = _mm512_set1_epi32(0x0F);
   const __m512i ilv_a = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -196,15 +203,15 @@ void blocks_scalar_v(const uint8_t* p, int64_t n, int64_t bs, int64_t b0, int64_
 BlockFn pick_kernel(Isa isa, OutKind k) {
   switch (isa) {
     case Isa::kAvx512:
-      return k == OutKind::kF32 ? blocks_avx512<OutKind::kF32>
+      return k == OutKind::kF32    ? blocks_avx512<OutKind::kF32>
              : k == OutKind::kBF16 ? blocks_avx512<OutKind::kBF16>
                                    : blocks_avx512<OutKind::kF16>;
     case Isa::kAvx2:
-      return k == OutKind::kF32 ? blocks_avx2<OutKind::kF32>
+      return k == OutKind::kF32    ? blocks_avx2<OutKind::kF32>
              : k == OutKind::kBF16 ? blocks_avx2<OutKind::kBF16>
                                    : blocks_avx2<OutKind::kF16>;
     default:
-      return k == OutKind::kF32 ? blocks_scalar_v<float>
+      return k == OutKind::kF32    ? blocks_scalar_v<float>
              : k == OutKind::kBF16 ? blocks_scalar_v<c10::BFloat16>
                                    : blocks_scalar_v<c10::Half>;
   }
@@ -344,8 +351,7 @@ void decode_absmax(const QuantizedTensor& q, int64_t b0, int64_t b1, float* dst)
   const float* a2 = q.absmax2.data_ptr<float>();
   const float* dyn = q.nested_code.data_ptr<float>();
   for (int64_t i = b0; i < b1; ++i) {
-    volatile float scaled = dyn[qa[i]] * a2[i / kNestedBlocksize];  // rounded on its own: no fused multiply-add
-    dst[i - b0] = scaled + q.offset;
+    dst[i - b0] = codec::absmax_from_dq(qa[i], a2[i / kNestedBlocksize], q.offset, dyn);
   }
 }
 

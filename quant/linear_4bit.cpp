@@ -4,6 +4,14 @@
 
 #include <torch/torch.h>
 
+#include <vector>
+
+#include "quant/gemv_4bit.h"
+
+#if defined(QLORA_WITH_CUDA)
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace qlora::quant {
 namespace {
 
@@ -46,13 +54,22 @@ QuantizedTensor load_quantized(AutogradContext* ctx) {
 // call to call (grown to the largest weight seen), never a fresh allocation: a fresh multi-MiB block is a new
 // mapping whose pages fault in on first touch (~30 us each on our VMs), which made the frozen linear ~3x slower
 // than a dense one (bench/RESULTS.md). The result lives only until the next call on this thread: forward and
-// backward use it for one matmul and keep nothing (autograd is off inside a custom Function). Other devices
+// backward use it for one matmul and keep nothing (autograd is off inside a custom Function). A CUDA device gets
+// one such buffer per thread too (the dequant kernel and the matmul that reads it are ordered on the thread's
+// current stream, so the next call cannot overwrite it early): no allocator traffic per projection. Other devices
 // allocate through their own caching allocator.
 torch::Tensor dequantize_scratch(const QuantizedTensor& w, torch::ScalarType dtype) {
-  if (!w.device().is_cpu()) return dequantize_4bit(w, dtype);
-  thread_local torch::Tensor scratch;  // uint8, 64-byte aligned by LibTorch's CPU allocator
+  const torch::Device dev = w.device();
+  if (!dev.is_cpu() && !dev.is_cuda()) return dequantize_4bit(w, dtype);
+  thread_local std::vector<torch::Tensor> scratch_by_device;  // [0]: CPU, [1 + i]: cuda:i
+  const size_t slot = dev.is_cpu() ? 0 : 1 + static_cast<size_t>(dev.has_index() ? dev.index() : 0);
+  if (scratch_by_device.size() <= slot) scratch_by_device.resize(slot + 1);
+  torch::Tensor& scratch = scratch_by_device[slot];  // uint8, 64-byte (CPU) / 512-byte (CUDA) aligned
   const int64_t bytes = w.numel() * static_cast<int64_t>(c10::elementSize(dtype));
-  if (!scratch.defined() || scratch.numel() < bytes) scratch = torch::empty({bytes}, torch::kUInt8);
+  if (!scratch.defined() || scratch.numel() < bytes) {
+    scratch = torch::Tensor();  // free the smaller one first
+    scratch = torch::empty({bytes}, torch::TensorOptions().dtype(torch::kUInt8).device(dev));
+  }
   torch::Tensor out = scratch.narrow(0, 0, bytes).view(dtype).view(w.shape);
   dequantize_4bit_into(w, out);
   return out;
@@ -68,6 +85,13 @@ torch::Tensor LinearNF4Function::forward(AutogradContext* ctx, const torch::Tens
               w.shape[1]);
   save_quantized(ctx, w);
   ctx->saved_data["has_bias"] = bias.defined();
+  if (gemv_4bit_applies(w, x)) {  // batch-1 decoding on a GPU: read the 4-bit codes once, no dequantized copy
+    torch::Tensor y = gemv_4bit(w, x.reshape({x.size(-1)}));
+    if (bias.defined()) y = y + bias.to(y.scalar_type());
+    auto shape = x.sizes().vec();
+    shape.back() = w.shape[0];
+    return y.view(shape);
+  }
   const torch::Tensor wd = dequantize_scratch(w, x.scalar_type());  // (out, in), not kept past this call
   return torch::linear(x, wd, bias.defined() ? bias.to(x.scalar_type()) : bias);
 }
@@ -84,6 +108,52 @@ torch::autograd::variable_list LinearNF4Function::backward(AutogradContext* ctx,
     grad_bias = g.reshape({-1, g.size(-1)}).sum(0);
   }
   return {grad_x, grad_bias, torch::Tensor()};
+}
+
+bool gemv_4bit_applies(const QuantizedTensor& w, const torch::Tensor& x) {
+  const auto aligned16 = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+  return x.is_cuda() && w.device() == x.device() && x.scalar_type() == torch::kBFloat16 && x.is_contiguous() &&
+         w.shape.size() == 2 && x.numel() == w.shape[1] && w.shape[1] % 32 == 0 && w.packed.is_contiguous() &&
+         aligned16(x) && aligned16(w.packed);
+}
+
+torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
+  TORCH_CHECK(w.shape.size() == 2 && x.numel() == w.shape[1] && w.shape[1] % 32 == 0, "gemv_4bit: x has ", x.numel(),
+              " elements, W is ", w.shape, " (in must be a multiple of 32)");
+  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && x.device() == w.device(), "gemv_4bit: x must be bf16 on ",
+              w.device());
+  const torch::Tensor xc = x.contiguous();
+  const torch::Tensor code = w.code.to(torch::kFloat32).contiguous();
+  torch::Tensor y =
+      torch::empty(x.dim() == 2 ? std::vector<int64_t>{1, w.shape[0]} : std::vector<int64_t>{w.shape[0]}, xc.options());
+  Gemv4bitArgs a;
+  a.packed = w.packed.data_ptr<uint8_t>();
+  a.code = code.data_ptr<float>();
+  if (w.double_quant) {
+    a.qabsmax = w.absmax.data_ptr<uint8_t>();
+    a.absmax2 = w.absmax2.data_ptr<float>();
+    a.nested_code = w.nested_code.data_ptr<float>();
+    a.offset = w.offset;
+  } else {
+    a.absmax = w.absmax.data_ptr<float>();
+  }
+  a.out_features = w.shape[0];
+  a.in_features = w.shape[1];
+  a.blocksize = w.blocksize;
+  a.x = static_cast<const uint16_t*>(xc.data_ptr());
+  a.out_bf16 = true;
+  a.y = y.data_ptr();
+  if (xc.is_cpu()) {
+    gemv_4bit_ref(a);
+    return y;
+  }
+#if defined(QLORA_WITH_CUDA)
+  if (xc.is_cuda()) {
+    cuda::gemv_4bit(a, c10::cuda::getCurrentCUDAStream(xc.device().index()).stream());
+    return y;
+  }
+#endif
+  TORCH_CHECK(false, "gemv_4bit: no kernel for device ", xc.device(), " in this build");
 }
 
 torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias) {

@@ -12,8 +12,7 @@ namespace qlora::quant {
 // W into x's dtype, runs torch::linear and saves only the QuantizedTensor's parts (in ctx->saved_data);
 // backward dequantizes again: grad_x = grad_y · W, grad_bias = sum of grad_y over leading dims, no grad for W.
 struct LinearNF4Function : public torch::autograd::Function<LinearNF4Function> {
-  // x: (..., in), bias: (out) or nullopt -> (..., out). (LibTorch 1.13 rejects an undefined Tensor argument,
-  // hence the optional.)
+  // x: (..., in), bias: (out) or nullopt -> (..., out).
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
                                const c10::optional<torch::Tensor>& bias, const QuantizedTensor& w);
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -21,7 +20,16 @@ struct LinearNF4Function : public torch::autograd::Function<LinearNF4Function> {
 };
 
 // x: (..., in) -> (..., out), computed in x's dtype. Differentiable w.r.t. x (and bias if it requires grad).
+// A single bf16 row on a CUDA device (batch-1 decoding) goes through the 4-bit GEMV kernel instead of dequant +
+// matmul (gemv_4bit below); everything else dequantizes into a reused per-thread, per-device buffer.
 torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias = {});
+
+// y = W x for one bf16 row x: (in) or (1, in) -> (out) or (1, out), W read as 4-bit codes (quant/gemv_4bit.h; its
+// summation order is specified, so CPU and CUDA give the same bits). CPU: the scalar reference (slow: tests);
+// CUDA: the kernel (CUDA builds). Needs in % 32 == 0, a contiguous bf16 x on W's device; no autograd.
+torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x);
+// Whether gemv_4bit can take this x for w (one row, bf16, CUDA, sizes and alignment as the kernel needs).
+bool gemv_4bit_applies(const QuantizedTensor& w, const torch::Tensor& x);
 
 // Module holding a frozen 4-bit weight (and optional bias). Built by quantizing a dense weight or from
 // stored quantized parts (a bnb-4bit checkpoint). The 4-bit parts are registered as buffers ("weight",

@@ -16,6 +16,12 @@
 #include "common/error.h"
 #include "quant/dequant_kernels.h"
 
+#if defined(QLORA_WITH_CUDA)
+#include <c10/cuda/CUDAStream.h>
+
+#include "quant/dequant_cuda.h"
+#endif
+
 namespace qlora::quant {
 namespace {
 
@@ -287,7 +293,59 @@ QuantizedTensor detail::quantize_4bit_with(const torch::Tensor& w, QuantType typ
   return w.device().is_cpu() ? q : q.to(w.device());
 }
 
+namespace {
+
+// The CUDA kernel (quant/dequant_cuda.cu) when this is a CUDA build and q, out are CUDA tensors it can take;
+// false otherwise (the caller falls back to LibTorch ops).
+bool dequantize_cuda_into(const QuantizedTensor& q, torch::Tensor& out) {
+#if defined(QLORA_WITH_CUDA)
+  if (!q.device().is_cuda()) return false;
+  cuda::Dequant4bitArgs a;
+  switch (out.scalar_type()) {
+    case torch::kFloat32:
+      a.out_type = cuda::OutType::kF32;
+      break;
+    case torch::kBFloat16:
+      a.out_type = cuda::OutType::kBF16;
+      break;
+    case torch::kHalf:
+      a.out_type = cuda::OutType::kF16;
+      break;
+    default:
+      return false;
+  }
+  const auto aligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
+  if (!q.packed.is_contiguous() || !aligned(q.packed.data_ptr(), 4) || !aligned(out.data_ptr(), 16)) return false;
+  const torch::Tensor code = q.code.to(torch::kFloat32).contiguous();
+  a.packed = q.packed.data_ptr<uint8_t>();
+  a.code = code.data_ptr<float>();
+  if (q.double_quant) {
+    a.qabsmax = q.absmax.data_ptr<uint8_t>();
+    a.absmax2 = q.absmax2.data_ptr<float>();
+    a.nested_code = q.nested_code.data_ptr<float>();
+    a.offset = q.offset;
+  } else {
+    a.absmax = q.absmax.data_ptr<float>();
+  }
+  a.n = q.numel();
+  a.blocksize = q.blocksize;
+  a.out = out.data_ptr();
+  cuda::dequantize_4bit(a, c10::cuda::getCurrentCUDAStream(q.device().index()).stream());
+  return true;
+#else
+  (void)q;
+  (void)out;
+  return false;
+#endif
+}
+
+}  // namespace
+
 torch::Tensor dequantize_4bit(const QuantizedTensor& q, torch::ScalarType out_dtype) {
+  if (q.device().is_cuda() && out_dtype != torch::kFloat64) {
+    auto out = torch::empty(q.shape, torch::TensorOptions().dtype(out_dtype).device(q.device()));
+    if (dequantize_cuda_into(q, out)) return out;
+  }
   if (!q.device().is_cpu() || out_dtype == torch::kFloat64) return detail::dequantize_ops(q, out_dtype);
   auto out = torch::empty(q.shape, torch::TensorOptions().dtype(out_dtype));
   detail::dequantize_cpu_into(q, out, detail::active_isa());
@@ -298,6 +356,7 @@ void dequantize_4bit_into(const QuantizedTensor& q, torch::Tensor& out) {
   TORCH_CHECK(out.is_contiguous() && out.numel() == q.numel(), "dequantize_4bit_into: out must be contiguous with ",
               q.numel(), " elements");
   TORCH_CHECK(out.device() == q.device(), "dequantize_4bit_into: out is on ", out.device(), ", weight on ", q.device());
+  if (dequantize_cuda_into(q, out)) return;
   if (!q.device().is_cpu() || out.scalar_type() == torch::kFloat64) {
     out.copy_(detail::dequantize_ops(q, out.scalar_type()).view_as(out));
     return;

@@ -1,0 +1,115 @@
+// The per-element arithmetic of 4-bit dequantization, shared by the CPU scalar reference and the CUDA kernels
+// (bitsandbytes' layout: two codes per byte, the FIRST element in the HIGH nibble; blockwise absmax, optionally
+// double-quantized). Plain C++ with no LibTorch: the CUDA compiler builds it for the device, the CPU build for the
+// host, so CI tests on the CPU the exact bits the GPU computes.
+//
+//   value(e)  = round_to_out(code[nibble(e)] * absmax[e / blocksize])            (one fp32 multiply, then a cast)
+//   absmax[b] = dynamic_map[qabsmax[b]] * absmax2[b / 256] + offset             (double quant: two fp32 roundings)
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define QLORA_HD __host__ __device__ __forceinline__
+#else
+#define QLORA_HD inline
+#endif
+
+namespace qlora::quant::codec {
+
+constexpr int64_t kNestedBlocksize = 256;  // double quantization: absmax values per fp32 absmax2
+
+// Code index of element e of a packed 4-bit array.
+QLORA_HD int nibble_at(const uint8_t* packed, int64_t e) {
+  const uint8_t byte = packed[e >> 1];
+  return (e & 1) ? (byte & 0x0F) : (byte >> 4);
+}
+
+// a * b and a + b rounded on their own: never contracted into a fused multiply-add (bitsandbytes restores the
+// double-quantized absmax with two separate roundings, and the GPU compiler fuses a * b + c unless told not to).
+QLORA_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  volatile float r = a * b;
+  return r;
+#endif
+}
+QLORA_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  volatile float r = a + b;
+  return r;
+#endif
+}
+
+// fp32 absmax of a block from its double-quantized form.
+QLORA_HD float absmax_from_dq(uint8_t qabsmax, float absmax2, float offset, const float* dynamic_map) {
+  return add_rn(mul_rn(dynamic_map[qabsmax], absmax2), offset);
+}
+
+// fp32 -> bf16 bits, round to nearest even; NaN -> 0x7FC0 (what c10::BFloat16 gives).
+QLORA_HD uint16_t bf16_bits_rne(float f) {
+  uint32_t bits;
+#if defined(__CUDA_ARCH__)
+  bits = __float_as_uint(f);
+#else
+  std::memcpy(&bits, &f, sizeof(bits));
+#endif
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+  const uint32_t lsb = (bits >> 16) & 1u;
+  return static_cast<uint16_t>((bits + 0x7FFFu + lsb) >> 16);
+}
+
+// The dequantized fp32 value of element e (before the cast to the output type).
+QLORA_HD float dequant_value(const uint8_t* packed, int64_t e, const float* code, float absmax) {
+  return code[nibble_at(packed, e)] * absmax;
+}
+
+}  // namespace qlora::quant::codec
+
+namespace qlora::quant::codec {
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4-bit GEMV for batch-1 decoding, y = W x with W (out, in) in the packed layout above. Its summation order is
+// part of the specification, so the CPU reference and the CUDA kernel agree bit for bit:
+//   - row o is split into chunks of 32 elements (16 packed bytes; in % 32 == 0, so a chunk lies in one quantization
+//     block and has one absmax); lane l of 32 takes chunks l, l + 32, l + 64, ... in increasing order;
+//   - within a chunk, elements in order: acc = fma(code[nibble] * absmax, x[i], acc)  (the product rounded first);
+//   - the 32 lane sums are combined by a butterfly: for off = 16, 8, 4, 2, 1: s[l] = s[l] + s[l ^ off].
+constexpr int kGemvLanes = 32;
+constexpr int kGemvChunk = 32;
+
+QLORA_HD float bf16_bits_to_float(uint16_t b) {
+  const uint32_t bits = static_cast<uint32_t>(b) << 16;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(bits);
+#else
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+#endif
+}
+
+QLORA_HD float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return __builtin_fmaf(a, b, c);
+#endif
+}
+
+// One lane's partial sum over one 32-element chunk: `bytes` are its 16 packed bytes, x its 32 activations
+// (bf16 bits), starting from acc.
+QLORA_HD float gemv_chunk(const uint8_t* bytes, const uint16_t* x, const float* code, float absmax, float acc) {
+  for (int j = 0; j < kGemvChunk / 2; ++j) {
+    const uint8_t byte = bytes[j];
+    acc = fma_rn(mul_rn(code[byte >> 4], absmax), bf16_bits_to_float(x[2 * j]), acc);
+    acc = fma_rn(mul_rn(code[byte & 0x0F], absmax), bf16_bits_to_float(x[2 * j + 1]), acc);
+  }
+  return acc;
+}
+
+}  // namespace qlora::quant::codec
