@@ -1,5 +1,7 @@
 #include "data/prompt_template.h"
 
+#include <algorithm>
+
 namespace qlora::data {
 
 const char* const kAlpacaPromptWithInput =
@@ -136,12 +138,38 @@ void add_special_token(std::vector<Segment>& out, const char* content, bool trai
   out.push_back({Segment::Kind::kSpecial, content, trainable});
 }
 
-// Jinja's `trim`, which Meta's Llama 3 chat template applies to every message (ASCII whitespace).
+// Jinja's `trim` as Meta's Llama 3 chat template applies it to every message: Python's str.strip(), which removes
+// the leading and trailing code points for which str.isspace() holds (not only ASCII whitespace).
+bool is_python_space(char32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+// The code point of the UTF-8 sequence at s[i] and its length in bytes; a malformed sequence is one byte, U+FFFD.
+char32_t next_code_point(const std::string& s, size_t i, size_t* len) {
+  const auto b = static_cast<unsigned char>(s[i]);
+  const size_t n = b < 0x80 ? 1 : (b >> 5) == 0x6 ? 2 : (b >> 4) == 0xE ? 3 : (b >> 3) == 0x1E ? 4 : 0;
+  char32_t cp = n <= 1 ? b : b & (0x7F >> n);
+  for (size_t k = 1; k < n; ++k) {
+    const auto c = i + k < s.size() ? static_cast<unsigned char>(s[i + k]) : 0;
+    if ((c >> 6) != 0x2) {
+      *len = 1;
+      return 0xFFFD;
+    }
+    cp = (cp << 6) | (c & 0x3F);
+  }
+  *len = n == 0 ? 1 : n;
+  return n == 0 ? 0xFFFD : cp;
+}
+
 std::string trim_whitespace(const std::string& s) {
-  const char* ws = " \t\n\r\f\v";
-  const size_t b = s.find_first_not_of(ws);
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(ws) - b + 1);
+  size_t begin = s.size(), end = 0;  // first byte of the first, one past the last byte of the last non-space
+  for (size_t i = 0, len = 0; i < s.size(); i += len) {
+    if (is_python_space(next_code_point(s, i, &len))) continue;
+    begin = std::min(begin, i);
+    end = i + len;
+  }
+  return begin < end ? s.substr(begin, end - begin) : "";
 }
 
 void render_llama3(const Record& rec, const DataConfig& cfg, std::vector<Segment>& out) {

@@ -1,6 +1,6 @@
-// Byte-level BPE tokenizer: golden ids from the JS port of HF tokenizers on Meta's Llama 3 tokenizer.json
-// (tests/interop_bpe/make_golden.js), round trips, special tokens, UTF-8 handling, streaming, and clear errors
-// for unsupported tokenizer.json components (small hand-written files with hand-computed ids).
+// Byte-level BPE tokenizer: golden ids from Hugging Face tokenizers (the Rust library) on Meta's Llama 3
+// tokenizer.json (tests/interop_bpe/make_golden.py), round trips, special tokens, UTF-8 handling, streaming, and
+// clear errors for unsupported tokenizer.json components (small hand-written files with hand-computed ids).
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -34,7 +34,7 @@ bool is_valid_utf8(const std::string& s) {
 
 TEST(BpeLlama3, MatchesGoldenIds) {
   const auto& tok = llama3();
-  // QLORA_BPE_GOLDEN: another file made by make_golden.js (the `interop` ctest uses fresh seeds).
+  // QLORA_BPE_GOLDEN: another file made by make_golden.py (the `interop` ctest uses fresh seeds).
   const char* env = std::getenv("QLORA_BPE_GOLDEN");
   const fs::path golden = env ? fs::path(env) : test::fixtures_dir() / "bpe_golden_llama3.jsonl";
   std::ifstream in(golden);
