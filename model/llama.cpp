@@ -38,10 +38,13 @@ struct DecoderLayerImpl : torch::nn::Module {
     self_attn = register_module("self_attn", std::make_shared<torch::nn::Module>());
     mlp = register_module("mlp", std::make_shared<torch::nn::Module>());
     const int64_t h = c.hidden_size;
-    std::map<std::string, std::pair<int64_t, int64_t>> shapes = {
-        {"q_proj", {c.q_dim(), h}},   {"k_proj", {c.kv_dim(), h}},           {"v_proj", {c.kv_dim(), h}},
-        {"o_proj", {h, c.q_dim()}},   {"gate_proj", {c.intermediate_size, h}}, {"up_proj", {c.intermediate_size, h}},
-        {"down_proj", {h, c.intermediate_size}}};
+    std::map<std::string, std::pair<int64_t, int64_t>> shapes = {{"q_proj", {c.q_dim(), h}},
+                                                                 {"k_proj", {c.kv_dim(), h}},
+                                                                 {"v_proj", {c.kv_dim(), h}},
+                                                                 {"o_proj", {h, c.q_dim()}},
+                                                                 {"gate_proj", {c.intermediate_size, h}},
+                                                                 {"up_proj", {c.intermediate_size, h}},
+                                                                 {"down_proj", {h, c.intermediate_size}}};
     for (const auto& [name, shape] : shapes) {
       LinearLayerPtr lin = FrozenLinearImpl::dense(placeholder(shape.first, shape.second, dtype));
       const bool attn = std::find(kAttnProjs.begin(), kAttnProjs.end(), name) != kAttnProjs.end();
@@ -80,7 +83,7 @@ struct DecoderLayerImpl : torch::nn::Module {
       *k_cache = k;
       *v_cache = v;
     }
-    torch::Tensor attn = grouped_query_attention(q, k, v, mask);            // (B, nH, T, d)
+    torch::Tensor attn = grouped_query_attention(q, k, v, mask);  // (B, nH, T, d)
     attn = attn.transpose(1, 2).reshape({b, t, config.num_attention_heads * d});
     torch::Tensor h = x + linears["o_proj"]->forward(attn);
     torch::Tensor m = rms_norm(h, post_attention_layernorm->weight, config.rms_norm_eps);
@@ -113,24 +116,27 @@ LlamaModelImpl::LlamaModelImpl(LlamaConfig config, torch::ScalarType compute_dty
   auto& m = *impl_;
   const auto opts = torch::TensorOptions().dtype(compute_dtype);
   m.root = register_module("model", std::make_shared<torch::nn::Module>());
-  m.embed_tokens = m.root->register_module(
-      "embed_tokens", std::make_shared<WeightHolderImpl>(torch::empty({config_.vocab_size, config_.hidden_size}, opts)));
+  m.embed_tokens = m.root->register_module("embed_tokens", std::make_shared<WeightHolderImpl>(torch::empty(
+                                                               {config_.vocab_size, config_.hidden_size}, opts)));
   auto layer_list = m.root->register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     auto layer = std::make_shared<DecoderLayerImpl>(config_, compute_dtype);
     layer_list->push_back(layer);
     m.layers.push_back(layer);
   }
-  m.norm = m.root->register_module("norm", std::make_shared<WeightHolderImpl>(torch::ones({config_.hidden_size}, opts)));
+  m.norm =
+      m.root->register_module("norm", std::make_shared<WeightHolderImpl>(torch::ones({config_.hidden_size}, opts)));
   if (!config_.tie_word_embeddings) {
     m.lm_head = register_module(
-        "lm_head", LinearLayerPtr(FrozenLinearImpl::dense(placeholder(config_.vocab_size, config_.hidden_size,
-                                                                       compute_dtype))));
+        "lm_head",
+        LinearLayerPtr(FrozenLinearImpl::dense(placeholder(config_.vocab_size, config_.hidden_size, compute_dtype))));
   }
   m.inv_freq = rope_inv_freq(config_);
 }
 
-torch::Device LlamaModelImpl::device() const { return impl_->embed_tokens->weight.device(); }
+torch::Device LlamaModelImpl::device() const {
+  return impl_->embed_tokens->weight.device();
+}
 
 torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, const ForwardInputs& in, KVCache* cache) {
   auto& m = *impl_;
@@ -215,7 +221,9 @@ std::pair<torch::Tensor, int64_t> LlamaModelImpl::causal_lm_loss(const torch::Te
     auto chunk_loss = [this, yc](const std::vector<torch::Tensor>& xs) {
       // (B, len, V) in the compute dtype: the only logits alive at a time. The fused loss reads them in fp32
       // and writes their gradient in their own dtype (no fp32 logits or log-probs).
-      torch::Tensor lg = head_logits(xs[0]);
+      // A contiguous chunk: LibTorch 2.x's matmul cannot fold a strided (B, len, H) slice into one mm and would
+      // expand lm_head's weight to (B, H, V) for a bmm instead (a full copy of the weight per batch row).
+      torch::Tensor lg = head_logits(xs[0].contiguous());
       return std::vector<torch::Tensor>{quant::cross_entropy_sum(lg.reshape({-1, lg.size(-1)}), yc, kIgnoreIndex)};
     };
     torch::Tensor hc = h.narrow(1, s, len);
@@ -262,8 +270,12 @@ void LlamaModelImpl::replace_linear(const std::string& hf_name, LinearLayerPtr l
   impl_->layers[idx]->replace(proj, std::move(layer));
 }
 
-void LlamaModelImpl::set_gradient_checkpointing(bool on) { impl_->checkpointing = on; }
-bool LlamaModelImpl::gradient_checkpointing() const { return impl_->checkpointing; }
+void LlamaModelImpl::set_gradient_checkpointing(bool on) {
+  impl_->checkpointing = on;
+}
+bool LlamaModelImpl::gradient_checkpointing() const {
+  return impl_->checkpointing;
+}
 void LlamaModelImpl::set_layer_hooks(LayerHooks hooks) {
   impl_->hooks = std::move(hooks);
 }
