@@ -4,6 +4,8 @@
 //                  [--top-k 40] [--top-p 0.95] [--seed 1] [--quant nf4|fp4|none] [--threads N]
 //   qlora-generate --model DIR --prompt-ids "1 263 273" --temperature 0 --ignore-eos --print-ids
 //                  (token ids in and out, for comparing with other runtimes, e.g. llama.cpp on a GGUF export)
+//   qlora-generate --model DIR --prompt-ids "1 263 273" --max-new-tokens 0 --logits-out logits.npy
+//                  (fp32 logits of every prompt position, shape (T, V), as a NumPy .npy file)
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -43,6 +45,25 @@ std::vector<int64_t> parse_token_ids(const std::string& text, int64_t vocab) {
   return ids;
 }
 
+// logits (T, V) fp32 -> a NumPy .npy file (format 1.0: magic, header length, a Python dict literal padded with
+// spaces so the data starts at a multiple of 64 bytes, then the raw little-endian float32 values).
+void write_npy(const std::string& path, const torch::Tensor& logits) {
+  const torch::Tensor t = logits.to(torch::kCPU, torch::kFloat32).contiguous();
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(t.size(0)) + ", " +
+                       std::to_string(t.size(1)) + "), }";
+  constexpr size_t kPreamble = 10;  // "\x93NUMPY", version 1.0, uint16 header length
+  header.append(63 - (kPreamble + header.size()) % 64, ' ');
+  header += '\n';
+  qlora::write_file_atomic(path, [&](qlora::FileWriter& f) {
+    const uint16_t len = static_cast<uint16_t>(header.size());
+    const char preamble[kPreamble] = {
+        '\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0, static_cast<char>(len & 0xFF), static_cast<char>(len >> 8)};
+    f.write(preamble, kPreamble);
+    f.write(header);
+    f.write(t.data_ptr(), t.nbytes());
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -55,7 +76,7 @@ int main(int argc, char** argv) {
   cli.add_option("--adapter", adapter, "PEFT LoRA adapter folder");
   auto* p = cli.add_option("--prompt", prompt, "prompt text");
   auto* pf = cli.add_option("--prompt-file", prompt_file, "file holding the prompt");
-  std::string prompt_ids;
+  std::string prompt_ids, logits_out;
   bool ignore_eos = false, print_ids = false;
   auto* pi = cli.add_option("--prompt-ids", prompt_ids,
                             "the prompt as space-separated token ids, used as given (include BOS yourself)");
@@ -77,6 +98,8 @@ int main(int argc, char** argv) {
   cli.add_option("--dtype", dtype, "compute dtype")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
       ->capture_default_str();
+  cli.add_option("--logits-out", logits_out,
+                 "write the fp32 logits of every prompt position to this .npy file, shape (T, V)");
   cli.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
 
   return qlora::app::run(cli, argc, argv, [&] {
@@ -101,6 +124,10 @@ int main(int argc, char** argv) {
       ids = parse_token_ids(prompt_ids, model->config().vocab_size);
     } else {
       for (int32_t t : tok->encode(prompt, /*add_bos=*/true)) ids.push_back(t);
+    }
+    if (!logits_out.empty()) {
+      torch::NoGradGuard no_grad;
+      write_npy(logits_out, model->forward(torch::tensor(ids, torch::kInt64).view({1, -1})).squeeze(0));  // (T, V)
     }
     if (!ignore_eos) {
       g.eos_token_ids = model->config().eos_token_ids;
