@@ -46,10 +46,14 @@ torch::Tensor read_part(const Checkpoint& ckpt, const std::string& key, torch::S
 
 std::string torch_dtype_name(torch::ScalarType t) {
   switch (t) {
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    case torch::kFloat32: return "float32";
-    default: throw Error(std::string("unsupported weight dtype ") + c10::toString(t));
+    case torch::kBFloat16:
+      return "bfloat16";
+    case torch::kFloat16:
+      return "float16";
+    case torch::kFloat32:
+      return "float32";
+    default:
+      throw Error(std::string("unsupported weight dtype ") + c10::toString(t));
   }
 }
 
@@ -98,9 +102,9 @@ std::string python_float_repr(double v) {
 }
 
 std::string bnb_quant_state_json(const quant::QuantizedTensor& q) {
-  std::string s = "{\"quant_type\": \"" + quant::quant_type_name(q.type) + "\", \"blocksize\": " +
-                  std::to_string(q.blocksize) + ", \"dtype\": \"" + torch_dtype_name(q.dtype) + "\", \"shape\": " +
-                  shape_str(q.shape);
+  std::string s = "{\"quant_type\": \"" + quant::quant_type_name(q.type) +
+                  "\", \"blocksize\": " + std::to_string(q.blocksize) + ", \"dtype\": \"" + torch_dtype_name(q.dtype) +
+                  "\", \"shape\": " + shape_str(q.shape);
   if (q.double_quant) {
     s += ", \"nested_blocksize\": " + std::to_string(quant::kNestedBlocksize) +
          ", \"nested_dtype\": \"float32\", \"nested_offset\": " + python_float_repr(static_cast<double>(q.offset));
@@ -114,7 +118,10 @@ std::vector<std::pair<std::string, torch::Tensor>> bnb_tensors(const std::string
   const std::string w = prefix + ".weight";
   out.emplace_back(w, q.packed.to(torch::kCPU).reshape({-1, 1}));
   out.emplace_back(w + ".absmax", q.absmax.to(torch::kCPU));
-  out.emplace_back(w + ".quant_map", q.code.to(torch::kCPU, torch::kFloat32));
+  // bitsandbytes' quant_map is get_4bit_type(), whose FP4 entry 8 is +0.0 (its table's `-0` is a Python int); ours
+  // is -0.0 (code 8 dequantizes to -0 * absmax, as CUDA's sign * LUT does). Written as bitsandbytes writes it.
+  const torch::Tensor code = q.code.to(torch::kCPU, torch::kFloat32);
+  out.emplace_back(w + ".quant_map", torch::where(code == 0, torch::zeros_like(code), code));
   if (q.double_quant) {
     out.emplace_back(w + ".nested_absmax", q.absmax2.to(torch::kCPU, torch::kFloat32));
     out.emplace_back(w + ".nested_quant_map", q.nested_code.to(torch::kCPU, torch::kFloat32));
@@ -166,7 +173,8 @@ quant::QuantizedTensor bnb_read(const Checkpoint& ckpt, const std::string& prefi
       if (j.at("nested_blocksize").get<int64_t>() != quant::kNestedBlocksize) {
         bnb_error(ckpt, qs_key, "nested_blocksize must be 256");
       }
-      if (j.value("nested_dtype", std::string("float32")) != "float32") bnb_error(ckpt, qs_key, "nested_dtype must be float32");
+      if (j.value("nested_dtype", std::string("float32")) != "float32")
+        bnb_error(ckpt, qs_key, "nested_dtype must be float32");
       q.offset = j.at("nested_offset").get<float>();
     }
   } catch (const Error&) {

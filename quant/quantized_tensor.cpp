@@ -39,31 +39,18 @@ void check_blocksize(int64_t blocksize) {
   }
 }
 
-// fp32 linspace(start, end, steps) bit for bit as LibTorch's CPU kernel (AVX2 build) computes it: runs of
-// 2 x 8 elements take a vector path, each 8-lane vector being base + k * step where base = start + step * idx
-// (or end - step * (steps - idx - 1) past halfway, chosen per vector) is computed with a fused multiply-add;
-// the remaining elements take the scalar path (same fused formula per element). Matches torch 1.13 and the
-// golden dynamic map; a plain unfused formula differs in the last bit of some entries.
+// fp32 linspace(start, end, steps) bit for bit as LibTorch 2.x's CPU kernel computes it on AVX2 / AVX-512 machines
+// (torch 2.15): every element is start + step * idx (or end - step * (steps - idx - 1) from halfway on) rounded once
+// (a fused multiply-add). bitsandbytes' create_dynamic_map calls torch.linspace, so the map follows the torch
+// version: torch 1.13's vectorized base + k * step (two roundings) differs in 42 of the 256 entries.
 std::vector<float> linspace_f32(float start, float end, int64_t steps) {
-  constexpr int64_t kLanes = 8;
   std::vector<float> out(static_cast<size_t>(steps));
   const float step = (end - start) / static_cast<float>(steps - 1);
   const int64_t halfway = steps / 2;
-  auto fused = [&](int64_t idx) {
-    return idx < halfway ? std::fma(step, static_cast<float>(idx), start)
-                         : std::fma(-step, static_cast<float>(steps - idx - 1), end);
-  };
-  int64_t i = 0;
-  for (; i + 2 * kLanes <= steps; i += 2 * kLanes) {
-    for (int64_t v = i; v < i + 2 * kLanes; v += kLanes) {
-      const float base = fused(v);
-      for (int64_t k = 0; k < kLanes; ++k) {
-        const float prod = static_cast<float>(k) * step;  // separate rounding: not fused
-        out[static_cast<size_t>(v + k)] = base + prod;
-      }
-    }
+  for (int64_t i = 0; i < steps; ++i) {
+    out[static_cast<size_t>(i)] = i < halfway ? std::fma(step, static_cast<float>(i), start)
+                                              : std::fma(-step, static_cast<float>(steps - i - 1), end);
   }
-  for (; i < steps; ++i) out[static_cast<size_t>(i)] = fused(i);
   return out;
 }
 
