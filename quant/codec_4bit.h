@@ -63,6 +63,24 @@ QLORA_HD uint16_t bf16_bits_rne(float f) {
   return static_cast<uint16_t>((bits + 0x7FFFu + lsb) >> 16);
 }
 
+// A 4-bit weight as the kernels read it (raw pointers into QuantizedTensor's parts; detail::packed_view makes one).
+struct Packed4bit {
+  const uint8_t* packed = nullptr;     // [ceil(n / 2)] codes, first element in the high nibble
+  const float* code = nullptr;         // [16] codebook
+  const float* absmax = nullptr;       // [nblocks] fp32 absmax (plain), or
+  const uint8_t* qabsmax = nullptr;    // [nblocks] uint8 absmax codes (double quant) with
+  const float* absmax2 = nullptr;      //   [ceil(nblocks / 256)] fp32 nested scales,
+  const float* nested_code = nullptr;  //   [256] signed dynamic map and
+  float offset = 0.0f;                 //   the mean of the original absmax
+  int64_t blocksize = 64;              // power of two in [32, 4096]
+
+  // fp32 absmax of block b; `dynamic_map` is nested_code or a copy of it (e.g. in GPU shared memory).
+  QLORA_HD float block_absmax(int64_t b, const float* dynamic_map) const {
+    return qabsmax != nullptr ? absmax_from_dq(qabsmax[b], absmax2[b / kNestedBlocksize], offset, dynamic_map)
+                              : absmax[b];
+  }
+};
+
 // The dequantized fp32 value of element e (before the cast to the output type).
 QLORA_HD float dequant_value(const uint8_t* packed, int64_t e, const float* code, float absmax) {
   return code[nibble_at(packed, e)] * absmax;

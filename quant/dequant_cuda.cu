@@ -40,8 +40,8 @@ __global__ void dequantize_4bit_kernel(Dequant4bitArgs a) {
   using T = typename Out<K>::T;
   __shared__ float code[16];
   __shared__ float dyn[256];
-  if (threadIdx.x < 16) code[threadIdx.x] = a.code[threadIdx.x];
-  if (kDoubleQuant) dyn[threadIdx.x] = a.nested_code[threadIdx.x];  // kThreads == 256
+  if (threadIdx.x < 16) code[threadIdx.x] = a.w.code[threadIdx.x];
+  if (kDoubleQuant) dyn[threadIdx.x] = a.w.nested_code[threadIdx.x];  // kThreads == 256
   __syncthreads();
 
   T* out = static_cast<T*>(a.out);
@@ -49,13 +49,10 @@ __global__ void dequantize_4bit_kernel(Dequant4bitArgs a) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; g < groups; g += stride) {
     const int64_t e0 = g * kElemsPerThread;
-    const int64_t b = e0 / a.blocksize;
-    const float absmax =
-        kDoubleQuant ? codec::absmax_from_dq(a.qabsmax[b], a.absmax2[b / codec::kNestedBlocksize], a.offset, dyn)
-                     : a.absmax[b];
+    const float absmax = a.w.block_absmax(e0 / a.w.blocksize, dyn);
     if (e0 + kElemsPerThread <= a.n) {
       uint32_t word;  // 4 bytes = 8 codes; e0 / 2 is a multiple of 4, so the load is aligned
-      word = *reinterpret_cast<const uint32_t*>(a.packed + e0 / 2);
+      word = *reinterpret_cast<const uint32_t*>(a.w.packed + e0 / 2);
       T v[kElemsPerThread];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -70,7 +67,7 @@ __global__ void dequantize_4bit_kernel(Dequant4bitArgs a) {
         reinterpret_cast<float4*>(out + e0)[1] = *reinterpret_cast<const float4*>(v + 4);
       }
     } else {
-      for (int64_t e = e0; e < a.n; ++e) out[e] = Out<K>::from(codec::dequant_value(a.packed, e, code, absmax));
+      for (int64_t e = e0; e < a.n; ++e) out[e] = Out<K>::from(codec::dequant_value(a.w.packed, e, code, absmax));
     }
   }
 }
@@ -88,7 +85,7 @@ void launch(const Dequant4bitArgs& a, cudaStream_t stream) {
   // Enough blocks to fill every SM several times over; the grid-stride loop takes the rest.
   const int64_t want = (groups + kThreads - 1) / kThreads;
   const int blocks = static_cast<int>(want < int64_t{sms} * 16 ? want : int64_t{sms} * 16);
-  if (a.qabsmax != nullptr) {
+  if (a.w.qabsmax != nullptr) {
     dequantize_4bit_kernel<K, true><<<blocks, kThreads, 0, stream>>>(a);
   } else {
     dequantize_4bit_kernel<K, false><<<blocks, kThreads, 0, stream>>>(a);
@@ -100,11 +97,11 @@ void launch(const Dequant4bitArgs& a, cudaStream_t stream) {
 
 void dequantize_4bit(const Dequant4bitArgs& a, void* stream) {
   if (a.n <= 0) return;
-  if (a.blocksize < 32 || (a.blocksize & (a.blocksize - 1)) != 0) {
-    throw std::runtime_error("dequantize_4bit (CUDA): blocksize " + std::to_string(a.blocksize) +
+  if (a.w.blocksize < 32 || (a.w.blocksize & (a.w.blocksize - 1)) != 0) {
+    throw std::runtime_error("dequantize_4bit (CUDA): blocksize " + std::to_string(a.w.blocksize) +
                              " is not a power of two >= 32");
   }
-  if (reinterpret_cast<uintptr_t>(a.packed) % 4 != 0 || reinterpret_cast<uintptr_t>(a.out) % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(a.w.packed) % 4 != 0 || reinterpret_cast<uintptr_t>(a.out) % 16 != 0) {
     throw std::runtime_error("dequantize_4bit (CUDA): packed must be 4-byte and out 16-byte aligned");
   }
   const auto s = static_cast<cudaStream_t>(stream);

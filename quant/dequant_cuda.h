@@ -6,20 +6,15 @@
 
 #include <cstdint>
 
+#include "quant/codec_4bit.h"
+
 namespace qlora::quant::cuda {
 
 enum class OutType { kF32, kBF16, kF16 };
 
 struct Dequant4bitArgs {
-  const uint8_t* packed = nullptr;     // [ceil(n / 2)] codes, first element in the high nibble
-  const float* code = nullptr;         // [16] codebook
-  const float* absmax = nullptr;       // [nblocks] fp32 absmax (plain), or
-  const uint8_t* qabsmax = nullptr;    // [nblocks] uint8 absmax codes (double quant) with
-  const float* absmax2 = nullptr;      //   [ceil(nblocks / 256)] fp32 nested scales,
-  const float* nested_code = nullptr;  //   [256] signed dynamic map and
-  float offset = 0.0f;                 //   the mean of the original absmax
-  int64_t n = 0;                       // elements
-  int64_t blocksize = 64;              // power of two in [32, 4096]
+  codec::Packed4bit w;  // the weight (its parts on the device)
+  int64_t n = 0;        // elements
   OutType out_type = OutType::kBF16;
   void* out = nullptr;  // [n] of out_type, contiguous
 };

@@ -337,6 +337,26 @@ Isa active_isa() {
   return isa;
 }
 
+codec::Packed4bit packed_view(const QuantizedTensor& q) {
+  TORCH_CHECK(q.packed.is_contiguous() && q.absmax.is_contiguous() && q.code.is_contiguous() &&
+                  q.code.scalar_type() == torch::kFloat32,
+              "packed_view: parts must be contiguous, the codebook fp32");
+  codec::Packed4bit w;
+  w.packed = q.packed.data_ptr<uint8_t>();
+  w.code = q.code.data_ptr<float>();
+  if (q.double_quant) {
+    TORCH_CHECK(q.absmax2.is_contiguous() && q.nested_code.is_contiguous(), "packed_view: non-contiguous nested parts");
+    w.qabsmax = q.absmax.data_ptr<uint8_t>();
+    w.absmax2 = q.absmax2.data_ptr<float>();
+    w.nested_code = q.nested_code.data_ptr<float>();
+    w.offset = q.offset;
+  } else {
+    w.absmax = q.absmax.data_ptr<float>();
+  }
+  w.blocksize = q.blocksize;
+  return w;
+}
+
 float torch_mean_f32(const float* x, int64_t n) {
   TORCH_CHECK(n > 0, "mean of an empty array");
   return cascade_sum<8>(x, n) / static_cast<float>(n);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "quant/codec_4bit.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::quant::detail {
@@ -48,6 +49,9 @@ void dequantize_cpu_into(const QuantizedTensor& q, torch::Tensor& out, Isa isa);
 // Device-generic dequant written with LibTorch ops (the non-CPU path). out_dtype may also be kFloat64
 // (the fp32 products cast exactly; used for finite-difference checks).
 torch::Tensor dequantize_ops(const QuantizedTensor& q, torch::ScalarType out_dtype);
+
+// q's parts as the raw pointers the kernels read (on q's device; q must outlive the view).
+codec::Packed4bit packed_view(const QuantizedTensor& q);
 
 // fp32 mean of x[0..n) computed like torch.mean on a contiguous CPU fp32 tensor in one thread
 // (cascade sum over 8-lane vectors, then / n). bitsandbytes' double-quant offset is this value.

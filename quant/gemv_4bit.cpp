@@ -19,12 +19,8 @@ void gemv_4bit_ref(const Gemv4bitArgs& a) {
       float acc = 0.0f;
       for (int64_t c = l; c < chunks; c += codec::kGemvLanes) {
         const int64_t e0 = o * a.in_features + c * codec::kGemvChunk;  // first element of the chunk
-        const int64_t b = e0 / a.blocksize;
-        const float absmax =
-            a.qabsmax != nullptr
-                ? codec::absmax_from_dq(a.qabsmax[b], a.absmax2[b / codec::kNestedBlocksize], a.offset, a.nested_code)
-                : a.absmax[b];
-        acc = codec::gemv_chunk(a.packed + e0 / 2, a.x + c * codec::kGemvChunk, a.code, absmax, acc);
+        const float absmax = a.w.block_absmax(e0 / a.w.blocksize, a.w.nested_code);
+        acc = codec::gemv_chunk(a.w.packed + e0 / 2, a.x + c * codec::kGemvChunk, a.w.code, absmax, acc);
       }
       lane[static_cast<size_t>(l)] = acc;
     }

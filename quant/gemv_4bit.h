@@ -5,19 +5,14 @@
 
 #include <cstdint>
 
+#include "quant/codec_4bit.h"
+
 namespace qlora::quant {
 
 struct Gemv4bitArgs {
-  const uint8_t* packed = nullptr;     // [out * in / 2]
-  const float* code = nullptr;         // [16]
-  const float* absmax = nullptr;       // [nblocks] fp32 (plain), or
-  const uint8_t* qabsmax = nullptr;    // [nblocks] (double quant) with
-  const float* absmax2 = nullptr;      //   [ceil(nblocks / 256)]
-  const float* nested_code = nullptr;  //   [256]
-  float offset = 0.0f;
+  codec::Packed4bit w;  // W (out, in), row-major
   int64_t out_features = 0;
   int64_t in_features = 0;      // a multiple of 32
-  int64_t blocksize = 64;       // power of two >= 32
   const uint16_t* x = nullptr;  // [in] bf16 bits
   bool out_bf16 = true;         // y as bf16 bits (uint16_t) or fp32
   void* y = nullptr;            // [out]

@@ -20,9 +20,9 @@ __global__ void gemv_4bit_kernel(Gemv4bitArgs a) {
   __shared__ float code[16];
   __shared__ float dyn[256];
   const int tid = threadIdx.y * codec::kGemvLanes + threadIdx.x;
-  if (tid < 16) code[tid] = a.code[tid];
+  if (tid < 16) code[tid] = a.w.code[tid];
   if (kDoubleQuant) {
-    for (int i = tid; i < 256; i += kWarpsPerBlock * codec::kGemvLanes) dyn[i] = a.nested_code[i];
+    for (int i = tid; i < 256; i += kWarpsPerBlock * codec::kGemvLanes) dyn[i] = a.w.nested_code[i];
   }
   __syncthreads();
   const int64_t o = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.y;
@@ -32,11 +32,8 @@ __global__ void gemv_4bit_kernel(Gemv4bitArgs a) {
   float acc = 0.0f;
   for (int64_t c = lane; c < chunks; c += codec::kGemvLanes) {
     const int64_t e0 = o * a.in_features + c * codec::kGemvChunk;
-    const int64_t b = e0 / a.blocksize;
-    const float absmax =
-        kDoubleQuant ? codec::absmax_from_dq(a.qabsmax[b], a.absmax2[b / codec::kNestedBlocksize], a.offset, dyn)
-                     : a.absmax[b];
-    uint4 w = *reinterpret_cast<const uint4*>(a.packed + e0 / 2);
+    const float absmax = a.w.block_absmax(e0 / a.w.blocksize, dyn);
+    uint4 w = *reinterpret_cast<const uint4*>(a.w.packed + e0 / 2);
     uint4 xv[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) xv[k] = reinterpret_cast<const uint4*>(a.x + c * codec::kGemvChunk)[k];
@@ -58,18 +55,18 @@ __global__ void gemv_4bit_kernel(Gemv4bitArgs a) {
 }  // namespace
 
 void gemv_4bit(const Gemv4bitArgs& a, void* stream) {
-  if (a.in_features % codec::kGemvChunk != 0 || a.blocksize < 32 || (a.blocksize & (a.blocksize - 1)) != 0) {
+  if (a.in_features % codec::kGemvChunk != 0 || a.w.blocksize < 32 || (a.w.blocksize & (a.w.blocksize - 1)) != 0) {
     throw std::runtime_error("gemv_4bit (CUDA): in_features " + std::to_string(a.in_features) + ", blocksize " +
-                             std::to_string(a.blocksize) + ": need in % 32 == 0 and a power-of-two blocksize >= 32");
+                             std::to_string(a.w.blocksize) + ": need in % 32 == 0 and a power-of-two blocksize >= 32");
   }
-  if (reinterpret_cast<uintptr_t>(a.packed) % 16 != 0 || reinterpret_cast<uintptr_t>(a.x) % 16 != 0) {
+  if (reinterpret_cast<uintptr_t>(a.w.packed) % 16 != 0 || reinterpret_cast<uintptr_t>(a.x) % 16 != 0) {
     throw std::runtime_error("gemv_4bit (CUDA): packed and x must be 16-byte aligned");
   }
   if (a.out_features <= 0) return;
   const dim3 block(codec::kGemvLanes, kWarpsPerBlock);
   const auto grid = static_cast<unsigned>((a.out_features + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const auto s = static_cast<cudaStream_t>(stream);
-  if (a.qabsmax != nullptr) {
+  if (a.w.qabsmax != nullptr) {
     gemv_4bit_kernel<true><<<grid, block, 0, s>>>(a);
   } else {
     gemv_4bit_kernel<false><<<grid, block, 0, s>>>(a);

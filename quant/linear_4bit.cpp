@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "quant/dequant_kernels.h"
 #include "quant/gemv_4bit.h"
 
 #if defined(QLORA_WITH_CUDA)
@@ -123,23 +124,12 @@ torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && x.device() == w.device(), "gemv_4bit: x must be bf16 on ",
               w.device());
   const torch::Tensor xc = x.contiguous();
-  const torch::Tensor code = w.code.to(torch::kFloat32).contiguous();
   torch::Tensor y =
       torch::empty(x.dim() == 2 ? std::vector<int64_t>{1, w.shape[0]} : std::vector<int64_t>{w.shape[0]}, xc.options());
   Gemv4bitArgs a;
-  a.packed = w.packed.data_ptr<uint8_t>();
-  a.code = code.data_ptr<float>();
-  if (w.double_quant) {
-    a.qabsmax = w.absmax.data_ptr<uint8_t>();
-    a.absmax2 = w.absmax2.data_ptr<float>();
-    a.nested_code = w.nested_code.data_ptr<float>();
-    a.offset = w.offset;
-  } else {
-    a.absmax = w.absmax.data_ptr<float>();
-  }
+  a.w = detail::packed_view(w);
   a.out_features = w.shape[0];
   a.in_features = w.shape[1];
-  a.blocksize = w.blocksize;
   a.x = static_cast<const uint16_t*>(xc.data_ptr());
   a.out_bf16 = true;
   a.y = y.data_ptr();

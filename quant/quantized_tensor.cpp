@@ -303,19 +303,8 @@ bool dequantize_cuda_into(const QuantizedTensor& q, torch::Tensor& out) {
   }
   const auto aligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
   if (!q.packed.is_contiguous() || !aligned(q.packed.data_ptr(), 4) || !aligned(out.data_ptr(), 16)) return false;
-  const torch::Tensor code = q.code.to(torch::kFloat32).contiguous();
-  a.packed = q.packed.data_ptr<uint8_t>();
-  a.code = code.data_ptr<float>();
-  if (q.double_quant) {
-    a.qabsmax = q.absmax.data_ptr<uint8_t>();
-    a.absmax2 = q.absmax2.data_ptr<float>();
-    a.nested_code = q.nested_code.data_ptr<float>();
-    a.offset = q.offset;
-  } else {
-    a.absmax = q.absmax.data_ptr<float>();
-  }
+  a.w = detail::packed_view(q);
   a.n = q.numel();
-  a.blocksize = q.blocksize;
   a.out = out.data_ptr();
   cuda::dequantize_4bit(a, c10::cuda::getCurrentCUDAStream(q.device().index()).stream());
   return true;
