@@ -5,7 +5,6 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -63,17 +62,6 @@ int main(int argc, char** argv) {
     const double new_ms =
         fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::cross_entropy_sum(v, y, kIgnore); });
     row("cross_entropy_sum", "(1024, 32000) bf16", old_ms, new_ms, 3.0 * 2 * x.numel());  // read x twice, write grad
-  }
-  {  // Attention probabilities of one layer, causal mask.
-    const torch::Tensor x = torch::randn({4, 12, 512, 512}, bf16) * 8;
-    const torch::Tensor g = torch::randn({4, 12, 512, 512}, bf16);
-    const torch::Tensor keep = torch::ones({512, 512}, torch::kBool).tril().view({1, 1, 512, 512});
-    const double scale = 1.0 / std::sqrt(64.0);
-    const double old_ms = fwd_bwd_ms(
-        x, g, [&](const torch::Tensor& v) { return quant::detail::scaled_masked_softmax_ops(v, keep, scale); });
-    const double new_ms =
-        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::scaled_masked_softmax(v, keep, scale); });
-    row("scaled_masked_softmax", "(4, 12, 512, 512) bf16", old_ms, new_ms, 5.0 * 2 * x.numel());
   }
   {  // Input / post-attention norm of one layer.
     const torch::Tensor x = torch::randn({4, 512, 768}, bf16);

@@ -59,10 +59,13 @@ int64_t loss_chunk_rows_tokens(const MemoryPlanInputs& in, bool* chunked) {
 //  - linear_4bit keeps only the 4-bit weight (no activation); a LoRA module keeps its input (once per distinct
 //    input when dropout is off) or, with dropout on CPU (x * noise), the noise and the dropped input (2 x e x in
 //    per module; CUDA's fused dropout keeps a bool mask instead of the noise), plus x·Aᵀ (e x r);
-//  - rope keeps q*cos+rot(q)*sin outputs: q (e Dq); attention keeps q, k and v expanded to all heads (e Dq each
-//    when heads != kv heads, else e Dkv), the fp32 softmax output and its compute-dtype copy (4 + e per score,
-//    nH x T scores per token), and the (B, T, nH*d) attention output (e Dq);
-//  - SwiGLU keeps gate (e I), silu(gate) and up (e I each), and their product as down's input.
+//  - rope keeps only cos/sin (shared by all layers); attention (SDPA with enable_gqa, model/attention.h) keeps the
+//    roped q (e Dq), k and v at their kv heads (e Dkv each, no per-query-head copies), its output (e Dq), an fp32
+//    logsumexp per head and the additive copy of the (B, 1, T, T) mask it makes in the compute dtype (e T per
+//    token: training always passes a mask, data/collate.h); the output's (B, T, nH*d) reshape (a copy on CPU,
+//    where the rope output is (B, nH, T, d) contiguous) is o_proj's input, kept only by its LoRA module;
+//  - SwiGLU keeps gate and up (e I each; unfused also silu(gate)); their product, down_proj's input, is kept only
+//    by down_proj's LoRA module (a tensor kept by several nodes is counted once).
 int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
   const LlamaConfig& c = in.config;
   const int64_t e = dtype_bytes(in.compute_dtype);
@@ -74,7 +77,7 @@ int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
   // Bytes per element of the saved dropout mask / noise: CUDA keeps a bool mask, LibTorch's CPU dropout the noise,
   // the fused CPU dropout only a seed.
   const int64_t per_mask = cuda ? kBool : fused ? 0 : e;
-  const int64_t norm_in = fused ? e : kFp32;  // what RMSNorm / the softmax keep per element
+  const int64_t norm_in = fused ? e : kFp32;  // what RMSNorm keeps per element
   // Ranks of layer 0's modules (the activation count is per layer; modules of layer 0 come first).
   std::map<std::string, int64_t> rank;
   for (const auto& m : in.lora) {
@@ -94,21 +97,16 @@ int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
     if (any && !dropout) b += e * width;  // the shared input itself
     return b;
   };
-  const int64_t kv_saved = dq != dkv ? dq : dkv;  // repeat_kv copies when heads != kv heads
   int64_t per_token = 0;
   per_token += 2 * norm_in * h;  // two rms_norm inputs (fp32 copies unfused, x itself fused)
   per_token += lora_input({"q_proj", "k_proj", "v_proj"}, h);
-  per_token += e * dq + 2 * e * kv_saved;  // roped q, expanded k and v
-  if (!in.fused_attention)
-    per_token += (fused ? e : kFp32 + e) * c.num_attention_heads * in.seq_len;  // (softmax fp32 +) probs
-  else
-    per_token += e * dq + kFp32 * c.num_attention_heads;  // fused kernel: its output and logsumexp per row
-  per_token += lora_input({"o_proj"}, dq);
-  per_token += has("o_proj") && dropout ? 0 : e * dq;  // attention output (o's input) unless only dropped
+  per_token += e * dq + 2 * e * dkv;                    // roped q; k and v at their kv heads
+  per_token += e * dq + kFp32 * c.num_attention_heads;  // attention output and its logsumexp
+  per_token += e * in.seq_len;                          // the mask row, additive, in the compute dtype
+  per_token += lora_input({"o_proj"}, dq);              // o_proj's input (the output reshaped) if its LoRA keeps it
   per_token += lora_input({"gate_proj", "up_proj"}, h);
-  per_token += (fused ? 2 : 3) * e * im;  // gate, up (and silu(gate) unfused)
-  per_token += lora_input({"down_proj"}, im);
-  per_token += has("down_proj") && dropout ? 0 : e * im;  // silu(gate)*up (down's input)
+  per_token += (fused ? 2 : 3) * e * im;       // gate, up (and silu(gate) unfused)
+  per_token += lora_input({"down_proj"}, im);  // down's input silu(gate)*up if its LoRA keeps it
   return per_token * n;
 }
 
@@ -205,17 +203,19 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   // Activations of one micro-batch, by phase.
   const int64_t saved_layer = layer_saved_activation_bytes(in);
   const int64_t layer_input = n * h * e;
-  // Attention scores per layer (elements) that the eager path materializes; a fused kernel works in tiles.
-  const int64_t scores = in.fused_attention ? 0 : n * c.num_attention_heads * in.seq_len;
-  const int64_t mask = in.micro_batch * in.seq_len * in.seq_len * kBool + 2 * n * c.head_dim * e;  // mask, cos/sin
+  const int64_t mask_elems = in.micro_batch * in.seq_len * in.seq_len;
+  const int64_t mask = mask_elems * kBool + 2 * n * c.head_dim * e;  // mask, cos/sin
   const bool fused = uses_fused_cpu_ops(in);
   const int64_t norm_in = fused ? e : kFp32;
   const int64_t hidden_out = n * h * (e + norm_in);  // final norm output + the input it keeps for backward
-  // Live beyond the saved tensors while a layer runs: in attention two fp32 score tensors at a time (cast ->
-  // scale -> mask -> softmax), in backward the score gradient (fp32) next to the softmax's, plus the residual
-  // gradients (compute dtype) and q/k/v/attention of the layer under no-grad forward.
-  const int64_t fwd_work = 2 * norm_in * scores + n * e * (2 * h + 3 * c.q_dim());
-  const int64_t bwd_work = 2 * norm_in * scores + 3 * layer_input;
+  // Live beyond the saved tensors while a layer runs forward: q/k/v/attention of the layer and the residual
+  // stream, plus SDPA's conversion of the bool mask (its logical_not, and the additive copy itself when the layer
+  // runs without grad under checkpointing; with grad that copy is in the saved bytes). The attention kernel works
+  // in (q, kv) tiles of per-thread buffers. In backward: the residual gradients; SDPA's gradients of q, k, v and
+  // the contiguous copy of its output gradient (e (2 Dq + 2 Dkv) per token) are live only once the MLP's saved
+  // tensors (at least 3 e I per token, I > Dq in Llama shapes) are freed, so they do not raise the peak.
+  const int64_t fwd_work = n * e * (2 * h + 3 * c.q_dim()) + mask_elems * (kBool + (in.gradient_checkpointing ? e : 0));
+  const int64_t bwd_work = 3 * layer_input;
   bool chunked = false;
   const int64_t chunk = loss_chunk_rows_tokens(in, &chunked);
   // Loss of one chunk. Unfused: forward cast to fp32 and log_softmax (8 B/logit live); backward log_softmax output
@@ -234,21 +234,21 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
         fmt::format("{} layers x {} tokens x {} x {} B; the rest is recomputed in backward", layers, n, h, e));
   } else {
     add("activations", "saved activations, all layers", stored,
-        fmt::format("{} layers x {}; attention scores {:.0f}%", layers, format_gib(saved_layer),
-                    100.0 * (kFp32 + e) * scores / std::max<int64_t>(1, saved_layer)));
+        fmt::format("{} layers x {} (attention: q, k, v at kv heads, output, logsumexp, additive mask)", layers,
+                    format_gib(saved_layer)));
   }
   add("activations", "attention mask, rope tables", mask, "");
   const int64_t phase_extra = p.activation_bytes - stored;
   std::string what;
   if (p.peak_phase == "backward") {
     what = in.gradient_checkpointing ? "one layer recomputed with its graph (" + format_gib(saved_layer) +
-                                           ") + score/residual gradients + final hidden"
-                                     : "score/residual gradients + final hidden";
+                                           ") + residual gradients + final hidden"
+                                     : "residual gradients + final hidden";
   } else if (p.peak_phase == "loss") {
     what = fmt::format("final hidden + {} logits of {} tokens x {} vocab ({}; {} B/logit)", chunked ? "chunked" : "all",
                        chunk, v, chunked ? "recomputed per chunk" : "unchunked", per_logit);
   } else {
-    what = "one layer's forward working set (attention scores, q/k/v)";
+    what = "one layer's forward working set (q/k/v, attention output, mask conversion)";
   }
   add("activations", "peak phase: " + p.peak_phase, phase_extra, what);
 
@@ -275,12 +275,11 @@ std::string format_plan(const MemoryPlan& plan, std::optional<int64_t> budget_by
   const auto& in = plan.inputs;
   std::string s = fmt::format(
       "memory plan: {} layers, hidden {}, vocab {}; {}{}; LoRA {:.1f} M params; micro batch {} x seq {} ({} "
-      "tokens); checkpointing {}; loss chunk {} tokens; {} attention; device {}\n",
+      "tokens); checkpointing {}; loss chunk {} tokens; device {}\n",
       in.config.num_hidden_layers, in.config.hidden_size, in.config.vocab_size,
       in.quant ? quant::quant_type_name(*in.quant) : std::string("dense"), in.quant && in.double_quant ? "+DQ" : "",
       plan.lora_params / 1e6, in.micro_batch, in.seq_len, in.micro_batch * in.seq_len,
-      in.gradient_checkpointing ? "on" : "off", in.loss_chunk_tokens, in.fused_attention ? "fused" : "eager",
-      in.device);
+      in.gradient_checkpointing ? "on" : "off", in.loss_chunk_tokens, in.device);
   s += fmt::format("  {:<12} {:<34} {:>12}  {}\n", "group", "item", "bytes", "how counted");
   std::string group;
   for (const auto& it : plan.items) {

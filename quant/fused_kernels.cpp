@@ -1,6 +1,6 @@
-// CPU kernels behind quant/fused_ops.h: causal-LM cross entropy, scaled masked softmax, RMSNorm, rotary
-// embedding, SwiGLU and counter-based dropout. Scalar versions are the specification (std::exp, one row at a time); the
-// AVX-512 versions use the same fp32 operations with a Cephes-style exp (about 2 ulp) and masked loads for the tails.
+// CPU kernels behind quant/fused_ops.h: causal-LM cross entropy, RMSNorm, rotary embedding, SwiGLU and
+// counter-based dropout. Scalar versions are the specification (std::exp, one row at a time); the AVX-512 versions
+// use the same fp32 operations with a Cephes-style exp (about 2 ulp) and masked loads for the tails.
 // Rows are split over LibTorch's thread pool; every row is computed by one thread, so results do not depend on the
 // thread count. GCC 12 reports false (maybe-)uninitialized warnings inside its own AVX-512 intrinsic headers
 // (_mm512_reduce_*).
@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <vector>
 
 namespace qlora::quant::detail {
 namespace {
@@ -26,7 +25,7 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr int64_t kLongRowGrain = 1;        // rows of a vocabulary: one is plenty of work
-constexpr int64_t kShortRowGrain = 32;      // attention rows (S scores)
+constexpr int64_t kShortRowGrain = 32;      // rows of a hidden size or a head dim
 constexpr int64_t kElementGrain = 1 << 15;  // elements (element-wise kernels)
 
 template <class F>
@@ -71,39 +70,6 @@ float ce_row_lse_scalar(const T* x, int64_t v) {
 template <class T>
 void ce_row_grad_scalar(const T* x, int64_t v, float lse, float g, T* out) {
   for (int64_t j = 0; j < v; ++j) out[j] = static_cast<T>(std::exp(static_cast<float>(x[j]) - lse) * g);
-}
-
-template <class T>
-void softmax_row_scalar(const T* x, const bool* keep, int64_t s, float scale, float* buf, T* out) {
-  float m = -kInf;
-  bool nan = false, any = false;
-  for (int64_t j = 0; j < s; ++j) {
-    if (keep && !keep[j]) continue;
-    const float a = static_cast<float>(x[j]) * scale;
-    any = true;
-    nan |= std::isnan(a);
-    m = std::max(m, a);
-  }
-  if (!any || nan) {
-    for (int64_t j = 0; j < s; ++j) out[j] = static_cast<T>(nan ? kNaN : 0.0f);
-    return;
-  }
-  float sum = 0.0f;
-  for (int64_t j = 0; j < s; ++j) {
-    buf[j] = (keep && !keep[j]) ? 0.0f : std::exp(static_cast<float>(x[j]) * scale - m);
-    sum += buf[j];
-  }
-  const float inv = 1.0f / sum;
-  for (int64_t j = 0; j < s; ++j) out[j] = static_cast<T>(buf[j] * inv);
-}
-
-template <class T>
-void softmax_grad_row_scalar(const T* p, const T* g, int64_t s, float scale, T* out) {
-  float dot = 0.0f;
-  for (int64_t j = 0; j < s; ++j) dot += static_cast<float>(g[j]) * static_cast<float>(p[j]);
-  for (int64_t j = 0; j < s; ++j) {
-    out[j] = static_cast<T>(scale * static_cast<float>(p[j]) * (static_cast<float>(g[j]) - dot));
-  }
 }
 
 // w: the weight already rounded to x's dtype, as fp32.
@@ -260,61 +226,6 @@ QLORA_AVX512 void ce_row_grad_avx512(const T* x, int64_t v, float lse, float g, 
   for (int64_t j = 0; j < v; j += 16) {
     const __mmask16 m = lanes(v - j);
     store16(out + j, m, _mm512_mul_ps(exp16(_mm512_sub_ps(load16(x + j, m), vl)), vg));
-  }
-}
-
-// Keep bits of 16 mask bytes (0/1) at p.
-QLORA_AVX512 inline __mmask16 keep16(const bool* p, __mmask16 m) {
-  const __m128i b = _mm_maskz_loadu_epi8(m, p);
-  return _mm_test_epi8_mask(b, b);
-}
-
-template <class T>
-QLORA_AVX512 void softmax_row_avx512(const T* x, const bool* keep, int64_t s, float scale, float* buf, T* out) {
-  const __m512 vs = _mm512_set1_ps(scale);
-  __m512 vmax = _mm512_set1_ps(-kInf);
-  __mmask16 nan = 0, any = 0;
-  for (int64_t j = 0; j < s; j += 16) {
-    __mmask16 m = lanes(s - j);
-    if (keep) m &= keep16(keep + j, m);
-    const __m512 a = _mm512_mul_ps(load16(x + j, m), vs);
-    any |= m;
-    nan |= _mm512_mask_cmp_ps_mask(m, a, a, _CMP_UNORD_Q);
-    vmax = _mm512_mask_max_ps(vmax, m, vmax, a);
-  }
-  if (!any || nan) {
-    const __m512 fill = _mm512_set1_ps(nan ? kNaN : 0.0f);
-    for (int64_t j = 0; j < s; j += 16) store16(out + j, lanes(s - j), fill);
-    return;
-  }
-  const __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t j = 0; j < s; j += 16) {
-    const __mmask16 all = lanes(s - j);
-    const __mmask16 m = keep ? static_cast<__mmask16>(all & keep16(keep + j, all)) : all;
-    const __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_mul_ps(load16(x + j, m), vs), vm)));
-    _mm512_mask_storeu_ps(buf + j, all, e);
-    sum = _mm512_add_ps(sum, e);
-  }
-  const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
-  for (int64_t j = 0; j < s; j += 16) {
-    const __mmask16 m = lanes(s - j);
-    store16(out + j, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, buf + j), inv));
-  }
-}
-
-template <class T>
-QLORA_AVX512 void softmax_grad_row_avx512(const T* p, const T* g, int64_t s, float scale, T* out) {
-  __m512 dot = _mm512_setzero_ps();
-  for (int64_t j = 0; j < s; j += 16) {
-    const __mmask16 m = lanes(s - j);
-    dot = _mm512_fmadd_ps(load16(g + j, m), load16(p + j, m), dot);
-  }
-  const __m512 vd = _mm512_set1_ps(_mm512_reduce_add_ps(dot)), vs = _mm512_set1_ps(scale);
-  for (int64_t j = 0; j < s; j += 16) {
-    const __mmask16 m = lanes(s - j);
-    const __m512 sp = _mm512_mul_ps(vs, load16(p + j, m));
-    store16(out + j, m, _mm512_mul_ps(sp, _mm512_sub_ps(load16(g + j, m), vd)));
   }
 }
 
@@ -498,71 +409,6 @@ void cross_entropy_backward_cpu(const torch::Tensor& logits, const torch::Tensor
         }
         // The label's entry from its fp32 softmax value, so the - 1 is not applied to a rounded number.
         oi[y[i]] = static_cast<T>((std::exp(static_cast<float>(xi[y[i]]) - l[i]) - 1.0f) * g);
-      }
-    });
-  });
-}
-
-void scaled_masked_softmax_forward_cpu(const torch::Tensor& scores, const torch::Tensor& keep, float scale,
-                                       torch::Tensor& probs, Isa isa) {
-  check_cpu_contiguous(scores, "softmax scores");
-  TORCH_CHECK(scores.dim() == 4, "softmax scores must be (B, H, T, S), got ", scores.sizes());
-  TORCH_CHECK(probs.is_contiguous() && probs.sizes() == scores.sizes() && probs.scalar_type() == scores.scalar_type(),
-              "softmax probs must match the scores");
-  const int64_t b = scores.size(0), h = scores.size(1), t = scores.size(2), s = scores.size(3);
-  int64_t kb = 0, kh = 0, kt = 0;
-  const bool* kp = nullptr;
-  if (keep.defined()) {
-    TORCH_CHECK(keep.scalar_type() == torch::kBool && keep.sizes() == scores.sizes() && keep.device().is_cpu(),
-                "softmax mask must be a CPU bool tensor of the scores' shape ", scores.sizes(), ", got ", keep.sizes());
-    TORCH_CHECK(s == 1 || keep.stride(3) == 1, "softmax mask needs a unit last stride");
-    kb = keep.stride(0);
-    kh = keep.stride(1);
-    kt = keep.stride(2);
-    kp = keep.data_ptr<bool>();
-  }
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
-  dispatch_dtype(scores.scalar_type(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* x = static_cast<const T*>(scores.data_ptr());
-    T* out = static_cast<T*>(probs.data_ptr());
-    at::parallel_for(0, b * h * t, kShortRowGrain, [&](int64_t r0, int64_t r1) {
-      std::vector<float> buf(static_cast<size_t>(s));
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t bi = r / (h * t), hi = (r / t) % h, ti = r % t;
-        const bool* k = kp ? kp + bi * kb + hi * kh + ti * kt : nullptr;
-        if (isa == Isa::kAvx512) {
-          softmax_row_avx512(x + r * s, k, s, scale, buf.data(), out + r * s);
-        } else {
-          softmax_row_scalar(x + r * s, k, s, scale, buf.data(), out + r * s);
-        }
-      }
-    });
-  });
-}
-
-void scaled_masked_softmax_backward_cpu(const torch::Tensor& probs, const torch::Tensor& grad_probs, float scale,
-                                        torch::Tensor& grad_scores, Isa isa) {
-  check_cpu_contiguous(probs, "softmax probs");
-  check_cpu_contiguous(grad_probs, "softmax grad");
-  TORCH_CHECK(grad_probs.sizes() == probs.sizes() && grad_probs.scalar_type() == probs.scalar_type() &&
-                  grad_scores.sizes() == probs.sizes() && grad_scores.scalar_type() == probs.scalar_type() &&
-                  grad_scores.is_contiguous(),
-              "softmax backward: tensors must share shape and dtype");
-  const int64_t s = probs.size(-1), rows = s == 0 ? 0 : probs.numel() / s;
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
-  dispatch_dtype(probs.scalar_type(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* p = static_cast<const T*>(probs.data_ptr());
-    const T* g = static_cast<const T*>(grad_probs.data_ptr());
-    T* out = static_cast<T*>(grad_scores.data_ptr());
-    at::parallel_for(0, rows, kShortRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        if (isa == Isa::kAvx512) {
-          softmax_grad_row_avx512(p + r * s, g + r * s, s, scale, out + r * s);
-        } else {
-          softmax_grad_row_scalar(p + r * s, g + r * s, s, scale, out + r * s);
-        }
       }
     });
   });

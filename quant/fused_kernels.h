@@ -23,15 +23,6 @@ double cross_entropy_forward_cpu(const torch::Tensor& logits, const torch::Tenso
 void cross_entropy_backward_cpu(const torch::Tensor& logits, const torch::Tensor& labels, int64_t ignore_index,
                                 const torch::Tensor& lse, float g, torch::Tensor& grad, Isa isa);
 
-// scores: (B, H, T, S); keep: bool (B, H, T, S) with any strides but a unit last stride (an expanded mask), or
-// undefined (keep all). probs = softmax over S of scores * scale where kept, 0 where masked; a row with nothing
-// kept gives zeros, a row with a NaN among its kept scores gives NaNs.
-void scaled_masked_softmax_forward_cpu(const torch::Tensor& scores, const torch::Tensor& keep, float scale,
-                                       torch::Tensor& probs, Isa isa);
-// probs, grad_probs: (R, S) -> grad_scores = scale * probs * (grad_probs - sum_S(grad_probs * probs)).
-void scaled_masked_softmax_backward_cpu(const torch::Tensor& probs, const torch::Tensor& grad_probs, float scale,
-                                        torch::Tensor& grad_scores, Isa isa);
-
 // x: (R, H), weight: (H) -> out = round(round(x * r) * weight) with r = 1 / sqrt(mean_H(x^2) + eps) per row (written
 // to rstd, fp32 R): LlamaRMSNorm's two roundings. weight may have another dtype than x (cast to x's dtype first).
 void rms_norm_forward_cpu(const torch::Tensor& x, const torch::Tensor& weight, double eps, torch::Tensor& out,

@@ -4,7 +4,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <limits>
 #include <mutex>
 
 #include "quant/fused_kernels.h"
@@ -40,36 +39,6 @@ struct CrossEntropySumFunction : torch::autograd::Function<CrossEntropySumFuncti
       grad = torch::empty_like(x);
       detail::cross_entropy_backward_cpu(x, saved[1], ctx->saved_data["ignore_index"].toInt(), saved[2],
                                          grad_out[0].item<float>(), grad, detail::active_isa());
-    }
-    return {grad, torch::Tensor(), torch::Tensor()};
-  }
-};
-
-// scores (B, H, T, S) -> probs. Saves only the probs (the next matmul keeps them anyway).
-struct ScaledMaskedSoftmaxFunction : torch::autograd::Function<ScaledMaskedSoftmaxFunction> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& scores,
-                               const c10::optional<torch::Tensor>& keep_opt, double scale) {
-    const torch::Tensor x = scores.contiguous();
-    torch::Tensor keep;
-    if (keep_opt.has_value() && keep_opt->defined()) {
-      keep = keep_opt->to(torch::kBool).expand(x.sizes());
-      if (x.size(3) > 1 && keep.stride(3) != 1) keep = keep.contiguous();
-    }
-    torch::Tensor probs = torch::empty_like(x);
-    detail::scaled_masked_softmax_forward_cpu(x, keep, static_cast<float>(scale), probs, detail::active_isa());
-    ctx->save_for_backward({probs});
-    ctx->saved_data["scale"] = scale;
-    return probs;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const torch::Tensor probs = ctx->get_saved_variables()[0];
-    torch::Tensor grad;
-    if (grad_out[0].defined()) {
-      const torch::Tensor g = grad_out[0].to(probs.scalar_type()).contiguous();
-      grad = torch::empty_like(probs);
-      detail::scaled_masked_softmax_backward_cpu(probs, g, static_cast<float>(ctx->saved_data["scale"].toDouble()),
-                                                 grad, detail::active_isa());
     }
     return {grad, torch::Tensor(), torch::Tensor()};
   }
@@ -186,12 +155,6 @@ torch::Tensor cross_entropy_sum_ops(const torch::Tensor& logits, const torch::Te
   return torch::nn::functional::cross_entropy(logits.to(torch::kFloat32), labels.to(torch::kInt64), opts);
 }
 
-torch::Tensor scaled_masked_softmax_ops(const torch::Tensor& scores, const torch::Tensor& keep, double scale) {
-  torch::Tensor s = scores.to(torch::kFloat32) * scale;
-  if (keep.defined()) s = s.masked_fill(keep.to(torch::kBool).logical_not(), -std::numeric_limits<float>::infinity());
-  return torch::softmax(s, -1).to(scores.scalar_type());
-}
-
 torch::Tensor rms_norm_ops(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   const torch::Tensor xf = x.to(torch::kFloat32);
   const torch::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
@@ -218,15 +181,6 @@ torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor
     return detail::cross_entropy_sum_ops(logits, labels, ignore_index);
   }
   return CrossEntropySumFunction::apply(logits, labels, ignore_index);
-}
-
-torch::Tensor scaled_masked_softmax(const torch::Tensor& scores, const torch::Tensor& keep, double scale) {
-  TORCH_CHECK(scores.dim() == 4, "scaled_masked_softmax: scores must be (B, H, T, S), got ", scores.sizes());
-  if (!fused_cpu(scores) || (keep.defined() && !keep.device().is_cpu())) {
-    return detail::scaled_masked_softmax_ops(scores, keep, scale);
-  }
-  return ScaledMaskedSoftmaxFunction::apply(scores, keep.defined() ? c10::optional<torch::Tensor>(keep) : c10::nullopt,
-                                            scale);
 }
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {

@@ -1,5 +1,5 @@
-// Fused training ops with their own autograd: causal-LM cross entropy, scaled masked softmax (eager attention),
-// RMSNorm, rotary embedding, SwiGLU and counter-based dropout. On CPU tensors of fp32/bf16/fp16 they run the kernels of
+// Fused training ops with their own autograd: causal-LM cross entropy, RMSNorm, rotary embedding, SwiGLU and
+// counter-based dropout. On CPU tensors of fp32/bf16/fp16 they run the kernels of
 // quant/fused_kernels.h (one pass over the data in fp32, outputs and gradients written straight in the input's dtype,
 // no fp32 copies kept for backward); on other devices and dtypes they fall back to the equivalent LibTorch ops (the
 // *_ops functions), so callers in model/ and lora/ stay device-generic.
@@ -15,11 +15,6 @@ namespace qlora::quant {
 // logsumexp(logits[i]) - logits[i, label] (cross_entropy(logits.float(), labels, reduction=sum)). Differentiable in
 // logits; the gradient has the logits' dtype.
 torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor& labels, int64_t ignore_index);
-
-// scores: (B, H, T, S) -> (B, H, T, S) in the scores' dtype: softmax over S of scores * scale (fp32) where `keep`
-// (bool, broadcastable to the scores; undefined = keep all) is true, 0 where it is false. Differentiable in scores.
-// A row with nothing kept gives zeros on CPU (NaNs from the fallback, like torch.softmax of all -inf).
-torch::Tensor scaled_masked_softmax(const torch::Tensor& scores, const torch::Tensor& keep, double scale);
 
 // LlamaRMSNorm: x (..., H) -> (..., H) in x's dtype: round(x * rsqrt(mean(x^2) + eps)) in fp32, times weight (H)
 // cast to x's dtype. Differentiable in x; a weight that requires grad takes the LibTorch-ops path.
@@ -42,7 +37,6 @@ torch::Tensor dropout(const torch::Tensor& x, double p, bool train);
 namespace detail {
 // The LibTorch-ops versions (the non-CPU path; tests run them on CPU too).
 torch::Tensor cross_entropy_sum_ops(const torch::Tensor& logits, const torch::Tensor& labels, int64_t ignore_index);
-torch::Tensor scaled_masked_softmax_ops(const torch::Tensor& scores, const torch::Tensor& keep, double scale);
 torch::Tensor rms_norm_ops(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 torch::Tensor rotary_embedding_ops(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 torch::Tensor swiglu_ops(const torch::Tensor& gate, const torch::Tensor& up);

@@ -6,7 +6,6 @@
 #endif
 
 #include <spdlog/spdlog.h>
-#include <torch/version.h>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -27,13 +26,9 @@ namespace qlora::trainer {
 
 namespace {
 
-// LibTorch 2.x splits ProcessGroup into a dispatching ProcessGroup and per-device Backends; the Gloo and NCCL
-// classes are Backends there, with the same collective methods we use.
-#if TORCH_VERSION_MAJOR >= 2
+// LibTorch splits a process group into a dispatching c10d::ProcessGroup and per-device c10d::Backends; the Gloo
+// and NCCL classes are Backends, with the collective methods we use.
 using PgBase = c10d::Backend;
-#else
-using PgBase = c10d::ProcessGroup;
-#endif
 
 constexpr auto kHeartbeatInterval = std::chrono::milliseconds(500);
 // A heartbeat that did not move in this long belongs to a dead or stopped process.
@@ -44,11 +39,12 @@ constexpr auto kDiagnoseStoreTimeout = std::chrono::seconds(5);
 constexpr auto kMinRendezvousTimeout = std::chrono::milliseconds(300000);
 constexpr const char* kKeyPrefix = "qlora/";
 
+// Built with append: GCC 12's C++20 `std::string + "literal"` inlining reports a false -Warray-bounds at -O3.
 std::string heartbeat_key(int rank) {
-  return std::string(kKeyPrefix) + "heartbeat/" + std::to_string(rank);
+  return std::string(kKeyPrefix).append("heartbeat/").append(std::to_string(rank));
 }
 std::string failed_key(int rank) {
-  return std::string(kKeyPrefix) + "failed/" + std::to_string(rank);
+  return std::string(kKeyPrefix).append("failed/").append(std::to_string(rank));
 }
 
 int env_int(const char* name, int def, int min, int max) {
@@ -65,9 +61,8 @@ int env_int(const char* name, int def, int min, int max) {
   return static_cast<int>(x);
 }
 
-// No store connection waits for the others (TCPStoreOptions::waitWorkers): with LibTorch 1.13 the server's wait
-// for all workers was observed to last its whole timeout. The process group's full-mesh connect is the
-// rendezvous instead: it waits (up to the rendezvous timeout) for every rank's address in the store.
+// No store connection waits for the others (TCPStoreOptions::waitWorkers = false): the process group's full-mesh
+// connect is the rendezvous, waiting (up to the rendezvous timeout) for every rank's address in the store.
 c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistEnv& env, bool server, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions so;
   so.port = static_cast<std::uint16_t>(env.master_port);

@@ -17,8 +17,8 @@
 // the heartbeats are read twice and the error names the rank(s) whose heartbeat stopped (a dead or stopped
 // process), a rank that reported its own failure, or rank 0 when the store it hosts is unreachable.
 //
-// Everything that touches the c10d API lives in distributed.cpp (the API moved between LibTorch 1.13 and 2.x:
-// ProcessGroupGloo derives from c10d::ProcessGroup there and from c10d::Backend here; guarded with #if).
+// Everything that touches the c10d API lives in distributed.cpp (ProcessGroupGloo and ProcessGroupNCCL are
+// c10d::Backend classes there).
 #pragma once
 
 #include <torch/torch.h>

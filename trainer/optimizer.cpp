@@ -1,25 +1,13 @@
 #include "trainer/optimizer.h"
 
 #include <cmath>
-#include <sstream>
-#include <string>
-#include <type_traits>
 
 namespace qlora::trainer {
 namespace {
 
-// The optimizer's state key of a parameter: LibTorch 1.13 keys by the TensorImpl address printed as a string,
-// later versions by the address itself.
-template <typename Map>
-typename Map::key_type state_key(const Map&, const torch::Tensor& p) {
-  using Key = typename Map::key_type;
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream os;
-    os << p.unsafeGetTensorImpl();
-    return os.str();
-  } else {
-    return static_cast<Key>(static_cast<void*>(p.unsafeGetTensorImpl()));
-  }
+// The optimizer's state key of a parameter: torch::optim keys its state map by the TensorImpl address.
+void* state_key(const torch::Tensor& p) {
+  return static_cast<void*>(p.unsafeGetTensorImpl());
 }
 
 }  // namespace
@@ -56,7 +44,7 @@ torch::Tensor AdapterAdamW::step(LossClosure closure) {
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
       const torch::Device dev = device_for(p);
-      const auto key = state_key(states, p);
+      const auto key = state_key(p);
       auto it = states.find(key);
       if (it == states.end()) {
         auto st = std::make_unique<torch::optim::AdamWParamState>();
@@ -90,7 +78,7 @@ void AdapterAdamW::load(torch::serialize::InputArchive& archive) {
   auto& states = state();
   for (auto& group : param_groups()) {
     for (auto& p : group.params()) {
-      auto it = states.find(state_key(states, p));
+      auto it = states.find(state_key(p));
       if (it == states.end()) continue;
       auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
       const torch::Device dev = device_for(p);

@@ -27,7 +27,6 @@ MemoryPlanInputs llama2_70b_inputs(int64_t r = 64) {
   in.micro_batch = 1;
   in.seq_len = 2048;
   in.gradient_checkpointing = true;
-  in.fused_attention = true;  // a GPU run on LibTorch 2.x (SDPA); the eager path is tested below
   return in;
 }
 
@@ -119,10 +118,45 @@ TEST(MemoryPlan, Llama2_70bWithBf16AdaptersAndOffloadFitsIn46GB) {
   EXPECT_EQ(cpu.lora_state_bytes, 12 * lora);
 }
 
+// What one decoder layer keeps for backward, tensor by tensor, on the CPU (fused kernels: RMSNorm keeps its bf16
+// input, dropout only a seed) for Llama-2-70B shapes with LoRA r 64 and dropout on all 7 projections, seq 512.
+TEST(MemoryPlan, LayerSavedBytesEqualTheHandCount) {
+  MemoryPlanInputs in = llama2_70b_inputs();
+  in.seq_len = 512;
+  const int64_t e = 2, r = 64, heads = 64, t = 512;
+  const int64_t lora_dropped = e * r + e * kH;  // x·Aᵀ and the dropped input of one module reading an H-wide input
+  const int64_t per_token = 2 * e * kH          // the two RMSNorm inputs
+                            + 3 * lora_dropped  // q, k, v LoRA
+                            + e * kH + 2 * e * kKv  // roped q; k and v at the 8 kv heads
+                            + e * kH + 4 * heads    // SDPA output + fp32 logsumexp per head
+                            + e * t                 // the additive (B, 1, T, T) mask copy, one row per token
+                            + lora_dropped          // o_proj LoRA (input width Dq = H)
+                            + 2 * lora_dropped      // gate, up LoRA
+                            + 2 * e * kI            // SwiGLU keeps gate and up
+                            + e * r + e * kI;       // down_proj LoRA: x·Aᵀ and its dropped (I-wide) input
+  EXPECT_EQ(layer_saved_activation_bytes(in), t * per_token);
+}
+
+// SDPA with enable_gqa keeps k and v at their kv heads (no repeat_kv copies): going from 64 to 8 kv heads saves
+// exactly 2 x e x (Dq - Dkv) per token; and nothing per head grows with T: one more key per token adds only one
+// element of the additive mask row (e bytes), where an eager softmax would add (4 + e) x 64 heads.
+TEST(MemoryPlan, AttentionKeepsKvHeadsAndNoScores) {
+  MemoryPlanInputs gqa = llama2_70b_inputs();
+  gqa.seq_len = 512;
+  MemoryPlanInputs mha = gqa;
+  mha.config.num_key_value_heads = mha.config.num_attention_heads;
+  const int64_t n = 512, e = 2;
+  EXPECT_EQ(layer_saved_activation_bytes(mha) - layer_saved_activation_bytes(gqa), n * 2 * e * (kH - kKv));
+  MemoryPlanInputs longer = gqa;
+  longer.seq_len = 1024;
+  const int64_t per_token_512 = layer_saved_activation_bytes(gqa) / 512;
+  const int64_t per_token_1024 = layer_saved_activation_bytes(longer) / 1024;
+  EXPECT_EQ(per_token_1024 - per_token_512, e * (1024 - 512));
+}
+
 TEST(MemoryPlan, CheckpointingAndChunkingChangeWhatTheyClaim) {
   MemoryPlanInputs in = llama2_70b_inputs();
   in.seq_len = 512;
-  in.fused_attention = false;  // eager: (T, T) scores kept per layer
   const MemoryPlan on = plan_memory(in);
   in.gradient_checkpointing = false;
   const MemoryPlan off = plan_memory(in);
@@ -134,7 +168,6 @@ TEST(MemoryPlan, CheckpointingAndChunkingChangeWhatTheyClaim) {
   MemoryPlanInputs l3 = in;
   l3.config = load_llama_config(test::source_dir() / "configs/models/llama-3-8b.json");
   l3.lora.clear();
-  l3.fused_attention = true;
   l3.gradient_checkpointing = true;
   l3.seq_len = 8192;
   l3.loss_chunk_tokens = 1 << 20;  // one chunk

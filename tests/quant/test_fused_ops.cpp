@@ -9,7 +9,6 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <limits>
 
 #include "quant/fused_kernels.h"
 #include "quant/fused_ops.h"
@@ -130,82 +129,6 @@ TEST_F(FusedOps, CrossEntropyAllIgnoredAndBadLabels) {
   EXPECT_EQ(x.grad().abs().max().item<double>(), 0.0);
   const torch::Tensor bad = torch::tensor({0, 11, 2}, torch::kInt64);
   EXPECT_THROW(cross_entropy_sum(x, bad, kIgnore), c10::Error);
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Scaled masked softmax.
-
-// Causal keep mask with some padded keys per batch row: (B, 1, T, S), never a fully masked row.
-torch::Tensor padded_causal_mask(int64_t b, int64_t t, int64_t s) {
-  const torch::Tensor q = torch::arange(s - t, s).view({t, 1});
-  const torch::Tensor k = torch::arange(0, s).view({1, s});
-  torch::Tensor keep = (k <= q).view({1, 1, t, s}).expand({b, 1, t, s}).clone();
-  keep.index_put_({0, 0, torch::indexing::Slice(), torch::indexing::Slice(0, 3)}, false);  // left padding
-  keep.logical_or_((k == q).view({1, 1, t, s}));                                           // every row keeps itself
-  return keep;
-}
-
-struct SoftmaxRef {
-  torch::Tensor probs, grad;  // fp64
-};
-
-SoftmaxRef softmax_reference(const torch::Tensor& x, const torch::Tensor& keep, double scale, const torch::Tensor& g) {
-  const torch::Tensor xd = x.to(torch::kFloat64).requires_grad_(true);
-  torch::Tensor s = xd * scale;
-  if (keep.defined()) s = s.masked_fill(keep.logical_not(), -std::numeric_limits<double>::infinity());
-  const torch::Tensor p = torch::softmax(s, -1);
-  (p * g.to(torch::kFloat64)).sum().backward();
-  return {p.detach(), xd.grad().clone()};
-}
-
-TEST_F(FusedOps, SoftmaxMatchesFloat64OnEveryPath) {
-  const int64_t b = 2, h = 3, t = 5, s = 37;
-  const double scale = 1.0 / std::sqrt(64.0);
-  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
-    for (bool masked : {true, false}) {
-      const torch::Tensor x = (torch::randn({b, h, t, s}) * 8.0).to(dt);
-      const torch::Tensor g = torch::randn({b, h, t, s}).to(dt);
-      const torch::Tensor keep = masked ? padded_causal_mask(b, t, s) : torch::Tensor();
-      const SoftmaxRef ref = softmax_reference(x, keep, scale, g);
-      const std::string what = std::string(c10::toString(dt)) + (masked ? " masked" : " unmasked");
-      for (Isa isa : cpu_paths()) {
-        SCOPED_TRACE(std::string(detail::isa_name(isa)) + " " + what);
-        torch::Tensor p = torch::full_like(x, 9.0);
-        detail::scaled_masked_softmax_forward_cpu(x, keep.defined() ? keep.expand(x.sizes()) : keep,
-                                                  static_cast<float>(scale), p, isa);
-        EXPECT_LE(excess(p, ref.probs, rtol(dt), atol(dt)), 0.0);
-        if (masked) {
-          EXPECT_EQ(p.index({keep.expand(x.sizes()).logical_not()}).abs().max().item<double>(), 0.0);
-        }
-        // Backward from the reference probs in the tested dtype (what the op saves).
-        torch::Tensor gs = torch::full_like(x, 9.0);
-        detail::scaled_masked_softmax_backward_cpu(ref.probs.to(dt), g, static_cast<float>(scale), gs, isa);
-        EXPECT_LE(excess(gs, ref.grad, rtol(dt), atol(dt)), 0.0);
-      }
-      for (bool fallback : {false, true}) {
-        SCOPED_TRACE(std::string(fallback ? "ops " : "fused ") + what);
-        const torch::Tensor xr = x.clone().requires_grad_(true);
-        const torch::Tensor p =
-            fallback ? detail::scaled_masked_softmax_ops(xr, keep, scale) : scaled_masked_softmax(xr, keep, scale);
-        EXPECT_EQ(p.scalar_type(), dt);
-        EXPECT_LE(excess(p, ref.probs, rtol(dt), atol(dt)), 0.0);
-        (p * g).sum().backward();
-        EXPECT_LE(excess(xr.grad(), ref.grad, rtol(dt), atol(dt)), 0.0);
-      }
-    }
-  }
-}
-
-TEST_F(FusedOps, SoftmaxFullyMaskedRowIsZeroWithZeroGradient) {
-  const torch::Tensor x = torch::randn({1, 2, 3, 19}).requires_grad_(true);
-  torch::Tensor keep = torch::ones({1, 1, 3, 19}, torch::kBool);
-  keep.index_put_({0, 0, 1}, false);  // row 1 of every head: nothing kept
-  const torch::Tensor p = scaled_masked_softmax(x, keep, 0.5);
-  EXPECT_EQ(p.index({0, torch::indexing::Slice(), 1}).abs().max().item<double>(), 0.0);
-  EXPECT_NEAR(p.index({0, 0, 0}).sum().item<double>(), 1.0, kF32Rtol);
-  p.pow(2).sum().backward();
-  EXPECT_EQ(x.grad().index({0, torch::indexing::Slice(), 1}).abs().max().item<double>(), 0.0);
-  EXPECT_TRUE(torch::isfinite(x.grad()).all().item<bool>());
 }
 
 // ---------------------------------------------------------------------------------------------------------------
