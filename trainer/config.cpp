@@ -18,7 +18,7 @@ namespace {
 const std::map<std::string, std::vector<std::string>>& schema_keys() {
   static const std::map<std::string, std::vector<std::string>> keys = {
       {"", {"model", "lora", "data", "train", "eval", "checkpoint", "output_dir", "log", "device", "dist"}},
-      {"model", {"path", "compute_dtype", "quant", "gradient_checkpointing"}},
+      {"model", {"path", "compute_dtype", "quant", "gradient_checkpointing", "plan_config"}},
       {"model.quant", {"type", "blocksize", "double_quant"}},
       {"lora", {"r", "alpha", "dropout", "targets", "rslora", "dtype"}},
       {"train",
@@ -238,6 +238,7 @@ void parse_model(const Section& root, TrainConfig& cfg) {
   m.compute_dtype = s.get_enum("compute_dtype", "bf16", {"bf16", "fp16", "fp32"},
                                {{"bfloat16", "bf16"}, {"float16", "fp16"}, {"float32", "fp32"}});
   m.gradient_checkpointing = s.get_bool("gradient_checkpointing", true);
+  m.plan_config = s.get_string("plan_config", "");
   if (s.has("quant")) {
     YAML::Node q = s.get("quant");
     if (q.IsScalar()) {  // shorthand `quant: nf4`
@@ -441,6 +442,7 @@ TrainConfig parse_config(const std::string& yaml_text, const std::string& source
 
   // Relative paths resolve against the working directory (not the config file's folder).
   cfg.model.path = resolve(cfg.model.path);
+  if (!cfg.model.plan_config.empty()) cfg.model.plan_config = resolve(cfg.model.plan_config);
   cfg.checkpoint.dir = resolve(cfg.checkpoint.dir);
   cfg.output_dir = resolve(cfg.output_dir);
   cfg.log.metrics = resolve(cfg.log.metrics);
@@ -467,6 +469,7 @@ YAML::Node to_yaml(const TrainConfig& c) {
   n["model"]["quant"]["blocksize"] = c.model.quant_blocksize;
   n["model"]["quant"]["double_quant"] = c.model.double_quant;
   n["model"]["gradient_checkpointing"] = c.model.gradient_checkpointing;
+  if (!c.model.plan_config.empty()) n["model"]["plan_config"] = c.model.plan_config.string();
   n["lora"]["r"] = c.lora.r;
   n["lora"]["alpha"] = c.lora.alpha;
   n["lora"]["dropout"] = c.lora.dropout;

@@ -31,6 +31,9 @@ struct ModelSection {
   int64_t quant_blocksize = 64;
   bool double_quant = true;
   bool gradient_checkpointing = true;
+  // config.json that `--plan` reads while model.path holds no weights yet (e.g. configs/models/<model>.json);
+  // planning only: the run itself always reads model.path/config.json. Empty: none.
+  fs::path plan_config;
   int path_line = 0;  // line of model.path in the file (for later errors)
 
   torch::ScalarType dtype() const;  // compute_dtype as a torch dtype

@@ -27,6 +27,14 @@ fs::path plan_config_json(const TrainConfig& cfg, const fs::path& plan_config) {
     return plan_config;
   }
   const fs::path p = cfg.model.path / "config.json";
+  if (!fs::is_regular_file(p) && !cfg.model.plan_config.empty()) {
+    // Weights not there yet: the config's own model.plan_config (e.g. configs/models/<model>.json) stands in.
+    if (!fs::is_regular_file(cfg.model.plan_config)) {
+      throw Error(cfg.source_file + ": model.plan_config: no such file " + cfg.model.plan_config.string() +
+                  "\nHINT: configs/models/ holds the config.json of the public Llama checkpoints");
+    }
+    return cfg.model.plan_config;
+  }
   if (!fs::is_regular_file(p)) {
     throw Error(cfg.source_file + (cfg.model.path_line > 0 ? ":" + std::to_string(cfg.model.path_line) : "") +
                 ": model.path: no config.json in " + cfg.model.path.string() +
@@ -85,8 +93,6 @@ model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaCo
   // On CUDA the plan is of the device's allocations (what max-allocated reports): no process baseline there.
   in.baseline_bytes = cfg.device.rfind("cuda", 0) == 0 ? 0 : baseline_bytes;
   in.device = cfg.device;
-  // CUDA runs are built against LibTorch 2.x (Debian's 1.13 is CPU-only), whose attention is the fused kernel.
-  if (cfg.device.rfind("cuda", 0) == 0) in.fused_attention = true;
   return in;
 }
 

@@ -3,7 +3,8 @@
 //
 //   qlora-train configs/llama2-70b.yaml --plan --plan-config configs/models/llama-2-70b.json --device-memory 48GB
 //
-// config.json comes from --plan-config when given, else from model.path/config.json; nothing else is read, so a
+// config.json comes from --plan-config when given, else from model.path/config.json (or, while that folder has
+// none, from the YAML's model.plan_config); nothing else is read, so a
 // plan works before the weights are downloaded (configs/models/ ships the public Llama config.json files).
 #pragma once
 

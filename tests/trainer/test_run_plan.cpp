@@ -115,5 +115,28 @@ TEST(RunPlan, Llama2_70bPlanFromConfigsModelsAlone) {
   EXPECT_NE(e.output.find("--plan-config configs/models/"), std::string::npos) << e.output;
 }
 
+// configs/llama70b.yaml names its config.json (model.plan_config), so `--plan` works before the weights are there,
+// and gives the same plan as passing that file with --plan-config.
+TEST(RunPlan, ModelPlanConfigStandsInWhileTheWeightsAreAbsent) {
+  // Relative paths in a config resolve against the working directory: run from the source tree, as a user would.
+  const std::string train = "cd " + test::source_dir().string() + " && " + (test::bin_dir() / "qlora-train").string() +
+                            " configs/llama70b.yaml --plan";
+  const auto own = test::run_command(train);
+  ASSERT_EQ(own.exit_code, 0) << own.output;
+  const auto given = test::run_command(train + " --plan-config configs/models/llama-3.1-70b.json");
+  ASSERT_EQ(given.exit_code, 0) << given.output;
+  const auto total = [](const std::string& out) {
+    const size_t at = out.find("per device");
+    return at == std::string::npos ? std::string() : out.substr(at, out.find('\n', at) - at);
+  };
+  EXPECT_FALSE(total(own.output).empty()) << own.output;
+  EXPECT_EQ(total(own.output), total(given.output));
+  EXPECT_NE(own.output.find("80 layers"), std::string::npos) << own.output;
+  // A plan_config that does not exist is a clear error naming the key.
+  const auto bad = test::run_command(train + " --set model.plan_config=configs/models/none.json");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("model.plan_config"), std::string::npos) << bad.output;
+}
+
 }  // namespace
 }  // namespace qlora::trainer
