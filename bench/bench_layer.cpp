@@ -274,14 +274,7 @@ std::pair<model::LlamaModel, lora::LoraAdapters> build_model(const model::LlamaC
   }
   m->to(dev);
   m->set_gradient_checkpointing(t.model.gradient_checkpointing);
-  lora::LoraConfig lc;
-  lc.r = t.lora.r;
-  lc.alpha = t.lora.alpha;
-  lc.dropout = t.lora.dropout;
-  lc.targets = t.lora.targets;
-  lc.rslora = t.lora.rslora;
-  lc.dtype = t.lora.torch_dtype();
-  lora::LoraAdapters adapters = lora::attach_lora(m, lc, t.train.seed);
+  lora::LoraAdapters adapters = lora::attach_lora(m, trainer::lora_config(t), t.train.seed);
   for (auto& [name, mod] : adapters.modules) {
     mod->set_weights(mod->lora_A(),
                      kInitStd * torch::randn({mod->out_features(), mod->rank()}, torch::TensorOptions().device(dev)));

@@ -318,10 +318,12 @@ bool dequantize_cuda_into(const QuantizedTensor& q, torch::Tensor& out) {
 }  // namespace
 
 torch::Tensor dequantize_4bit(const QuantizedTensor& q, torch::ScalarType out_dtype) {
+#if defined(QLORA_WITH_CUDA)
   if (q.device().is_cuda() && out_dtype != torch::kFloat64) {
     auto out = torch::empty(q.shape, torch::TensorOptions().dtype(out_dtype).device(q.device()));
     if (dequantize_cuda_into(q, out)) return out;
   }
+#endif
   if (!q.device().is_cpu() || out_dtype == torch::kFloat64) return detail::dequantize_ops(q, out_dtype);
   auto out = torch::empty(q.shape, torch::TensorOptions().dtype(out_dtype));
   detail::dequantize_cpu_into(q, out, detail::active_isa());

@@ -44,6 +44,17 @@ fs::path plan_config_json(const TrainConfig& cfg, const fs::path& plan_config) {
   return p;
 }
 
+lora::LoraConfig lora_config(const TrainConfig& cfg) {
+  lora::LoraConfig lc;
+  lc.r = cfg.lora.r;
+  lc.alpha = cfg.lora.alpha;
+  lc.dropout = cfg.lora.dropout;
+  lc.targets = cfg.lora.targets;
+  lc.rslora = cfg.lora.rslora;
+  lc.dtype = cfg.lora.torch_dtype();
+  return lc;
+}
+
 model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaConfig& mc, int64_t baseline_bytes) {
   model::MemoryPlanInputs in;
   in.config = mc;
@@ -58,12 +69,7 @@ model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaCo
   in.blocksize = cfg.model.quant_blocksize;
   in.double_quant = cfg.model.double_quant;
   // The modules attach_lora adapts, with their ranks (same LoraConfig as Trainer::setup).
-  lora::LoraConfig lc;
-  lc.r = cfg.lora.r;
-  lc.alpha = cfg.lora.alpha;
-  lc.dropout = cfg.lora.dropout;
-  lc.targets = cfg.lora.targets;
-  lc.rslora = cfg.lora.rslora;
+  const lora::LoraConfig lc = lora_config(cfg);
   const int64_t h = mc.hidden_size, im = mc.intermediate_size;
   const std::vector<std::tuple<std::string, std::string, int64_t, int64_t>> projs = {
       {"self_attn", "q_proj", h, mc.q_dim()},

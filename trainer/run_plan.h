@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <optional>
 
+#include "lora/lora_model.h"
 #include "model/memory_plan.h"
 #include "trainer/config.h"
 
@@ -19,6 +20,9 @@ namespace qlora::trainer {
 // --plan-config if not empty, else model.path/config.json; qlora::Error with a HINT naming configs/models/ when
 // neither exists.
 fs::path plan_config_json(const TrainConfig& cfg, const fs::path& plan_config = {});
+
+// The adapters a config asks for (lora: section), as Trainer::setup, the plan and bench_layer attach them.
+lora::LoraConfig lora_config(const TrainConfig& cfg);
 
 // Plan inputs for `cfg` on a model described by `mc`; `baseline_bytes` is the process's resident memory before
 // the model is loaded (model::kDefaultCpuBaselineBytes when not measured).
@@ -32,10 +36,11 @@ model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config =
 // On glibc: serve every allocation of kMmapThresholdBytes or more with its own mapping, so a freed tensor's memory
 // returns to the OS at once. With glibc's default (a dynamic threshold rising to 32 MiB) freed tensors stay in the
 // heap, and the peak RSS becomes the sum of the peaks of the run's phases rather than their maximum, which is what
-// the plan counts (measured on the bench model: +40% over the plan without this, within 6% with it; bench/RESULTS.md).
-// Trainer::setup calls it, and it acts only when the environment sets QLORA_MALLOC_TUNING=rss: the small
-// threshold page-faults every activation in anew, which made bench training ~8x slower; the default is the apps'
-// speed setting (common/host_memory.h), whose peak RSS exceeds the plan (+34-40% measured with glibc's own default).
+// the plan counts (measured on the bench model: +40% over the plan without this, within 6% with it;
+// bench/RESULTS.md). Trainer::setup calls it, and it acts only when the environment sets QLORA_MALLOC_TUNING=rss: the
+// small threshold page-faults every activation in anew, which made bench training ~8x slower; the default is the
+// apps' speed setting (common/host_memory.h), whose peak RSS exceeds the plan (+34-40% measured with glibc's own
+// default).
 constexpr size_t kMmapThresholdBytes = size_t{1} << 20;
 void return_freed_tensor_memory_to_os();
 // Whether return_freed_tensor_memory_to_os() is in effect (QLORA_MALLOC_TUNING=rss).

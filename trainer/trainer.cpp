@@ -179,14 +179,7 @@ void Trainer::setup() {
   I.model = model::load_model(cfg_.model.path, lo);
   I.model->set_gradient_checkpointing(cfg_.model.gradient_checkpointing);
 
-  lora::LoraConfig lc;
-  lc.r = cfg_.lora.r;
-  lc.alpha = cfg_.lora.alpha;
-  lc.dropout = cfg_.lora.dropout;
-  lc.targets = cfg_.lora.targets;
-  lc.rslora = cfg_.lora.rslora;
-  lc.dtype = cfg_.lora.torch_dtype();
-  I.adapters = lora::attach_lora(I.model, lc, cfg_.train.seed);
+  I.adapters = lora::attach_lora(I.model, lora_config(cfg_), cfg_.train.seed);
 
   // AdamW over the adapter parameters only, fp32 states (trainer/optimizer.h); with optimizer_offload the states
   // live in host memory and the update runs there.
