@@ -9,7 +9,7 @@
 
 #include "apps/app_main.h"
 #include "data/data_loader.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -40,7 +40,7 @@ fs::path model_path(const YAML::Node& root, const std::string& config) {
   return p;
 }
 
-void print_split(const data::DataConfig& cfg, const model::Tokenizer& tok, data::Split split, int64_t batch_size,
+void print_split(const data::DataConfig& cfg, const tokenizer::Tokenizer& tok, data::Split split, int64_t batch_size,
                  int64_t examples) {
   data::DataConfig scan = cfg;
   scan.shuffle_buffer = 0;  // stats only: stream order is enough
@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
   return app::run(cli, argc, argv, [&] {
     const YAML::Node root = load_yaml(config);
     const data::DataConfig cfg = data::parse_data_config(root["data"], config);
-    const auto tok = model::load_tokenizer(model_path(root, config));
+    const auto tok = tokenizer::load_tokenizer(model_path(root, config));
     std::printf("format %s, template %s, max_seq_len %lld, packing %s, train_on_prompt %s\n",
                 data::format_name(cfg.format), data::template_name(cfg.tmpl.kind), static_cast<long long>(cfg.max_seq_len),
                 cfg.packing ? "on" : "off", cfg.train_on_prompt ? "on" : "off");

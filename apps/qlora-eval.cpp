@@ -13,7 +13,7 @@
 #include "common/error.h"
 #include "model/evaluate.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
       lo.quant = qlora::quant::parse_quant_type(quant);
     }
     auto model = qlora::model::load_model(model_dir, lo);
-    auto tok = qlora::model::load_tokenizer(model_dir);
+    auto tok = qlora::tokenizer::load_tokenizer(model_dir);
     std::vector<std::vector<int64_t>> docs;
     for (const auto& d : docs_text) {
       auto ids = tok->encode(d, /*add_bos=*/true, /*add_eos=*/true);

@@ -19,7 +19,7 @@
 #include "lora/peft_io.h"
 #include "model/generate.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
     auto model = qlora::model::load_model(model_dir, lo);
     if (!adapter.empty()) qlora::lora::apply_adapter(model, qlora::lora::load_adapter(adapter));
     model->eval();
-    auto tok = qlora::model::load_tokenizer(model_dir);
+    auto tok = qlora::tokenizer::load_tokenizer(model_dir);
     std::vector<int64_t> ids;
     if (!prompt_ids.empty()) {
       ids = parse_token_ids(prompt_ids, model->config().vocab_size);

@@ -8,12 +8,12 @@
 
 #include "apps/app_main.h"
 #include "common/log.h"
-#include "model/tiny_model.h"
+#include "tools/tiny_model.h"
 
 int main(int argc, char** argv) {
   CLI::App cli{"Write a random-initialised Llama model folder (HF layout) for tests, demos and benchmarks."};
   std::string out;
-  qlora::model::TinyModelOptions opts;
+  qlora::tools::TinyModelOptions opts;
   std::string corpus;
   cli.add_option("--out", out, "output model folder (must not exist unless --overwrite)")->required();
   cli.add_option("--preset", opts.preset,
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   return qlora::app::run(cli, argc, argv, [&] {
     if (!corpus.empty()) opts.corpus = corpus;
     if (!tokenizer_dir.empty()) opts.tokenizer_dir = tokenizer_dir;
-    const auto report = qlora::model::make_tiny_model(out, opts);
+    const auto report = qlora::tools::make_tiny_model(out, opts);
     const auto& c = report.config;
     spdlog::info("wrote {} preset '{}' (seed {}) to {}", c.architecture, opts.preset, opts.seed, report.dir.string());
     spdlog::info("  {:.2f} M parameters: vocab {} (tokenizer {}), hidden {}, layers {}, heads {}/{} kv, ffn {}",

@@ -8,8 +8,8 @@
 #include <string>
 
 #include "apps/app_main.h"
-#include "model/bpe_tokenizer.h"
-#include "model/tokenizer.h"
+#include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -70,15 +70,15 @@ int main(int argc, char** argv) {
   cli.add_flag("--decode", decode, "decode ids to text instead");
   return app::run(cli, argc, argv, [&] {
     if (text_opt->count() == 0 && file_opt->count() == 0) throw Error("give the input with --text or --file");
-    const model::fs::path dir = model_dir;
-    std::unique_ptr<model::Tokenizer> tok;
-    const model::BpeTokenizer* bpe = nullptr;
-    if (!model::fs::exists(dir / "tokenizer.model") && model::fs::exists(dir / "tokenizer.json")) {
-      auto b = model::BpeTokenizer::load(dir);
+    const std::filesystem::path dir = model_dir;
+    std::unique_ptr<tokenizer::Tokenizer> tok;
+    const tokenizer::BpeTokenizer* bpe = nullptr;
+    if (!std::filesystem::exists(dir / "tokenizer.model") && std::filesystem::exists(dir / "tokenizer.json")) {
+      auto b = tokenizer::BpeTokenizer::load(dir);
       bpe = b.get();
       tok = std::move(b);
     } else {
-      tok = model::load_tokenizer(dir);
+      tok = tokenizer::load_tokenizer(dir);
     }
     const std::string input = read_input(text, file);
     if (decode) {

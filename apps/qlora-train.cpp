@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "app_main.h"
-#include "trainer/launch.h"
+#include "trainer/dist/launch.h"
 #include "trainer/run_plan.h"
 #include "trainer/trainer.h"
 
@@ -63,11 +63,11 @@ int main(int argc, char** argv) {
     if (plan) {
       const auto p = qlora::trainer::plan_run(config, plan_config);
       std::optional<int64_t> budget;
-      if (!device_memory.empty()) budget = qlora::model::parse_byte_size(device_memory);
-      std::printf("%s", qlora::model::format_plan(p, budget).c_str());
+      if (!device_memory.empty()) budget = qlora::plan::parse_byte_size(device_memory);
+      std::printf("%s", qlora::plan::format_plan(p, budget).c_str());
       return budget && p.total_bytes > *budget ? 3 : 0;
     }
-    if (nproc > 0) return qlora::trainer::launch_local_ranks(nproc, std::vector<std::string>(argv, argv + argc));
+    if (nproc > 0) return qlora::dist::launch_local_ranks(nproc, std::vector<std::string>(argv, argv + argc));
     qlora::trainer::run_training(config, options);
     return 0;
   });

@@ -17,7 +17,7 @@
 #include "bench/machine_limits.h"
 #include "common/log.h"
 #include "data/data_loader.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -25,7 +25,7 @@ using namespace qlora;
 namespace fs = std::filesystem;
 
 // Byte-level stand-in (id = byte + 3) so the figures measure the data path, not a tokenizer.
-class ByteTokenizer : public model::Tokenizer {
+class ByteTokenizer : public tokenizer::Tokenizer {
  public:
   std::vector<int32_t> encode(const std::string& text, bool add_bos, bool add_eos) const override {
     std::vector<int32_t> ids;
@@ -76,8 +76,8 @@ int main(int argc, char** argv) {
   }
   const double file_mb = static_cast<double>(fs::file_size(file)) / (1 << 20);
 
-  std::unique_ptr<model::Tokenizer> tok =
-      tokenizer_dir.empty() ? std::make_unique<ByteTokenizer>() : model::load_tokenizer(tokenizer_dir);
+  std::unique_ptr<tokenizer::Tokenizer> tok =
+      tokenizer_dir.empty() ? std::make_unique<ByteTokenizer>() : tokenizer::load_tokenizer(tokenizer_dir);
   YAML::Node node = YAML::Load("train: " + file.string() +
                                "\nformat: completion\nmax_seq_len: 512\npacking: true\nshuffle_buffer: 1000\n");
   const data::DataConfig cfg = data::parse_data_config(node, "bench");

@@ -1,4 +1,4 @@
-// bench_fused_ops [threads=2]: forward + backward time of each fused training op (quant/fused_ops.h) next to the
+// bench_fused_ops [threads=2]: forward + backward time of each fused training op (ops/fused_ops.h) next to the
 // LibTorch composite it replaced (the ops fallbacks are the old code), at the shapes of configs/bench.yaml (micro batch
 // 4 x 512 tokens, hidden 768, intermediate 2048, 12 heads, vocab 32000, loss chunks of 1024 tokens, bf16), with the
 // machine's copy bandwidth.
@@ -12,7 +12,7 @@
 #include "bench/machine_limits.h"
 #include "common/host_memory.h"
 #include "quant/dequant_kernels.h"
-#include "quant/fused_ops.h"
+#include "ops/fused_ops.h"
 
 using namespace qlora;
 using qlora::bench::time_best;
@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
   torch::manual_seed(0);
   const double copy_gbs = bench::measure_copy_bandwidth_gbs();
   std::printf("threads: %d, kernel path: %s, copy bandwidth %.1f GB/s\n", at::get_num_threads(),
-              quant::detail::isa_name(quant::detail::active_isa()), copy_gbs);
+              isa_name(active_isa()), copy_gbs);
   std::printf("%-22s %-26s %9s %9s %8s %8s\n", "op (fwd+bwd)", "shape", "torch ms", "fused ms", "speedup", "GB/s");
   const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
 
@@ -58,9 +58,9 @@ int main(int argc, char** argv) {
     y.narrow(0, 0, 100).fill_(kIgnore);
     const torch::Tensor g = torch::ones({}, torch::kFloat32);
     const double old_ms =
-        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::cross_entropy_sum_ops(v, y, kIgnore); });
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::detail::cross_entropy_sum_ops(v, y, kIgnore); });
     const double new_ms =
-        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::cross_entropy_sum(v, y, kIgnore); });
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::cross_entropy_sum(v, y, kIgnore); });
     row("cross_entropy_sum", "(1024, 32000) bf16", old_ms, new_ms, 3.0 * 2 * x.numel());  // read x twice, write grad
   }
   {  // Input / post-attention norm of one layer.
@@ -68,8 +68,8 @@ int main(int argc, char** argv) {
     const torch::Tensor w = (1.0 + 0.1 * torch::randn({768})).to(torch::kBFloat16);
     const torch::Tensor g = torch::randn({4, 512, 768}, bf16);
     const double old_ms =
-        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::rms_norm_ops(v, w, 1e-5); });
-    const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::rms_norm(v, w, 1e-5); });
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::detail::rms_norm_ops(v, w, 1e-5); });
+    const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::rms_norm(v, w, 1e-5); });
     row("rms_norm", "(4, 512, 768) bf16", old_ms, new_ms, 5.0 * 2 * x.numel());
   }
   {  // RoPE on q: (B, T, H, d) projections viewed as (B, H, T, d).
@@ -77,17 +77,17 @@ int main(int argc, char** argv) {
     const torch::Tensor cos = torch::randn({4, 512, 64}, bf16), sin = torch::randn({4, 512, 64}, bf16);
     const torch::Tensor g = torch::randn({4, 12, 512, 64}, bf16);
     const double old_ms =
-        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::rotary_embedding_ops(v, cos, sin); });
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::detail::rotary_embedding_ops(v, cos, sin); });
     const double new_ms =
-        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::rotary_embedding(v, cos, sin); });
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::rotary_embedding(v, cos, sin); });
     row("rotary_embedding (q)", "(4, 12, 512, 64) bf16", old_ms, new_ms, 4.0 * 2 * x.numel());
   }
   {  // silu(gate) * up of the MLP.
     const torch::Tensor up = torch::randn({4, 512, 2048}, bf16);
     const torch::Tensor x = torch::randn({4, 512, 2048}, bf16);
     const torch::Tensor g = torch::randn({4, 512, 2048}, bf16);
-    const double old_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::detail::swiglu_ops(v, up); });
-    const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return quant::swiglu(v, up); });
+    const double old_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::detail::swiglu_ops(v, up); });
+    const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::swiglu(v, up); });
     row("swiglu (grad in gate)", "(4, 512, 2048) bf16", old_ms, new_ms, 6.0 * 2 * x.numel());
   }
   for (int64_t width : {768, 2048}) {  // LoRA input dropout: attention/MLP inputs, down_proj's input
@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
     const double old_ms =
         fwd_bwd_ms(x, g, [](const torch::Tensor& v) { return torch::dropout(v, 0.05, /*train=*/true); });
     const double new_ms =
-        fwd_bwd_ms(x, g, [](const torch::Tensor& v) { return quant::dropout(v, 0.05, /*train=*/true); });
+        fwd_bwd_ms(x, g, [](const torch::Tensor& v) { return ops::dropout(v, 0.05, /*train=*/true); });
     const std::string shape = "(4, 512, " + std::to_string(width) + ") bf16";
     row("dropout p=0.05", shape.c_str(), old_ms, new_ms, 4.0 * 2 * x.numel());
   }

@@ -1,7 +1,7 @@
 // One Llama-3-70B-shaped decoder layer (or N of them) trained as qlora-train would: NF4 + double-quant frozen
 // projections, LoRA on all 7 projections, bf16 compute, causal-LM loss. Measures forward + backward wall time,
 // the achieved FLOP rate against the bf16 matmul rate measured in the same run, and peak memory against the
-// memory plan (model/memory_plan.h) built for the same configuration the way the trainer builds it.
+// memory plan (plan/memory_plan.h) built for the same configuration the way the trainer builds it.
 //
 //   build/bin/bench_layer [--json FILE]                           (CUDA, the real shapes: scripts/gpu-check.sh)
 //   build/bin/bench_layer --device cpu --hidden 1024 --intermediate 3584 --heads 8 --kv-heads 1 --seq 256
@@ -64,9 +64,9 @@
 #include "common/log.h"
 #include "common/threads.h"
 #include "lora/lora_model.h"
-#include "model/hf_config.h"
+#include "io/hf_config.h"
 #include "model/llama.h"
-#include "model/memory_plan.h"
+#include "plan/memory_plan.h"
 #include "trainer/config.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_plan.h"
@@ -210,12 +210,12 @@ std::optional<Options> parse_args(int argc, char** argv) {
 }
 
 // The shapes: config.json with the overrides, validated by the same parser as any config.json.
-model::LlamaConfig layer_config(const Options& o) {
+io::LlamaConfig layer_config(const Options& o) {
   if (!std::filesystem::is_regular_file(o.config)) {
     throw Error("--config " + o.config +
                 ": no such file\nHINT: run from the repository root, or pass --config configs/models/<model>.json");
   }
-  model::LlamaConfig c = model::load_llama_config(o.config);
+  io::LlamaConfig c = io::load_llama_config(o.config);
   c.num_hidden_layers = o.layers;
   c.vocab_size = o.vocab;
   c.tie_word_embeddings = false;
@@ -230,7 +230,7 @@ model::LlamaConfig layer_config(const Options& o) {
     }
     c.head_dim = c.hidden_size / c.num_attention_heads;
   }
-  return model::parse_llama_config(model::llama_config_to_json(c), o.config + " (with bench_layer's overrides)");
+  return io::parse_llama_config(io::llama_config_to_json(c), o.config + " (with bench_layer's overrides)");
 }
 
 // The training configuration the plan is made for: the same fields Trainer::setup reads to build the run.
@@ -257,7 +257,7 @@ trainer::TrainConfig train_config(const Options& o) {
 
 // Random N(0, kInitStd) projections quantized as model::load_model quantizes a 16-bit checkpoint (on the CPU, then
 // moved), embeddings/norms/lm_head dense; then LoRA on every projection, with B drawn N(0, kInitStd).
-std::pair<model::LlamaModel, lora::LoraAdapters> build_model(const model::LlamaConfig& c, const trainer::TrainConfig& t,
+std::pair<model::LlamaModel, lora::LoraAdapters> build_model(const io::LlamaConfig& c, const trainer::TrainConfig& t,
                                                              const torch::Device& dev) {
   torch::manual_seed(t.train.seed);
   model::LlamaModel m(c, t.model.dtype());
@@ -345,7 +345,7 @@ struct Flops {
 };
 
 // FLOPs per forward + backward iteration of B*T tokens (the formula in the header).
-Flops iteration_flops(const model::LlamaConfig& c, const model::MemoryPlanInputs& in) {
+Flops iteration_flops(const io::LlamaConfig& c, const plan::MemoryPlanInputs& in) {
   const double h = static_cast<double>(c.hidden_size), im = static_cast<double>(c.intermediate_size);
   const double q = static_cast<double>(c.q_dim()), kv = static_cast<double>(c.kv_dim());
   const double l = static_cast<double>(c.num_hidden_layers), v = static_cast<double>(c.vocab_size);
@@ -387,7 +387,7 @@ struct Measured {
 };
 
 // Builds the model, runs one checked warm-up step and `reps` timed ones, then the matmul probe.
-Measured measure(const Options& o, const model::LlamaConfig& mc, const trainer::TrainConfig& tc,
+Measured measure(const Options& o, const io::LlamaConfig& mc, const trainer::TrainConfig& tc,
                  const torch::Device& dev) {
   Measured r;
   const auto t_build = std::chrono::steady_clock::now();
@@ -464,7 +464,7 @@ Measured measure(const Options& o, const model::LlamaConfig& mc, const trainer::
 }
 
 // The plan's items summed by group, in print order.
-std::vector<std::pair<std::string, int64_t>> plan_groups(const model::MemoryPlan& plan) {
+std::vector<std::pair<std::string, int64_t>> plan_groups(const plan::MemoryPlan& plan) {
   std::vector<std::pair<std::string, int64_t>> groups;
   for (const auto& it : plan.items) {
     auto g = std::find_if(groups.begin(), groups.end(), [&](const auto& x) { return x.first == it.group; });
@@ -485,11 +485,11 @@ int run(const Options& o) {
   torch::Device dev(o.device);
   if (dev.is_cuda() && !dev.has_index()) dev = torch::Device(torch::kCUDA, 0);
   const int threads = configure_threads(o.threads);
-  const model::LlamaConfig mc = layer_config(o);
+  const io::LlamaConfig mc = layer_config(o);
   const trainer::TrainConfig tc = train_config(o);
   trainer::return_freed_tensor_memory_to_os();  // QLORA_MALLOC_TUNING=rss, as Trainer::setup
   const auto baseline = static_cast<int64_t>(current_rss_bytes());
-  const model::MemoryPlan plan = model::plan_memory(trainer::plan_inputs(tc, mc, baseline));
+  const plan::MemoryPlan plan = plan::plan_memory(trainer::plan_inputs(tc, mc, baseline));
   std::printf(
       "bench_layer: %s shapes, %lld layer(s), hidden %lld, intermediate %lld, heads %lld/%lld kv, head_dim %lld, "
       "vocab %lld; seq %lld x micro batch %lld; checkpointing %s; NF4+DQ blocksize %lld; LoRA r %lld alpha %g "

@@ -15,7 +15,7 @@
 
 #include "bench/machine_limits.h"
 #include "common/log.h"
-#include "model/memory_plan.h"
+#include "plan/memory_plan.h"
 #include "trainer/run_plan.h"
 #include "trainer/trainer.h"
 
@@ -96,10 +96,10 @@ int main(int argc, char** argv) {
         worst = std::max(worst, std::abs(err));
         std::printf("%-14s %6lld %8lld %12s %12s %12s %+8.1f%%  %s (%s)\n", ck ? "on" : "off",
                     static_cast<long long>(b), static_cast<long long>(j["tokens"].get<int64_t>()),
-                    model::format_gib(j["baseline"].get<int64_t>()).c_str(),
-                    model::format_gib(static_cast<int64_t>(planned)).c_str(),
-                    model::format_gib(static_cast<int64_t>(measured)).c_str(), 100 * err,
-                    j["phase"].get<std::string>().c_str(), model::format_gib(j["activations"].get<int64_t>()).c_str());
+                    plan::format_gib(j["baseline"].get<int64_t>()).c_str(),
+                    plan::format_gib(static_cast<int64_t>(planned)).c_str(),
+                    plan::format_gib(static_cast<int64_t>(measured)).c_str(), 100 * err,
+                    j["phase"].get<std::string>().c_str(), plan::format_gib(j["activations"].get<int64_t>()).c_str());
       }
     }
     std::printf("largest |measured / planned - 1|: %.1f%% (target: 10%%)\n", 100 * worst);

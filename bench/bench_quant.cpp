@@ -31,10 +31,10 @@ void bench_dequant(int64_t out, int64_t in, double copy_gbs) {
   quant::QuantizedTensor q;
   const double tq = seconds([&] { q = quant::quantize_4bit(w, quant::QuantType::kNF4, 64, true); });
   std::printf("quantize_4bit %lldx%lld (bf16 in, NF4+DQ, %s): %.2f s = %.0f Mparam/s", (long long)out, (long long)in,
-              quant::detail::isa_name(quant::detail::active_isa()), tq, n / tq / 1e6);
+              isa_name(active_isa()), tq, n / tq / 1e6);
   if (n <= (int64_t{1} << 24)) {
     const double ts = seconds(
-        [&] { quant::detail::quantize_4bit_with(w, quant::QuantType::kNF4, 64, true, quant::detail::Isa::kScalar); });
+        [&] { quant::detail::quantize_4bit_with(w, quant::QuantType::kNF4, 64, true, Isa::kScalar); });
     std::printf("  (scalar path: %.2f s = %.0f Mparam/s)", ts, n / ts / 1e6);
   }
   std::printf("\n");
@@ -42,13 +42,13 @@ void bench_dequant(int64_t out, int64_t in, double copy_gbs) {
   for (auto dt : {torch::kBFloat16, torch::kFloat32}) {
     torch::Tensor dst = torch::empty({out, in}, torch::TensorOptions().dtype(dt));
     const double out_bytes = static_cast<double>(dst.element_size());
-    for (auto isa : {quant::detail::Isa::kScalar, quant::detail::Isa::kAvx2, quant::detail::Isa::kAvx512}) {
-      if (!quant::detail::cpu_supports(isa)) continue;
+    for (auto isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+      if (!cpu_supports(isa)) continue;
       quant::detail::dequantize_cpu_into(q, dst, isa);  // warm-up (faults the pages in)
       const double s = time_best([&] { quant::detail::dequantize_cpu_into(q, dst, isa); }, 5);
       const double gbs = (0.5 + out_bytes) * static_cast<double>(n) / s / 1e9;
       std::printf("  dequant %-6s -> %-8s %7.2f ms  %6.2f Gparam/s  %6.2f GB/s  = %5.1f%% of copy bandwidth\n",
-                  quant::detail::isa_name(isa), c10::toString(dt), s * 1e3, n / s / 1e9, gbs, 100.0 * gbs / copy_gbs);
+                  isa_name(isa), c10::toString(dt), s * 1e3, n / s / 1e9, gbs, 100.0 * gbs / copy_gbs);
     }
   }
 }
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
   at::set_num_threads(threads);
   const bool tuned = qlora::configure_host_allocator();  // as every qlora-* app does (QLORA_MALLOC_TUNING=0: off)
   std::printf("threads: %d, active dequant path: %s, host allocator tuning: %s\n", at::get_num_threads(),
-              quant::detail::isa_name(quant::detail::active_isa()), tuned ? "on" : "off");
+              isa_name(active_isa()), tuned ? "on" : "off");
   const double copy = qlora::bench::measure_copy_bandwidth_gbs();
   std::printf("memory copy bandwidth: %.2f GB/s (read + write)\n", copy);
   std::printf("bf16 matmul 2048^3: %.1f GFLOP/s; fp32: %.1f GFLOP/s\n",

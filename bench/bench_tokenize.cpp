@@ -12,10 +12,10 @@
 #include <string>
 
 #include "bench/machine_limits.h"
-#include "model/bpe_tokenizer.h"
+#include "tokenizer/bpe_tokenizer.h"
 
 namespace fs = std::filesystem;
-using qlora::model::BpeTokenizer;
+using qlora::tokenizer::BpeTokenizer;
 
 namespace {
 

@@ -30,7 +30,7 @@
 #include "common/host_memory.h"
 #include "common/log.h"
 #include "common/threads.h"
-#include "model/hf_config.h"
+#include "io/hf_config.h"
 #include "trainer/trainer.h"
 
 namespace {
@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
   std::printf("host allocator tuning: %s\n", tuned ? "on" : "off (QLORA_MALLOC_TUNING=0)");
   try {
     const auto cfg = trainer::load_config(config_file);
-    const auto mc = model::load_llama_config(cfg.model.path / "config.json");
+    const auto mc = io::load_llama_config(cfg.model.path / "config.json");
     const double L = static_cast<double>(mc.num_hidden_layers), H = static_cast<double>(mc.hidden_size);
     const double I = static_cast<double>(mc.intermediate_size), V = static_cast<double>(mc.vocab_size);
     const double q = static_cast<double>(mc.q_dim()), kv = static_cast<double>(mc.kv_dim());

@@ -10,7 +10,7 @@ void PackedRow::append(const TokenizedExample& ex) {
   lengths.push_back(ex.size());
 }
 
-int32_t choose_pad_id(const model::Tokenizer& tok) {
+int32_t choose_pad_id(const tokenizer::Tokenizer& tok) {
   return tok.pad_id() >= 0 ? tok.pad_id() : tok.eos_id();
 }
 

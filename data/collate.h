@@ -45,6 +45,6 @@ Batch collate_padded(const std::vector<TokenizedExample>& examples, int32_t pad_
 Batch collate_packed(const std::vector<PackedRow>& rows, int32_t pad_id, int64_t row_len);
 
 // The pad id the collators use: the tokenizer's pad, else EOS (padding is masked out either way).
-int32_t choose_pad_id(const model::Tokenizer& tok);
+int32_t choose_pad_id(const tokenizer::Tokenizer& tok);
 
 }  // namespace qlora::data

@@ -83,7 +83,7 @@ DataStats DataStats::from_json(const nlohmann::json& j) {
   return s;
 }
 
-DataLoader::DataLoader(const DataConfig& cfg, const model::Tokenizer& tok, Split split, int64_t micro_batch_size,
+DataLoader::DataLoader(const DataConfig& cfg, const tokenizer::Tokenizer& tok, Split split, int64_t micro_batch_size,
                        uint64_t seed, int64_t max_epochs, int rank, int world_size)
     : cfg_(cfg),
       tok_(tok),

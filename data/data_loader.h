@@ -38,7 +38,7 @@
 #include "data/data_config.h"
 #include "data/record_source.h"
 #include "data/tokenize.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace qlora::data {
 
@@ -63,7 +63,7 @@ struct DataStats {
 
 class DataLoader {
  public:
-  DataLoader(const DataConfig& cfg, const model::Tokenizer& tok, Split split, int64_t micro_batch_size, uint64_t seed,
+  DataLoader(const DataConfig& cfg, const tokenizer::Tokenizer& tok, Split split, int64_t micro_batch_size, uint64_t seed,
              int64_t max_epochs, int rank = 0, int world_size = 1);
 
   // The next batch, or nullopt once max_epochs epochs are done.
@@ -107,7 +107,7 @@ class DataLoader {
   uint64_t random_index(uint64_t n) { return rng_() % n; }
 
   DataConfig cfg_;
-  const model::Tokenizer& tok_;
+  const tokenizer::Tokenizer& tok_;
   Split split_;
   int64_t micro_batch_size_;
   uint64_t seed_;

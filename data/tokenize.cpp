@@ -12,7 +12,7 @@ int64_t TokenizedExample::num_label_tokens() const {
 
 namespace {
 
-int32_t special_token_id(const model::Tokenizer& tok, const std::string& content) {
+int32_t special_token_id(const tokenizer::Tokenizer& tok, const std::string& content) {
   const int32_t id = tok.piece_to_id(content);
   if (id < 0 || id >= tok.vocab_size() || tok.id_to_piece(id) != content) {
     throw Error("the prompt template needs the special token " + content +
@@ -24,7 +24,7 @@ int32_t special_token_id(const model::Tokenizer& tok, const std::string& content
 
 }  // namespace
 
-TokenizedExample tokenize_segments(const std::vector<Segment>& segments, const model::Tokenizer& tok,
+TokenizedExample tokenize_segments(const std::vector<Segment>& segments, const tokenizer::Tokenizer& tok,
                                    bool train_on_prompt) {
   TokenizedExample ex;
   for (const auto& seg : segments) {
@@ -63,7 +63,7 @@ bool truncate_example(TokenizedExample& ex, int64_t max_len) {
 namespace {
 
 // Splits the example into runs of (masked?, ids) with BOS/EOS as their own runs, and renders each.
-std::string render_runs(const TokenizedExample& ex, const model::Tokenizer& tok, bool want_masked, bool want_trained,
+std::string render_runs(const TokenizedExample& ex, const tokenizer::Tokenizer& tok, bool want_masked, bool want_trained,
                         bool brackets) {
   std::string out;
   size_t i = 0;
@@ -94,11 +94,11 @@ std::string render_runs(const TokenizedExample& ex, const model::Tokenizer& tok,
 
 }  // namespace
 
-std::string format_masked(const TokenizedExample& ex, const model::Tokenizer& tok) {
+std::string format_masked(const TokenizedExample& ex, const tokenizer::Tokenizer& tok) {
   return render_runs(ex, tok, true, true, true);
 }
 
-std::string format_prompt_trained(const TokenizedExample& ex, const model::Tokenizer& tok) {
+std::string format_prompt_trained(const TokenizedExample& ex, const tokenizer::Tokenizer& tok) {
   return "PROMPT: " + render_runs(ex, tok, true, false, false) +
          "\nTRAINED: " + render_runs(ex, tok, false, true, false);
 }

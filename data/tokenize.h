@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "data/prompt_template.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace qlora::data {
 
@@ -25,15 +25,15 @@ struct TokenizedExample {
 };
 
 // train_on_prompt: every token (but the first) is a label.
-TokenizedExample tokenize_segments(const std::vector<Segment>& segments, const model::Tokenizer& tok,
+TokenizedExample tokenize_segments(const std::vector<Segment>& segments, const tokenizer::Tokenizer& tok,
                                    bool train_on_prompt);
 
 // Keeps the first max_len tokens; returns true when something was cut.
 bool truncate_example(TokenizedExample& ex, int64_t max_len);
 
 // Human-readable view: masked spans in [[...]], trained spans bare, BOS/EOS as <s> </s>.
-std::string format_masked(const TokenizedExample& ex, const model::Tokenizer& tok);
+std::string format_masked(const TokenizedExample& ex, const tokenizer::Tokenizer& tok);
 // Two-part view "PROMPT: ...\nTRAINED: ..." (text of masked tokens, text of trained tokens).
-std::string format_prompt_trained(const TokenizedExample& ex, const model::Tokenizer& tok);
+std::string format_prompt_trained(const TokenizedExample& ex, const tokenizer::Tokenizer& tok);
 
 }  // namespace qlora::data

@@ -11,10 +11,10 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "lora/peft_io.h"
-#include "model/bnb_format.h"
-#include "model/hf_config.h"
+#include "io/bnb_format.h"
+#include "io/hf_config.h"
 #include "model/loader.h"
-#include "model/safetensors.h"
+#include "io/safetensors.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::gguf {
@@ -30,7 +30,7 @@ std::string strip_weight(const std::string& name) {
 }
 
 // HF tensor names of a LlamaForCausalLM in llama.cpp's natural order: embeddings, layers in numeric order, norm, head.
-std::vector<std::string> ordered_llama_names(const model::LlamaConfig& c) {
+std::vector<std::string> ordered_llama_names(const io::LlamaConfig& c) {
   std::vector<std::string> out = {"model.embed_tokens.weight"};
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -46,7 +46,7 @@ std::vector<std::string> ordered_llama_names(const model::LlamaConfig& c) {
 }
 
 // Projection module -> {out, in} for adapter shape checks.
-std::map<std::string, std::pair<int64_t, int64_t>> projection_shapes(const model::LlamaConfig& c) {
+std::map<std::string, std::pair<int64_t, int64_t>> projection_shapes(const io::LlamaConfig& c) {
   std::map<std::string, std::pair<int64_t, int64_t>> shapes;
   for (const auto& [name, shape] : model::expected_llama_tensors(c)) {
     if (shape.size() == 2) shapes[strip_weight(name)] = {shape[0], shape[1]};
@@ -82,8 +82,8 @@ ExportSummary summarize(const fs::path& out, const GgufWriter& w) {
 
 ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, const ExportOptions& options) {
   check_output_path(out, options.overwrite);
-  const auto config = model::load_llama_config(model_dir / "config.json");
-  const auto ckpt = model::Checkpoint::open(model_dir);
+  const auto config = io::load_llama_config(model_dir / "config.json");
+  const auto ckpt = io::Checkpoint::open(model_dir);
   const auto vocab = load_sentencepiece_vocab(model_dir, config.vocab_size, config);
 
   // Optional adapter to merge.
@@ -105,7 +105,7 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
   for (const auto& name : ordered_llama_names(config)) {
     Source src{name};
     const std::string module = strip_weight(name);
-    if (model::bnb_is_quantized(ckpt, module)) {
+    if (io::bnb_is_quantized(ckpt, module)) {
       src.bnb = true;
     } else if (!ckpt.contains(name)) {
       problems.push_back("missing tensor " + name);
@@ -164,7 +164,7 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
         const std::string module = strip_weight(s.hf_name);
         torch::Tensor t;
         if (s.bnb) {
-          t = quant::dequantize_4bit(model::bnb_read(ckpt, module), torch::kFloat32);
+          t = quant::dequantize_4bit(io::bnb_read(ckpt, module), torch::kFloat32);
         } else {
           t = ckpt.get(s.hf_name);
         }
@@ -180,7 +180,7 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
         if (i >= first_weight) {
           const Source& s = sources[i - first_weight];
           if (s.bnb) {
-            for (const auto& key : model::bnb_keys(ckpt, strip_weight(s.hf_name))) ckpt.release(key);
+            for (const auto& key : io::bnb_keys(ckpt, strip_weight(s.hf_name))) ckpt.release(key);
           } else {
             ckpt.release(s.hf_name);
           }
@@ -208,7 +208,7 @@ ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& b
       throw Error(adapter_dir.string() + ": the base model folder is needed (for its config.json)\nHINT: pass --base DIR");
     }
   }
-  const auto config = model::load_llama_config(base / "config.json");
+  const auto config = io::load_llama_config(base / "config.json");
   lora::check_adapter_shapes(adapter, projection_shapes(config), base.string());
 
   // One alpha for the file; llama.cpp scales by alpha / r with r = lora_b's ne[0].

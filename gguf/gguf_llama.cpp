@@ -9,7 +9,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "model/sentencepiece_model.h"
+#include "tokenizer/sentencepiece_model.h"
 
 namespace qlora::gguf {
 
@@ -83,7 +83,7 @@ torch::Tensor permute_qk(const torch::Tensor& w, int64_t n_head) {
   return w.reshape(view).transpose(1, 2).reshape(w.sizes()).contiguous();
 }
 
-int64_t permute_heads_for(const std::string& hf_name, const model::LlamaConfig& config) {
+int64_t permute_heads_for(const std::string& hf_name, const io::LlamaConfig& config) {
   auto ends_with = [&](const std::string& s) {
     return hf_name.size() >= s.size() && hf_name.compare(hf_name.size() - s.size(), s.size(), s) == 0;
   };
@@ -107,7 +107,7 @@ GgmlType tensor_type_for(const std::string& gguf_name, const std::vector<int64_t
   return GgmlType::kF32;
 }
 
-std::vector<float> llama3_rope_factors(const model::LlamaConfig& c) {
+std::vector<float> llama3_rope_factors(const io::LlamaConfig& c) {
   if (c.rope_scaling.type != "llama3") return {};
   const double factor = c.rope_scaling.factor;
   const double low = c.rope_scaling.low_freq_factor;
@@ -135,7 +135,7 @@ std::vector<float> llama3_rope_factors(const model::LlamaConfig& c) {
   return out;
 }
 
-void add_llama_hparams(GgufWriter& w, const model::LlamaConfig& c) {
+void add_llama_hparams(GgufWriter& w, const io::LlamaConfig& c) {
   w.add_u32("llama.context_length", static_cast<uint32_t>(c.max_position_embeddings));
   w.add_u32("llama.embedding_length", static_cast<uint32_t>(c.hidden_size));
   w.add_u32("llama.block_count", static_cast<uint32_t>(c.num_hidden_layers));
@@ -171,15 +171,15 @@ nlohmann::json read_json_if_exists(const fs::path& p) {
 }  // namespace
 
 SentencePieceVocab load_sentencepiece_vocab(const fs::path& model_dir, int64_t vocab_size,
-                                            const model::LlamaConfig& config) {
+                                            const io::LlamaConfig& config) {
   const fs::path sp_path = model_dir / "tokenizer.model";
   if (!fs::exists(sp_path)) {
     throw_file_error(sp_path.string(), "not found",
                      "GGUF export needs the sentencepiece tokenizer.model of the model folder (Llama-1/2 style); "
                      "BPE (tokenizer.json only) vocabularies are not supported yet");
   }
-  // Read natively (model/sentencepiece_model.h): libsentencepiece cannot share a process with LibTorch.
-  const auto sp = model::SentencePieceModel::load(sp_path);
+  // Read natively (tokenizer/sentencepiece_model.h): libsentencepiece cannot share a process with LibTorch.
+  const auto sp = tokenizer::SentencePieceModel::load(sp_path);
 
   constexpr int32_t kUnused = 5, kUserDefined = 4, kControl = 3;
   SentencePieceVocab v;

@@ -13,7 +13,7 @@
 
 #include "gguf/ggml_quants.h"
 #include "gguf/gguf_writer.h"
-#include "model/hf_config.h"
+#include "io/hf_config.h"
 
 namespace qlora::gguf {
 
@@ -35,7 +35,7 @@ std::optional<std::string> gguf_tensor_name(const std::string& hf_name);
 // Row r' = h*hd + 2*i + j of the result is row h*hd + j*hd/2 + i of the input. Used for q (n_head) and k (n_head_kv).
 torch::Tensor permute_qk(const torch::Tensor& w, int64_t n_head);
 // Which permutation a tensor needs: heads count for q/k projections (HF names), 0 for none.
-int64_t permute_heads_for(const std::string& hf_name, const model::LlamaConfig& config);
+int64_t permute_heads_for(const std::string& hf_name, const io::LlamaConfig& config);
 
 // The ggml type of a tensor in a full-model export. 1-D tensors (norms, rope_freqs) are F32 always; 2-D weights take
 // the outtype (token_embd and output too, as the converter does for q8_0), falling back to F16 when the row length is
@@ -47,10 +47,10 @@ GgmlType tensor_type_for(const std::string& gguf_name, const std::vector<int64_t
 // frequency freq_i = theta^(-2i/d): 1 for short wavelengths (< orig_ctx / high_freq_factor), `factor` for long ones
 // (> orig_ctx / low_freq_factor), and 1 / ((1 - s) / factor + s) in between with s = (orig_ctx / wavelen - low) /
 // (high - low). Empty unless config.rope_scaling.type == "llama3".
-std::vector<float> llama3_rope_factors(const model::LlamaConfig& config);
+std::vector<float> llama3_rope_factors(const io::LlamaConfig& config);
 
 // general.architecture "llama" hyperparameters (llama.context_length ... llama.vocab_size, rope scaling keys).
-void add_llama_hparams(GgufWriter& w, const model::LlamaConfig& config);
+void add_llama_hparams(GgufWriter& w, const io::LlamaConfig& config);
 
 // Sentencepiece vocabulary of `model_dir/tokenizer.model` as convert_hf_to_gguf's _set_vocab_sentencepiece writes it:
 // tokenizer.ggml.model "llama", pre "default", tokens / scores / token_type (padded to vocab_size with "[PAD<i>]"
@@ -62,7 +62,7 @@ struct SentencePieceVocab {
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
 };
 SentencePieceVocab load_sentencepiece_vocab(const fs::path& model_dir, int64_t vocab_size,
-                                            const model::LlamaConfig& config);
+                                            const io::LlamaConfig& config);
 void add_sentencepiece_vocab(GgufWriter& w, const SentencePieceVocab& vocab);
 
 }  // namespace qlora::gguf

@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "quant/fused_ops.h"
+#include "ops/fused_ops.h"
 
 namespace qlora::lora {
 
@@ -55,7 +55,7 @@ void LoraLinearImpl::set_weights(const torch::Tensor& a, const torch::Tensor& b)
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = base_->forward(x);
   torch::Tensor h = x;
-  if (options_.dropout > 0.0 && is_training()) h = quant::dropout(x, options_.dropout, /*train=*/true);
+  if (options_.dropout > 0.0 && is_training()) h = ops::dropout(x, options_.dropout, /*train=*/true);
   const auto dtype = x.scalar_type();
   // (..., in) · Aᵀ -> (..., r); then y + low · (scale B)ᵀ as one addmm: the scale goes on the small (out, r) B
   // instead of the (tokens, out) product, and the sum is the matmul's accumulate (no separate mul and add passes).

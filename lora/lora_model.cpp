@@ -88,7 +88,7 @@ void freeze_all_but(model::LlamaModel& model, const LoraAdapters& adapters) {
 }  // namespace
 
 const std::vector<std::string>& llama_projection_suffixes() {
-  return model::llama_projection_names();
+  return io::llama_projection_names();
 }
 
 void validate_lora_config(const LoraConfig& c) {

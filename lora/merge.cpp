@@ -18,9 +18,9 @@
 #include "common/progress.h"
 #include "common/threads.h"
 #include "lora/peft_io.h"
-#include "model/bnb_format.h"
-#include "model/hf_config.h"
-#include "model/safetensors.h"
+#include "io/bnb_format.h"
+#include "io/hf_config.h"
+#include "io/safetensors.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::lora {
@@ -42,7 +42,7 @@ bool is_projection_weight(const std::string& name) {
 }
 
 // Expected (out, in) of a projection from the config (used for 4-bit bases, whose stored shape is packed).
-std::optional<std::pair<int64_t, int64_t>> projection_shape(const model::LlamaConfig& c, const std::string& module) {
+std::optional<std::pair<int64_t, int64_t>> projection_shape(const io::LlamaConfig& c, const std::string& module) {
   const std::pair<std::string, std::pair<int64_t, int64_t>> table[] = {
       {"self_attn.q_proj", {c.q_dim(), c.hidden_size}},          {"self_attn.k_proj", {c.kv_dim(), c.hidden_size}},
       {"self_attn.v_proj", {c.kv_dim(), c.hidden_size}},          {"self_attn.o_proj", {c.hidden_size, c.q_dim()}},
@@ -118,9 +118,9 @@ MergeReport merge_adapter(const MergeOptions& o) {
   check_output_path(o.out_dir, o.overwrite);
   const AdapterFile adapter = load_adapter(o.adapter_dir);
   const fs::path config_path = o.base_dir / "config.json";
-  const model::LlamaConfig config = model::load_llama_config(config_path);
+  const io::LlamaConfig config = io::load_llama_config(config_path);
   nlohmann::json config_json = nlohmann::json::parse(read_file(config_path));
-  const model::Checkpoint ckpt = model::Checkpoint::open(o.base_dir);
+  const io::Checkpoint ckpt = io::Checkpoint::open(o.base_dir);
   const std::vector<std::string> names = ckpt.names();
 
   std::set<std::string> quantized_prefixes;  // bnb-4bit projections in the base
@@ -130,7 +130,7 @@ MergeReport merge_adapter(const MergeOptions& o) {
   }
   std::set<std::string> bnb_aux;  // keys of quantized projections other than P.weight itself
   for (const auto& p : quantized_prefixes) {
-    for (const auto& k : model::bnb_keys(ckpt, p)) {
+    for (const auto& k : io::bnb_keys(ckpt, p)) {
       if (k != p + ".weight") bnb_aux.insert(k);
     }
   }
@@ -162,7 +162,7 @@ MergeReport merge_adapter(const MergeOptions& o) {
     compute_dtype = config.quantization->compute_dtype;
   }
   if (o.format == MergeFormat::kNF4 && !quantized_prefixes.empty()) {
-    const auto q0 = model::bnb_read(ckpt, *quantized_prefixes.begin());
+    const auto q0 = io::bnb_read(ckpt, *quantized_prefixes.begin());
     qtype = q0.type;
     qdouble = q0.double_quant;
     qblock = q0.blocksize;
@@ -174,10 +174,10 @@ MergeReport merge_adapter(const MergeOptions& o) {
 
   // ---- 2. stream the base -------------------------------------------------------------------------------------
   AtomicDir out(o.out_dir, o.overwrite);
-  model::ShardedWriter writer(out.path(), o.max_shard_bytes);
+  io::ShardedWriter writer(out.path(), o.max_shard_bytes);
   Progress progress("merge", static_cast<double>(ckpt.total_bytes()) / (1 << 20), "MiB");
   auto emit_quantized = [&](const std::string& prefix, const quant::QuantizedTensor& q) {
-    for (const auto& [k, t] : model::bnb_tensors(prefix, q)) {
+    for (const auto& [k, t] : io::bnb_tensors(prefix, q)) {
       writer.add(k, t);
       ++report.tensors_written;
     }
@@ -201,8 +201,8 @@ MergeReport merge_adapter(const MergeOptions& o) {
     const bool base_q = quantized_prefixes.count(prefix) > 0;
 
     if (base_q) {
-      const quant::QuantizedTensor q = model::bnb_read(ckpt, prefix);
-      for (const auto& k : model::bnb_keys(ckpt, prefix)) ckpt.release(k);
+      const quant::QuantizedTensor q = io::bnb_read(ckpt, prefix);
+      for (const auto& k : io::bnb_keys(ckpt, prefix)) ckpt.release(k);
       if (!am && o.format == MergeFormat::kNF4) {
         emit_quantized(prefix, q);  // untouched projection: same bytes as the base
       } else {
@@ -250,10 +250,10 @@ MergeReport merge_adapter(const MergeOptions& o) {
   // ---- 3. config and side files ------------------------------------------------------------------------------
   const char* dtype_key = config_json.contains("dtype") && !config_json.contains("torch_dtype") ? "dtype" : "torch_dtype";
   if (o.format == MergeFormat::kNF4) {
-    config_json["quantization_config"] = model::bnb_quantization_config(qtype, qdouble, compute_dtype);
+    config_json["quantization_config"] = io::bnb_quantization_config(qtype, qdouble, compute_dtype);
   } else {
     config_json.erase("quantization_config");
-    config_json[dtype_key] = model::torch_dtype_name(out16);
+    config_json[dtype_key] = io::torch_dtype_name(out16);
   }
   write_file_atomic(out.path() / "config.json", config_json.dump(2) + "\n");
   for (const auto& entry : fs::directory_iterator(o.base_dir)) {

@@ -9,7 +9,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "model/safetensors.h"
+#include "io/safetensors.h"
 
 namespace qlora::lora {
 
@@ -129,11 +129,11 @@ void write_adapter_files(const fs::path& dir, const LoraAdapters& adapters, cons
   TORCH_CHECK(options.dtype == torch::kFloat32 || options.dtype == torch::kBFloat16 || options.dtype == torch::kFloat16,
               "adapter dtype must be fp32, bf16 or fp16");
   if (adapters.modules.empty()) throw Error("save_adapter: there are no adapters to save");
-  model::NamedTensors tensors;
+  io::NamedTensors tensors;
   for (const auto& [key, t] : adapters.named_adapter_parameters()) {
     tensors.emplace_back(key, t.detach().to(torch::kCPU, options.dtype).contiguous());
   }
-  model::save_safetensors(dir / kAdapterWeightsFile, tensors, {{"format", "pt"}});
+  io::save_safetensors(dir / kAdapterWeightsFile, tensors, {{"format", "pt"}});
   write_file_atomic(dir / kAdapterConfigFile,
                     dump_python_json(adapter_config_json(adapters, options.base_model_name_or_path)));
 }
@@ -228,7 +228,7 @@ AdapterFile load_adapter(const fs::path& dir) {
   out.base_model_name_or_path = get_or<std::string>(out.raw_config, "base_model_name_or_path", "", config_path.string());
   const std::string bias = get_or<std::string>(out.raw_config, "bias", "none", config_path.string());
 
-  auto file = model::SafetensorsFile::open(weights_path);
+  auto file = io::SafetensorsFile::open(weights_path);
   std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> found;
   std::set<std::string> adapter_names;
   for (const auto& info : file->tensors()) {

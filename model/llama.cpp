@@ -3,10 +3,10 @@
 #include <map>
 
 #include "common/error.h"
-#include "model/activation_checkpoint.h"
-#include "model/attention.h"
-#include "model/rope.h"
-#include "quant/fused_ops.h"
+#include "ops/activation_checkpoint.h"
+#include "ops/attention.h"
+#include "ops/rope.h"
+#include "ops/fused_ops.h"
 
 namespace qlora::model {
 namespace {
@@ -21,7 +21,7 @@ struct WeightHolderImpl : torch::nn::Module {
 
 // x: (..., H) -> (..., H): x * rsqrt(mean(x^2) + eps) in fp32, cast back, times weight (one fused pass on CPU).
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  return quant::rms_norm(x, weight, eps);
+  return ops::rms_norm(x, weight, eps);
 }
 
 torch::Tensor placeholder(int64_t out, int64_t in, torch::ScalarType dtype) {
@@ -34,7 +34,7 @@ const std::vector<std::string> kMlpProjs = {"gate_proj", "up_proj", "down_proj"}
 
 // One decoder layer; module tree mirrors HF: self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, norms.
 struct DecoderLayerImpl : torch::nn::Module {
-  DecoderLayerImpl(const LlamaConfig& c, torch::ScalarType dtype) : config(c) {
+  DecoderLayerImpl(const io::LlamaConfig& c, torch::ScalarType dtype) : config(c) {
     self_attn = register_module("self_attn", std::make_shared<torch::nn::Module>());
     mlp = register_module("mlp", std::make_shared<torch::nn::Module>());
     const int64_t h = c.hidden_size;
@@ -73,8 +73,8 @@ struct DecoderLayerImpl : torch::nn::Module {
     torch::Tensor q = linears["q_proj"]->forward(n).view({b, t, config.num_attention_heads, d}).transpose(1, 2);
     torch::Tensor k = linears["k_proj"]->forward(n).view({b, t, config.num_key_value_heads, d}).transpose(1, 2);
     torch::Tensor v = linears["v_proj"]->forward(n).view({b, t, config.num_key_value_heads, d}).transpose(1, 2);
-    q = apply_rope(q, cos, sin);
-    k = apply_rope(k, cos, sin);
+    q = ops::apply_rope(q, cos, sin);
+    k = ops::apply_rope(k, cos, sin);
     if (k_cache) {
       if (k_cache->defined()) {
         k = torch::cat({*k_cache, k}, 2);
@@ -83,15 +83,15 @@ struct DecoderLayerImpl : torch::nn::Module {
       *k_cache = k;
       *v_cache = v;
     }
-    torch::Tensor attn = grouped_query_attention(q, k, v, mask);  // (B, nH, T, d)
+    torch::Tensor attn = ops::grouped_query_attention(q, k, v, mask);  // (B, nH, T, d)
     attn = attn.transpose(1, 2).reshape({b, t, config.num_attention_heads * d});
     torch::Tensor h = x + linears["o_proj"]->forward(attn);
     torch::Tensor m = rms_norm(h, post_attention_layernorm->weight, config.rms_norm_eps);
-    torch::Tensor act = quant::swiglu(linears["gate_proj"]->forward(m), linears["up_proj"]->forward(m));
+    torch::Tensor act = ops::swiglu(linears["gate_proj"]->forward(m), linears["up_proj"]->forward(m));
     return h + linears["down_proj"]->forward(act);
   }
 
-  LlamaConfig config;
+  io::LlamaConfig config;
   std::shared_ptr<torch::nn::Module> self_attn, mlp;
   std::shared_ptr<WeightHolderImpl> input_layernorm, post_attention_layernorm;
   std::map<std::string, LinearLayerPtr> linears;
@@ -109,7 +109,7 @@ struct LlamaModelImpl::Impl {
   LayerHooks hooks;
 };
 
-LlamaModelImpl::LlamaModelImpl(LlamaConfig config, torch::ScalarType compute_dtype)
+LlamaModelImpl::LlamaModelImpl(io::LlamaConfig config, torch::ScalarType compute_dtype)
     : impl_(std::make_shared<Impl>()), config_(std::move(config)), compute_dtype_(compute_dtype) {
   TORCH_CHECK(compute_dtype == torch::kBFloat16 || compute_dtype == torch::kFloat16 || compute_dtype == torch::kFloat32,
               "compute dtype must be bf16, fp16 or fp32");
@@ -131,7 +131,7 @@ LlamaModelImpl::LlamaModelImpl(LlamaConfig config, torch::ScalarType compute_dty
         "lm_head",
         LinearLayerPtr(FrozenLinearImpl::dense(placeholder(config_.vocab_size, config_.hidden_size, compute_dtype))));
   }
-  m.inv_freq = rope_inv_freq(config_);
+  m.inv_freq = ops::rope_inv_freq(config_);
 }
 
 torch::Device LlamaModelImpl::device() const {
@@ -155,8 +155,8 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
                                 .unsqueeze(0)
                                 .expand({b, t});
   if (m.inv_freq.device() != dev) m.inv_freq = m.inv_freq.to(dev);
-  auto [cos, sin] = rope_cos_sin(m.inv_freq, pos, compute_dtype_);
-  torch::Tensor mask = build_attention_mask(b, t, past, in.attention_mask, in.segment_ids, dev);
+  auto [cos, sin] = ops::rope_cos_sin(m.inv_freq, pos, compute_dtype_);
+  torch::Tensor mask = ops::build_attention_mask(b, t, past, in.attention_mask, in.segment_ids, dev);
 
   torch::Tensor h = torch::embedding(m.embed_tokens->weight, ids).to(compute_dtype_);  // (B, T, H)
   const bool ckpt = m.checkpointing && !cache && torch::GradMode::is_enabled();
@@ -165,7 +165,7 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
     auto layer = m.layers[i];
     const auto idx = static_cast<int64_t>(i);
     if (ckpt) {
-      h = checkpoint(
+      h = ops::checkpoint(
           [layer, cos = cos, sin = sin, mask, hooks, idx](const std::vector<torch::Tensor>& xs) {
             // Grad mode is off in the checkpointed forward and on in the recompute.
             const LayerPass pass =
@@ -224,11 +224,11 @@ std::pair<torch::Tensor, int64_t> LlamaModelImpl::causal_lm_loss(const torch::Te
       // A contiguous chunk: LibTorch 2.x's matmul cannot fold a strided (B, len, H) slice into one mm and would
       // expand lm_head's weight to (B, H, V) for a bmm instead (a full copy of the weight per batch row).
       torch::Tensor lg = head_logits(xs[0].contiguous());
-      return std::vector<torch::Tensor>{quant::cross_entropy_sum(lg.reshape({-1, lg.size(-1)}), yc, kIgnoreIndex)};
+      return std::vector<torch::Tensor>{ops::cross_entropy_sum(lg.reshape({-1, lg.size(-1)}), yc, kIgnoreIndex)};
     };
     torch::Tensor hc = h.narrow(1, s, len);
     // Checkpointed when chunked, so backward also holds one chunk's logits at a time.
-    torch::Tensor l = chunked ? checkpoint(chunk_loss, {hc})[0] : chunk_loss({hc})[0];
+    torch::Tensor l = chunked ? ops::checkpoint(chunk_loss, {hc})[0] : chunk_loss({hc})[0];
     total = total.defined() ? total + l : l;
   }
   return {total, count};

@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "model/hf_config.h"
+#include "io/hf_config.h"
 #include "model/linear.h"
 #include "quant/quantized_tensor.h"
 
@@ -29,7 +29,7 @@ struct LoadOptions {
   bool double_quant = true;
   bool quantize_lm_head = false;
   // Which projections to quantize (suffixes); others stay dense.
-  std::vector<std::string> quant_targets = llama_projection_names();
+  std::vector<std::string> quant_targets = io::llama_projection_names();
   torch::Device device = torch::kCPU;
   bool show_progress = true;
 };
@@ -63,9 +63,9 @@ struct LayerHooks {
 
 class LlamaModelImpl : public torch::nn::Module {
  public:
-  LlamaModelImpl(LlamaConfig config, torch::ScalarType compute_dtype);
+  LlamaModelImpl(io::LlamaConfig config, torch::ScalarType compute_dtype);
 
-  const LlamaConfig& config() const { return config_; }
+  const io::LlamaConfig& config() const { return config_; }
   torch::ScalarType compute_dtype() const { return compute_dtype_; }
 
   // input_ids: (B, T) int64 -> final hidden states (B, T, H) in compute dtype (after the final norm).
@@ -109,7 +109,7 @@ class LlamaModelImpl : public torch::nn::Module {
 
   struct Impl;
   std::shared_ptr<Impl> impl_;
-  LlamaConfig config_;
+  io::LlamaConfig config_;
   torch::ScalarType compute_dtype_;
 };
 TORCH_MODULE(LlamaModel);

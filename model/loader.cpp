@@ -7,9 +7,9 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/progress.h"
-#include "model/bnb_format.h"
+#include "io/bnb_format.h"
 #include "model/llama.h"
-#include "model/safetensors.h"
+#include "io/safetensors.h"
 
 namespace qlora::model {
 namespace {
@@ -27,7 +27,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 // "model.layers.0.self_attn.q_proj.weight" -> "model.layers.0.self_attn.q_proj".
 std::string module_of(const std::string& tensor_name) { return tensor_name.substr(0, tensor_name.rfind('.')); }
 
-std::string shard_of(const Checkpoint& ckpt, const std::string& name) {
+std::string shard_of(const io::Checkpoint& ckpt, const std::string& name) {
   for (const auto& s : ckpt.shards()) {
     if (s->contains(name)) return s->path().filename().string();
   }
@@ -40,7 +40,7 @@ bool is_float_dtype(torch::ScalarType t) {
 
 }  // namespace
 
-std::map<std::string, std::vector<int64_t>> expected_llama_tensors(const LlamaConfig& c) {
+std::map<std::string, std::vector<int64_t>> expected_llama_tensors(const io::LlamaConfig& c) {
   std::map<std::string, std::vector<int64_t>> out;
   const int64_t h = c.hidden_size, im = c.intermediate_size;
   out["model.embed_tokens.weight"] = {c.vocab_size, h};
@@ -71,8 +71,8 @@ bool is_projection_target(const std::string& tensor_name, const std::vector<std:
 }
 
 LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
-  const LlamaConfig config = load_llama_config(dir / "config.json");
-  const Checkpoint ckpt = Checkpoint::open(dir);
+  const io::LlamaConfig config = io::load_llama_config(dir / "config.json");
+  const io::Checkpoint ckpt = io::Checkpoint::open(dir);
   const auto expected = expected_llama_tensors(config);
 
   // 1. Validate the whole checkpoint before allocating anything; collect every problem.
@@ -93,8 +93,8 @@ LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
       continue;
     }
     seen.insert(name);
-    const TensorInfo& info = ckpt.info(name);
-    const bool quantized = bnb_is_quantized(ckpt, module_of(name));
+    const io::TensorInfo& info = ckpt.info(name);
+    const bool quantized = io::bnb_is_quantized(ckpt, module_of(name));
     if (quantized) continue;  // packed U8 shape checked by bnb_read
     if (!is_float_dtype(info.dtype)) {
       problems.push_back("tensor '" + name + "' has dtype " + info.dtype_name + ", expected BF16/F16/F32 (" +
@@ -132,7 +132,7 @@ LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
     const std::string mod = module_of(name);
     const bool is_linear = name != "model.embed_tokens.weight" && name.find("norm.weight") == std::string::npos;
     if (bnb_modules.count(mod)) {
-      quant::QuantizedTensor q = bnb_read(ckpt, mod);
+      quant::QuantizedTensor q = io::bnb_read(ckpt, mod);
       if (options.quant && is_projection_target(name, targets)) {
         if (q.type != *options.quant) {
           spdlog::warn("{}: stored as {}, keeping it (requested {})", mod, quant::quant_type_name(q.type),

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "model/hf_config.h"
+#include "io/hf_config.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::model {
@@ -19,7 +19,7 @@ struct QuantizeCheckpointOptions {
   bool double_quant = true;
   bool overwrite = false;
   uint64_t max_shard_bytes = 5ull << 30;
-  std::vector<std::string> targets = llama_projection_names();
+  std::vector<std::string> targets = io::llama_projection_names();
   bool show_progress = true;
 };
 

@@ -9,18 +9,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "quant/codec_4bit.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::quant::detail {
 
-// Instruction-set paths of the CPU quantize and dequant kernels. Chosen once from the CPU (best available) unless
-// QLORA_QUANT_ISA=scalar|avx2|avx512 forces one (an unsupported choice falls back with a warning).
-enum class Isa { kScalar, kAvx2, kAvx512 };
-
-const char* isa_name(Isa isa);
-bool cpu_supports(Isa isa);
-Isa active_isa();
 
 // Decision table of a 16-entry codebook: the sorted midpoints (bounds[15] = +inf) and the sorted -> code index
 // map. A value's code is the number of bounds strictly below it (a value exactly on a bound takes the lower

@@ -228,7 +228,7 @@ torch::Tensor QuantizedTensor::absmax_fp32() const {
 }
 
 QuantizedTensor quantize_4bit(const torch::Tensor& w, QuantType type, int64_t blocksize, bool double_quant) {
-  return detail::quantize_4bit_with(w, type, blocksize, double_quant, detail::active_isa());
+  return detail::quantize_4bit_with(w, type, blocksize, double_quant, active_isa());
 }
 
 QuantizedTensor detail::quantize_4bit_with(const torch::Tensor& w, QuantType type, int64_t blocksize, bool double_quant,
@@ -326,7 +326,7 @@ torch::Tensor dequantize_4bit(const QuantizedTensor& q, torch::ScalarType out_dt
 #endif
   if (!q.device().is_cpu() || out_dtype == torch::kFloat64) return detail::dequantize_ops(q, out_dtype);
   auto out = torch::empty(q.shape, torch::TensorOptions().dtype(out_dtype));
-  detail::dequantize_cpu_into(q, out, detail::active_isa());
+  detail::dequantize_cpu_into(q, out, active_isa());
   return out;
 }
 
@@ -339,7 +339,7 @@ void dequantize_4bit_into(const QuantizedTensor& q, torch::Tensor& out) {
     out.copy_(detail::dequantize_ops(q, out.scalar_type()).view_as(out));
     return;
   }
-  detail::dequantize_cpu_into(q, out, detail::active_isa());
+  detail::dequantize_cpu_into(q, out, active_isa());
 }
 
 }  // namespace qlora::quant

@@ -90,7 +90,7 @@ struct LogSection {
   fs::path metrics;  // metrics.jsonl; empty = <checkpoint.dir>/metrics.jsonl
 };
 
-// Data-parallel runs (trainer/distributed.h); ignored by a single process. Not part of the trajectory hash.
+// Data-parallel runs (trainer/dist/distributed.h); ignored by a single process. Not part of the trajectory hash.
 struct DistSection {
   std::string backend;       // gloo | nccl; empty = by device (cpu: gloo, cuda: nccl)
   double timeout_s = 300.0;  // a collective waiting longer than this fails, naming the unresponsive rank

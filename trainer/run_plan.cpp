@@ -55,8 +55,8 @@ lora::LoraConfig lora_config(const TrainConfig& cfg) {
   return lc;
 }
 
-model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaConfig& mc, int64_t baseline_bytes) {
-  model::MemoryPlanInputs in;
+plan::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const io::LlamaConfig& mc, int64_t baseline_bytes) {
+  plan::MemoryPlanInputs in;
   in.config = mc;
   in.compute_dtype = cfg.model.dtype();
   const model::LoadOptions defaults;
@@ -102,9 +102,9 @@ model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaCo
   return in;
 }
 
-model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config, int64_t baseline_bytes) {
-  const model::LlamaConfig mc = model::load_llama_config(plan_config_json(cfg, plan_config));
-  return model::plan_memory(plan_inputs(cfg, mc, baseline_bytes));
+plan::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config, int64_t baseline_bytes) {
+  const io::LlamaConfig mc = io::load_llama_config(plan_config_json(cfg, plan_config));
+  return plan::plan_memory(plan_inputs(cfg, mc, baseline_bytes));
 }
 
 bool rss_tuning_requested() {

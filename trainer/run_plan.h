@@ -1,4 +1,4 @@
-// The memory plan of a training config (model/memory_plan.h), built the way Trainer::setup builds the run: the
+// The memory plan of a training config (plan/memory_plan.h), built the way Trainer::setup builds the run: the
 // same LoRA targeting (lora::is_lora_target / lora_options_for), quantization options and batch geometry.
 //
 //   qlora-train configs/llama2-70b.yaml --plan --plan-config configs/models/llama-2-70b.json --device-memory 48GB
@@ -12,7 +12,7 @@
 #include <optional>
 
 #include "lora/lora_model.h"
-#include "model/memory_plan.h"
+#include "plan/memory_plan.h"
 #include "trainer/config.h"
 
 namespace qlora::trainer {
@@ -25,13 +25,13 @@ fs::path plan_config_json(const TrainConfig& cfg, const fs::path& plan_config = 
 lora::LoraConfig lora_config(const TrainConfig& cfg);
 
 // Plan inputs for `cfg` on a model described by `mc`; `baseline_bytes` is the process's resident memory before
-// the model is loaded (model::kDefaultCpuBaselineBytes when not measured).
-model::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const model::LlamaConfig& mc,
-                                    int64_t baseline_bytes = model::kDefaultCpuBaselineBytes);
+// the model is loaded (plan::kDefaultCpuBaselineBytes when not measured).
+plan::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const io::LlamaConfig& mc,
+                                    int64_t baseline_bytes = plan::kDefaultCpuBaselineBytes);
 
 // Reads config.json (plan_config_json) and plans.
-model::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config = {},
-                           int64_t baseline_bytes = model::kDefaultCpuBaselineBytes);
+plan::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config = {},
+                           int64_t baseline_bytes = plan::kDefaultCpuBaselineBytes);
 
 // On glibc: serve every allocation of kMmapThresholdBytes or more with its own mapping, so a freed tensor's memory
 // returns to the OS at once. With glibc's default (a dynamic threshold rising to 32 MiB) freed tensors stay in the

@@ -15,8 +15,8 @@
 #include "lora/lora_model.h"
 #include "lora/peft_io.h"
 #include "model/llama.h"
-#include "model/tokenizer.h"
-#include "trainer/distributed.h"
+#include "tokenizer/tokenizer.h"
+#include "trainer/dist/distributed.h"
 #include "trainer/optimizer.h"
 #include "trainer/run_plan.h"
 
@@ -50,7 +50,7 @@ int64_t count_loss_tokens(const torch::Tensor& labels) {
 struct Trainer::Impl {
   torch::Device device = torch::kCPU;
   std::optional<torch::Device> cuda_device;
-  std::unique_ptr<model::Tokenizer> tokenizer;
+  std::unique_ptr<tokenizer::Tokenizer> tokenizer;
   std::optional<data::DataLoader> train_data;
   std::optional<data::DataLoader> eval_data;
   model::LlamaModel model{nullptr};
@@ -64,10 +64,10 @@ struct Trainer::Impl {
   std::string fingerprint;
   std::string effective_config;
   int threads = 0;
-  // Data parallel (trainer/distributed.h); world_size 1 and no group for a single process.
-  DistEnv env;
-  std::unique_ptr<DistGroup> dist;
-  std::unique_ptr<GradientReducer> reducer;  // declared after dist: destroyed first
+  // Data parallel (trainer/dist/distributed.h); world_size 1 and no group for a single process.
+  dist::DistEnv env;
+  std::unique_ptr<dist::DistGroup> dist;
+  std::unique_ptr<dist::GradientReducer> reducer;  // declared after dist: destroyed first
   bool stop_agreed = false;                  // some rank saw a stop signal (agreed in the last update's all-reduce)
   double allreduce_s = 0.0;                  // time blocked in the gradient + loss all-reduces, this process
   int64_t planned_peak_bytes = 0;            // the memory plan's total (trainer/run_plan.h)
@@ -111,15 +111,15 @@ void Trainer::setup() {
     config_error(cfg_, cfg_.model.path_line, "model.path", "no HF model folder at " + cfg_.model.path.string(),
                  "point model.path at a folder with config.json and *.safetensors (qlora-make-tiny makes one)");
   }
-  I.env = dist_env_from_environment();
+  I.env = dist::dist_env_from_environment();
   if (I.env.enabled()) {
     if (I.env.rank > 0) spdlog::set_level(spdlog::level::warn);  // rank 0 logs
     if (I.device.is_cuda() && cfg_.device == "cuda") I.device = torch::Device(torch::kCUDA, I.env.local_rank);
     if (I.device.is_cuda()) I.cuda_device = I.device;
-    DistOptions dopt;
+    dist::DistOptions dopt;
     dopt.backend = cfg_.dist.backend;
     dopt.timeout = std::chrono::milliseconds(static_cast<int64_t>(cfg_.dist.timeout_s * 1000.0));
-    I.dist = std::make_unique<DistGroup>(I.env, dopt);
+    I.dist = std::make_unique<dist::DistGroup>(I.env, dopt);
   }
   I.config_hash = config_hash(cfg_);
   I.trajectory = trajectory_fields(cfg_);
@@ -141,7 +141,7 @@ void Trainer::setup() {
   }
 
   // Data.
-  I.tokenizer = model::load_tokenizer(cfg_.model.path);
+  I.tokenizer = tokenizer::load_tokenizer(cfg_.model.path);
   const int64_t max_epochs = cfg_.train.epochs > 0 ? cfg_.train.epochs : 0;  // 0 = loop for max_steps
   I.train_data.emplace(cfg_.data_config, *I.tokenizer, data::Split::kTrain, cfg_.train.micro_batch_size,
                        cfg_.train.seed, max_epochs);
@@ -159,9 +159,9 @@ void Trainer::setup() {
 
   // The memory plan, with the process's own resident memory before the model as its baseline.
   {
-    const model::MemoryPlan plan = plan_run(cfg_, {}, static_cast<int64_t>(current_rss_bytes()));
+    const plan::MemoryPlan plan = plan_run(cfg_, {}, static_cast<int64_t>(current_rss_bytes()));
     I.planned_peak_bytes = plan.total_bytes;
-    spdlog::info("{}", model::format_plan(plan));
+    spdlog::info("{}", plan::format_plan(plan));
   }
 
   // Model: frozen (4-bit) base, then LoRA. The seed fixes LoRA init (per module) and dropout.
@@ -220,7 +220,7 @@ void Trainer::setup() {
   if (I.dist) {
     // Every rank starts from rank 0's adapter (equal by construction; this makes it so whatever happened).
     I.dist->broadcast(I.adapters.adapter_parameters(), /*root=*/0, "broadcast of the initial adapter");
-    I.reducer = std::make_unique<GradientReducer>(*I.dist, I.adapters.adapter_parameters(), cfg_.dist.bucket_mb);
+    I.reducer = std::make_unique<dist::GradientReducer>(*I.dist, I.adapters.adapter_parameters(), cfg_.dist.bucket_mb);
     spdlog::info(
         "data parallel: {} ranks ({}), global batch {} rows = micro batch {} x grad accum {} x world size "
         "{}; rank r takes micro-batches r, r+{}, ... of the data stream",

@@ -48,7 +48,7 @@ TEST_F(CudaDequant, MatchesCpuScalarReferenceByteForByte) {
           const QuantizedTensor qc = q.to(cuda);
           for (torch::ScalarType out : {torch::kFloat32, torch::kBFloat16, torch::kHalf}) {
             torch::Tensor ref = torch::empty({n}, torch::TensorOptions().dtype(out));
-            detail::dequantize_cpu_into(q, ref, detail::Isa::kScalar);
+            detail::dequantize_cpu_into(q, ref, Isa::kScalar);
             torch::Tensor got = torch::empty({n}, torch::TensorOptions().dtype(out).device(cuda));
             dequantize_4bit_into(qc, got);
             EXPECT_TRUE(same_bytes(got, ref))

@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "data/data_config.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace qlora::test {
 
-class ByteTokenizer : public model::Tokenizer {
+class ByteTokenizer : public tokenizer::Tokenizer {
  public:
   static constexpr int32_t kOffset = 3;
   explicit ByteTokenizer(int32_t pad = -1) : pad_(pad) {}

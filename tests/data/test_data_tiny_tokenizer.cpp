@@ -6,7 +6,7 @@
 #include "common/atomic_file.h"
 #include "data/data_loader.h"
 #include "data_test_util.h"
-#include "model/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "test_util.h"
 
 namespace qlora::data {
@@ -19,9 +19,9 @@ class DataTinyTokenizer : public ::testing::Test {
   void SetUp() override {
     const auto model = test::tiny_model_dir() / "tokenizer.model";
     if (!fs::exists(model)) GTEST_SKIP() << "no tiny model at " << model << " (run the make_tiny_model ctest fixture)";
-    tok_ = model::load_tokenizer(test::tiny_model_dir());
+    tok_ = tokenizer::load_tokenizer(test::tiny_model_dir());
   }
-  std::unique_ptr<model::Tokenizer> tok_;
+  std::unique_ptr<tokenizer::Tokenizer> tok_;
 };
 
 TEST_F(DataTinyTokenizer, LoaderMatchesGoldenIds) {

@@ -10,7 +10,7 @@
 #include "data/prompt_template.h"
 #include "data/tokenize.h"
 #include "data_test_util.h"
-#include "model/bpe_tokenizer.h"
+#include "tokenizer/bpe_tokenizer.h"
 #include "test_util.h"
 
 namespace qlora::data {
@@ -23,7 +23,7 @@ fs::path llama3_tokenizer_dir() {
 }
 
 TEST(Llama3Template, IdsEqualMetaChatTemplate) {
-  const auto tok = model::BpeTokenizer::load(llama3_tokenizer_dir());
+  const auto tok = tokenizer::BpeTokenizer::load(llama3_tokenizer_dir());
   // QLORA_LLAMA3_CHAT_GOLDEN: a file just made by make_chat_golden.py (the `interop` ctest regenerates it).
   const char* env = std::getenv("QLORA_LLAMA3_CHAT_GOLDEN");
   const fs::path path = env ? fs::path(env) : test::fixtures_dir() / "llama3_chat_golden.json";

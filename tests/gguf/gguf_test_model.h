@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "model/safetensors.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace qlora::test {
@@ -80,7 +80,7 @@ inline std::vector<std::pair<std::string, torch::Tensor>> mini_weights(const Min
 inline fs::path make_mini_llama(const fs::path& dir, const MiniLlama& m = {}, uint64_t seed = 7) {
   fs::create_directories(dir);
   std::ofstream(dir / "config.json") << mini_config_json(m).dump(2);
-  model::save_safetensors(dir / "model.safetensors", mini_weights(m, seed));
+  io::save_safetensors(dir / "model.safetensors", mini_weights(m, seed));
   fs::copy_file(fixtures_dir() / "gguf_tokenizer.model", dir / "tokenizer.model", fs::copy_options::overwrite_existing);
   return dir;
 }
@@ -111,7 +111,7 @@ inline fs::path make_peft_adapter(const fs::path& dir,
                         {"inference_mode", true},
                         {"init_lora_weights", true}};
   std::ofstream(dir / "adapter_config.json") << cfg.dump(2);
-  model::save_safetensors(dir / "adapter_model.safetensors", tensors);
+  io::save_safetensors(dir / "adapter_model.safetensors", tensors);
   return dir;
 }
 

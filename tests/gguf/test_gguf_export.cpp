@@ -12,8 +12,8 @@
 #include "gguf/gguf_llama.h"
 #include "gguf/gguf_test_model.h"
 #include "gguf/gguf_test_reader.h"
-#include "model/bnb_format.h"
-#include "model/hf_config.h"
+#include "io/bnb_format.h"
+#include "io/hf_config.h"
 #include "quant/quantized_tensor.h"
 #include "test_util.h"
 
@@ -99,7 +99,7 @@ TEST(GgufLlama, TensorTypes) {
 
 // Llama 3.1 numbers: theta 500000, head_dim 128, factor 8, low 1, high 4, original context 8192.
 TEST(GgufLlama, Llama3RopeFactorsMatchFloat64Formula) {
-  model::LlamaConfig c;
+  io::LlamaConfig c;
   c.head_dim = 128;
   c.rope_theta = 500000.0;
   c.rope_scaling.type = "llama3";
@@ -532,7 +532,7 @@ TEST(GgufExport, TinyFixtureModelExports) {
   o.show_progress = false;
   export_model_gguf(tiny, dir / "tiny.gguf", o);
   const auto f = rd::read(dir / "tiny.gguf");
-  const auto cfg = model::load_llama_config(tiny / "config.json");
+  const auto cfg = io::load_llama_config(tiny / "config.json");
   EXPECT_EQ(f.at("llama.block_count").n(), cfg.num_hidden_layers);
   EXPECT_EQ(f.at("llama.embedding_length").n(), cfg.hidden_size);
   EXPECT_EQ(f.at("tokenizer.ggml.tokens").str.size(), static_cast<size_t>(cfg.vocab_size));
@@ -561,15 +561,15 @@ TEST(GgufExport, Bnb4bitCheckpointIsDequantized) {
     if (name.find("_proj.weight") != std::string::npos) {
       const auto q = quant::quantize_4bit(t, quant::QuantType::kNF4, 64, true);
       quantized[name] = q;
-      for (auto& kv : model::bnb_tensors(name.substr(0, name.size() - 7), q)) out.push_back(kv);
+      for (auto& kv : io::bnb_tensors(name.substr(0, name.size() - 7), q)) out.push_back(kv);
     } else {
       out.emplace_back(name, t);
     }
   }
   fs::remove(dir / "mini" / "model.safetensors");
-  model::save_safetensors(dir / "mini" / "model.safetensors", out);
+  io::save_safetensors(dir / "mini" / "model.safetensors", out);
   auto cfg = qlora::test::mini_config_json(m);
-  cfg["quantization_config"] = model::bnb_quantization_config(quant::QuantType::kNF4, true, "bfloat16");
+  cfg["quantization_config"] = io::bnb_quantization_config(quant::QuantType::kNF4, true, "bfloat16");
   std::ofstream(dir / "mini" / "config.json") << cfg.dump(2);
 
   ExportOptions o;

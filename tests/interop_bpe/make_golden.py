@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reference token ids for qlora.cpp's byte-level BPE tokenizer (model/bpe_tokenizer.h), computed with Hugging Face
+"""Reference token ids for qlora.cpp's byte-level BPE tokenizer (tokenizer/bpe_tokenizer.h), computed with Hugging Face
 `tokenizers` (the Rust library) on Meta's Llama 3 tokenizer.json (assets/llama3-tokenizer/).
 
     .venv/bin/python tests/interop_bpe/make_golden.py > tests/fixtures/bpe_golden_llama3.jsonl

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Live comparison of qlora.cpp's Llama 3 tokenization with the real Hugging Face tools (ctest label `interop`).
 
-    run_interop.py bpe  --test-model build/bin/test_model --work DIR
+    run_interop.py bpe  --test-tokenizer build/bin/test_tokenizer --work DIR
         1. every line of tests/fixtures/bpe_golden_llama3.jsonl has the ids `tokenizers` gives (ids and ids_plain);
         2. make_golden.py (default seed) regenerates that file byte for byte (the generator and the fixture agree);
         3. for two fresh seeds (plus the strings the JS generator had to leave out): the library's ids vs our
-           BpeTokenizer (test_model --gtest_filter=BpeLlama3.MatchesGoldenIds with QLORA_BPE_GOLDEN=that file).
+           BpeTokenizer (test_tokenizer --gtest_filter=BpeLlama3.MatchesGoldenIds with QLORA_BPE_GOLDEN=that file).
     run_interop.py chat --test-data build/bin/test_data --work DIR
         1. make_chat_golden.py (transformers' apply_chat_template with Meta's template) gives the committed ids of
            the three original conversations of tests/fixtures/llama3_chat_golden.json, and the whole file;
@@ -84,7 +84,7 @@ def bpe(args):
         with open(path, "w", encoding="utf-8", newline="") as f:
             f.write("".join(mg.golden_line(ref, t) + "\n" for t in texts))
         print(f"seed {seed}: {len(texts)} strings ({len(mg.EXTRA)} extra)")
-        run_gtest(args.test_model, "BpeLlama3.MatchesGoldenIds", "QLORA_BPE_GOLDEN", path)
+        run_gtest(args.test_tokenizer, "BpeLlama3.MatchesGoldenIds", "QLORA_BPE_GOLDEN", path)
 
 
 def chat(args):
@@ -115,15 +115,15 @@ def chat(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["bpe", "chat"])
-    ap.add_argument("--test-model", help="the test_model executable (bpe)")
+    ap.add_argument("--test-tokenizer", help="the test_tokenizer executable (bpe)")
     ap.add_argument("--test-data", help="the test_data executable (chat)")
     ap.add_argument("--work", required=True, help="scratch folder for the generated files")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     t0 = time.time()
     if args.what == "bpe":
-        if not args.test_model:
-            ap.error("bpe needs --test-model")
+        if not args.test_tokenizer:
+            ap.error("bpe needs --test-tokenizer")
         bpe(args)
     else:
         if not args.test_data:

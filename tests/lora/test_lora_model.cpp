@@ -10,8 +10,8 @@
 namespace qlora::lora {
 namespace {
 
-model::LlamaConfig small_config() {
-  model::LlamaConfig c;
+io::LlamaConfig small_config() {
+  io::LlamaConfig c;
   c.vocab_size = 96;
   c.hidden_size = 64;
   c.intermediate_size = 96;

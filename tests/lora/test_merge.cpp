@@ -10,7 +10,7 @@
 #include "lora/merge.h"
 #include "lora/peft_io.h"
 #include "model/llama.h"
-#include "model/safetensors.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace qlora::lora {
@@ -94,7 +94,7 @@ TEST(Merge, Bf16MergedLogitsEqualBasePlusAdapter) {
   std::printf("[bf16 merge] logits rel err %.3e (adapter effect %.3e)\n", err, effect);
   EXPECT_LT(err, kBf16LogitsTol);
   EXPECT_GT(effect, 5 * err);  // the adapter changes the logits far more than the merge error
-  auto ckpt = model::Checkpoint::open(o.out_dir);
+  auto ckpt = io::Checkpoint::open(o.out_dir);
   for (const auto& n : ckpt.names()) EXPECT_EQ(ckpt.info(n).dtype, torch::kBFloat16) << n;
 }
 
@@ -123,7 +123,7 @@ TEST(Merge, Nf4MergedLogitsCloseAndBnbBaseMerges) {
   ASSERT_TRUE(cfg.contains("quantization_config"));
   EXPECT_EQ(cfg["quantization_config"].value("bnb_4bit_quant_type", ""), "nf4");
   EXPECT_EQ(cfg["quantization_config"].value("bnb_4bit_use_double_quant", false), true);
-  auto ckpt = model::Checkpoint::open(o.out_dir);
+  auto ckpt = io::Checkpoint::open(o.out_dir);
   EXPECT_TRUE(ckpt.contains("model.layers.0.mlp.down_proj.weight.quant_state.bitsandbytes__nf4"));
 
   auto merged = load(o.out_dir, /*nf4=*/true);
@@ -157,7 +157,7 @@ TEST(Merge, Nf4MergedLogitsCloseAndBnbBaseMerges) {
   EXPECT_TRUE(r3.base_was_4bit);
   EXPECT_EQ(r3.modules_merged, 4);
   ASSERT_EQ(r3.requant.size(), 4u);
-  auto before = model::Checkpoint::open(o.out_dir), after = model::Checkpoint::open(o3.out_dir);
+  auto before = io::Checkpoint::open(o.out_dir), after = io::Checkpoint::open(o3.out_dir);
   for (const auto& n : before.names()) {
     ASSERT_TRUE(after.contains(n)) << n;
     const bool touched = n.find("layers.0.self_attn.q_proj") != std::string::npos ||
@@ -175,7 +175,7 @@ TEST(Merge, Nf4MergedLogitsCloseAndBnbBaseMerges) {
 TEST(Merge, MismatchedAdapterFailsAndWritesNothing) {
   const fs::path work = temp_dir();
   // An adapter for a model with another hidden size.
-  model::LlamaConfig c;
+  io::LlamaConfig c;
   c.vocab_size = 64;
   c.hidden_size = 96;
   c.intermediate_size = 160;
@@ -228,7 +228,7 @@ TEST(Merge, AppMergesAndRefusesToOverwrite) {
   auto res = qlora::test::run_app("qlora-merge", args);
   ASSERT_EQ(res.exit_code, 0) << res.output;
   EXPECT_NE(res.output.find("merged 28 adapter modules"), std::string::npos) << res.output;
-  auto ckpt = model::Checkpoint::open(work / "merged");
+  auto ckpt = io::Checkpoint::open(work / "merged");
   EXPECT_EQ(ckpt.info("model.layers.0.self_attn.q_proj.weight").dtype, torch::kFloat16);
   res = qlora::test::run_app("qlora-merge", args);
   EXPECT_EQ(res.exit_code, 2) << res.output;

@@ -10,7 +10,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "lora/peft_io.h"
-#include "model/safetensors.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace qlora::lora {
@@ -22,8 +22,8 @@ using qlora::test::temp_dir;
 fs::path peft_fixture() { return fixtures_dir() / "lora_peft_fixture"; }
 
 // The tiny test model's attention shapes (hidden 128, 4 heads, 2 kv heads): enough for the fixture.
-model::LlamaConfig tiny_like_config() {
-  model::LlamaConfig c;
+io::LlamaConfig tiny_like_config() {
+  io::LlamaConfig c;
   c.vocab_size = 64;
   c.hidden_size = 128;
   c.intermediate_size = 160;
@@ -102,7 +102,7 @@ TEST(PeftIo, SaveLoadRoundTripIsBitwiseAndReproducesTheModel) {
   // bf16 adapter files hold the bf16-rounded masters.
   so.dtype = torch::kBFloat16;
   save_adapter(work / "bf16", adapters, so);
-  auto st = model::SafetensorsFile::open(work / "bf16" / kAdapterWeightsFile);
+  auto st = io::SafetensorsFile::open(work / "bf16" / kAdapterWeightsFile);
   EXPECT_EQ(st->info(peft_key("model.layers.0.self_attn.q_proj", 'A')).dtype_name, "BF16");
 }
 
@@ -122,8 +122,8 @@ TEST(PeftIo, KeysShapesAndConfigFollowPeft) {
   save_adapter(dir, adapters, so);
 
   // Same tensor names, shapes and dtypes as the PEFT-layout fixture, same metadata.
-  auto ours = model::SafetensorsFile::open(dir / kAdapterWeightsFile);
-  auto peft = model::SafetensorsFile::open(peft_fixture() / kAdapterWeightsFile);
+  auto ours = io::SafetensorsFile::open(dir / kAdapterWeightsFile);
+  auto peft = io::SafetensorsFile::open(peft_fixture() / kAdapterWeightsFile);
   ASSERT_EQ(ours->tensors().size(), peft->tensors().size());
   for (const auto& info : peft->tensors()) {
     ASSERT_TRUE(ours->contains(info.name)) << info.name;
@@ -201,14 +201,14 @@ TEST(PeftIo, LoadsPeftWrittenFixture) {
 }
 
 // Copies the fixture with its tensors renamed / extended / replaced.
-fs::path rewrite_fixture(const fs::path& dir, const std::function<void(model::NamedTensors&)>& edit,
+fs::path rewrite_fixture(const fs::path& dir, const std::function<void(io::NamedTensors&)>& edit,
                          const std::function<void(nlohmann::json&)>& edit_config = {}) {
   fs::create_directories(dir);
-  auto src = model::SafetensorsFile::open(peft_fixture() / kAdapterWeightsFile);
-  model::NamedTensors t;
+  auto src = io::SafetensorsFile::open(peft_fixture() / kAdapterWeightsFile);
+  io::NamedTensors t;
   for (const auto& info : src->tensors()) t.emplace_back(info.name, src->get(info.name).clone());
   edit(t);
-  model::save_safetensors(dir / kAdapterWeightsFile, t);
+  io::save_safetensors(dir / kAdapterWeightsFile, t);
   auto cfg = nlohmann::json::parse(read_file(peft_fixture() / kAdapterConfigFile));
   if (edit_config) edit_config(cfg);
   write_file_atomic(dir / kAdapterConfigFile, cfg.dump(2));
@@ -216,7 +216,7 @@ fs::path rewrite_fixture(const fs::path& dir, const std::function<void(model::Na
 }
 
 TEST(PeftIo, AcceptsKeysWithDefaultAdapterName) {
-  const fs::path dir = rewrite_fixture(temp_dir() / "with_default", [](model::NamedTensors& t) {
+  const fs::path dir = rewrite_fixture(temp_dir() / "with_default", [](io::NamedTensors& t) {
     for (auto& [name, tensor] : t) name.replace(name.size() - 7, 7, ".default.weight");
   });
   expect_fixture_modules(load_adapter(dir));
@@ -224,23 +224,23 @@ TEST(PeftIo, AcceptsKeysWithDefaultAdapterName) {
 
 TEST(PeftIo, UnknownKeyIsAClearError) {
   const std::string dora_key = "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector.weight";
-  const fs::path dir = rewrite_fixture(temp_dir() / "dora", [&](model::NamedTensors& t) {
+  const fs::path dir = rewrite_fixture(temp_dir() / "dora", [&](io::NamedTensors& t) {
     t.emplace_back(dora_key, torch::ones({128}));
   });
   const std::string msg = error_of([&] { load_adapter(dir); });
   EXPECT_NE(msg.find(dora_key), std::string::npos) << msg;
   EXPECT_NE(msg.find("DoRA"), std::string::npos) << msg;
 
-  const fs::path dir2 = rewrite_fixture(temp_dir() / "emb", [&](model::NamedTensors& t) {
+  const fs::path dir2 = rewrite_fixture(temp_dir() / "emb", [&](io::NamedTensors& t) {
     t.emplace_back("base_model.model.model.embed_tokens.lora_embedding_A", torch::ones({4, 64}));
   });
   EXPECT_NE(error_of([&] { load_adapter(dir2); }).find("lora_embedding_A"), std::string::npos);
 
-  const fs::path dir3 = rewrite_fixture(temp_dir() / "dora_cfg", [](model::NamedTensors&) {},
+  const fs::path dir3 = rewrite_fixture(temp_dir() / "dora_cfg", [](io::NamedTensors&) {},
                                         [](nlohmann::json& j) { j["use_dora"] = true; });
   EXPECT_NE(error_of([&] { load_adapter(dir3); }).find("use_dora"), std::string::npos);
 
-  const fs::path dir4 = rewrite_fixture(temp_dir() / "lonely_a", [](model::NamedTensors& t) {
+  const fs::path dir4 = rewrite_fixture(temp_dir() / "lonely_a", [](io::NamedTensors& t) {
     t.erase(std::remove_if(t.begin(), t.end(), [](const auto& p) {
               return p.first == "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
             }),
@@ -251,7 +251,7 @@ TEST(PeftIo, UnknownKeyIsAClearError) {
 
 TEST(PeftIo, ShapeMismatchAndMissingModuleAreClearErrors) {
   // lora_A of layer 0 q_proj with in = 96 instead of 128.
-  const fs::path dir = rewrite_fixture(temp_dir() / "bad_shape", [](model::NamedTensors& t) {
+  const fs::path dir = rewrite_fixture(temp_dir() / "bad_shape", [](io::NamedTensors& t) {
     for (auto& [name, tensor] : t) {
       if (name == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight") tensor = torch::zeros({4, 96});
     }
@@ -265,7 +265,7 @@ TEST(PeftIo, ShapeMismatchAndMissingModuleAreClearErrors) {
   // Nothing was attached.
   for (const auto& [name, layer] : m->named_linears()) EXPECT_EQ(std::dynamic_pointer_cast<LoraLinearImpl>(layer), nullptr);
 
-  const fs::path dir2 = rewrite_fixture(temp_dir() / "layer9", [](model::NamedTensors& t) {
+  const fs::path dir2 = rewrite_fixture(temp_dir() / "layer9", [](io::NamedTensors& t) {
     t.emplace_back("base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight", torch::zeros({4, 128}));
     t.emplace_back("base_model.model.model.layers.9.self_attn.q_proj.lora_B.weight", torch::zeros({128, 4}));
   });
@@ -274,7 +274,7 @@ TEST(PeftIo, ShapeMismatchAndMissingModuleAreClearErrors) {
   EXPECT_NE(msg2.find("does not exist"), std::string::npos) << msg2;
 
   // Rank in the weights disagrees with r in adapter_config.json.
-  const fs::path dir3 = rewrite_fixture(temp_dir() / "rank", [](model::NamedTensors&) {},
+  const fs::path dir3 = rewrite_fixture(temp_dir() / "rank", [](io::NamedTensors&) {},
                                         [](nlohmann::json& j) { j["r"] = 8; });
   EXPECT_NE(error_of([&] { load_adapter(dir3); }).find("rank 4"), std::string::npos);
 }

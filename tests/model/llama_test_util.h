@@ -14,8 +14,8 @@
 
 namespace qlora::test {
 
-inline model::LlamaConfig small_config(bool tied = false) {
-  model::LlamaConfig c;
+inline io::LlamaConfig small_config(bool tied = false) {
+  io::LlamaConfig c;
   c.vocab_size = 61;
   c.hidden_size = 32;
   c.intermediate_size = 48;
@@ -30,7 +30,7 @@ inline model::LlamaConfig small_config(bool tied = false) {
   return c;
 }
 
-inline model::LlamaModel random_model(const model::LlamaConfig& c, torch::ScalarType dtype = torch::kFloat32,
+inline model::LlamaModel random_model(const io::LlamaConfig& c, torch::ScalarType dtype = torch::kFloat32,
                                       uint64_t seed = 7, double stddev = 0.2) {
   torch::manual_seed(seed);
   model::LlamaModel m(c, dtype);
@@ -45,7 +45,7 @@ inline std::vector<double> to_vec(const torch::Tensor& t) {
 
 // Float64 reference of one sequence, written with plain loops. allowed(i, j): query i may see key j.
 struct RefDecoder {
-  model::LlamaConfig c;
+  io::LlamaConfig c;
   std::map<std::string, std::vector<double>> w;  // HF tensor name -> row-major values
   std::vector<double> inv_freq;                  // (d/2); default: 1 / theta^(2i/d)
 

@@ -4,11 +4,11 @@
 
 #include "common/error.h"
 #include "common/atomic_file.h"
-#include "model/bnb_format.h"
+#include "io/bnb_format.h"
 #include "model/llama.h"
 #include "model/llama_test_util.h"
 #include "model/quantize_checkpoint.h"
-#include "model/safetensors.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace qlora::test {
@@ -29,29 +29,29 @@ TEST(BnbFormat, QuantStateJsonMatchesPythonJsonDumps) {
   // formats.md 2: the 82-byte example (no double quant).
   const std::string plain = R"({"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [6912, 1152]})";
   EXPECT_EQ(plain.size(), 82u);
-  EXPECT_EQ(model::bnb_quant_state_json(fake_state(false, 0.f)), plain);
+  EXPECT_EQ(io::bnb_quant_state_json(fake_state(false, 0.f)), plain);
   // json.dumps of QuantState.as_dict with nested_offset = float32(0.0239).item() (Python 3, torch 1.13).
-  EXPECT_EQ(model::bnb_quant_state_json(fake_state(true, 0.0239f)),
+  EXPECT_EQ(io::bnb_quant_state_json(fake_state(true, 0.0239f)),
             R"({"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [6912, 1152], )"
             R"("nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.023900000378489494})");
 }
 
 TEST(BnbFormat, PythonFloatRepr) {
   // Expected strings are Python's repr() of the same doubles.
-  EXPECT_EQ(model::python_float_repr(static_cast<double>(0.0239f)), "0.023900000378489494");
-  EXPECT_EQ(model::python_float_repr(static_cast<double>(1e-5f)), "9.999999747378752e-06");
-  EXPECT_EQ(model::python_float_repr(static_cast<double>(1e-4f)), "9.999999747378752e-05");
-  EXPECT_EQ(model::python_float_repr(static_cast<double>(0.1f)), "0.10000000149011612");
-  EXPECT_EQ(model::python_float_repr(static_cast<double>(-2.5e-7f)), "-2.499999993688107e-07");
-  EXPECT_EQ(model::python_float_repr(static_cast<double>(1e16f)), "1.0000000272564224e+16");
-  EXPECT_EQ(model::python_float_repr(static_cast<double>(12345678.9f)), "12345679.0");
-  EXPECT_EQ(model::python_float_repr(123.0), "123.0");
-  EXPECT_EQ(model::python_float_repr(1e-5), "1e-05");
-  EXPECT_EQ(model::python_float_repr(0.0001), "0.0001");
-  EXPECT_EQ(model::python_float_repr(1e16), "1e+16");
-  EXPECT_EQ(model::python_float_repr(1e15), "1000000000000000.0");
-  EXPECT_EQ(model::python_float_repr(0.0), "0.0");
-  EXPECT_EQ(model::python_float_repr(3.0517578125e-05), "3.0517578125e-05");
+  EXPECT_EQ(io::python_float_repr(static_cast<double>(0.0239f)), "0.023900000378489494");
+  EXPECT_EQ(io::python_float_repr(static_cast<double>(1e-5f)), "9.999999747378752e-06");
+  EXPECT_EQ(io::python_float_repr(static_cast<double>(1e-4f)), "9.999999747378752e-05");
+  EXPECT_EQ(io::python_float_repr(static_cast<double>(0.1f)), "0.10000000149011612");
+  EXPECT_EQ(io::python_float_repr(static_cast<double>(-2.5e-7f)), "-2.499999993688107e-07");
+  EXPECT_EQ(io::python_float_repr(static_cast<double>(1e16f)), "1.0000000272564224e+16");
+  EXPECT_EQ(io::python_float_repr(static_cast<double>(12345678.9f)), "12345679.0");
+  EXPECT_EQ(io::python_float_repr(123.0), "123.0");
+  EXPECT_EQ(io::python_float_repr(1e-5), "1e-05");
+  EXPECT_EQ(io::python_float_repr(0.0001), "0.0001");
+  EXPECT_EQ(io::python_float_repr(1e16), "1e+16");
+  EXPECT_EQ(io::python_float_repr(1e15), "1000000000000000.0");
+  EXPECT_EQ(io::python_float_repr(0.0), "0.0");
+  EXPECT_EQ(io::python_float_repr(3.0517578125e-05), "3.0517578125e-05");
 }
 
 bool same_bytes(const torch::Tensor& a, const torch::Tensor& b) {
@@ -73,13 +73,13 @@ TEST(BnbFormat, WriteReadRoundTripKeepsQuantizedBytes) {
                                    {quant::QuantType::kFP4, false, 128, {20, 64}},
                                    {quant::QuantType::kNF4, true, 32, {96, 97}},
                                    {quant::QuantType::kNF4, false, 64, {8, 16}}};
-  model::NamedTensors all;
+  io::NamedTensors all;
   std::vector<quant::QuantizedTensor> qs;
   for (size_t i = 0; i < cases.size(); ++i) {
     const auto& c = cases[i];
     torch::Tensor w = (torch::randn(c.shape) * 0.05).to(torch::kBFloat16);
     qs.push_back(quant::quantize_4bit(w, c.type, c.blocksize, c.dq));
-    auto ts = model::bnb_tensors("model.layers." + std::to_string(i) + ".mlp.up_proj", qs.back());
+    auto ts = io::bnb_tensors("model.layers." + std::to_string(i) + ".mlp.up_proj", qs.back());
     const int64_t n = c.shape[0] * c.shape[1];
     EXPECT_EQ(ts[0].first, "model.layers." + std::to_string(i) + ".mlp.up_proj.weight");
     EXPECT_EQ(ts[0].second.sizes(), (std::vector<int64_t>{(n + 1) / 2, 1}));
@@ -89,13 +89,13 @@ TEST(BnbFormat, WriteReadRoundTripKeepsQuantizedBytes) {
               std::string::npos);
     all.insert(all.end(), ts.begin(), ts.end());
   }
-  model::save_safetensors(dir / "model.safetensors", all);
-  auto ckpt = model::Checkpoint::open(dir);
+  io::save_safetensors(dir / "model.safetensors", all);
+  auto ckpt = io::Checkpoint::open(dir);
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".mlp.up_proj";
-    ASSERT_TRUE(model::bnb_is_quantized(ckpt, p));
-    EXPECT_EQ(model::bnb_keys(ckpt, p).size(), cases[i].dq ? 6u : 4u);
-    quant::QuantizedTensor r = model::bnb_read(ckpt, p);
+    ASSERT_TRUE(io::bnb_is_quantized(ckpt, p));
+    EXPECT_EQ(io::bnb_keys(ckpt, p).size(), cases[i].dq ? 6u : 4u);
+    quant::QuantizedTensor r = io::bnb_read(ckpt, p);
     const auto& q = qs[i];
     EXPECT_EQ(r.type, q.type);
     EXPECT_EQ(r.blocksize, q.blocksize);
@@ -116,36 +116,36 @@ TEST(BnbFormat, WriteReadRoundTripKeepsQuantizedBytes) {
 TEST(BnbFormat, InconsistentPartsGiveClearErrors) {
   torch::manual_seed(5);
   auto q = quant::quantize_4bit(torch::randn({16, 64}), quant::QuantType::kNF4, 64, true);
-  auto ts = model::bnb_tensors("p", q);
+  auto ts = io::bnb_tensors("p", q);
   auto write_without = [&](const std::string& drop, const fs::path& dir, bool shrink_absmax = false) {
-    model::NamedTensors out;
+    io::NamedTensors out;
     for (auto& [k, t] : ts) {
       if (k == drop) continue;
       out.emplace_back(k, shrink_absmax && k == "p.weight.absmax" ? t.narrow(0, 0, t.size(0) - 1).clone() : t);
     }
-    model::save_safetensors(dir / "model.safetensors", out);
-    return model::Checkpoint::open(dir);
+    io::save_safetensors(dir / "model.safetensors", out);
+    return io::Checkpoint::open(dir);
   };
   const fs::path base = temp_dir();
   fs::create_directories(base / "a");
   fs::create_directories(base / "b");
   fs::create_directories(base / "c");
   try {
-    model::bnb_read(write_without("p.weight.nested_absmax", base / "a"), "p");
+    io::bnb_read(write_without("p.weight.nested_absmax", base / "a"), "p");
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("p.weight.nested_absmax"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
   }
   try {
-    model::bnb_read(write_without("", base / "b", /*shrink_absmax=*/true), "p");
+    io::bnb_read(write_without("", base / "b", /*shrink_absmax=*/true), "p");
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("p.weight.absmax"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("shape [15]"), std::string::npos) << e.what();
   }
   try {
-    model::bnb_read(write_without("p.weight.quant_state.bitsandbytes__nf4", base / "c"), "p");
+    io::bnb_read(write_without("p.weight.quant_state.bitsandbytes__nf4", base / "c"), "p");
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("quant_state"), std::string::npos) << e.what();
@@ -153,7 +153,7 @@ TEST(BnbFormat, InconsistentPartsGiveClearErrors) {
 }
 
 TEST(BnbFormat, QuantizationConfigFields) {
-  auto j = model::bnb_quantization_config(quant::QuantType::kNF4, true, "bfloat16");
+  auto j = io::bnb_quantization_config(quant::QuantType::kNF4, true, "bfloat16");
   EXPECT_EQ(j.dump(),
             R"({"_load_in_4bit":true,"_load_in_8bit":false,"bnb_4bit_compute_dtype":"bfloat16",)"
             R"("bnb_4bit_quant_storage":"uint8","bnb_4bit_quant_type":"nf4","bnb_4bit_use_double_quant":true,)"
@@ -169,13 +169,13 @@ TEST(BnbFormat, QuantizedFolderLoadsWithIdenticalBytes) {
   auto m = random_model(cfg);
   const fs::path root = temp_dir();
   fs::create_directories(root / "bf16");
-  write_file_atomic(root / "bf16" / "config.json", model::llama_config_to_json(cfg).dump(2));
-  model::NamedTensors ts;
+  write_file_atomic(root / "bf16" / "config.json", io::llama_config_to_json(cfg).dump(2));
+  io::NamedTensors ts;
   for (auto& [n, t] : m->named_dense_tensors()) ts.emplace_back(n, t.to(torch::kBFloat16));
   for (auto& [n, lin] : m->named_linears()) {
     if (n != "lm_head") ts.emplace_back(n + ".weight", lin->dense_weight(torch::kBFloat16));
   }
-  model::save_safetensors(root / "bf16" / "model.safetensors", ts);
+  io::save_safetensors(root / "bf16" / "model.safetensors", ts);
   model::QuantizeCheckpointOptions qo;
   qo.show_progress = false;
   auto s = model::quantize_checkpoint(root / "bf16", root / "nf4", qo);

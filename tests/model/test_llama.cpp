@@ -4,7 +4,7 @@
 
 #include <tuple>
 
-#include "model/activation_checkpoint.h"
+#include "ops/activation_checkpoint.h"
 #include "model/llama.h"
 #include "model/llama_test_util.h"
 
@@ -253,7 +253,7 @@ TEST(LlamaCheckpointing, FunctionGivesInputAndParameterGradients) {
   x.mutable_grad().zero_();
   w.mutable_grad().zero_();
   torch::manual_seed(5);
-  auto out = model::checkpoint(fn, {x});
+  auto out = ops::checkpoint(fn, {x});
   torch::randn({100});  // advance the RNG between forward and backward: the recompute must not see it
   out[0].pow(2).sum().backward();
   EXPECT_TRUE(torch::allclose(x.grad(), gx, 1e-12, 1e-12));

@@ -6,18 +6,18 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "model/bnb_format.h"
+#include "io/bnb_format.h"
 #include "model/llama.h"
 #include "model/llama_test_util.h"
 #include "model/loader.h"
-#include "model/safetensors.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace qlora::test {
 namespace {
 
-model::NamedTensors model_tensors(model::LlamaModelImpl& m) {
-  model::NamedTensors out;
+io::NamedTensors model_tensors(model::LlamaModelImpl& m) {
+  io::NamedTensors out;
   for (auto& [n, t] : m.named_dense_tensors()) out.emplace_back(n, t.detach().clone());
   for (auto& [n, lin] : m.named_linears()) {
     if (n != "lm_head") out.emplace_back(n + ".weight", lin->dense_weight(torch::kFloat32));
@@ -25,10 +25,10 @@ model::NamedTensors model_tensors(model::LlamaModelImpl& m) {
   return out;
 }
 
-void write_model_dir(const fs::path& dir, const model::LlamaConfig& c, const model::NamedTensors& ts) {
+void write_model_dir(const fs::path& dir, const io::LlamaConfig& c, const io::NamedTensors& ts) {
   fs::create_directories(dir);
-  write_file_atomic(dir / "config.json", model::llama_config_to_json(c).dump(2));
-  model::save_safetensors(dir / "model.safetensors", ts);
+  write_file_atomic(dir / "config.json", io::llama_config_to_json(c).dump(2));
+  io::save_safetensors(dir / "model.safetensors", ts);
 }
 
 model::LoadOptions dense_fp32() {
@@ -62,8 +62,8 @@ TEST(Loader, ShardedCheckpointAndQuantizedProjections) {
   auto m = random_model(cfg);
   const fs::path dir = temp_dir() / "m";
   fs::create_directories(dir);
-  write_file_atomic(dir / "config.json", model::llama_config_to_json(cfg).dump(2));
-  model::ShardedWriter w(dir, /*max_shard_bytes=*/10000);
+  write_file_atomic(dir / "config.json", io::llama_config_to_json(cfg).dump(2));
+  io::ShardedWriter w(dir, /*max_shard_bytes=*/10000);
   for (auto& [n, t] : model_tensors(*m)) w.add(n, t.to(torch::kBFloat16));
   w.finish();
   ASSERT_TRUE(fs::exists(dir / "model.safetensors.index.json"));
@@ -91,7 +91,7 @@ TEST(Loader, MalformedCheckpointListsEveryProblem) {
   auto cfg = small_config();
   auto m = random_model(cfg);
   const fs::path dir = temp_dir() / "m";
-  model::NamedTensors ts;
+  io::NamedTensors ts;
   for (auto& [n, t] : model_tensors(*m)) {
     if (n == "model.layers.1.mlp.up_proj.weight") continue;                             // missing
     if (n == "model.layers.0.self_attn.k_proj.weight") {

@@ -11,7 +11,7 @@ namespace qlora::quant {
 namespace {
 
 using namespace qlora::test;
-using detail::Isa;
+using qlora::Isa;
 
 struct PathCase {
   int64_t numel;
@@ -34,11 +34,11 @@ TEST(DequantPaths, SimdAndOpsEqualScalarOnRandomData) {
           torch::Tensor ref = torch::empty({c.numel}, torch::TensorOptions().dtype(dt));
           detail::dequantize_cpu_into(q, ref, Isa::kScalar);
           for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
-            if (!detail::cpu_supports(isa)) continue;
+            if (!cpu_supports(isa)) continue;
             torch::Tensor out = torch::full({c.numel}, 7.0, torch::TensorOptions().dtype(dt));
             detail::dequantize_cpu_into(q, out, isa);
             EXPECT_EQ(first_bit_mismatch(out, ref), -1)
-                << detail::isa_name(isa) << " n=" << c.numel << " bs=" << c.blocksize << " dq=" << dq << " " << dt;
+                << isa_name(isa) << " n=" << c.numel << " bs=" << c.blocksize << " dq=" << dq << " " << dt;
             ++checked;
           }
           EXPECT_EQ(first_bit_mismatch(detail::dequantize_ops(q, dt).view({-1}), ref), -1)
@@ -87,8 +87,8 @@ TEST(DequantInto, WritesPreallocatedOutputOfAnyDtype) {
 }
 
 TEST(DequantPaths, ActiveIsaIsSupported) {
-  EXPECT_TRUE(detail::cpu_supports(detail::active_isa()));
-  EXPECT_TRUE(detail::cpu_supports(Isa::kScalar));
+  EXPECT_TRUE(cpu_supports(active_isa()));
+  EXPECT_TRUE(cpu_supports(Isa::kScalar));
 }
 
 }  // namespace

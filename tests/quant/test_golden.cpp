@@ -149,11 +149,11 @@ TEST_P(GoldenCase, QuantizeAndDequantizeBitExact) {
   const torch::Tensor want_plain = c.contains("dequant_plain_fp32_hex")
                                        ? tensor_from_hex(c["dequant_plain_fp32_hex"], torch::kFloat32, shape)
                                        : f32_from_json(c["dequant_plain_fp32"]).view(shape);
-  for (auto isa : {detail::Isa::kScalar, detail::Isa::kAvx2, detail::Isa::kAvx512}) {
-    if (!detail::cpu_supports(isa)) continue;
+  for (auto isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (!cpu_supports(isa)) continue;
     torch::Tensor out = torch::empty(shape, torch::kFloat32);
     detail::dequantize_cpu_into(plain, out, isa);
-    EXPECT_EQ(bit_diff(out, want_plain), "") << detail::isa_name(isa);
+    EXPECT_EQ(bit_diff(out, want_plain), "") << isa_name(isa);
   }
   EXPECT_EQ(bit_diff(detail::dequantize_ops(plain, torch::kFloat32), want_plain), "") << "ops path";
   EXPECT_EQ(bit_diff(dequantize_4bit(plain, torch::kFloat32), want_plain), "");
@@ -179,11 +179,11 @@ TEST_P(GoldenCase, QuantizeAndDequantizeBitExact) {
   const torch::Tensor restored = f32_from_json(c["absmax_restored_fp32"]);
   EXPECT_EQ(bit_diff(q.absmax_fp32(), restored), "") << "restored absmax";
   const torch::Tensor want = tensor_from_hex(c["dequant_nested_in_input_dtype_hex"], dtype, shape);
-  for (auto isa : {detail::Isa::kScalar, detail::Isa::kAvx2, detail::Isa::kAvx512}) {
-    if (!detail::cpu_supports(isa)) continue;
+  for (auto isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (!cpu_supports(isa)) continue;
     torch::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(dtype));
     detail::dequantize_cpu_into(q, out, isa);
-    EXPECT_EQ(bit_diff(out, want), "") << detail::isa_name(isa);
+    EXPECT_EQ(bit_diff(out, want), "") << isa_name(isa);
   }
   EXPECT_EQ(bit_diff(detail::dequantize_ops(q, dtype), want), "") << "ops path";
   EXPECT_EQ(bit_diff(dequantize_4bit(q, dtype), want), "");

@@ -12,7 +12,7 @@
 namespace qlora::quant {
 namespace {
 
-using detail::Isa;
+using qlora::Isa;
 
 void expect_same(const QuantizedTensor& a, const QuantizedTensor& b, const std::string& what) {
   EXPECT_TRUE(torch::equal(a.packed, b.packed)) << what << ": packed bytes differ";
@@ -40,9 +40,9 @@ TEST(QuantizePaths, SimdEqualsScalarOnRandomData) {
         for (bool dq : {false, true}) {
           const QuantizedTensor ref = detail::quantize_4bit_with(x, type, bs, dq, Isa::kScalar);
           for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
-            if (!detail::cpu_supports(isa)) continue;
+            if (!cpu_supports(isa)) continue;
             expect_same(detail::quantize_4bit_with(x, type, bs, dq, isa), ref,
-                        std::string(detail::isa_name(isa)) + " n=" + std::to_string(numel) +
+                        std::string(isa_name(isa)) + " n=" + std::to_string(numel) +
                             " bs=" + std::to_string(bs) + " " + c10::toString(dt) + " " + quant_type_name(type));
             ++checked;
           }
@@ -79,9 +79,9 @@ TEST(QuantizePaths, SimdEqualsScalarOnBoundsAndSpecialValues) {
     for (int64_t bs : {32, 64}) {
       const QuantizedTensor ref = detail::quantize_4bit_with(w, type, bs, false, Isa::kScalar);
       for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
-        if (!detail::cpu_supports(isa)) continue;
+        if (!cpu_supports(isa)) continue;
         expect_same(detail::quantize_4bit_with(w, type, bs, false, isa), ref,
-                    std::string(detail::isa_name(isa)) + " " + quant_type_name(type) + " bs=" + std::to_string(bs));
+                    std::string(isa_name(isa)) + " " + quant_type_name(type) + " bs=" + std::to_string(bs));
       }
     }
   }

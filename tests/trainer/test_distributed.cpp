@@ -1,4 +1,4 @@
-// Data-parallel training (trainer/distributed.h) on CPU with Gloo over loopback, with real qlora-train processes:
+// Data-parallel training (trainer/dist/distributed.h) on CPU with Gloo over loopback, with real qlora-train processes:
 // 2 ranks x micro batch 4 reach the adapter of 1 process x micro batch 4 x grad accum 2 on the same data; a rank
 // that is stopped (hung) or killed makes the other exit non-zero naming it; a job killed mid-checkpoint resumes
 // to the adapter of an uninterrupted 2-rank run.
@@ -22,7 +22,7 @@
 #include "lora/peft_io.h"
 #include "test_util.h"
 #include "trainer/config.h"
-#include "trainer/distributed.h"
+#include "trainer/dist/distributed.h"
 
 namespace qlora::trainer {
 namespace {
@@ -155,13 +155,13 @@ class DataParallel : public ::testing::Test {
 TEST_F(DataParallel, EnvironmentParsing) {
   ::unsetenv("RANK");
   ::unsetenv("WORLD_SIZE");
-  EXPECT_FALSE(dist_env_from_environment().enabled());
+  EXPECT_FALSE(dist::dist_env_from_environment().enabled());
   ::setenv("WORLD_SIZE", "2", 1);
-  EXPECT_THROW(dist_env_from_environment(), Error);  // RANK missing
+  EXPECT_THROW(dist::dist_env_from_environment(), Error);  // RANK missing
   ::setenv("RANK", "2", 1);
-  EXPECT_THROW(dist_env_from_environment(), Error);  // out of range
+  EXPECT_THROW(dist::dist_env_from_environment(), Error);  // out of range
   ::setenv("RANK", "1", 1);
-  const DistEnv env = dist_env_from_environment();
+  const dist::DistEnv env = dist::dist_env_from_environment();
   EXPECT_EQ(env.rank, 1);
   EXPECT_EQ(env.world_size, 2);
   EXPECT_EQ(env.local_rank, 1);

@@ -41,7 +41,7 @@ std::string tiny_config_yaml(const fs::path& dir, bool checkpointing) {
 TEST(RunPlan, SameAccountingAsTheLoadedTinyModel) {
   const fs::path dir = test::temp_dir();
   const TrainConfig cfg = parse_config(tiny_config_yaml(dir, true), (dir / "c.yaml").string());
-  const model::MemoryPlan plan = plan_run(cfg);
+  const plan::MemoryPlan plan = plan_run(cfg);
   model::LoadOptions lo;
   lo.show_progress = false;
   auto m = model::load_model(test::tiny_model_dir(), lo);

@@ -19,7 +19,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "lora/peft_io.h"
-#include "model/tiny_model.h"
+#include "tools/tiny_model.h"
 #include "test_util.h"
 #include "trainer/trainer.h"
 
@@ -427,11 +427,11 @@ TEST_F(TrainerRun, OutputDirOfAnotherRunIsRefused) {
 // through the normal loop with the llama3 chat template (special-token ids from tokenizer.json).
 TEST(TrainerLlama3, TinyLlama3TrainsWithLlama3Template) {
   const fs::path dir = test::temp_dir();
-  model::TinyModelOptions mo;
+  tools::TinyModelOptions mo;
   mo.preset = "tiny-llama3";
   mo.seed = 5;
   mo.tokenizer_dir = test::source_dir() / "assets" / "llama3-tokenizer";
-  const auto report = model::make_tiny_model(dir / "model", mo);
+  const auto report = tools::make_tiny_model(dir / "model", mo);
   ASSERT_EQ(report.config.vocab_size, 128256);
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "LICENSE", "NOTICE", "model.safetensors"}) {
     EXPECT_TRUE(fs::exists(dir / "model" / f)) << f;

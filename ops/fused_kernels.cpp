@@ -1,0 +1,592 @@
+// CPU kernels behind ops/fused_ops.h: causal-LM cross entropy, RMSNorm, rotary embedding, SwiGLU and
+// counter-based dropout. Scalar versions are the specification (std::exp, one row at a time); the AVX-512 versions
+// use the same fp32 operations with a Cephes-style exp (about 2 ulp) and masked loads for the tails.
+// Rows are split over LibTorch's thread pool; every row is computed by one thread, so results do not depend on the
+// thread count. GCC 12 reports false (maybe-)uninitialized warnings inside its own AVX-512 intrinsic headers
+// (_mm512_reduce_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#include "ops/fused_kernels.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace qlora::ops::detail {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr int64_t kLongRowGrain = 1;        // rows of a vocabulary: one is plenty of work
+constexpr int64_t kShortRowGrain = 32;      // rows of a hidden size or a head dim
+constexpr int64_t kElementGrain = 1 << 15;  // elements (element-wise kernels)
+
+template <class F>
+void dispatch_dtype(torch::ScalarType dt, F&& f) {
+  switch (dt) {
+    case torch::kFloat32:
+      f(float{});
+      return;
+    case torch::kBFloat16:
+      f(c10::BFloat16{});
+      return;
+    case torch::kHalf:
+      f(c10::Half{});
+      return;
+    default:
+      TORCH_CHECK(false, "fused kernels support fp32, bf16 and fp16, got ", dt);
+  }
+}
+
+void check_cpu_contiguous(const torch::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), what, " must be a contiguous CPU tensor");
+  TORCH_CHECK(fused_dtype_supported(t.scalar_type()), what, ": unsupported dtype ", t.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Scalar reference.
+template <class T>
+float ce_row_lse_scalar(const T* x, int64_t v) {
+  float m = -kInf;
+  bool nan = false;
+  for (int64_t j = 0; j < v; ++j) {
+    const float a = static_cast<float>(x[j]);
+    nan |= std::isnan(a);
+    m = std::max(m, a);
+  }
+  if (nan) return kNaN;
+  float sum = 0.0f;
+  for (int64_t j = 0; j < v; ++j) sum += std::exp(static_cast<float>(x[j]) - m);
+  return m + std::log(sum);
+}
+
+template <class T>
+void ce_row_grad_scalar(const T* x, int64_t v, float lse, float g, T* out) {
+  for (int64_t j = 0; j < v; ++j) out[j] = static_cast<T>(std::exp(static_cast<float>(x[j]) - lse) * g);
+}
+
+// w: the weight already rounded to x's dtype, as fp32.
+template <class T>
+float rms_row_scalar(const T* x, const float* w, int64_t h, float eps, T* out) {
+  float ss = 0.0f;
+  for (int64_t j = 0; j < h; ++j) ss += static_cast<float>(x[j]) * static_cast<float>(x[j]);
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
+  for (int64_t j = 0; j < h; ++j)
+    out[j] = static_cast<T>(static_cast<float>(static_cast<T>(static_cast<float>(x[j]) * r)) * w[j]);
+  return r;
+}
+
+template <class T>
+void rms_grad_row_scalar(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
+  float dot = 0.0f;
+  for (int64_t j = 0; j < h; ++j) dot += static_cast<float>(g[j]) * w[j] * static_cast<float>(x[j]);
+  const float c = r * r * r * dot / static_cast<float>(h);
+  for (int64_t j = 0; j < h; ++j) {
+    out[j] = static_cast<T>(r * static_cast<float>(g[j]) * w[j] - static_cast<float>(x[j]) * c);
+  }
+}
+
+// One rotary row: (p, q) = (-sin[:half], sin[half:]) forward, (sin[half:], -sin[:half]) backward.
+template <class T>
+void rotary_row_scalar(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
+  for (int64_t j = 0; j < half; ++j) {
+    const float a = static_cast<float>(x[j]), b = static_cast<float>(x[j + half]);
+    const float p = backward ? static_cast<float>(s[j + half]) : -static_cast<float>(s[j]);
+    const float q = backward ? -static_cast<float>(s[j]) : static_cast<float>(s[j + half]);
+    out[j] = static_cast<T>(a * static_cast<float>(c[j]) + b * p);
+    out[j + half] = static_cast<T>(b * static_cast<float>(c[j + half]) + a * q);
+  }
+}
+
+inline float sigmoid(float v) {
+  return 1.0f / (1.0f + std::exp(-v));
+}
+
+template <class T>
+void swiglu_scalar(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
+  for (int64_t e = e0; e < e1; ++e) {
+    const float a = static_cast<float>(g[e]);
+    out[e] = static_cast<T>(a * sigmoid(a) * static_cast<float>(u[e]));
+  }
+}
+
+template <class T>
+void swiglu_grad_scalar(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
+  for (int64_t e = e0; e < e1; ++e) {
+    const float a = static_cast<float>(g[e]), sg = sigmoid(a), d = static_cast<float>(go[e]);
+    gg[e] = static_cast<T>(d * static_cast<float>(u[e]) * sg * (1.0f + a * (1.0f - sg)));
+    gu[e] = static_cast<T>(d * a * sg);
+  }
+}
+
+inline uint32_t lowbias32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+template <class T>
+void dropout_scalar(const T* x, int64_t e0, int64_t e1, uint64_t seed, uint32_t thr, float scale, T* out) {
+  for (int64_t e = e0; e < e1; ++e) {
+    const bool keep = dropout_bits(seed, static_cast<uint32_t>(e)) >= thr;
+    out[e] = static_cast<T>(keep ? static_cast<float>(x[e]) * scale : 0.0f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// AVX-512: 16 fp32 lanes; tails through masked loads and stores.
+#define QLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+QLORA_AVX512 inline __mmask16 lanes(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1U << left) - 1U);
+}
+
+QLORA_AVX512 inline __m512 load16(const float* p, __mmask16 m) {
+  return _mm512_maskz_loadu_ps(m, p);
+}
+QLORA_AVX512 inline __m512 load16(const c10::BFloat16* p, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+QLORA_AVX512 inline __m512 load16(const c10::Half* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+QLORA_AVX512 inline void store16(float* p, __mmask16 m, __m512 v) {
+  _mm512_mask_storeu_ps(p, m, v);
+}
+QLORA_AVX512 inline void store16(c10::BFloat16* p, __mmask16 m, __m512 v) {
+  // Round to nearest even; NaN stays a quiet NaN (0x7FC0) as c10::BFloat16 does.
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtepi32_epi16(r));
+}
+QLORA_AVX512 inline void store16(c10::Half* p, __mmask16 m, __m512 v) {
+  _mm256_mask_storeu_epi16(p, m, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+// exp(x) for x <= 88: n = round(x log2 e), r = x - n ln2 (ln2 in two parts), exp(r) by Cephes' expf polynomial,
+// times 2^n through the exponent bits. x < -87.3 (where 2^n would leave the normal range), -inf included, gives 0.
+QLORA_AVX512 inline __m512 exp16(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f);
+  const __mmask16 normal = _mm512_cmp_ps_mask(x, lo, _CMP_GE_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(normal, p, _mm512_castsi512_ps(e));
+}
+
+template <class T>
+QLORA_AVX512 float ce_row_lse_avx512(const T* x, int64_t v) {
+  __m512 vmax = _mm512_set1_ps(-kInf);
+  __mmask16 nan = 0;
+  for (int64_t j = 0; j < v; j += 16) {
+    const __mmask16 m = lanes(v - j);
+    const __m512 a = load16(x + j, m);
+    nan |= _mm512_mask_cmp_ps_mask(m, a, a, _CMP_UNORD_Q);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, a);
+  }
+  if (nan) return kNaN;
+  const float mx = _mm512_reduce_max_ps(vmax);
+  if (mx == -kInf) return -kInf;
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < v; j += 16) {
+    const __mmask16 m = lanes(v - j);
+    sum = _mm512_mask_add_ps(sum, m, sum, exp16(_mm512_sub_ps(load16(x + j, m), vm)));
+  }
+  return mx + std::log(_mm512_reduce_add_ps(sum));
+}
+
+template <class T>
+QLORA_AVX512 void ce_row_grad_avx512(const T* x, int64_t v, float lse, float g, T* out) {
+  const __m512 vl = _mm512_set1_ps(lse), vg = _mm512_set1_ps(g);
+  for (int64_t j = 0; j < v; j += 16) {
+    const __mmask16 m = lanes(v - j);
+    store16(out + j, m, _mm512_mul_ps(exp16(_mm512_sub_ps(load16(x + j, m), vl)), vg));
+  }
+}
+
+// The fp32 value of a dtype-T rounding of v (for LlamaRMSNorm's intermediate cast).
+QLORA_AVX512 inline __m512 round_to(float*, __m512 v) {
+  return v;
+}
+QLORA_AVX512 inline __m512 round_to(c10::BFloat16*, __m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+  r = _mm512_and_si512(r, _mm512_set1_epi32(static_cast<int>(0xFFFF0000U)));
+  return _mm512_mask_mov_ps(_mm512_castsi512_ps(r), _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+}
+QLORA_AVX512 inline __m512 round_to(c10::Half*, __m512 v) {
+  return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+template <class T>
+QLORA_AVX512 float rms_row_avx512(const T* x, const float* w, int64_t h, float eps, T* out) {
+  __m512 ss = _mm512_setzero_ps();
+  for (int64_t j = 0; j < h; j += 16) {
+    const __m512 a = load16(x + j, lanes(h - j));
+    ss = _mm512_fmadd_ps(a, a, ss);
+  }
+  const float r = 1.0f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(h) + eps);
+  const __m512 vr = _mm512_set1_ps(r);
+  for (int64_t j = 0; j < h; j += 16) {
+    const __mmask16 m = lanes(h - j);
+    const __m512 n = round_to(static_cast<T*>(nullptr), _mm512_mul_ps(load16(x + j, m), vr));
+    store16(out + j, m, _mm512_mul_ps(n, _mm512_maskz_loadu_ps(m, w + j)));
+  }
+  return r;
+}
+
+template <class T>
+QLORA_AVX512 void rms_grad_row_avx512(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
+  __m512 dot = _mm512_setzero_ps();
+  for (int64_t j = 0; j < h; j += 16) {
+    const __mmask16 m = lanes(h - j);
+    const __m512 gn = _mm512_mul_ps(load16(g + j, m), _mm512_maskz_loadu_ps(m, w + j));
+    dot = _mm512_fmadd_ps(gn, load16(x + j, m), dot);
+  }
+  const __m512 c = _mm512_set1_ps(r * r * r * _mm512_reduce_add_ps(dot) / static_cast<float>(h));
+  const __m512 vr = _mm512_set1_ps(r);
+  for (int64_t j = 0; j < h; j += 16) {
+    const __mmask16 m = lanes(h - j);
+    const __m512 gn = _mm512_mul_ps(load16(g + j, m), _mm512_maskz_loadu_ps(m, w + j));
+    store16(out + j, m, _mm512_fnmadd_ps(load16(x + j, m), c, _mm512_mul_ps(vr, gn)));
+  }
+}
+
+template <class T>
+QLORA_AVX512 void rotary_row_avx512(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
+  const __m512 neg = _mm512_set1_ps(-1.0f);
+  for (int64_t j = 0; j < half; j += 16) {
+    const __mmask16 m = lanes(half - j);
+    const __m512 a = load16(x + j, m), b = load16(x + half + j, m);
+    const __m512 s0 = load16(s + j, m), s1 = load16(s + half + j, m);
+    const __m512 p = backward ? s1 : _mm512_mul_ps(s0, neg);
+    const __m512 q = backward ? _mm512_mul_ps(s0, neg) : s1;
+    store16(out + j, m, _mm512_add_ps(_mm512_mul_ps(a, load16(c + j, m)), _mm512_mul_ps(b, p)));
+    store16(out + half + j, m, _mm512_add_ps(_mm512_mul_ps(b, load16(c + half + j, m)), _mm512_mul_ps(a, q)));
+  }
+}
+
+QLORA_AVX512 inline __m512 sigmoid16(__m512 v) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+}
+
+template <class T>
+QLORA_AVX512 void swiglu_avx512(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
+  for (int64_t e = e0; e < e1; e += 16) {
+    const __mmask16 m = lanes(e1 - e);
+    const __m512 a = load16(g + e, m);
+    store16(out + e, m, _mm512_mul_ps(_mm512_mul_ps(a, sigmoid16(a)), load16(u + e, m)));
+  }
+}
+
+template <class T>
+QLORA_AVX512 void swiglu_grad_avx512(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t e = e0; e < e1; e += 16) {
+    const __mmask16 m = lanes(e1 - e);
+    const __m512 a = load16(g + e, m), sg = sigmoid16(a), d = load16(go + e, m);
+    const __m512 ds = _mm512_mul_ps(sg, _mm512_add_ps(one, _mm512_mul_ps(a, _mm512_sub_ps(one, sg))));
+    store16(gg + e, m, _mm512_mul_ps(_mm512_mul_ps(d, load16(u + e, m)), ds));
+    store16(gu + e, m, _mm512_mul_ps(d, _mm512_mul_ps(a, sg)));
+  }
+}
+
+QLORA_AVX512 inline __m512i lowbias32_16(__m512i x) {
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x846ca68bU)));
+  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+
+template <class T>
+QLORA_AVX512 void dropout_avx512(const T* x, int64_t e0, int64_t e1, uint64_t seed, uint32_t thr, float scale, T* out) {
+  const __m512i k0 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(seed)));
+  const __m512i k1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(seed >> 32)));
+  const __m512i vthr = _mm512_set1_epi32(static_cast<int>(thr));
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int64_t e = e0; e < e1; e += 16) {
+    const __mmask16 m = lanes(e1 - e);
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(e))), iota);
+    const __m512i h = lowbias32_16(_mm512_add_epi32(lowbias32_16(_mm512_xor_si512(idx, k0)), k1));
+    const __mmask16 keep = _mm512_cmpge_epu32_mask(h, vthr);
+    store16(out + e, m, _mm512_maskz_mul_ps(keep, load16(x + e, m), vs));
+  }
+}
+
+}  // namespace
+
+bool fused_dtype_supported(torch::ScalarType dt) {
+  return dt == torch::kFloat32 || dt == torch::kBFloat16 || dt == torch::kHalf;
+}
+
+double cross_entropy_forward_cpu(const torch::Tensor& logits, const torch::Tensor& labels, int64_t ignore_index,
+                                 torch::Tensor& lse, Isa isa) {
+  check_cpu_contiguous(logits, "cross_entropy logits");
+  TORCH_CHECK(logits.dim() == 2, "cross_entropy logits must be (N, V), got ", logits.sizes());
+  const int64_t n = logits.size(0), v = logits.size(1);
+  TORCH_CHECK(labels.scalar_type() == torch::kInt64 && labels.is_contiguous() && labels.numel() == n,
+              "cross_entropy labels must be contiguous int64 (", n, "), got ", labels.scalar_type(), " ",
+              labels.sizes());
+  TORCH_CHECK(lse.scalar_type() == torch::kFloat32 && lse.is_contiguous() && lse.numel() == n,
+              "cross_entropy lse must be contiguous fp32 (", n, ")");
+  const int64_t* y = labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(y[i] == ignore_index || (y[i] >= 0 && y[i] < v), "cross_entropy: label ", y[i], " of row ", i,
+                " is outside [0, ", v, ") and not ignore_index ", ignore_index);
+  }
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  float* out = lse.data_ptr<float>();
+  double total = 0.0;
+  dispatch_dtype(logits.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = static_cast<const T*>(logits.data_ptr());
+    at::parallel_for(0, n, kLongRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        out[i] = isa == Isa::kAvx512 ? ce_row_lse_avx512(x + i * v, v) : ce_row_lse_scalar(x + i * v, v);
+      }
+    });
+    for (int64_t i = 0; i < n; ++i) {
+      if (y[i] != ignore_index) total += static_cast<double>(out[i]) - static_cast<double>(x[i * v + y[i]]);
+    }
+  });
+  return total;
+}
+
+void cross_entropy_backward_cpu(const torch::Tensor& logits, const torch::Tensor& labels, int64_t ignore_index,
+                                const torch::Tensor& lse, float g, torch::Tensor& grad, Isa isa) {
+  check_cpu_contiguous(logits, "cross_entropy logits");
+  TORCH_CHECK(grad.is_contiguous() && grad.sizes() == logits.sizes() && grad.scalar_type() == logits.scalar_type(),
+              "cross_entropy grad must match the logits");
+  const int64_t n = logits.size(0), v = logits.size(1);
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  const int64_t* y = labels.data_ptr<int64_t>();
+  const float* l = lse.data_ptr<float>();
+  dispatch_dtype(logits.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = static_cast<const T*>(logits.data_ptr());
+    T* out = static_cast<T*>(grad.data_ptr());
+    at::parallel_for(0, n, kLongRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const T* xi = x + i * v;
+        T* oi = out + i * v;
+        if (y[i] == ignore_index) {
+          std::fill(oi, oi + v, static_cast<T>(0.0f));
+          continue;
+        }
+        if (isa == Isa::kAvx512) {
+          ce_row_grad_avx512(xi, v, l[i], g, oi);
+        } else {
+          ce_row_grad_scalar(xi, v, l[i], g, oi);
+        }
+        // The label's entry from its fp32 softmax value, so the - 1 is not applied to a rounded number.
+        oi[y[i]] = static_cast<T>((std::exp(static_cast<float>(xi[y[i]]) - l[i]) - 1.0f) * g);
+      }
+    });
+  });
+}
+
+void rms_norm_forward_cpu(const torch::Tensor& x, const torch::Tensor& weight, double eps, torch::Tensor& out,
+                          torch::Tensor& rstd, Isa isa) {
+  check_cpu_contiguous(x, "rms_norm input");
+  const int64_t h = x.size(-1), rows = h == 0 ? 0 : x.numel() / h;
+  TORCH_CHECK(weight.numel() == h, "rms_norm weight has ", weight.numel(), " elements, input rows ", h);
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(),
+              "rms_norm output must match the input");
+  TORCH_CHECK(rstd.scalar_type() == torch::kFloat32 && rstd.is_contiguous() && rstd.numel() == rows,
+              "rms_norm rstd must be contiguous fp32 (", rows, ")");
+  // The weight as the reference uses it: cast to x's dtype, then read in fp32.
+  const torch::Tensor w = weight.to(torch::kCPU).to(x.scalar_type()).to(torch::kFloat32).contiguous();
+  const float* wp = w.data_ptr<float>();
+  float* rp = rstd.data_ptr<float>();
+  const auto e = static_cast<float>(eps);
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  dispatch_dtype(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    T* op = static_cast<T*>(out.data_ptr());
+    at::parallel_for(0, rows, kShortRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        rp[r] = isa == Isa::kAvx512 ? rms_row_avx512(xp + r * h, wp, h, e, op + r * h)
+                                    : rms_row_scalar(xp + r * h, wp, h, e, op + r * h);
+      }
+    });
+  });
+}
+
+void rms_norm_backward_cpu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& rstd,
+                           const torch::Tensor& grad, torch::Tensor& grad_x, Isa isa) {
+  check_cpu_contiguous(x, "rms_norm input");
+  check_cpu_contiguous(grad, "rms_norm grad");
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type() && grad_x.is_contiguous() &&
+                  grad_x.sizes() == x.sizes() && grad_x.scalar_type() == x.scalar_type(),
+              "rms_norm backward: tensors must share shape and dtype");
+  const int64_t h = x.size(-1), rows = h == 0 ? 0 : x.numel() / h;
+  const torch::Tensor w = weight.to(torch::kCPU).to(x.scalar_type()).to(torch::kFloat32).contiguous();
+  const float* wp = w.data_ptr<float>();
+  const float* rp = rstd.data_ptr<float>();
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  dispatch_dtype(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    const T* gp = static_cast<const T*>(grad.data_ptr());
+    T* op = static_cast<T*>(grad_x.data_ptr());
+    at::parallel_for(0, rows, kShortRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        if (isa == Isa::kAvx512) {
+          rms_grad_row_avx512(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h);
+        } else {
+          rms_grad_row_scalar(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h);
+        }
+      }
+    });
+  });
+}
+
+void rotary_cpu(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, bool backward,
+                torch::Tensor& out, Isa isa) {
+  TORCH_CHECK(x.device().is_cpu() && fused_dtype_supported(x.scalar_type()) && x.dim() == 4,
+              "rotary: x must be a (B, H, T, d) CPU tensor of fp32/bf16/fp16, got ", x.sizes());
+  const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3), half = d / 2;
+  TORCH_CHECK(d % 2 == 0 && (d == 0 || x.stride(3) == 1), "rotary: head dim ", d, " must be even with unit stride");
+  for (const torch::Tensor* cs : {&cos, &sin}) {
+    TORCH_CHECK(cs->is_contiguous() && cs->scalar_type() == x.scalar_type() && cs->dim() == 3 && cs->size(0) == b &&
+                    cs->size(1) == t && cs->size(2) == d,
+                "rotary: cos/sin must be contiguous (", b, ", ", t, ", ", d, ") of x's dtype, got ", cs->sizes());
+  }
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(),
+              "rotary: output must be contiguous like x");
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  const int64_t sb = x.stride(0), sh = x.stride(1), st = x.stride(2);
+  dispatch_dtype(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    const T* cp = static_cast<const T*>(cos.data_ptr());
+    const T* sp = static_cast<const T*>(sin.data_ptr());
+    T* op = static_cast<T*>(out.data_ptr());
+    at::parallel_for(0, b * h * t, kShortRowGrain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t bi = r / (h * t), hi = (r / t) % h, ti = r % t;
+        const T* xr = xp + bi * sb + hi * sh + ti * st;
+        const int64_t cs = (bi * t + ti) * d;
+        if (isa == Isa::kAvx512) {
+          rotary_row_avx512(xr, cp + cs, sp + cs, half, backward, op + r * d);
+        } else {
+          rotary_row_scalar(xr, cp + cs, sp + cs, half, backward, op + r * d);
+        }
+      }
+    });
+  });
+}
+
+void swiglu_forward_cpu(const torch::Tensor& gate, const torch::Tensor& up, torch::Tensor& out, Isa isa) {
+  check_cpu_contiguous(gate, "swiglu gate");
+  check_cpu_contiguous(up, "swiglu up");
+  TORCH_CHECK(up.sizes() == gate.sizes() && up.scalar_type() == gate.scalar_type() && out.is_contiguous() &&
+                  out.sizes() == gate.sizes() && out.scalar_type() == gate.scalar_type(),
+              "swiglu: gate, up and output must share shape and dtype");
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  dispatch_dtype(gate.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = static_cast<const T*>(gate.data_ptr());
+    const T* u = static_cast<const T*>(up.data_ptr());
+    T* o = static_cast<T*>(out.data_ptr());
+    at::parallel_for(0, gate.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
+      if (isa == Isa::kAvx512) {
+        swiglu_avx512(g, u, e0, e1, o);
+      } else {
+        swiglu_scalar(g, u, e0, e1, o);
+      }
+    });
+  });
+}
+
+void swiglu_backward_cpu(const torch::Tensor& gate, const torch::Tensor& up, const torch::Tensor& grad,
+                         torch::Tensor& grad_gate, torch::Tensor& grad_up, Isa isa) {
+  check_cpu_contiguous(gate, "swiglu gate");
+  check_cpu_contiguous(up, "swiglu up");
+  check_cpu_contiguous(grad, "swiglu grad");
+  for (const torch::Tensor* t :
+       {&up, &grad, static_cast<const torch::Tensor*>(&grad_gate), static_cast<const torch::Tensor*>(&grad_up)}) {
+    TORCH_CHECK(t->is_contiguous() && t->sizes() == gate.sizes() && t->scalar_type() == gate.scalar_type(),
+                "swiglu backward: tensors must share shape and dtype");
+  }
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  dispatch_dtype(gate.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* g = static_cast<const T*>(gate.data_ptr());
+    const T* u = static_cast<const T*>(up.data_ptr());
+    const T* go = static_cast<const T*>(grad.data_ptr());
+    T* gg = static_cast<T*>(grad_gate.data_ptr());
+    T* gu = static_cast<T*>(grad_up.data_ptr());
+    at::parallel_for(0, gate.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
+      if (isa == Isa::kAvx512) {
+        swiglu_grad_avx512(g, u, go, e0, e1, gg, gu);
+      } else {
+        swiglu_grad_scalar(g, u, go, e0, e1, gg, gu);
+      }
+    });
+  });
+}
+
+uint32_t dropout_bits(uint64_t seed, uint32_t e) {
+  return lowbias32(lowbias32(e ^ static_cast<uint32_t>(seed)) + static_cast<uint32_t>(seed >> 32));
+}
+
+uint32_t dropout_threshold(double p) {
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "dropout probability must be in [0, 1), got ", p);
+  return static_cast<uint32_t>(std::min(std::llround(p * 4294967296.0), static_cast<long long>(UINT32_MAX)));
+}
+
+void dropout_cpu(const torch::Tensor& x, uint64_t seed, double p, torch::Tensor& out, Isa isa) {
+  check_cpu_contiguous(x, "dropout input");
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(),
+              "dropout output must match the input");
+  TORCH_CHECK(x.numel() <= static_cast<int64_t>(UINT32_MAX), "dropout: ", x.numel(),
+              " elements exceed the 32-bit counter");
+  const uint32_t thr = dropout_threshold(p);
+  const auto scale = static_cast<float>(1.0 / (1.0 - p));
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  dispatch_dtype(x.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* xp = static_cast<const T*>(x.data_ptr());
+    T* op = static_cast<T*>(out.data_ptr());
+    at::parallel_for(0, x.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
+      if (isa == Isa::kAvx512) {
+        dropout_avx512(xp, e0, e1, seed, thr, scale, op);
+      } else {
+        dropout_scalar(xp, e0, e1, seed, thr, scale, op);
+      }
+    });
+  });
+}
+
+}  // namespace qlora::ops::detail
