@@ -9,12 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "common/labels.h"
 #include "data/prompt_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qlora::data {
-
-constexpr int32_t kIgnoreIndex = -100;
 
 struct TokenizedExample {
   std::vector<int32_t> ids;

@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "common/error.h"
+#include "common/hash.h"
 
 namespace qlora::lora {
 
@@ -135,9 +136,7 @@ LoraLinearOptions lora_options_for(const std::string& module, const LoraConfig& 
 }
 
 uint64_t module_seed(uint64_t seed, const std::string& module) {
-  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
-  for (unsigned char ch : module) h = (h ^ ch) * 0x100000001b3ull;
-  return splitmix64(seed ^ splitmix64(h));
+  return splitmix64(seed ^ splitmix64(fnv1a64(module)));
 }
 
 std::string peft_key(const std::string& module, char which) {

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "common/labels.h"
 #include "ops/activation_checkpoint.h"
 #include "ops/attention.h"
 #include "ops/rope.h"
@@ -10,8 +11,6 @@
 
 namespace qlora::model {
 namespace {
-
-constexpr int64_t kIgnoreIndex = -100;
 
 // A module holding one frozen "weight" tensor (embedding, norm), so HF names come out of named_parameters().
 struct WeightHolderImpl : torch::nn::Module {

@@ -1,5 +1,6 @@
-// Tokenizer interface used by data/, generation and evaluation. Today: sentencepiece (tokenizer.model);
-// a byte-level BPE (tokenizer.json) implementation can slot in behind the same interface.
+// Tokenizer interface used by data/, generation and evaluation, with two implementations: SentencePiece
+// (tokenizer.model, Llama 2 and Mistral style) and byte-level BPE (tokenizer.json, Llama 3 and Qwen style,
+// tokenizer/bpe_tokenizer.h). load_tokenizer() picks one from what a model folder holds.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,8 @@ class Tokenizer {
 class SentencePieceTokenizer;
 std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const fs::path& model_file);
 
-// Picks the tokenizer of an HF model folder (tokenizer.model today). Errors name the folder and what is missing.
+// Picks the tokenizer of an HF model folder: tokenizer.model when present, else tokenizer.json. Errors name the
+// folder and what is missing.
 std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& model_dir);
 
 }  // namespace qlora::tokenizer

@@ -8,6 +8,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/labels.h"
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/threads.h"
@@ -25,7 +26,6 @@ namespace qlora::trainer {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr int64_t kIgnoreIndex = -100;
 constexpr const char* kSummaryFile = "training_summary.json";
 
 double seconds_since(Clock::time_point t0) {
