@@ -1,7 +1,7 @@
-// bench_fused_ops [threads=2]: forward + backward time of each fused training op (ops/fused_ops.h) next to the
-// LibTorch composite it replaced (the ops fallbacks are the old code), at the shapes of configs/bench.yaml (micro batch
-// 4 x 512 tokens, hidden 768, intermediate 2048, 12 heads, vocab 32000, loss chunks of 1024 tokens, bf16), with the
-// machine's copy bandwidth.
+// bench_fused_ops [threads=2]: forward + backward time of each fused training op (ops/fused_ops.h, ops/rope.h) next to
+// the LibTorch composite it replaced (the ops fallbacks are the old code), at the shapes of configs/bench.yaml (micro
+// batch 4 x 512 tokens, hidden 768, intermediate 2048, 12 heads, vocab 32000, loss chunks of 1024 tokens, bf16), with
+// the machine's copy bandwidth.
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -11,8 +11,9 @@
 
 #include "bench/machine_limits.h"
 #include "common/host_memory.h"
-#include "quant/dequant_kernels.h"
 #include "ops/fused_ops.h"
+#include "ops/rope.h"
+#include "quant/dequant_kernels.h"
 
 using namespace qlora;
 using qlora::bench::time_best;
@@ -47,8 +48,8 @@ int main(int argc, char** argv) {
   configure_host_allocator();
   torch::manual_seed(0);
   const double copy_gbs = bench::measure_copy_bandwidth_gbs();
-  std::printf("threads: %d, kernel path: %s, copy bandwidth %.1f GB/s\n", at::get_num_threads(),
-              isa_name(active_isa()), copy_gbs);
+  std::printf("threads: %d, kernel path: %s, copy bandwidth %.1f GB/s\n", at::get_num_threads(), isa_name(active_isa()),
+              copy_gbs);
   std::printf("%-22s %-26s %9s %9s %8s %8s\n", "op (fwd+bwd)", "shape", "torch ms", "fused ms", "speedup", "GB/s");
   const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
 
@@ -77,10 +78,9 @@ int main(int argc, char** argv) {
     const torch::Tensor cos = torch::randn({4, 512, 64}, bf16), sin = torch::randn({4, 512, 64}, bf16);
     const torch::Tensor g = torch::randn({4, 12, 512, 64}, bf16);
     const double old_ms =
-        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::detail::rotary_embedding_ops(v, cos, sin); });
-    const double new_ms =
-        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::rotary_embedding(v, cos, sin); });
-    row("rotary_embedding (q)", "(4, 12, 512, 64) bf16", old_ms, new_ms, 4.0 * 2 * x.numel());
+        fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::detail::apply_rope_ops(v, cos, sin); });
+    const double new_ms = fwd_bwd_ms(x, g, [&](const torch::Tensor& v) { return ops::apply_rope(v, cos, sin); });
+    row("apply_rope (q)", "(4, 12, 512, 64) bf16", old_ms, new_ms, 4.0 * 2 * x.numel());
   }
   {  // silu(gate) * up of the MLP.
     const torch::Tensor up = torch::randn({4, 512, 2048}, bf16);

@@ -33,9 +33,9 @@ void bench_dequant(int64_t out, int64_t in, double copy_gbs) {
   std::printf("quantize_4bit %lldx%lld (bf16 in, NF4+DQ, %s): %.2f s = %.0f Mparam/s", (long long)out, (long long)in,
               isa_name(active_isa()), tq, n / tq / 1e6);
   if (n <= (int64_t{1} << 24)) {
-    const double ts = seconds(
-        [&] { quant::detail::quantize_4bit_with(w, quant::QuantType::kNF4, 64, true, Isa::kScalar); });
-    std::printf("  (scalar path: %.2f s = %.0f Mparam/s)", ts, n / ts / 1e6);
+    const double ts =
+        seconds([&] { quant::detail::quantize_4bit_with(w, quant::QuantType::kNF4, 64, true, Isa::kScalar); });
+    std::printf("  (scalar _ref path: %.2f s = %.0f Mparam/s)", ts, n / ts / 1e6);
   }
   std::printf("\n");
   w = torch::Tensor();

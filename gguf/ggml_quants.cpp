@@ -1,3 +1,7 @@
+// ggml's Q8_0 / Q4_0 codecs and the fp16 / bf16 conversions (scalar only). Naming (ggml's rule):
+// `quantize_row_<type>_ref` is the scalar reference quantizer (ggml-quants.c keeps `_ref` for the version every SIMD
+// quantizer is checked against), `dequantize_row_<type>` its inverse; a SIMD quantizer added here would be
+// `quantize_row_<type>_avx2` / `_avx512` and tested against `_ref`.
 #include "gguf/ggml_quants.h"
 
 #include <c10/util/Exception.h>
@@ -34,30 +38,43 @@ uint32_t shift_round_even(uint32_t m, int shift) {
 
 std::string ggml_type_name(GgmlType t) {
   switch (t) {
-    case GgmlType::kF32: return "F32";
-    case GgmlType::kF16: return "F16";
-    case GgmlType::kQ4_0: return "Q4_0";
-    case GgmlType::kQ8_0: return "Q8_0";
-    case GgmlType::kBF16: return "BF16";
+    case GgmlType::kF32:
+      return "F32";
+    case GgmlType::kF16:
+      return "F16";
+    case GgmlType::kQ4_0:
+      return "Q4_0";
+    case GgmlType::kQ8_0:
+      return "Q8_0";
+    case GgmlType::kBF16:
+      return "BF16";
   }
   return "type" + std::to_string(static_cast<uint32_t>(t));
 }
 
 int64_t ggml_block_size(GgmlType t) {
   switch (t) {
-    case GgmlType::kQ4_0: return kQK4_0;
-    case GgmlType::kQ8_0: return kQK8_0;
-    default: return 1;
+    case GgmlType::kQ4_0:
+      return kQK4_0;
+    case GgmlType::kQ8_0:
+      return kQK8_0;
+    default:
+      return 1;
   }
 }
 
 int64_t ggml_block_bytes(GgmlType t) {
   switch (t) {
-    case GgmlType::kF32: return 4;
-    case GgmlType::kF16: return 2;
-    case GgmlType::kBF16: return 2;
-    case GgmlType::kQ4_0: return sizeof(BlockQ4_0);
-    case GgmlType::kQ8_0: return sizeof(BlockQ8_0);
+    case GgmlType::kF32:
+      return 4;
+    case GgmlType::kF16:
+      return 2;
+    case GgmlType::kBF16:
+      return 2;
+    case GgmlType::kQ4_0:
+      return sizeof(BlockQ4_0);
+    case GgmlType::kQ8_0:
+      return sizeof(BlockQ8_0);
   }
   TORCH_CHECK(false, "unknown ggml type ", static_cast<uint32_t>(t));
 }
@@ -107,7 +124,9 @@ uint16_t fp32_to_bf16(float f) {
   return static_cast<uint16_t>(shift_round_even(x, 16));  // the sign rides along in the top bits
 }
 
-float bf16_to_fp32(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
+float bf16_to_fp32(uint16_t b) {
+  return bits_float(static_cast<uint32_t>(b) << 16);
+}
 
 void quantize_row_q8_0_ref(const float* x, BlockQ8_0* y, int64_t k) {
   TORCH_CHECK(k % kQK8_0 == 0, "Q8_0 row length ", k, " is not a multiple of 32");

@@ -1,17 +1,14 @@
-// CPU kernels behind ops/fused_ops.h: causal-LM cross entropy, RMSNorm, rotary embedding, SwiGLU and
-// counter-based dropout. Scalar versions are the specification (std::exp, one row at a time); the AVX-512 versions
-// use the same fp32 operations with a Cephes-style exp (about 2 ulp) and masked loads for the tails.
-// Rows are split over LibTorch's thread pool; every row is computed by one thread, so results do not depend on the
-// thread count. GCC 12 reports false (maybe-)uninitialized warnings inside its own AVX-512 intrinsic headers
-// (_mm512_reduce_*).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-
+// CPU kernels behind ops/fused_ops.h and ops/rope.h: causal-LM cross entropy, RMSNorm, RoPE, SwiGLU and
+// counter-based dropout.
+//
+// Naming (ggml's rule): `<thing>_ref` is the scalar kernel and the specification (plain C++, std::exp, one row or
+// element range at a time); `<thing>_avx512` computes the same fp32 operations on 16 lanes with a Cephes-style exp
+// (about 2 ulp) and masked loads for the tails, and is tested against the float64 references next to `_ref`
+// (tests/ops/test_fused_ops.cpp runs every launcher with Isa::kScalar, i.e. the `_ref` kernels, and Isa::kAvx512).
+// `<op>_{forward,backward}_cpu` / `<op>_cpu` launchers check their tensors, pick the dtype and hand one kernel pair
+// to for_each_row / for_each_range (ops/kernel_loop.h).
 #include "ops/fused_kernels.h"
 
-#include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <immintrin.h>
 #include <torch/torch.h>
 
@@ -19,31 +16,13 @@
 #include <cmath>
 #include <limits>
 
+#include "ops/kernel_loop.h"
+
 namespace qlora::ops::detail {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-constexpr int64_t kLongRowGrain = 1;        // rows of a vocabulary: one is plenty of work
-constexpr int64_t kShortRowGrain = 32;      // rows of a hidden size or a head dim
-constexpr int64_t kElementGrain = 1 << 15;  // elements (element-wise kernels)
-
-template <class F>
-void dispatch_dtype(torch::ScalarType dt, F&& f) {
-  switch (dt) {
-    case torch::kFloat32:
-      f(float{});
-      return;
-    case torch::kBFloat16:
-      f(c10::BFloat16{});
-      return;
-    case torch::kHalf:
-      f(c10::Half{});
-      return;
-    default:
-      TORCH_CHECK(false, "fused kernels support fp32, bf16 and fp16, got ", dt);
-  }
-}
 
 void check_cpu_contiguous(const torch::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), what, " must be a contiguous CPU tensor");
@@ -51,9 +30,9 @@ void check_cpu_contiguous(const torch::Tensor& t, const char* what) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Scalar reference.
+// _ref kernels: the specification.
 template <class T>
-float ce_row_lse_scalar(const T* x, int64_t v) {
+float ce_row_lse_ref(const T* x, int64_t v) {
   float m = -kInf;
   bool nan = false;
   for (int64_t j = 0; j < v; ++j) {
@@ -68,13 +47,13 @@ float ce_row_lse_scalar(const T* x, int64_t v) {
 }
 
 template <class T>
-void ce_row_grad_scalar(const T* x, int64_t v, float lse, float g, T* out) {
+void ce_row_grad_ref(const T* x, int64_t v, float lse, float g, T* out) {
   for (int64_t j = 0; j < v; ++j) out[j] = static_cast<T>(std::exp(static_cast<float>(x[j]) - lse) * g);
 }
 
 // w: the weight already rounded to x's dtype, as fp32.
 template <class T>
-float rms_row_scalar(const T* x, const float* w, int64_t h, float eps, T* out) {
+float rms_norm_row_ref(const T* x, const float* w, int64_t h, float eps, T* out) {
   float ss = 0.0f;
   for (int64_t j = 0; j < h; ++j) ss += static_cast<float>(x[j]) * static_cast<float>(x[j]);
   const float r = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
@@ -84,7 +63,7 @@ float rms_row_scalar(const T* x, const float* w, int64_t h, float eps, T* out) {
 }
 
 template <class T>
-void rms_grad_row_scalar(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
+void rms_norm_grad_row_ref(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
   float dot = 0.0f;
   for (int64_t j = 0; j < h; ++j) dot += static_cast<float>(g[j]) * w[j] * static_cast<float>(x[j]);
   const float c = r * r * r * dot / static_cast<float>(h);
@@ -93,9 +72,9 @@ void rms_grad_row_scalar(const T* x, const float* w, const T* g, int64_t h, floa
   }
 }
 
-// One rotary row: (p, q) = (-sin[:half], sin[half:]) forward, (sin[half:], -sin[:half]) backward.
+// One RoPE row: (p, q) = (-sin[:half], sin[half:]) forward, (sin[half:], -sin[:half]) backward.
 template <class T>
-void rotary_row_scalar(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
+void rope_row_ref(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
   for (int64_t j = 0; j < half; ++j) {
     const float a = static_cast<float>(x[j]), b = static_cast<float>(x[j + half]);
     const float p = backward ? static_cast<float>(s[j + half]) : -static_cast<float>(s[j]);
@@ -110,7 +89,7 @@ inline float sigmoid(float v) {
 }
 
 template <class T>
-void swiglu_scalar(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
+void swiglu_ref(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
   for (int64_t e = e0; e < e1; ++e) {
     const float a = static_cast<float>(g[e]);
     out[e] = static_cast<T>(a * sigmoid(a) * static_cast<float>(u[e]));
@@ -118,7 +97,7 @@ void swiglu_scalar(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
 }
 
 template <class T>
-void swiglu_grad_scalar(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
+void swiglu_grad_ref(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
   for (int64_t e = e0; e < e1; ++e) {
     const float a = static_cast<float>(g[e]), sg = sigmoid(a), d = static_cast<float>(go[e]);
     gg[e] = static_cast<T>(d * static_cast<float>(u[e]) * sg * (1.0f + a * (1.0f - sg)));
@@ -136,7 +115,7 @@ inline uint32_t lowbias32(uint32_t x) {
 }
 
 template <class T>
-void dropout_scalar(const T* x, int64_t e0, int64_t e1, uint64_t seed, uint32_t thr, float scale, T* out) {
+void dropout_ref(const T* x, int64_t e0, int64_t e1, uint64_t seed, uint32_t thr, float scale, T* out) {
   for (int64_t e = e0; e < e1; ++e) {
     const bool keep = dropout_bits(seed, static_cast<uint32_t>(e)) >= thr;
     out[e] = static_cast<T>(keep ? static_cast<float>(x[e]) * scale : 0.0f);
@@ -144,7 +123,15 @@ void dropout_scalar(const T* x, int64_t e0, int64_t e1, uint64_t seed, uint32_t 
 }
 
 // ---------------------------------------------------------------------------------------------------
-// AVX-512: 16 fp32 lanes; tails through masked loads and stores.
+// _avx512 kernels: 16 fp32 lanes; tails through masked loads and stores.
+//
+// GCC 12 reports false "(maybe-)uninitialized" warnings inside its own AVX-512 intrinsic headers: many intrinsics
+// pass _mm512_undefined_ps() (`__m512 __Y = __Y;`) as the unused merge source, and the warning fires where they
+// are inlined. The warnings are off for this AVX-512 section only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 #define QLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
 QLORA_AVX512 inline __mmask16 lanes(int64_t left) {
@@ -245,7 +232,7 @@ QLORA_AVX512 inline __m512 round_to(c10::Half*, __m512 v) {
 }
 
 template <class T>
-QLORA_AVX512 float rms_row_avx512(const T* x, const float* w, int64_t h, float eps, T* out) {
+QLORA_AVX512 float rms_norm_row_avx512(const T* x, const float* w, int64_t h, float eps, T* out) {
   __m512 ss = _mm512_setzero_ps();
   for (int64_t j = 0; j < h; j += 16) {
     const __m512 a = load16(x + j, lanes(h - j));
@@ -262,7 +249,7 @@ QLORA_AVX512 float rms_row_avx512(const T* x, const float* w, int64_t h, float e
 }
 
 template <class T>
-QLORA_AVX512 void rms_grad_row_avx512(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
+QLORA_AVX512 void rms_norm_grad_row_avx512(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
   __m512 dot = _mm512_setzero_ps();
   for (int64_t j = 0; j < h; j += 16) {
     const __mmask16 m = lanes(h - j);
@@ -279,7 +266,7 @@ QLORA_AVX512 void rms_grad_row_avx512(const T* x, const float* w, const T* g, in
 }
 
 template <class T>
-QLORA_AVX512 void rotary_row_avx512(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
+QLORA_AVX512 void rope_row_avx512(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
   const __m512 neg = _mm512_set1_ps(-1.0f);
   for (int64_t j = 0; j < half; j += 16) {
     const __mmask16 m = lanes(half - j);
@@ -342,6 +329,8 @@ QLORA_AVX512 void dropout_avx512(const T* x, int64_t e0, int64_t e1, uint64_t se
   }
 }
 
+#pragma GCC diagnostic pop
+
 }  // namespace
 
 bool fused_dtype_supported(torch::ScalarType dt) {
@@ -363,17 +352,14 @@ double cross_entropy_forward_cpu(const torch::Tensor& logits, const torch::Tenso
     TORCH_CHECK(y[i] == ignore_index || (y[i] >= 0 && y[i] < v), "cross_entropy: label ", y[i], " of row ", i,
                 " is outside [0, ", v, ") and not ignore_index ", ignore_index);
   }
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
   float* out = lse.data_ptr<float>();
   double total = 0.0;
   dispatch_dtype(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* x = static_cast<const T*>(logits.data_ptr());
-    at::parallel_for(0, n, kLongRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i) {
-        out[i] = isa == Isa::kAvx512 ? ce_row_lse_avx512(x + i * v, v) : ce_row_lse_scalar(x + i * v, v);
-      }
-    });
+    const T* x = data<T>(logits);
+    for_each_row(
+        n, kLongRowGrain, isa, [&](int64_t i) { out[i] = ce_row_lse_ref(x + i * v, v); },
+        [&](int64_t i) { out[i] = ce_row_lse_avx512(x + i * v, v); });
     for (int64_t i = 0; i < n; ++i) {
       if (y[i] != ignore_index) total += static_cast<double>(out[i]) - static_cast<double>(x[i * v + y[i]]);
     }
@@ -387,30 +373,27 @@ void cross_entropy_backward_cpu(const torch::Tensor& logits, const torch::Tensor
   TORCH_CHECK(grad.is_contiguous() && grad.sizes() == logits.sizes() && grad.scalar_type() == logits.scalar_type(),
               "cross_entropy grad must match the logits");
   const int64_t n = logits.size(0), v = logits.size(1);
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
   const int64_t* y = labels.data_ptr<int64_t>();
   const float* l = lse.data_ptr<float>();
   dispatch_dtype(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* x = static_cast<const T*>(logits.data_ptr());
-    T* out = static_cast<T*>(grad.data_ptr());
-    at::parallel_for(0, n, kLongRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0; i < r1; ++i) {
-        const T* xi = x + i * v;
-        T* oi = out + i * v;
-        if (y[i] == ignore_index) {
-          std::fill(oi, oi + v, static_cast<T>(0.0f));
-          continue;
-        }
-        if (isa == Isa::kAvx512) {
-          ce_row_grad_avx512(xi, v, l[i], g, oi);
-        } else {
-          ce_row_grad_scalar(xi, v, l[i], g, oi);
-        }
-        // The label's entry from its fp32 softmax value, so the - 1 is not applied to a rounded number.
-        oi[y[i]] = static_cast<T>((std::exp(static_cast<float>(xi[y[i]]) - l[i]) - 1.0f) * g);
+    const T* x = data<T>(logits);
+    T* out = data<T>(grad);
+    // Row i with the kernel grad_row: zeros for an ignored label, else softmax * g with the label's entry fixed up
+    // from its fp32 softmax value (so the - 1 is not applied to a rounded number).
+    auto row = [&](int64_t i, auto grad_row) {
+      const T* xi = x + i * v;
+      T* oi = out + i * v;
+      if (y[i] == ignore_index) {
+        std::fill(oi, oi + v, static_cast<T>(0.0f));
+        return;
       }
-    });
+      grad_row(xi, v, l[i], g, oi);
+      oi[y[i]] = static_cast<T>((std::exp(static_cast<float>(xi[y[i]]) - l[i]) - 1.0f) * g);
+    };
+    for_each_row(
+        n, kLongRowGrain, isa, [&](int64_t i) { row(i, ce_row_grad_ref<T>); },
+        [&](int64_t i) { row(i, ce_row_grad_avx512<T>); });
   });
 }
 
@@ -428,17 +411,13 @@ void rms_norm_forward_cpu(const torch::Tensor& x, const torch::Tensor& weight, d
   const float* wp = w.data_ptr<float>();
   float* rp = rstd.data_ptr<float>();
   const auto e = static_cast<float>(eps);
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    T* op = static_cast<T*>(out.data_ptr());
-    at::parallel_for(0, rows, kShortRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        rp[r] = isa == Isa::kAvx512 ? rms_row_avx512(xp + r * h, wp, h, e, op + r * h)
-                                    : rms_row_scalar(xp + r * h, wp, h, e, op + r * h);
-      }
-    });
+    const T* xp = data<T>(x);
+    T* op = data<T>(out);
+    for_each_row(
+        rows, kShortRowGrain, isa, [&](int64_t r) { rp[r] = rms_norm_row_ref(xp + r * h, wp, h, e, op + r * h); },
+        [&](int64_t r) { rp[r] = rms_norm_row_avx512(xp + r * h, wp, h, e, op + r * h); });
   });
 }
 
@@ -453,57 +432,47 @@ void rms_norm_backward_cpu(const torch::Tensor& x, const torch::Tensor& weight, 
   const torch::Tensor w = weight.to(torch::kCPU).to(x.scalar_type()).to(torch::kFloat32).contiguous();
   const float* wp = w.data_ptr<float>();
   const float* rp = rstd.data_ptr<float>();
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    const T* gp = static_cast<const T*>(grad.data_ptr());
-    T* op = static_cast<T*>(grad_x.data_ptr());
-    at::parallel_for(0, rows, kShortRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        if (isa == Isa::kAvx512) {
-          rms_grad_row_avx512(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h);
-        } else {
-          rms_grad_row_scalar(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h);
-        }
-      }
-    });
+    const T* xp = data<T>(x);
+    const T* gp = data<T>(grad);
+    T* op = data<T>(grad_x);
+    for_each_row(
+        rows, kShortRowGrain, isa,
+        [&](int64_t r) { rms_norm_grad_row_ref(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h); },
+        [&](int64_t r) { rms_norm_grad_row_avx512(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h); });
   });
 }
 
-void rotary_cpu(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, bool backward,
-                torch::Tensor& out, Isa isa) {
+void rope_cpu(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, bool backward,
+              torch::Tensor& out, Isa isa) {
   TORCH_CHECK(x.device().is_cpu() && fused_dtype_supported(x.scalar_type()) && x.dim() == 4,
-              "rotary: x must be a (B, H, T, d) CPU tensor of fp32/bf16/fp16, got ", x.sizes());
+              "rope: x must be a (B, H, T, d) CPU tensor of fp32/bf16/fp16, got ", x.sizes());
   const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3), half = d / 2;
-  TORCH_CHECK(d % 2 == 0 && (d == 0 || x.stride(3) == 1), "rotary: head dim ", d, " must be even with unit stride");
+  TORCH_CHECK(d % 2 == 0 && (d == 0 || x.stride(3) == 1), "rope: head dim ", d, " must be even with unit stride");
   for (const torch::Tensor* cs : {&cos, &sin}) {
     TORCH_CHECK(cs->is_contiguous() && cs->scalar_type() == x.scalar_type() && cs->dim() == 3 && cs->size(0) == b &&
                     cs->size(1) == t && cs->size(2) == d,
-                "rotary: cos/sin must be contiguous (", b, ", ", t, ", ", d, ") of x's dtype, got ", cs->sizes());
+                "rope: cos/sin must be contiguous (", b, ", ", t, ", ", d, ") of x's dtype, got ", cs->sizes());
   }
   TORCH_CHECK(out.is_contiguous() && out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type(),
-              "rotary: output must be contiguous like x");
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
+              "rope: output must be contiguous like x");
   const int64_t sb = x.stride(0), sh = x.stride(1), st = x.stride(2);
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    const T* cp = static_cast<const T*>(cos.data_ptr());
-    const T* sp = static_cast<const T*>(sin.data_ptr());
-    T* op = static_cast<T*>(out.data_ptr());
-    at::parallel_for(0, b * h * t, kShortRowGrain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t bi = r / (h * t), hi = (r / t) % h, ti = r % t;
-        const T* xr = xp + bi * sb + hi * sh + ti * st;
-        const int64_t cs = (bi * t + ti) * d;
-        if (isa == Isa::kAvx512) {
-          rotary_row_avx512(xr, cp + cs, sp + cs, half, backward, op + r * d);
-        } else {
-          rotary_row_scalar(xr, cp + cs, sp + cs, half, backward, op + r * d);
-        }
-      }
-    });
+    const T* xp = data<T>(x);
+    const T* cp = data<T>(cos);
+    const T* sp = data<T>(sin);
+    T* op = data<T>(out);
+    // Row r = (bi, hi, ti) of the contiguous output, read from x through its strides; cos/sin row (bi, ti).
+    auto row = [&](int64_t r, auto rope_row) {
+      const int64_t bi = r / (h * t), hi = (r / t) % h, ti = r % t;
+      const int64_t cs = (bi * t + ti) * d;
+      rope_row(xp + bi * sb + hi * sh + ti * st, cp + cs, sp + cs, half, backward, op + r * d);
+    };
+    for_each_row(
+        b * h * t, kShortRowGrain, isa, [&](int64_t r) { row(r, rope_row_ref<T>); },
+        [&](int64_t r) { row(r, rope_row_avx512<T>); });
   });
 }
 
@@ -513,19 +482,14 @@ void swiglu_forward_cpu(const torch::Tensor& gate, const torch::Tensor& up, torc
   TORCH_CHECK(up.sizes() == gate.sizes() && up.scalar_type() == gate.scalar_type() && out.is_contiguous() &&
                   out.sizes() == gate.sizes() && out.scalar_type() == gate.scalar_type(),
               "swiglu: gate, up and output must share shape and dtype");
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
   dispatch_dtype(gate.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* g = static_cast<const T*>(gate.data_ptr());
-    const T* u = static_cast<const T*>(up.data_ptr());
-    T* o = static_cast<T*>(out.data_ptr());
-    at::parallel_for(0, gate.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
-      if (isa == Isa::kAvx512) {
-        swiglu_avx512(g, u, e0, e1, o);
-      } else {
-        swiglu_scalar(g, u, e0, e1, o);
-      }
-    });
+    const T* g = data<T>(gate);
+    const T* u = data<T>(up);
+    T* o = data<T>(out);
+    for_each_range(
+        gate.numel(), isa, [&](int64_t e0, int64_t e1) { swiglu_ref(g, u, e0, e1, o); },
+        [&](int64_t e0, int64_t e1) { swiglu_avx512(g, u, e0, e1, o); });
   });
 }
 
@@ -539,21 +503,16 @@ void swiglu_backward_cpu(const torch::Tensor& gate, const torch::Tensor& up, con
     TORCH_CHECK(t->is_contiguous() && t->sizes() == gate.sizes() && t->scalar_type() == gate.scalar_type(),
                 "swiglu backward: tensors must share shape and dtype");
   }
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
   dispatch_dtype(gate.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* g = static_cast<const T*>(gate.data_ptr());
-    const T* u = static_cast<const T*>(up.data_ptr());
-    const T* go = static_cast<const T*>(grad.data_ptr());
-    T* gg = static_cast<T*>(grad_gate.data_ptr());
-    T* gu = static_cast<T*>(grad_up.data_ptr());
-    at::parallel_for(0, gate.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
-      if (isa == Isa::kAvx512) {
-        swiglu_grad_avx512(g, u, go, e0, e1, gg, gu);
-      } else {
-        swiglu_grad_scalar(g, u, go, e0, e1, gg, gu);
-      }
-    });
+    const T* g = data<T>(gate);
+    const T* u = data<T>(up);
+    const T* go = data<T>(grad);
+    T* gg = data<T>(grad_gate);
+    T* gu = data<T>(grad_up);
+    for_each_range(
+        gate.numel(), isa, [&](int64_t e0, int64_t e1) { swiglu_grad_ref(g, u, go, e0, e1, gg, gu); },
+        [&](int64_t e0, int64_t e1) { swiglu_grad_avx512(g, u, go, e0, e1, gg, gu); });
   });
 }
 
@@ -574,18 +533,13 @@ void dropout_cpu(const torch::Tensor& x, uint64_t seed, double p, torch::Tensor&
               " elements exceed the 32-bit counter");
   const uint32_t thr = dropout_threshold(p);
   const auto scale = static_cast<float>(1.0 / (1.0 - p));
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
   dispatch_dtype(x.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    T* op = static_cast<T*>(out.data_ptr());
-    at::parallel_for(0, x.numel(), kElementGrain, [&](int64_t e0, int64_t e1) {
-      if (isa == Isa::kAvx512) {
-        dropout_avx512(xp, e0, e1, seed, thr, scale, op);
-      } else {
-        dropout_scalar(xp, e0, e1, seed, thr, scale, op);
-      }
-    });
+    const T* xp = data<T>(x);
+    T* op = data<T>(out);
+    for_each_range(
+        x.numel(), isa, [&](int64_t e0, int64_t e1) { dropout_ref(xp, e0, e1, seed, thr, scale, op); },
+        [&](int64_t e0, int64_t e1) { dropout_avx512(xp, e0, e1, seed, thr, scale, op); });
   });
 }
 

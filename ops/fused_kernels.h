@@ -1,7 +1,8 @@
-// Internal CPU kernels behind ops/fused_ops.h (not part of the public API; tests and the benchmark call them
-// to force a path). Each kernel has a scalar version, the specification, and an AVX-512 version tested against
-// it and against float64 references. Tensors are contiguous CPU tensors of fp32, bf16 or fp16 unless stated;
-// all arithmetic is fp32 and every output is rounded once (round to nearest even) into its dtype.
+// Internal CPU kernels behind ops/fused_ops.h and ops/rope.h (not part of the public API; tests and the benchmark
+// call them to force a path). Each launcher runs a kernel pair of ops/fused_kernels.cpp: `<thing>_ref`, the scalar
+// specification, or `<thing>_avx512`, tested against it and against float64 references. Tensors are contiguous CPU
+// tensors of fp32, bf16 or fp16 unless stated; all arithmetic is fp32 and every output is rounded once (round to
+// nearest even) into its dtype. An `isa` the CPU lacks, or one without kernels here (AVX2), runs the `_ref` kernels.
 #pragma once
 
 #include <torch/types.h>
@@ -31,13 +32,13 @@ void rms_norm_forward_cpu(const torch::Tensor& x, const torch::Tensor& weight, d
 void rms_norm_backward_cpu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& rstd,
                            const torch::Tensor& grad, torch::Tensor& grad_x, Isa isa);
 
-// Rotary embedding, HF rotate_half convention, on rows of d = 2 * half: with a = x[:half], b = x[half:],
+// RoPE (rotary embedding), HF rotate_half convention, on rows of d = 2 * half: with a = x[:half], b = x[half:],
 // out[:half] = a * cos[:half] - b * sin[:half], out[half:] = b * cos[half:] + a * sin[half:]. `backward` applies the
 // transpose instead (the input gradient): out[:half] = a * cos[:half] + b * sin[half:], out[half:] = b * cos[half:] -
 // a * sin[:half]. x: (B, H, T, d) with any strides but a unit last one; cos, sin: contiguous (B, T, d) of x's dtype;
 // out: contiguous (B, H, T, d).
-void rotary_cpu(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, bool backward,
-                torch::Tensor& out, Isa isa);
+void rope_cpu(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, bool backward,
+              torch::Tensor& out, Isa isa);
 
 // SwiGLU: out = silu(gate) * up; backward: grad_gate = g * up * s * (1 + gate * (1 - s)) with s = sigmoid(gate),
 // grad_up = g * silu(gate). All contiguous, same shape and dtype.

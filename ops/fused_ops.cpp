@@ -1,4 +1,5 @@
-// Autograd wrappers of the fused CPU kernels (ops/fused_kernels.cpp) and their LibTorch-ops fallbacks.
+// Autograd wrappers of the fused CPU kernels (ops/fused_kernels.cpp) and their LibTorch-ops fallbacks
+// (RoPE's are in ops/rope.cpp).
 #include "ops/fused_ops.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -63,30 +64,6 @@ struct RmsNormFunction : torch::autograd::Function<RmsNormFunction> {
       const torch::Tensor g = grad_out[0].to(saved[0].scalar_type()).contiguous();
       grad = torch::empty_like(saved[0]);
       detail::rms_norm_backward_cpu(saved[0], saved[1], saved[2], g, grad, active_isa());
-    }
-    return {grad, torch::Tensor(), torch::Tensor()};
-  }
-};
-
-// x (B, H, T, d) -> contiguous rotated x. Saves cos and sin (shared by all layers).
-struct RotaryFunction : torch::autograd::Function<RotaryFunction> {
-  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
-                               const torch::Tensor& sin) {
-    const torch::Tensor xs = x.size(3) > 0 && x.stride(3) != 1 ? x.contiguous() : x;
-    torch::Tensor out = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::Contiguous));
-    detail::rotary_cpu(xs, cos, sin, /*backward=*/false, out, active_isa());
-    ctx->save_for_backward({cos, sin});
-    return out;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const variable_list saved = ctx->get_saved_variables();
-    torch::Tensor grad;
-    if (grad_out[0].defined()) {
-      const torch::Tensor g = grad_out[0].to(saved[0].scalar_type());
-      grad = torch::empty(g.sizes(), g.options().memory_format(torch::MemoryFormat::Contiguous));
-      detail::rotary_cpu(g.size(3) > 0 && g.stride(3) != 1 ? g.contiguous() : g, saved[0], saved[1],
-                         /*backward=*/true, grad, active_isa());
     }
     return {grad, torch::Tensor(), torch::Tensor()};
   }
@@ -162,12 +139,6 @@ torch::Tensor rms_norm_ops(const torch::Tensor& x, const torch::Tensor& weight, 
   return weight.scalar_type() == x.scalar_type() ? normed * weight : normed * weight.to(x.scalar_type());
 }
 
-torch::Tensor rotary_embedding_ops(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  const torch::Tensor rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);  // (B, 1, T, d) broadcast over heads
-}
-
 torch::Tensor swiglu_ops(const torch::Tensor& gate, const torch::Tensor& up) {
   return torch::silu(gate) * up;
 }
@@ -188,17 +159,6 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
               " does not match input ", x.sizes());
   if (!fused_cpu(x) || !weight.device().is_cpu() || weight.requires_grad()) return detail::rms_norm_ops(x, weight, eps);
   return RmsNormFunction::apply(x, weight, eps);
-}
-
-torch::Tensor rotary_embedding(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  TORCH_CHECK(x.dim() == 4 && cos.dim() == 3 && cos.sizes() == sin.sizes() && cos.size(0) == x.size(0) &&
-                  cos.size(1) == x.size(2) && cos.size(2) == x.size(3),
-              "rotary_embedding: x must be (B, H, T, d) and cos/sin (B, T, d), got ", x.sizes(), " and ", cos.sizes());
-  const bool fused = fused_cpu(x) && cos.device().is_cpu() && sin.device().is_cpu() &&
-                     cos.scalar_type() == x.scalar_type() && sin.scalar_type() == x.scalar_type() &&
-                     !cos.requires_grad() && !sin.requires_grad() && x.size(3) % 2 == 0;
-  if (!fused) return detail::rotary_embedding_ops(x, cos, sin);
-  return RotaryFunction::apply(x, cos.contiguous(), sin.contiguous());
 }
 
 torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up) {

@@ -1,5 +1,5 @@
-// Fused training ops with their own autograd: causal-LM cross entropy, RMSNorm, rotary embedding, SwiGLU and
-// counter-based dropout. On CPU tensors of fp32/bf16/fp16 they run the kernels of
+// Fused training ops with their own autograd: causal-LM cross entropy, RMSNorm, SwiGLU and counter-based dropout
+// (RoPE, built the same way, is ops/rope.h). On CPU tensors of fp32/bf16/fp16 they run the kernels of
 // ops/fused_kernels.h (one pass over the data in fp32, outputs and gradients written straight in the input's dtype,
 // no fp32 copies kept for backward); on other devices and dtypes they fall back to the equivalent LibTorch ops (the
 // *_ops functions), so callers in model/ and lora/ stay device-generic.
@@ -20,11 +20,6 @@ torch::Tensor cross_entropy_sum(const torch::Tensor& logits, const torch::Tensor
 // cast to x's dtype. Differentiable in x; a weight that requires grad takes the LibTorch-ops path.
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps);
 
-// Rotary position embedding (HF rotate_half): x (B, H, T, d), cos/sin (B, T, d) -> x * cos + rotate_half(x) * sin,
-// contiguous (B, H, T, d) in x's dtype, computed in fp32 and rounded once. Differentiable in x (cos/sin that require
-// grad take the LibTorch-ops path).
-torch::Tensor rotary_embedding(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
-
 // SwiGLU: silu(gate) * up (same shapes), in fp32 and rounded once. Differentiable in both.
 torch::Tensor swiglu(const torch::Tensor& gate, const torch::Tensor& up);
 
@@ -38,7 +33,6 @@ namespace detail {
 // The LibTorch-ops versions (the non-CPU path; tests run them on CPU too).
 torch::Tensor cross_entropy_sum_ops(const torch::Tensor& logits, const torch::Tensor& labels, int64_t ignore_index);
 torch::Tensor rms_norm_ops(const torch::Tensor& x, const torch::Tensor& weight, double eps);
-torch::Tensor rotary_embedding_ops(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
 torch::Tensor swiglu_ops(const torch::Tensor& gate, const torch::Tensor& up);
 }  // namespace detail
 

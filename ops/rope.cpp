@@ -1,11 +1,48 @@
+// RoPE: frequencies and cos/sin tables (fp32, as HF computes them) and apply_rope, the autograd op over the fused
+// CPU kernel detail::rope_cpu (ops/fused_kernels.cpp) with its LibTorch-ops fallback.
 #include "ops/rope.h"
+
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 
 #include "common/error.h"
-#include "ops/fused_ops.h"
+#include "ops/fused_kernels.h"
 
 namespace qlora::ops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// x or, when its last dimension is not unit-stride, a contiguous copy (the kernel reads rows through strides).
+torch::Tensor unit_last_stride(const torch::Tensor& x) {
+  return x.size(3) > 0 && x.stride(3) != 1 ? x.contiguous() : x;
+}
+
+// x (B, H, T, d) -> contiguous rotated x. Saves cos and sin (shared by all layers).
+struct RopeFunction : torch::autograd::Function<RopeFunction> {
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin) {
+    torch::Tensor out = torch::empty(x.sizes(), x.options().memory_format(torch::MemoryFormat::Contiguous));
+    detail::rope_cpu(unit_last_stride(x), cos, sin, /*backward=*/false, out, active_isa());
+    ctx->save_for_backward({cos, sin});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const variable_list saved = ctx->get_saved_variables();
+    torch::Tensor grad;
+    if (grad_out[0].defined()) {
+      const torch::Tensor g = grad_out[0].to(saved[0].scalar_type());
+      grad = torch::empty(g.sizes(), g.options().memory_format(torch::MemoryFormat::Contiguous));
+      detail::rope_cpu(unit_last_stride(g), saved[0], saved[1], /*backward=*/true, grad, active_isa());
+    }
+    return {grad, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
 
 torch::Tensor rope_inv_freq(const io::LlamaConfig& config) {
   const int64_t d = config.head_dim;
@@ -35,13 +72,30 @@ std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor& inv_fr
                                                      torch::ScalarType dtype) {
   torch::Tensor pos = position_ids.to(inv_freq.device(), torch::kFloat32);  // (B, T)
   torch::Tensor freqs = pos.unsqueeze(-1) * inv_freq.view({1, 1, -1});      // (B, T, d/2)
-  torch::Tensor emb = torch::cat({freqs, freqs}, -1);                      // (B, T, d)
+  torch::Tensor emb = torch::cat({freqs, freqs}, -1);                       // (B, T, d)
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
+namespace detail {
+
+torch::Tensor apply_rope_ops(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const torch::Tensor rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);  // (B, 1, T, d) broadcast over heads
+}
+
+}  // namespace detail
+
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  // x * cos + rotate_half(x) * sin, cos/sin broadcast over heads (one fused pass on CPU).
-  return ops::rotary_embedding(x, cos, sin);
+  TORCH_CHECK(x.dim() == 4 && cos.dim() == 3 && cos.sizes() == sin.sizes() && cos.size(0) == x.size(0) &&
+                  cos.size(1) == x.size(2) && cos.size(2) == x.size(3),
+              "apply_rope: x must be (B, H, T, d) and cos/sin (B, T, d), got ", x.sizes(), " and ", cos.sizes());
+  const bool fused = x.device().is_cpu() && detail::fused_dtype_supported(x.scalar_type()) && cos.device().is_cpu() &&
+                     sin.device().is_cpu() && cos.scalar_type() == x.scalar_type() &&
+                     sin.scalar_type() == x.scalar_type() && !cos.requires_grad() && !sin.requires_grad() &&
+                     x.size(3) % 2 == 0;
+  if (!fused) return detail::apply_rope_ops(x, cos, sin);
+  return RopeFunction::apply(x, cos.contiguous(), sin.contiguous());
 }
 
 }  // namespace qlora::ops

@@ -1,5 +1,7 @@
-// Rotary position embeddings, HF transformers convention ("half-split" / NeoX, rotate_half), with the
-// `linear` and `llama3` rope_scaling variants (modeling_rope_utils.py).
+// Rotary position embeddings (RoPE), HF transformers convention ("half-split" / NeoX, rotate_half), with the
+// `linear` and `llama3` rope_scaling variants (modeling_rope_utils.py): the frequencies, the cos/sin tables and
+// apply_rope, an autograd op whose CPU path is the fused kernel detail::rope_cpu (ops/fused_kernels.h) and whose
+// other devices and dtypes take detail::apply_rope_ops.
 #pragma once
 
 #include <torch/torch.h>
@@ -20,7 +22,15 @@ torch::Tensor rope_inv_freq(const io::LlamaConfig& config);
 std::pair<torch::Tensor, torch::Tensor> rope_cos_sin(const torch::Tensor& inv_freq, const torch::Tensor& position_ids,
                                                      torch::ScalarType dtype);
 
-// x: (B, heads, T, d), cos/sin: (B, T, d) -> x*cos + rotate_half(x)*sin, rotate_half(x) = cat(-x2, x1).
+// x: (B, heads, T, d), cos/sin: (B, T, d) -> x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1),
+// cos/sin broadcast over heads: contiguous (B, heads, T, d) in x's dtype. CPU fp32/bf16/fp16 with cos/sin of x's
+// dtype: one fused pass in fp32, rounded once, differentiable in x (the backward keeps only cos and sin). Otherwise
+// (other devices or dtypes, cos/sin that require grad) the LibTorch ops below.
 torch::Tensor apply_rope(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+
+namespace detail {
+// apply_rope with LibTorch ops (the non-CPU path; tests run it on CPU too). Rounds every intermediate to x's dtype.
+torch::Tensor apply_rope_ops(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+}  // namespace detail
 
 }  // namespace qlora::ops

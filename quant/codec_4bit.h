@@ -1,7 +1,7 @@
-// The per-element arithmetic of 4-bit dequantization, shared by the CPU scalar reference and the CUDA kernels
-// (bitsandbytes' layout: two codes per byte, the FIRST element in the HIGH nibble; blockwise absmax, optionally
-// double-quantized). Plain C++ with no LibTorch: the CUDA compiler builds it for the device, the CPU build for the
-// host, so CI tests on the CPU the exact bits the GPU computes.
+// The per-element arithmetic of 4-bit dequantization, shared by the CPU reference kernel (dequantize_blocks_ref) and
+// the CUDA kernels (bitsandbytes' layout: two codes per byte, the FIRST element in the HIGH nibble; blockwise absmax,
+// optionally double-quantized). Plain C++ with no LibTorch: the CUDA compiler builds it for the device, the CPU build
+// for the host, so CI tests on the CPU the exact bits the GPU computes.
 //
 //   value(e)  = round_to_out(code[nibble(e)] * absmax[e / blocksize])            (one fp32 multiply, then a cast)
 //   absmax[b] = dynamic_map[qabsmax[b]] * absmax2[b / 256] + offset             (double quant: two fp32 roundings)
@@ -18,7 +18,46 @@
 
 namespace qlora::quant::codec {
 
+// ---------------------------------------------------------------------------------------------------------------
+// Memory layout of n weights in blocks of B = blocksize (nblocks = ceil(n / B)). ggml stores each block as one struct
+// (block_q4_0 = {fp16 d; uint8 qs[16]}); bitsandbytes keeps codes and scales in separate arrays, so a block here is
+// an index range, not a struct, and Packed4bit below holds one pointer per array:
+//   packed   uint8 [ceil(n / 2)]           two codes per byte, element 2i in the HIGH nibble of byte i
+//   absmax   fp32  [nblocks]               plain: one scale per block, or with double quantization
+//   qabsmax  uint8 [nblocks]               8-bit codes of absmax - offset against the signed dynamic map,
+//   absmax2  fp32  [ceil(nblocks / 256)]   one scale per 256 qabsmax,
+// plus per tensor the codebook (fp32 [16]) and, with double quantization, the dynamic map (fp32 [256]) and offset.
+// Bits per weight, per-tensor tables aside:
+//   plain:         4 + 32/B              (B = 64: 4.5)
+//   double quant:  4 + 8/B + 32/(256 B)  (B = 64, NF4 + DQ: 4 + 8/64 + 32/(64*256) = 4.127)
+constexpr int kCodeBits = 4;
+constexpr int kCodesPerByte = 8 / kCodeBits;
 constexpr int64_t kNestedBlocksize = 256;  // double quantization: absmax values per fp32 absmax2
+constexpr int64_t kMinBlocksize = 32;      // blocksize: a power of two in [32, 4096] (bitsandbytes' range)
+constexpr int64_t kMaxBlocksize = 4096;
+
+constexpr bool valid_blocksize(int64_t b) {
+  return b >= kMinBlocksize && b <= kMaxBlocksize && (b & (b - 1)) == 0;
+}
+// Bytes of n weights' codes: two per byte, an odd count padded with one code (of 0.0).
+constexpr int64_t packed_bytes(int64_t n) {
+  return (n + kCodesPerByte - 1) / kCodesPerByte;
+}
+constexpr double bits_per_weight(int64_t blocksize, bool double_quant) {
+  return double_quant ? kCodeBits + 8.0 / blocksize + 32.0 / static_cast<double>(kNestedBlocksize * blocksize)
+                      : kCodeBits + 32.0 / blocksize;
+}
+
+static_assert(kCodeBits * kCodesPerByte == 8, "two 4-bit codes fill a byte exactly");
+static_assert(valid_blocksize(kMinBlocksize) && valid_blocksize(64) && valid_blocksize(kMaxBlocksize) &&
+                  !valid_blocksize(48) && !valid_blocksize(16) && !valid_blocksize(8192),
+              "blocksizes: powers of two in [32, 4096]");
+// Every valid blocksize is a multiple of the smallest, so every block owns whole bytes and whole 16-lane SIMD steps
+// (the CPU kernels rely on both).
+static_assert(kMinBlocksize % kCodesPerByte == 0 && kMinBlocksize % 16 == 0, "blocks of whole bytes and SIMD steps");
+static_assert(packed_bytes(64) == 32 && packed_bytes(65) == 33, "packed size: ceil(n / 2)");
+static_assert(bits_per_weight(64, false) == 4.5, "plain blocksize 64: 4 + 32/64 bits per weight");
+static_assert(bits_per_weight(64, true) == 4.126953125, "NF4 + DQ at 64: 4 + 8/64 + 32/(64*256) bits per weight");
 
 // Code index of element e of a packed 4-bit array.
 QLORA_HD int nibble_at(const uint8_t* packed, int64_t e) {
@@ -72,7 +111,7 @@ struct Packed4bit {
   const float* absmax2 = nullptr;      //   [ceil(nblocks / 256)] fp32 nested scales,
   const float* nested_code = nullptr;  //   [256] signed dynamic map and
   float offset = 0.0f;                 //   the mean of the original absmax
-  int64_t blocksize = 64;              // power of two in [32, 4096]
+  int64_t blocksize = 64;              // valid_blocksize(): a power of two in [32, 4096]
 
   // fp32 absmax of block b; `dynamic_map` is nested_code or a copy of it (e.g. in GPU shared memory).
   QLORA_HD float block_absmax(int64_t b, const float* dynamic_map) const {
@@ -99,6 +138,7 @@ namespace qlora::quant::codec {
 //   - the 32 lane sums are combined by a butterfly: for off = 16, 8, 4, 2, 1: s[l] = s[l] + s[l ^ off].
 constexpr int kGemvLanes = 32;
 constexpr int kGemvChunk = 32;
+static_assert(kMinBlocksize % kGemvChunk == 0, "a GEMV chunk lies in one quantization block (one absmax)");
 
 QLORA_HD float bf16_bits_to_float(uint16_t b) {
   const uint32_t bits = static_cast<uint32_t>(b) << 16;

@@ -26,7 +26,7 @@ struct Out<OutType::kF32> {
 };
 template <>
 struct Out<OutType::kBF16> {
-  using T = uint16_t;  // bf16 bits, rounded exactly as the CPU reference (codec::bf16_bits_rne)
+  using T = uint16_t;  // bf16 bits, rounded exactly as dequantize_blocks_ref (codec::bf16_bits_rne)
   static __device__ __forceinline__ T from(float v) { return codec::bf16_bits_rne(v); }
 };
 template <>

@@ -1,6 +1,6 @@
 // CUDA 4-bit dequantization (NF4/FP4, bitsandbytes layout, double-quantized absmax decoded inline), compiled in
 // QLORA_CUDA builds only. Raw pointers and a stream, no LibTorch: quant/quantized_tensor.cpp unpacks the tensors.
-// The arithmetic is quant/codec_4bit.h, the same functions the CPU scalar reference runs, so the output is the
+// The arithmetic is quant/codec_4bit.h, the same functions dequantize_blocks_ref runs on the CPU, so the output is the
 // CPU kernels' output byte for byte (fp32 and bf16 exactly; fp16 too except NaN payloads).
 #pragma once
 

@@ -1,12 +1,13 @@
-// CPU dequant kernels (scalar reference, AVX2, AVX-512; chosen at run time), the LibTorch-ops fallback
+// CPU dequant kernels (dequantize_blocks_ref, _avx2, _avx512; chosen at run time), the LibTorch-ops fallback
 // for other devices, and the torch-compatible fp32 mean used by double quantization.
+//
+// Naming (ggml's rule): `<thing>_ref` is the scalar kernel and the specification; `<thing>_avx2` / `_avx512` are
+// the SIMD versions, which must give the same bits (tests/quant/test_dequant_paths.cpp compares every path with
+// the Isa::kScalar one, i.e. `_ref`, byte for byte; test_golden.cpp compares every path with bitsandbytes' bytes).
 //
 // Every path computes out[e] = cast(code[nibble(e)] * absmax[e / blocksize]) with one fp32 multiply and
 // a round-to-nearest-even cast, so all paths give the same bits. SIMD paths pre-multiply the 16-entry
 // codebook by the block's absmax (same product, same rounding) and turn each nibble into a table lookup.
-// GCC 12 reports false "may be used uninitialized" warnings inside its own AVX-512 intrinsic headers.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #include "quant/dequant_kernels.h"
 
 #include <ATen/Parallel.h>
@@ -31,11 +32,11 @@ namespace {
 enum class OutKind { kF32, kBF16, kF16 };
 
 // ---------------------------------------------------------------------------------------------------
-// Scalar reference: the specification the SIMD paths are tested against.
+// dequantize_blocks_ref: the specification the SIMD paths are tested against.
 // The per-element arithmetic is quant/codec_4bit.h, which the CUDA kernel runs too.
 template <class T>
-void blocks_scalar(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1, const float* am,
-                   const float* code, T* out) {
+void dequantize_blocks_ref(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1, const float* am,
+                           const float* code, T* out) {
   for (int64_t b = b0; b < b1; ++b) {
     const float a = am[b - b0];
     const int64_t e1 = std::min(n, (b + 1) * bs);
@@ -77,8 +78,8 @@ QLORA_AVX2 inline __m256i bf16_rne_avx2(__m256 v) {
 }
 
 template <OutKind K>
-QLORA_AVX2 void blocks_avx2(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1, const float* am,
-                            const float* code, void* out_v) {
+QLORA_AVX2 void dequantize_blocks_avx2(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+                                       const float* am, const float* code, void* out_v) {
   const __m256 c_lo = _mm256_loadu_ps(code);
   const __m256 c_hi = _mm256_loadu_ps(code + 8);
   const __m256i m0f = _mm256_set1_epi32(0x0F);
@@ -132,7 +133,12 @@ QLORA_AVX2 void blocks_avx2(const uint8_t* packed, int64_t n, int64_t bs, int64_
 }
 
 // ---------------------------------------------------------------------------------------------------
-// AVX-512: the block's 16 output values form a table; 16-bit outputs use one vpermw per 32 elements
+// AVX-512. GCC 12 reports false "may be used uninitialized" warnings inside its own AVX-512 intrinsic headers
+// (intrinsics pass _mm512_undefined_*(), `__m512 __Y = __Y;`, as the unused merge source): off for this section only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// The block's 16 output values form a table; 16-bit outputs use one vpermw per 32 elements
 // (each 32-bit lane of the index holds the hi nibble in its low half and the lo nibble in its high half,
 // which is exactly the interleaved element order); fp32 uses two vpermps + two vpermt2ps.
 #define QLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c")))
@@ -145,8 +151,8 @@ QLORA_AVX512 inline __m256i bf16_rne_avx512(__m512 v) {
 }
 
 template <OutKind K>
-QLORA_AVX512 void blocks_avx512(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1, const float* am,
-                                const float* code, void* out_v) {
+QLORA_AVX512 void dequantize_blocks_avx512(const uint8_t* packed, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+                                           const float* am, const float* code, void* out_v) {
   const __m512 vcode = _mm512_loadu_ps(code);
   const __m512i m0f = _mm512_set1_epi32(0x0F);
   const __m512i ilv_a = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -191,29 +197,32 @@ QLORA_AVX512 void blocks_avx512(const uint8_t* packed, int64_t n, int64_t bs, in
   }
 }
 
+#pragma GCC diagnostic pop
+
 // ---------------------------------------------------------------------------------------------------
 using BlockFn = void (*)(const uint8_t*, int64_t, int64_t, int64_t, int64_t, const float*, const float*, void*);
 
+// dequantize_blocks_ref with BlockFn's type-erased output.
 template <class T>
-void blocks_scalar_v(const uint8_t* p, int64_t n, int64_t bs, int64_t b0, int64_t b1, const float* am,
-                     const float* code, void* out) {
-  blocks_scalar(p, n, bs, b0, b1, am, code, static_cast<T*>(out));
+void dequantize_blocks_ref_v(const uint8_t* p, int64_t n, int64_t bs, int64_t b0, int64_t b1, const float* am,
+                             const float* code, void* out) {
+  dequantize_blocks_ref(p, n, bs, b0, b1, am, code, static_cast<T*>(out));
 }
 
 BlockFn pick_kernel(Isa isa, OutKind k) {
   switch (isa) {
     case Isa::kAvx512:
-      return k == OutKind::kF32    ? blocks_avx512<OutKind::kF32>
-             : k == OutKind::kBF16 ? blocks_avx512<OutKind::kBF16>
-                                   : blocks_avx512<OutKind::kF16>;
+      return k == OutKind::kF32    ? dequantize_blocks_avx512<OutKind::kF32>
+             : k == OutKind::kBF16 ? dequantize_blocks_avx512<OutKind::kBF16>
+                                   : dequantize_blocks_avx512<OutKind::kF16>;
     case Isa::kAvx2:
-      return k == OutKind::kF32    ? blocks_avx2<OutKind::kF32>
-             : k == OutKind::kBF16 ? blocks_avx2<OutKind::kBF16>
-                                   : blocks_avx2<OutKind::kF16>;
+      return k == OutKind::kF32    ? dequantize_blocks_avx2<OutKind::kF32>
+             : k == OutKind::kBF16 ? dequantize_blocks_avx2<OutKind::kBF16>
+                                   : dequantize_blocks_avx2<OutKind::kF16>;
     default:
-      return k == OutKind::kF32    ? blocks_scalar_v<float>
-             : k == OutKind::kBF16 ? blocks_scalar_v<c10::BFloat16>
-                                   : blocks_scalar_v<c10::Half>;
+      return k == OutKind::kF32    ? dequantize_blocks_ref_v<float>
+             : k == OutKind::kBF16 ? dequantize_blocks_ref_v<c10::BFloat16>
+                                   : dequantize_blocks_ref_v<c10::Half>;
   }
 }
 

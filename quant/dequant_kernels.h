@@ -1,6 +1,7 @@
 // Internal kernels behind quantize_4bit / dequantize_4bit (not part of the public API; tests and the
-// benchmark use them to force a path). The scalar kernel is the specification; the SIMD kernels must
-// produce the same bits.
+// benchmark use them to force a path). Each entry point runs one kernel family of quant/quantize_kernels.cpp or
+// quant/dequant_kernels.cpp: `<thing>_ref` (Isa::kScalar), the specification, or `<thing>_avx2` / `_avx512`,
+// which must produce the same bits. An `isa` the CPU lacks runs `_ref`.
 #pragma once
 
 #include <torch/types.h>
@@ -15,6 +16,8 @@
 
 namespace qlora::quant::detail {
 
+static_assert(codec::kNestedBlocksize == kNestedBlocksize, "one double-quantization block size");
+static_assert(codec::valid_blocksize(kDefaultBlocksize), "the default blocksize is a valid one");
 
 // Decision table of a 16-entry codebook: the sorted midpoints (bounds[15] = +inf) and the sorted -> code index
 // map. A value's code is the number of bounds strictly below it (a value exactly on a bound takes the lower

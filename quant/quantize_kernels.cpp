@@ -1,9 +1,11 @@
 // CPU quantize kernels behind quantize_4bit: absmax per block and packed 4-bit codes, written straight into
-// the output (no per-element code array). The scalar kernel is the specification (a binary search over the
-// codebook's decision bounds, bitsandbytes' rule); the SIMD paths count the bounds below each value with
-// vector compares, which is the same integer, and use the same fp32 operations (|x| max, one reciprocal,
-// one multiply, clamp to [-1, 1]), so every path gives the same bytes.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12, inside its own AVX-512 intrinsic headers
+// the output (no per-element code array).
+//
+// Naming (ggml's rule): `<thing>_ref` is the scalar kernel and the specification (quantize_blocks_ref: a binary
+// search over the codebook's decision bounds, bitsandbytes' rule); `<thing>_avx2` / `_avx512` count the bounds
+// below each value with vector compares, which is the same integer, and use the same fp32 operations (|x| max, one
+// reciprocal, one multiply, clamp to [-1, 1]), so every path gives the same bytes
+// (tests/quant/test_quantize_paths.cpp compares every path with the Isa::kScalar one, i.e. `_ref`).
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -21,7 +23,7 @@ namespace qlora::quant::detail {
 namespace {
 
 constexpr float kMinAbsmax = 1e-38f;  // bitsandbytes clamps the absmax to this before the reciprocal
-constexpr int64_t kMaxBlocksize = 4096;
+constexpr int64_t kMaxBlocksize = codec::kMaxBlocksize;
 
 template <class T>
 const T* typed(const void* x) {
@@ -48,9 +50,9 @@ inline void pack_codes(const uint8_t* codes, int64_t len, uint8_t* dst) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Scalar reference (also every partial last block).
+// _ref: one block (also every partial last block of the SIMD paths), then blocks [b0, b1).
 template <class T>
-void block_scalar(const T* x, int64_t e0, int64_t e1, const CodeBounds& cb, float* absmax, uint8_t* packed) {
+void quantize_block_ref(const T* x, int64_t e0, int64_t e1, const CodeBounds& cb, float* absmax, uint8_t* packed) {
   float m = 0.0f;
   for (int64_t e = e0; e < e1; ++e) m = std::max(m, std::fabs(static_cast<float>(x[e])));
   *absmax = m;
@@ -66,10 +68,10 @@ void block_scalar(const T* x, int64_t e0, int64_t e1, const CodeBounds& cb, floa
 }
 
 template <class T>
-void blocks_scalar(const void* x, int64_t n, int64_t bs, int64_t b0, int64_t b1, const CodeBounds& cb, float* absmax,
-                   uint8_t* packed) {
+void quantize_blocks_ref(const void* x, int64_t n, int64_t bs, int64_t b0, int64_t b1, const CodeBounds& cb,
+                         float* absmax, uint8_t* packed) {
   for (int64_t b = b0; b < b1; ++b) {
-    block_scalar(typed<T>(x), b * bs, std::min(n, (b + 1) * bs), cb, absmax + b, packed);
+    quantize_block_ref(typed<T>(x), b * bs, std::min(n, (b + 1) * bs), cb, absmax + b, packed);
   }
 }
 
@@ -90,8 +92,8 @@ QLORA_AVX2 inline __m256 load8(const T* p) {
 }
 
 template <class T>
-QLORA_AVX2 void blocks_avx2(const void* xv, int64_t n, int64_t bs, int64_t b0, int64_t b1, const CodeBounds& cb,
-                            float* absmax, uint8_t* packed) {
+QLORA_AVX2 void quantize_blocks_avx2(const void* xv, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+                                     const CodeBounds& cb, float* absmax, uint8_t* packed) {
   const T* x = typed<T>(xv);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   const __m256 one = _mm256_set1_ps(1.0f), neg_one = _mm256_set1_ps(-1.0f);
@@ -102,7 +104,7 @@ QLORA_AVX2 void blocks_avx2(const void* xv, int64_t n, int64_t bs, int64_t b0, i
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t e0 = b * bs;
     if (e0 + bs > n) {
-      block_scalar(x, e0, n, cb, absmax + b, packed);
+      quantize_block_ref(x, e0, n, cb, absmax + b, packed);
       continue;
     }
     __m256 m = _mm256_setzero_ps();
@@ -129,6 +131,11 @@ QLORA_AVX2 void blocks_avx2(const void* xv, int64_t n, int64_t bs, int64_t b0, i
 
 // ---------------------------------------------------------------------------------------------------
 // AVX-512: 16 lanes; counts narrowed to bytes and packed two per byte in registers.
+// GCC 12 reports false "may be used uninitialized" warnings inside its own AVX-512 intrinsic headers (intrinsics
+// pass _mm512_undefined_*(), `__m512 __Y = __Y;`, as the unused merge source): off for this section only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #define QLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c")))
 
 template <class T>
@@ -144,8 +151,8 @@ QLORA_AVX512 inline __m512 load16(const T* p) {
 }
 
 template <class T>
-QLORA_AVX512 void blocks_avx512(const void* xv, int64_t n, int64_t bs, int64_t b0, int64_t b1, const CodeBounds& cb,
-                                float* absmax, uint8_t* packed) {
+QLORA_AVX512 void quantize_blocks_avx512(const void* xv, int64_t n, int64_t bs, int64_t b0, int64_t b1,
+                                         const CodeBounds& cb, float* absmax, uint8_t* packed) {
   const T* x = typed<T>(xv);
   const __m512 one = _mm512_set1_ps(1.0f), neg_one = _mm512_set1_ps(-1.0f);
   const __m512i ones = _mm512_set1_epi32(1);
@@ -158,7 +165,7 @@ QLORA_AVX512 void blocks_avx512(const void* xv, int64_t n, int64_t bs, int64_t b
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t e0 = b * bs;
     if (e0 + bs > n) {
-      block_scalar(x, e0, n, cb, absmax + b, packed);
+      quantize_block_ref(x, e0, n, cb, absmax + b, packed);
       continue;
     }
     // max(|x|, m) with |x| first: a NaN lane keeps m, as std::max(m, fabs(x)) does.
@@ -184,17 +191,19 @@ QLORA_AVX512 void blocks_avx512(const void* xv, int64_t n, int64_t bs, int64_t b
   }
 }
 
+#pragma GCC diagnostic pop
+
 using QuantFn = void (*)(const void*, int64_t, int64_t, int64_t, int64_t, const CodeBounds&, float*, uint8_t*);
 
 template <class T>
 QuantFn pick(Isa isa) {
   switch (isa) {
     case Isa::kAvx512:
-      return blocks_avx512<T>;
+      return quantize_blocks_avx512<T>;
     case Isa::kAvx2:
-      return blocks_avx2<T>;
+      return quantize_blocks_avx2<T>;
     default:
-      return blocks_scalar<T>;
+      return quantize_blocks_ref<T>;
   }
 }
 

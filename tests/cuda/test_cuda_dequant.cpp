@@ -1,4 +1,4 @@
-// CUDA 4-bit dequant kernel (quant/dequant_cuda.cu) against the CPU scalar reference, byte for byte: NF4 and FP4,
+// CUDA 4-bit dequant kernel (quant/dequant_cuda.cu) against dequantize_blocks_ref (CPU), byte for byte: NF4 and FP4,
 // with and without double quantization, blocksizes 64-4096, odd sizes, fp32/bf16/fp16 outputs, random and
 // edge-case values; the 4-bit GEMV against its CPU specification, bit for bit. Label `cuda`: on a machine without a
 // CUDA device every test here is reported as skipped.

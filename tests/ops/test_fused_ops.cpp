@@ -1,6 +1,7 @@
-// Fused training ops (ops/fused_ops.h) against float64 references computed here with plain LibTorch ops:
-// values and gradients (the fp64 autograd gradient of the reference), on every CPU path (scalar, AVX-512 when the
-// CPU has it, the public autograd op, the LibTorch-ops fallback), odd sizes, bf16 and fp32. Dropout: keep rate and
+// Fused training ops (ops/fused_ops.h, ops/rope.h's apply_rope) against float64 references computed here with plain
+// LibTorch ops: values and gradients (the fp64 autograd gradient of the reference), on every CPU path (the `_ref`
+// kernels, the `_avx512` ones when the CPU has them, the public autograd op, the LibTorch-ops fallback), odd sizes,
+// bf16 and fp32; and the `_avx512` kernels against the `_ref` ones directly. Dropout: keep rate and
 // pair statistics, exact scale of kept elements, same mask in backward, reproducible from the generator state.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
@@ -12,6 +13,7 @@
 
 #include "ops/fused_kernels.h"
 #include "ops/fused_ops.h"
+#include "ops/rope.h"
 
 namespace qlora::ops {
 namespace {
@@ -31,7 +33,7 @@ double rtol(torch::ScalarType dt) {
 double atol(torch::ScalarType dt) {
   return dt == torch::kFloat32 ? kF32Atol : kBf16Atol;
 }
-// The LibTorch-ops fallbacks of rotary/SwiGLU round every intermediate product to bf16 (the fused kernels round
+// The LibTorch-ops fallbacks of RoPE/SwiGLU round every intermediate product to bf16 (the fused kernels round
 // once), so with cancelling terms their absolute error is a bf16 ulp of the terms, not of the result.
 constexpr double kBf16ComposedAtol = 5e-2;
 double composed_atol(torch::ScalarType dt, bool fallback) {
@@ -44,6 +46,7 @@ double excess(const torch::Tensor& a, const torch::Tensor& b, double rt, double 
   return ((ad - bd).abs() - (at + rt * bd.abs())).max().item<double>();
 }
 
+// Isa::kScalar runs the `_ref` kernels (the specification), Isa::kAvx512 the `_avx512` ones.
 std::vector<Isa> cpu_paths() {
   std::vector<Isa> out = {Isa::kScalar};
   if (cpu_supports(Isa::kAvx512)) out.push_back(Isa::kAvx512);
@@ -174,9 +177,9 @@ TEST_F(FusedOps, RmsNormMatchesFloat64OnEveryPath) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Rotary embedding and SwiGLU.
+// RoPE and SwiGLU.
 
-TEST_F(FusedOps, RotaryMatchesFloat64OnEveryPath) {
+TEST_F(FusedOps, RopeMatchesFloat64OnEveryPath) {
   const int64_t b = 2, h = 3, t = 5;
   for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
     for (int64_t d : {64, 38}) {  // half = 19: a partial vector
@@ -193,17 +196,16 @@ TEST_F(FusedOps, RotaryMatchesFloat64OnEveryPath) {
       for (Isa isa : cpu_paths()) {
         SCOPED_TRACE(std::string(isa_name(isa)) + " " + what);
         torch::Tensor out = torch::full({b, h, t, d}, 9.0, torch::TensorOptions().dtype(dt));
-        detail::rotary_cpu(x, cos, sin, /*backward=*/false, out, isa);
+        detail::rope_cpu(x, cos, sin, /*backward=*/false, out, isa);
         EXPECT_LE(excess(out, ref.detach(), rtol(dt), atol(dt)), 0.0);
         torch::Tensor gx = torch::full({b, h, t, d}, 9.0, torch::TensorOptions().dtype(dt));
-        detail::rotary_cpu(g, cos, sin, /*backward=*/true, gx, isa);
+        detail::rope_cpu(g, cos, sin, /*backward=*/true, gx, isa);
         EXPECT_LE(excess(gx, xd.grad(), rtol(dt), atol(dt)), 0.0);
       }
       for (bool fallback : {false, true}) {
         SCOPED_TRACE(std::string(fallback ? "ops " : "fused ") + what);
         const torch::Tensor xr = x.detach().requires_grad_(true);
-        const torch::Tensor out =
-            fallback ? detail::rotary_embedding_ops(xr, cos, sin) : rotary_embedding(xr, cos, sin);
+        const torch::Tensor out = fallback ? detail::apply_rope_ops(xr, cos, sin) : apply_rope(xr, cos, sin);
         EXPECT_LE(excess(out, ref.detach(), rtol(dt), composed_atol(dt, fallback)), 0.0);
         out.backward(g);
         EXPECT_LE(excess(xr.grad(), xd.grad(), rtol(dt), composed_atol(dt, fallback)), 0.0);
@@ -240,6 +242,79 @@ TEST_F(FusedOps, SwigluMatchesFloat64OnEveryPath) {
       out.backward(g);
       EXPECT_LE(excess(a.grad(), gd.grad(), rtol(dt), composed_atol(dt, fallback)), 0.0);
       EXPECT_LE(excess(u.grad(), ud.grad(), rtol(dt), composed_atol(dt, fallback)), 0.0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The `_avx512` kernels against the `_ref` ones on the same awkward sizes. Dropout does the same single fp32 multiply
+// on both paths: equal bits. The others differ by the vector exp (about 2 ulp) and by fused multiply-adds (sums, and
+// the mul + add pairs the compiler contracts on the FMA-enabled path): within a few fp32 ulp, i.e. at most one ulp of
+// a bf16 output.
+constexpr double kSimdF32Rtol = 1e-5, kSimdF32Atol = 1e-6;    // atol: a few ulp of O(1) terms that cancel
+constexpr double kSimdBf16Rtol = 8e-3, kSimdBf16Atol = 1e-6;  // rtol 2^-7: one bf16 ulp
+
+TEST_F(FusedOps, Avx512KernelsMatchRef) {
+  if (!cpu_supports(Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dt));
+    const double rt = dt == torch::kFloat32 ? kSimdF32Rtol : kSimdBf16Rtol;
+    const double at = dt == torch::kFloat32 ? kSimdF32Atol : kSimdBf16Atol;
+    auto both = [](auto&& run) { return std::pair{run(Isa::kScalar), run(Isa::kAvx512)}; };
+    {  // cross entropy: lse and gradient
+      const CeCase c = make_ce_case(6, 1003, dt, 3.0);
+      const auto [ref, simd] = both([&](Isa isa) {
+        torch::Tensor lse = torch::empty({6}, torch::kFloat32), grad = torch::empty_like(c.x);
+        detail::cross_entropy_forward_cpu(c.x, c.y, kIgnore, lse, isa);
+        detail::cross_entropy_backward_cpu(c.x, c.y, kIgnore, lse, static_cast<float>(kGradScale), grad, isa);
+        return std::pair{lse, grad};
+      });
+      EXPECT_LE(excess(simd.first, ref.first, kSimdF32Rtol, kSimdF32Atol), 0.0) << "lse";
+      EXPECT_LE(excess(simd.second, ref.second, rt, at), 0.0) << "cross_entropy grad";
+    }
+    {  // RMSNorm forward and backward
+      const torch::Tensor x = torch::randn({5, 101}).to(dt), w = (1.0 + 0.2 * torch::randn({101})).to(dt);
+      const torch::Tensor g = torch::randn({5, 101}).to(dt);
+      const auto [ref, simd] = both([&](Isa isa) {
+        torch::Tensor out = torch::empty_like(x), rstd = torch::empty({5}, torch::kFloat32), gx = torch::empty_like(x);
+        detail::rms_norm_forward_cpu(x, w, 1e-5, out, rstd, isa);
+        detail::rms_norm_backward_cpu(x, w, rstd, g, gx, isa);
+        return std::pair{out, gx};
+      });
+      EXPECT_LE(excess(simd.first, ref.first, rt, at), 0.0) << "rms_norm";
+      EXPECT_LE(excess(simd.second, ref.second, rt, at), 0.0) << "rms_norm grad";
+    }
+    {  // SwiGLU forward and backward
+      const torch::Tensor gate = (torch::randn({1001}) * 6.0).to(dt), up = torch::randn({1001}).to(dt);
+      const torch::Tensor g = torch::randn({1001}).to(dt);
+      const auto [ref, simd] = both([&](Isa isa) {
+        torch::Tensor out = torch::empty_like(gate), gg = torch::empty_like(gate), gu = torch::empty_like(gate);
+        detail::swiglu_forward_cpu(gate, up, out, isa);
+        detail::swiglu_backward_cpu(gate, up, g, gg, gu, isa);
+        return std::vector<torch::Tensor>{out, gg, gu};
+      });
+      for (size_t i = 0; i < 3; ++i) EXPECT_LE(excess(simd[i], ref[i], rt, at), 0.0) << "swiglu output " << i;
+    }
+    {  // RoPE, both directions
+      const torch::Tensor x = torch::randn({2, 5, 3, 38}).to(dt).transpose(1, 2);
+      const torch::Tensor cos = torch::randn({2, 5, 38}).to(dt), sin = torch::randn({2, 5, 38}).to(dt);
+      for (bool backward : {false, true}) {
+        const auto [ref, simd] = both([&](Isa isa) {
+          torch::Tensor out = torch::empty({2, 3, 5, 38}, torch::TensorOptions().dtype(dt));
+          detail::rope_cpu(x, cos, sin, backward, out, isa);
+          return out;
+        });
+        EXPECT_LE(excess(simd, ref, rt, at), 0.0) << "rope backward=" << backward;
+      }
+    }
+    {  // dropout: equal bits
+      const torch::Tensor d = torch::randn({1001}).to(dt);
+      const auto [ref, simd] = both([&](Isa isa) {
+        torch::Tensor out = torch::empty_like(d);
+        detail::dropout_cpu(d, /*seed=*/42, /*p=*/0.3, out, isa);
+        return out;
+      });
+      EXPECT_TRUE(torch::equal(simd, ref)) << "dropout";
     }
   }
 }

@@ -1,4 +1,4 @@
-// quant/codec_4bit.h: the per-element arithmetic that the CPU scalar reference and the CUDA kernels share, checked
+// quant/codec_4bit.h: the per-element arithmetic that dequantize_blocks_ref (CPU) and the CUDA kernels share, checked
 // on the CPU against independent references (c10's bf16 rounding, float64 arithmetic rounded twice).
 #include <c10/util/BFloat16.h>
 #include <gtest/gtest.h>

@@ -1,6 +1,6 @@
-// Every quantize path (AVX-512, AVX2 where the CPU has them) writes the same packed bytes and absmax as the
-// scalar reference kernel (which the golden bitsandbytes vectors pin down, test_golden.cpp), on random data of
-// awkward sizes and on values that sit exactly on decision bounds, at +-0, +-inf, NaN and subnormals.
+// Every quantize path (_avx512, _avx2 where the CPU has them) writes the same packed bytes and absmax as the
+// scalar quantize_blocks_ref (Isa::kScalar; which the golden bitsandbytes vectors pin down, test_golden.cpp), on random
+// data of awkward sizes and on values that sit exactly on decision bounds, at +-0, +-inf, NaN and subnormals.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -42,8 +42,8 @@ TEST(QuantizePaths, SimdEqualsScalarOnRandomData) {
           for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
             if (!cpu_supports(isa)) continue;
             expect_same(detail::quantize_4bit_with(x, type, bs, dq, isa), ref,
-                        std::string(isa_name(isa)) + " n=" + std::to_string(numel) +
-                            " bs=" + std::to_string(bs) + " " + c10::toString(dt) + " " + quant_type_name(type));
+                        std::string(isa_name(isa)) + " n=" + std::to_string(numel) + " bs=" + std::to_string(bs) + " " +
+                            c10::toString(dt) + " " + quant_type_name(type));
             ++checked;
           }
         }
