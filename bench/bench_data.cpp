@@ -58,8 +58,11 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--tokenizer") == 0 && i + 1 < argc) {
       tokenizer_dir = argv[++i];
+    } else if (char* end = nullptr; (mb = std::strtoll(argv[i], &end, 10)) > 0 && *end == '\0') {
+      continue;
     } else {
-      mb = std::atoll(argv[i]);
+      std::fprintf(stderr, "usage: bench_data [MB=200] [--tokenizer MODEL_DIR]\n");
+      return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
     }
   }
   const fs::path dir = fs::temp_directory_path() / ("bench_data_" + std::to_string(::getpid()));

@@ -1,3 +1,5 @@
+// Size: one benchmark, one self-contained program (options, model, measurement, report), read top to bottom.
+//
 // One Llama-3-70B-shaped decoder layer (or N of them) trained as qlora-train would: NF4 + double-quant frozen
 // projections, LoRA on all 7 projections, bf16 compute, causal-LM loss. Measures forward + backward wall time,
 // the achieved FLOP rate against the bf16 matmul rate measured in the same run, and peak memory against the
@@ -63,8 +65,8 @@
 #include "common/host_memory.h"
 #include "common/log.h"
 #include "common/threads.h"
-#include "lora/lora_model.h"
 #include "io/hf_config.h"
+#include "lora/lora_model.h"
 #include "model/llama.h"
 #include "plan/memory_plan.h"
 #include "trainer/config.h"
@@ -481,15 +483,31 @@ std::string gib(int64_t bytes) {
   return format_bytes(static_cast<double>(bytes));
 }
 
-int run(const Options& o) {
-  torch::Device dev(o.device);
-  if (dev.is_cuda() && !dev.has_index()) dev = torch::Device(torch::kCUDA, 0);
-  const int threads = configure_threads(o.threads);
-  const io::LlamaConfig mc = layer_config(o);
-  const trainer::TrainConfig tc = train_config(o);
-  trainer::return_freed_tensor_memory_to_os();  // QLORA_MALLOC_TUNING=rss, as Trainer::setup
-  const auto baseline = static_cast<int64_t>(current_rss_bytes());
-  const plan::MemoryPlan plan = plan::plan_memory(trainer::plan_inputs(tc, mc, baseline));
+// The figures derived from one measurement and the plan of the same configuration.
+struct Figures {
+  Flops fl;
+  double tokens = 0, model_tflops = 0, hw_tflops = 0, mm_tflops = 0;
+  int64_t plan_weights = 0;
+  std::vector<std::pair<std::string, int64_t>> groups;
+};
+
+Figures figures_of(const Options& o, const io::LlamaConfig& mc, const trainer::TrainConfig& tc,
+                   const plan::MemoryPlan& plan, const Measured& r) {
+  Figures f;
+  f.fl = iteration_flops(mc, plan.inputs);
+  f.tokens = static_cast<double>(o.micro_batch * o.seq);
+  f.model_tflops = f.fl.model / r.fwd_bwd_s / 1e12;
+  f.hw_tflops = (f.fl.model + f.fl.recompute) / r.fwd_bwd_s / 1e12;
+  f.mm_tflops = r.matmul_gflops / 1e3;
+  // The plan's frozen base plus the adapters' A and B in their storage dtype (its "lora" group adds their
+  // gradients, AdamW states and compute copies on top): what the model holds once built.
+  f.plan_weights = plan.frozen_bytes + static_cast<int64_t>(c10::elementSize(tc.lora.torch_dtype())) * plan.lora_params;
+  f.groups = plan_groups(plan);
+  return f;
+}
+
+void print_header(const Options& o, const io::LlamaConfig& mc, const trainer::TrainConfig& tc, const torch::Device& dev,
+                  int threads) {
   std::printf(
       "bench_layer: %s shapes, %lld layer(s), hidden %lld, intermediate %lld, heads %lld/%lld kv, head_dim %lld, "
       "vocab %lld; seq %lld x micro batch %lld; checkpointing %s; NF4+DQ blocksize %lld; LoRA r %lld alpha %g "
@@ -501,23 +519,14 @@ int run(const Options& o) {
       o.checkpointing ? "on" : "off", static_cast<long long>(tc.model.quant_blocksize), static_cast<long long>(o.r),
       o.alpha, o.dropout, o.lora_dtype.c_str(), dev.str().c_str(), threads);
   std::fflush(stdout);
+}
 
-  const Measured r = measure(o, mc, tc, dev);
-
-  const Flops fl = iteration_flops(mc, plan.inputs);
-  const double tokens = static_cast<double>(o.micro_batch * o.seq);
-  const double model_tflops = fl.model / r.fwd_bwd_s / 1e12;
-  const double hw_tflops = (fl.model + fl.recompute) / r.fwd_bwd_s / 1e12;
-  const double mm_tflops = r.matmul_gflops / 1e3;
-  // The plan's frozen base plus the adapters' A and B in their storage dtype (its "lora" group adds their
-  // gradients, AdamW states and compute copies on top): what the model holds once built.
-  const int64_t plan_weights =
-      plan.frozen_bytes + static_cast<int64_t>(c10::elementSize(tc.lora.torch_dtype())) * plan.lora_params;
-  const auto groups = plan_groups(plan);
+void print_report(const Options& o, const io::LlamaConfig& mc, const torch::Device& dev, const plan::MemoryPlan& plan,
+                  const Measured& r, const Figures& f, int64_t baseline) {
+  const auto& [fl, tokens, model_tflops, hw_tflops, mm_tflops, plan_weights, groups] = f;
   const std::string plan_note = dev.is_cuda() ? "no process baseline on CUDA"
                                               : "baseline " + gib(baseline) + " measured before the model, malloc " +
                                                     (trainer::rss_tuning_requested() ? "rss tuning" : "apps' tuning");
-
   std::printf("model built in %.1f s; warm-up iteration %.2f s, loss %.4f (ln vocab %.4f)\n\n", r.build_s, r.warmup_s,
               r.warmup_loss, std::log(static_cast<double>(mc.vocab_size)));
   std::printf("| measure | value | reference | ratio |\n|---|---|---|---|\n");
@@ -541,61 +550,79 @@ int run(const Options& o) {
   std::printf("| total | %s |\n", gib(plan.total_bytes).c_str());
   if (plan.host_bytes > 0) std::printf("| (host: offloaded AdamW states) | %s |\n", gib(plan.host_bytes).c_str());
   std::fflush(stdout);
+}
 
-  if (!o.json.empty()) {
-    nlohmann::json items = nlohmann::json::array(), by_group = nlohmann::json::object();
-    for (const auto& it : plan.items) items.push_back({{"group", it.group}, {"name", it.name}, {"bytes", it.bytes}});
-    for (const auto& [g, b] : groups) by_group[g] = b;
-    const nlohmann::json out = {
-        {"config", o.config},
-        {"device", dev.str()},
-        {"shape",
-         {{"layers", mc.num_hidden_layers},
-          {"hidden", mc.hidden_size},
-          {"intermediate", mc.intermediate_size},
-          {"heads", mc.num_attention_heads},
-          {"kv_heads", mc.num_key_value_heads},
-          {"head_dim", mc.head_dim},
-          {"vocab", mc.vocab_size}}},
-        {"seq", o.seq},
-        {"micro_batch", o.micro_batch},
-        {"checkpointing", o.checkpointing},
-        {"lora", {{"r", o.r}, {"alpha", o.alpha}, {"dropout", o.dropout}, {"dtype", o.lora_dtype}}},
-        {"optimizer_offload", o.optimizer_offload},
-        {"loss", "causal-LM mean token loss on random ids"},
-        {"reps", o.reps},
-        {"threads", threads},
-        {"build_s", r.build_s},
-        {"warmup_loss", r.warmup_loss},
-        {"final_loss", r.final_loss},
-        {"fwd_bwd_ms", r.fwd_bwd_s * 1e3},
-        {"optimizer_ms", r.optimizer_s * 1e3},
-        {"tokens_per_s", tokens / r.fwd_bwd_s},
-        {"model_flops_per_iter", fl.model},
-        {"recompute_flops_per_iter", fl.recompute},
-        {"model_tflops", model_tflops},
-        {"with_recompute_tflops", hw_tflops},
-        {"matmul_n", r.matmul_n},
-        {"matmul_bf16_tflops", mm_tflops},
-        {"model_tflops_of_matmul", model_tflops / mm_tflops},
-        {"peak_kind", r.peak_kind},
-        {"peak_bytes", r.peak_bytes},
-        {"peak_reserved_bytes", r.peak_reserved_bytes},
-        {"held_weight_bytes", r.held_bytes},
-        {"plan_weight_bytes", plan_weights},
-        {"plan_total_bytes", plan.total_bytes},
-        {"peak_over_plan", static_cast<double>(r.peak_bytes) / static_cast<double>(plan.total_bytes)},
-        {"plan_host_bytes", plan.host_bytes},
-        {"plan_peak_phase", plan.peak_phase},
-        {"plan_baseline_bytes", plan.inputs.baseline_bytes},
-        {"plan_groups", by_group},
-        {"plan_items", items},
-        {"malloc_tuning", trainer::rss_tuning_requested() ? "rss" : "default"},
-    };
-    std::ofstream f(o.json);
-    if (!f) throw Error("--json " + o.json + ": cannot write");
-    f << out.dump(2) << "\n";
-  }
+void write_json(const Options& o, const io::LlamaConfig& mc, const torch::Device& dev, int threads,
+                const plan::MemoryPlan& plan, const Measured& r, const Figures& f) {
+  const auto& [fl, tokens, model_tflops, hw_tflops, mm_tflops, plan_weights, groups] = f;
+  nlohmann::json items = nlohmann::json::array(), by_group = nlohmann::json::object();
+  for (const auto& it : plan.items) items.push_back({{"group", it.group}, {"name", it.name}, {"bytes", it.bytes}});
+  for (const auto& [g, b] : groups) by_group[g] = b;
+  const nlohmann::json out = {
+      {"config", o.config},
+      {"device", dev.str()},
+      {"shape",
+       {{"layers", mc.num_hidden_layers},
+        {"hidden", mc.hidden_size},
+        {"intermediate", mc.intermediate_size},
+        {"heads", mc.num_attention_heads},
+        {"kv_heads", mc.num_key_value_heads},
+        {"head_dim", mc.head_dim},
+        {"vocab", mc.vocab_size}}},
+      {"seq", o.seq},
+      {"micro_batch", o.micro_batch},
+      {"checkpointing", o.checkpointing},
+      {"lora", {{"r", o.r}, {"alpha", o.alpha}, {"dropout", o.dropout}, {"dtype", o.lora_dtype}}},
+      {"optimizer_offload", o.optimizer_offload},
+      {"loss", "causal-LM mean token loss on random ids"},
+      {"reps", o.reps},
+      {"threads", threads},
+      {"build_s", r.build_s},
+      {"warmup_loss", r.warmup_loss},
+      {"final_loss", r.final_loss},
+      {"fwd_bwd_ms", r.fwd_bwd_s * 1e3},
+      {"optimizer_ms", r.optimizer_s * 1e3},
+      {"tokens_per_s", tokens / r.fwd_bwd_s},
+      {"model_flops_per_iter", fl.model},
+      {"recompute_flops_per_iter", fl.recompute},
+      {"model_tflops", model_tflops},
+      {"with_recompute_tflops", hw_tflops},
+      {"matmul_n", r.matmul_n},
+      {"matmul_bf16_tflops", mm_tflops},
+      {"model_tflops_of_matmul", model_tflops / mm_tflops},
+      {"peak_kind", r.peak_kind},
+      {"peak_bytes", r.peak_bytes},
+      {"peak_reserved_bytes", r.peak_reserved_bytes},
+      {"held_weight_bytes", r.held_bytes},
+      {"plan_weight_bytes", plan_weights},
+      {"plan_total_bytes", plan.total_bytes},
+      {"peak_over_plan", static_cast<double>(r.peak_bytes) / static_cast<double>(plan.total_bytes)},
+      {"plan_host_bytes", plan.host_bytes},
+      {"plan_peak_phase", plan.peak_phase},
+      {"plan_baseline_bytes", plan.inputs.baseline_bytes},
+      {"plan_groups", by_group},
+      {"plan_items", items},
+      {"malloc_tuning", trainer::rss_tuning_requested() ? "rss" : "default"},
+  };
+  std::ofstream file(o.json);
+  if (!file) throw Error("--json " + o.json + ": cannot write");
+  file << out.dump(2) << "\n";
+}
+
+int run(const Options& o) {
+  torch::Device dev(o.device);
+  if (dev.is_cuda() && !dev.has_index()) dev = torch::Device(torch::kCUDA, 0);
+  const int threads = configure_threads(o.threads);
+  const io::LlamaConfig mc = layer_config(o);
+  const trainer::TrainConfig tc = train_config(o);
+  trainer::return_freed_tensor_memory_to_os();  // QLORA_MALLOC_TUNING=rss, as Trainer::setup
+  const auto baseline = static_cast<int64_t>(current_rss_bytes());
+  const plan::MemoryPlan plan = plan::plan_memory(trainer::plan_inputs(tc, mc, baseline));
+  print_header(o, mc, tc, dev, threads);
+  const Measured r = measure(o, mc, tc, dev);
+  const Figures f = figures_of(o, mc, tc, plan, r);
+  print_report(o, mc, dev, plan, r, f, baseline);
+  if (!o.json.empty()) write_json(o, mc, dev, threads, plan, r, f);
   return 0;
 }
 

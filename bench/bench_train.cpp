@@ -84,51 +84,93 @@ Result run_forked(const std::string& config_file, bool checkpointing, int steps,
   return r;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+struct Args {
   std::string config_file = "configs/bench.yaml";
   int steps = 6, threads = 0;
   std::string profile_prefix, only;
+  bool help = false;
+};
+
+Args parse_args(int argc, char** argv) {
+  Args o;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--steps" && i + 1 < argc) {
-      steps = std::atoi(argv[++i]);
+      o.steps = std::atoi(argv[++i]);
     } else if (a == "--threads" && i + 1 < argc) {
-      threads = std::atoi(argv[++i]);
+      o.threads = std::atoi(argv[++i]);
     } else if (a == "--profile" && i + 1 < argc) {
-      profile_prefix = argv[++i];
+      o.profile_prefix = argv[++i];
     } else if (a == "--only" && i + 1 < argc) {
-      only = argv[++i];
+      o.only = argv[++i];
     } else if (a == "--help" || a == "-h") {
-      std::printf(
-          "usage: bench_train [CONFIG=configs/bench.yaml] [--steps N=6] [--threads T=0 (all)] [--only on|off]\n"
-          "                   [--profile PREFIX (LibTorch op trace per run: PREFIX-ckpt_on.json, chrome://tracing)]\n");
-      return 0;
+      o.help = true;
     } else {
-      config_file = a;
+      o.config_file = a;
     }
   }
+  return o;
+}
+
+// Model FLOPs per trained token (forward + backward): 4 N_mm for the frozen matmuls (no weight gradient),
+// 6 N_lora for the adapters, 12 L Dq T for attention.
+struct TokenFlops {
+  double per_token = 0, n_mm = 0, n_lora = 0, n_params = 0, seq = 0;
+};
+
+TokenFlops token_flops(const trainer::TrainConfig& cfg, const io::LlamaConfig& mc) {
+  const double L = static_cast<double>(mc.num_hidden_layers), H = static_cast<double>(mc.hidden_size);
+  const double I = static_cast<double>(mc.intermediate_size), V = static_cast<double>(mc.vocab_size);
+  const double q = static_cast<double>(mc.q_dim()), kv = static_cast<double>(mc.kv_dim());
+  TokenFlops f;
+  f.seq = static_cast<double>(cfg.data_config.max_seq_len);
+  const double n_layer = H * q + 2 * H * kv + q * H + 3 * H * I;
+  f.n_mm = L * n_layer + V * H;
+  const double r = static_cast<double>(cfg.lora.r);
+  f.n_lora = L * r * ((H + q) + 2 * (H + kv) + (q + H) + 2 * (H + I) + (I + H));  // all-linear
+  f.per_token = 4 * f.n_mm + 6 * f.n_lora + 12 * L * q * f.seq;
+  f.n_params = static_cast<double>(mc.num_parameters());
+  return f;
+}
+
+void print_results(const std::vector<Result>& results, const TokenFlops& f, double peak_bf16, int steps) {
+  std::printf("%-26s %12s %14s %10s %10s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s", "MFU(bf16)",
+              "6N MFU", "peak RSS");
+  for (const auto& res : results) {
+    if (!res.ok) {
+      std::printf("%-26s failed: %s\n", res.checkpointing ? "on" : "off", res.error.c_str());
+      continue;
+    }
+    const double gflops = res.tokens_per_s * f.per_token / 1e9;
+    const double gflops_6n = res.tokens_per_s * 6 * f.n_params / 1e9;
+    std::printf("%-26s %12.1f %14.1f %9.1f%% %9.1f%% %12s\n", res.checkpointing ? "on" : "off", res.tokens_per_s,
+                gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16, format_bytes(res.peak_rss).c_str());
+  }
+  std::printf("(tokens/s excludes the first step; %d steps per configuration)\n", steps);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args args = parse_args(argc, argv);
+  if (args.help) {
+    std::printf(
+        "usage: bench_train [CONFIG=configs/bench.yaml] [--steps N=6] [--threads T=0 (all)] [--only on|off]\n"
+        "                   [--profile PREFIX (LibTorch op trace per run: PREFIX-ckpt_on.json, chrome://tracing)]\n");
+    return 0;
+  }
+  const std::string& config_file = args.config_file;
+  const int steps = args.steps, threads = args.threads;
   init_logging("warn");
   const bool tuned = configure_host_allocator();  // as qlora-train does
   std::printf("host allocator tuning: %s\n", tuned ? "on" : "off (QLORA_MALLOC_TUNING=0)");
   try {
     const auto cfg = trainer::load_config(config_file);
     const auto mc = io::load_llama_config(cfg.model.path / "config.json");
-    const double L = static_cast<double>(mc.num_hidden_layers), H = static_cast<double>(mc.hidden_size);
-    const double I = static_cast<double>(mc.intermediate_size), V = static_cast<double>(mc.vocab_size);
-    const double q = static_cast<double>(mc.q_dim()), kv = static_cast<double>(mc.kv_dim());
-    const double T = static_cast<double>(cfg.data_config.max_seq_len);
-    const double n_layer = H * q + 2 * H * kv + q * H + 3 * H * I;
-    const double n_mm = L * n_layer + V * H;
-    const double r = static_cast<double>(cfg.lora.r);
-    const double n_lora = L * r * ((H + q) + 2 * (H + kv) + (q + H) + 2 * (H + I) + (I + H));  // all-linear
-    const double flops_per_token = 4 * n_mm + 6 * n_lora + 12 * L * q * T;
-    const double n_params = static_cast<double>(mc.num_parameters());
-
+    const TokenFlops f = token_flops(cfg, mc);
     std::printf("bench_train: %s  (%s, %.1fM params, %lld layers, hidden %lld, seq %.0f, micro batch %lld, %s %s)\n",
-                config_file.c_str(), cfg.model.path.c_str(), n_params / 1e6,
-                static_cast<long long>(mc.num_hidden_layers), static_cast<long long>(mc.hidden_size), T,
+                config_file.c_str(), cfg.model.path.c_str(), f.n_params / 1e6,
+                static_cast<long long>(mc.num_hidden_layers), static_cast<long long>(mc.hidden_size), f.seq,
                 static_cast<long long>(cfg.train.micro_batch_size), cfg.model.quant_type.c_str(),
                 cfg.model.compute_dtype.c_str());
     // The bf16 matmul rate is the MFU denominator. On a shared VM it swings between runs, so it is measured
@@ -142,8 +184,8 @@ int main(int argc, char** argv) {
     const nlohmann::json before = bench::run_in_child([&]() -> nlohmann::json { return {{"gflops", measure_peak()}}; });
     std::vector<Result> results;
     for (bool ck : {true, false}) {
-      if (only == (ck ? "off" : "on")) continue;
-      results.push_back(run_forked(config_file, ck, steps, threads, profile_prefix));
+      if (args.only == (ck ? "off" : "on")) continue;
+      results.push_back(run_forked(config_file, ck, steps, threads, args.profile_prefix));
     }
 
     // Machine limits, measured after the children (no OpenMP pool in the parent before fork).
@@ -160,20 +202,8 @@ int main(int argc, char** argv) {
     std::printf(
         "model FLOPs/token: 4*N_mm + 6*N_lora + 12*L*H*T = %.3f GFLOP (N_mm %.1fM, N_lora %.2fM); "
         "6*N_params = %.3f GFLOP\n",
-        flops_per_token / 1e9, n_mm / 1e6, n_lora / 1e6, 6 * n_params / 1e9);
-    std::printf("%-26s %12s %14s %10s %10s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s", "MFU(bf16)",
-                "6N MFU", "peak RSS");
-    for (const auto& res : results) {
-      if (!res.ok) {
-        std::printf("%-26s failed: %s\n", res.checkpointing ? "on" : "off", res.error.c_str());
-        continue;
-      }
-      const double gflops = res.tokens_per_s * flops_per_token / 1e9;
-      const double gflops_6n = res.tokens_per_s * 6 * n_params / 1e9;
-      std::printf("%-26s %12.1f %14.1f %9.1f%% %9.1f%% %12s\n", res.checkpointing ? "on" : "off", res.tokens_per_s,
-                  gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16, format_bytes(res.peak_rss).c_str());
-    }
-    std::printf("(tokens/s excludes the first step; %d steps per configuration)\n", steps);
+        f.per_token / 1e9, f.n_mm / 1e6, f.n_lora / 1e6, 6 * f.n_params / 1e9);
+    print_results(results, f, peak_bf16, steps);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

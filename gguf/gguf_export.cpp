@@ -10,11 +10,11 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/progress.h"
-#include "lora/peft_io.h"
 #include "io/bnb_format.h"
 #include "io/hf_config.h"
-#include "model/loader.h"
 #include "io/safetensors.h"
+#include "lora/peft_io.h"
+#include "model/loader.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::gguf {
@@ -34,9 +34,9 @@ std::vector<std::string> ordered_llama_names(const io::LlamaConfig& c) {
   std::vector<std::string> out = {"model.embed_tokens.weight"};
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    for (const char* s : {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                          "self_attn.o_proj", "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj",
-                          "mlp.down_proj"}) {
+    for (const char* s :
+         {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+          "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
       out.push_back(p + s + ".weight");
     }
   }
@@ -78,29 +78,18 @@ ExportSummary summarize(const fs::path& out, const GgufWriter& w) {
   return s;
 }
 
-}  // namespace
+// Where each weight of the GGUF file comes from.
+struct Source {
+  std::string hf_name;
+  bool bnb = false;
+  const lora::AdapterModule* lora = nullptr;
+};
 
-ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, const ExportOptions& options) {
-  check_output_path(out, options.overwrite);
-  const auto config = io::load_llama_config(model_dir / "config.json");
-  const auto ckpt = io::Checkpoint::open(model_dir);
-  const auto vocab = load_sentencepiece_vocab(model_dir, config.vocab_size, config);
-
-  // Optional adapter to merge.
-  std::optional<lora::AdapterFile> adapter;
-  if (!options.adapter_dir.empty()) {
-    adapter = lora::load_adapter(options.adapter_dir);
-    lora::check_adapter_shapes(*adapter, projection_shapes(config), model_dir.string());
-  }
-
-  // Where each weight comes from, validated before anything is written.
-  struct Source {
-    std::string hf_name;
-    bool bnb = false;
-    const lora::AdapterModule* lora = nullptr;
-  };
+// Every weight's source, validated (present, shaped as config.json says) before anything is written.
+std::vector<Source> plan_sources(const fs::path& model_dir, const io::LlamaConfig& config, const io::Checkpoint& ckpt,
+                                 const std::map<std::string, std::vector<int64_t>>& expected,
+                                 const lora::AdapterFile* adapter) {
   std::vector<Source> sources;
-  const auto expected = model::expected_llama_tensors(config);
   std::vector<std::string> problems;
   for (const auto& name : ordered_llama_names(config)) {
     Source src{name};
@@ -123,18 +112,42 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
     for (const auto& p : problems) msg += "\n  " + p;
     throw Error(msg);
   }
+  return sources;
+}
+
+// Every adapter module must land on a weight; returns how many are merged.
+int64_t check_adapter_modules(const lora::AdapterFile& adapter, const std::vector<Source>& sources,
+                              const fs::path& adapter_dir, const fs::path& model_dir) {
   int64_t merged = 0;
-  if (adapter) {
-    for (const auto& m : adapter->modules) {
-      bool found = false;
-      for (const auto& s : sources) found = found || s.lora == &m;
-      if (!found) {
-        throw Error(options.adapter_dir.string() + ": adapter module '" + m.module + "' has no weight in " +
-                    model_dir.string());
-      }
-      ++merged;
+  for (const auto& m : adapter.modules) {
+    bool found = false;
+    for (const auto& s : sources) found = found || s.lora == &m;
+    if (!found) {
+      throw Error(adapter_dir.string() + ": adapter module '" + m.module + "' has no weight in " + model_dir.string());
     }
+    ++merged;
   }
+  return merged;
+}
+
+}  // namespace
+
+ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, const ExportOptions& options) {
+  check_output_path(out, options.overwrite);
+  const auto config = io::load_llama_config(model_dir / "config.json");
+  const auto ckpt = io::Checkpoint::open(model_dir);
+  const auto vocab = load_sentencepiece_vocab(model_dir, config.vocab_size, config);
+
+  // Optional adapter to merge.
+  std::optional<lora::AdapterFile> adapter;
+  if (!options.adapter_dir.empty()) {
+    adapter = lora::load_adapter(options.adapter_dir);
+    lora::check_adapter_shapes(*adapter, projection_shapes(config), model_dir.string());
+  }
+
+  const auto expected = model::expected_llama_tensors(config);
+  const std::vector<Source> sources = plan_sources(model_dir, config, ckpt, expected, adapter ? &*adapter : nullptr);
+  const int64_t merged = adapter ? check_adapter_modules(*adapter, sources, options.adapter_dir, model_dir) : 0;
 
   const auto rope_factors = llama3_rope_factors(config);
   bool quantized = false;
@@ -151,7 +164,8 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
   add_llama_hparams(w, config);
   add_sentencepiece_vocab(w, vocab);
   size_t k = 0;
-  if (!rope_factors.empty()) w.add_tensor("rope_freqs.weight", {static_cast<int64_t>(rope_factors.size())}, planned[k++].second);
+  if (!rope_factors.empty())
+    w.add_tensor("rope_freqs.weight", {static_cast<int64_t>(rope_factors.size())}, planned[k++].second);
   for (const auto& s : sources) w.add_tensor(planned[k].first, expected.at(s.hf_name), planned[k].second), ++k;
 
   const size_t first_weight = rope_factors.empty() ? 0 : 1;
@@ -193,34 +207,18 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
   return summary;
 }
 
-ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& base_dir, const fs::path& out,
-                                  const AdapterExportOptions& options) {
-  if (options.out_type == OutType::kQ4_0) {
-    throw Error("GGUF LoRA adapters cannot be written as q4_0\nHINT: use --outtype f32 (default), f16, bf16 or q8_0");
-  }
-  check_output_path(out, options.overwrite);
-  const auto adapter = lora::load_adapter(adapter_dir);
-  fs::path base = base_dir;
-  if (base.empty()) {
-    if (!adapter.base_model_name_or_path.empty() && fs::is_directory(adapter.base_model_name_or_path)) {
-      base = adapter.base_model_name_or_path;
-    } else {
-      throw Error(adapter_dir.string() + ": the base model folder is needed (for its config.json)\nHINT: pass --base DIR");
-    }
-  }
-  const auto config = io::load_llama_config(base / "config.json");
-  lora::check_adapter_shapes(adapter, projection_shapes(config), base.string());
+namespace {
 
-  // One alpha for the file; llama.cpp scales by alpha / r with r = lora_b's ne[0].
-  const auto& cfg = adapter.config;
-  const double alpha = cfg.rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;
+// One adapter module as llama.cpp's GGUF LoRA holds it.
+struct AdapterItem {
+  const lora::AdapterModule* m;
+  std::string gname;  // "blk.0.attn_q.weight"
+  double fold;        // extra factor folded into B (1 unless alpha/rank patterns make scales differ)
+};
 
-  struct Item {
-    const lora::AdapterModule* m;
-    std::string gname;  // "blk.0.attn_q.weight"
-    double fold;        // extra factor folded into B (1 unless alpha/rank patterns make scales differ)
-  };
-  std::vector<Item> items;
+// The adapter's modules in llama.cpp's names; refuses modules llama.cpp cannot load as a LoRA.
+std::vector<AdapterItem> adapter_items(const lora::AdapterFile& adapter, const fs::path& adapter_dir, double alpha) {
+  std::vector<AdapterItem> items;
   for (const auto& m : adapter.modules) {
     if (m.module == "lm_head" || ends_with(m.module, "embed_tokens")) {
       throw Error(adapter_dir.string() + ": adapter module '" + m.module + "' cannot be exported as a GGUF LoRA " +
@@ -239,14 +237,47 @@ ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& b
     }
     items.push_back({&m, *gname, std::abs(fold - 1.0) > 1e-6 ? fold : 1.0});
   }
+  return items;
+}
+
+}  // namespace
+
+ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& base_dir, const fs::path& out,
+                                  const AdapterExportOptions& options) {
+  if (options.out_type == OutType::kQ4_0) {
+    throw Error("GGUF LoRA adapters cannot be written as q4_0\nHINT: use --outtype f32 (default), f16, bf16 or q8_0");
+  }
+  check_output_path(out, options.overwrite);
+  const auto adapter = lora::load_adapter(adapter_dir);
+  fs::path base = base_dir;
+  if (base.empty()) {
+    if (!adapter.base_model_name_or_path.empty() && fs::is_directory(adapter.base_model_name_or_path)) {
+      base = adapter.base_model_name_or_path;
+    } else {
+      throw Error(adapter_dir.string() +
+                  ": the base model folder is needed (for its config.json)\nHINT: pass --base DIR");
+    }
+  }
+  const auto config = io::load_llama_config(base / "config.json");
+  lora::check_adapter_shapes(adapter, projection_shapes(config), base.string());
+
+  // One alpha for the file; llama.cpp scales by alpha / r with r = lora_b's ne[0].
+  const auto& cfg = adapter.config;
+  const double alpha = cfg.rslora ? cfg.alpha * std::sqrt(static_cast<double>(cfg.r)) : cfg.alpha;
+
+  const std::vector<AdapterItem> items = adapter_items(adapter, adapter_dir, alpha);
   if (items.empty()) throw Error(adapter_dir.string() + ": the adapter has no modules");
 
   auto type_for = [&](int64_t row) {
     switch (options.out_type) {
-      case OutType::kF32: return GgmlType::kF32;
-      case OutType::kF16: return GgmlType::kF16;
-      case OutType::kBF16: return GgmlType::kBF16;
-      default: return row % kQK8_0 == 0 ? GgmlType::kQ8_0 : GgmlType::kF16;
+      case OutType::kF32:
+        return GgmlType::kF32;
+      case OutType::kF16:
+        return GgmlType::kF16;
+      case OutType::kBF16:
+        return GgmlType::kBF16;
+      default:
+        return row % kQK8_0 == 0 ? GgmlType::kQ8_0 : GgmlType::kF16;
     }
   };
   GgufWriter w;
@@ -266,7 +297,7 @@ ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& b
   for (const auto& [n, s, t] : planned) w.add_tensor(n, s, t);
 
   w.write_file(out, [&](size_t i, const TensorSpec&) -> torch::Tensor {
-    const Item& it = items[i / 2];
+    const AdapterItem& it = items[i / 2];
     if (i % 2 == 0) return it.m->a;
     torch::Tensor b = it.m->b;
     if (it.fold != 1.0) b = b.to(torch::kFloat32) * it.fold;

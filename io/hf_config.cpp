@@ -154,12 +154,10 @@ int64_t LlamaConfig::num_parameters() const {
   return embed + (tie_word_embeddings ? 0 : embed) + num_hidden_layers * per_layer + h;
 }
 
-LlamaConfig parse_llama_config(const json& j, const std::string& source) {
-  if (!j.is_object()) throw_file_error(source, "config is not a JSON object");
-  KeyReader r(j, source);
-  LlamaConfig c;
+namespace {
 
-  // Architecture.
+// architectures / model_type -> c.architecture, c.model_type.
+void parse_architecture(const json& j, KeyReader& r, LlamaConfig& c) {
   std::string arch;
   if (r.has("architectures")) {
     const json& a = j["architectures"];
@@ -189,8 +187,11 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
   if (c.model_type != "llama" && c.model_type != "mistral") {
     r.fail("model_type", "unsupported model type '" + c.model_type + "' for architecture " + arch);
   }
+}
 
-  // Sizes (defaults as in transformers' LlamaConfig / MistralConfig).
+// Sizes (defaults as in transformers' LlamaConfig / MistralConfig).
+void parse_sizes(KeyReader& r, LlamaConfig& c) {
+  const bool mistral = c.architecture == "MistralForCausalLM";
   c.vocab_size = r.get_positive("vocab_size", 32000);
   c.hidden_size = r.get_positive("hidden_size", 4096);
   c.intermediate_size = r.get_positive("intermediate_size", mistral ? 14336 : 11008);
@@ -222,8 +223,10 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
   if (r.get_bool("attention_bias", false)) r.fail("attention_bias", "attention biases are not supported");
   if (r.get_bool("mlp_bias", false)) r.fail("mlp_bias", "MLP biases are not supported");
   c.tie_word_embeddings = r.get_bool("tie_word_embeddings", false);
+}
 
-  // RoPE: `rope_parameters` (newest transformers) or `rope_theta` + `rope_scaling`.
+// RoPE: `rope_parameters` (newest transformers) or `rope_theta` + `rope_scaling`.
+void parse_rope_section(const json& j, const std::string& source, KeyReader& r, LlamaConfig& c) {
   c.rope_theta = r.get_double("rope_theta", 10000.0);
   if (r.has("rope_parameters")) {
     const json& rp = j["rope_parameters"];
@@ -233,7 +236,10 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
     c.rope_scaling = parse_rope(j["rope_scaling"], source, "rope_scaling");
   }
   if (c.rope_theta <= 0) r.fail("rope_theta", "must be positive");
+}
 
+// bos_token_id, eos_token_id (an integer or a list), pad_token_id.
+void parse_special_tokens(const json& j, KeyReader& r, LlamaConfig& c) {
   // Special tokens.
   c.bos_token_id = r.get_int("bos_token_id", 1);
   if (r.has("eos_token_id")) {
@@ -252,7 +258,18 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
     }
   }
   if (r.has("pad_token_id")) c.pad_token_id = r.get_int("pad_token_id", 0);
+}
 
+}  // namespace
+
+LlamaConfig parse_llama_config(const json& j, const std::string& source) {
+  if (!j.is_object()) throw_file_error(source, "config is not a JSON object");
+  KeyReader r(j, source);
+  LlamaConfig c;
+  parse_architecture(j, r, c);
+  parse_sizes(r, c);
+  parse_rope_section(j, source, r, c);
+  parse_special_tokens(j, r, c);
   // Weights dtype: transformers v5 writes `dtype`, older versions `torch_dtype`.
   if (r.has("dtype")) {
     c.torch_dtype = normalize_dtype(r, "dtype", r.get_string("dtype", ""));

@@ -29,8 +29,8 @@ struct DtypeEntry {
 };
 
 constexpr DtypeEntry kDtypes[] = {
-    {"BOOL", torch::kBool, 1},  {"U8", torch::kUInt8, 1},     {"I8", torch::kInt8, 1},
-    {"I16", torch::kInt16, 2},  {"I32", torch::kInt32, 4},    {"I64", torch::kInt64, 8},
+    {"BOOL", torch::kBool, 1},   {"U8", torch::kUInt8, 1},      {"I8", torch::kInt8, 1},
+    {"I16", torch::kInt16, 2},   {"I32", torch::kInt32, 4},     {"I64", torch::kInt64, 8},
     {"F16", torch::kFloat16, 2}, {"BF16", torch::kBFloat16, 2}, {"F32", torch::kFloat32, 4},
     {"F64", torch::kFloat64, 8},
 };
@@ -48,7 +48,9 @@ std::string supported_dtypes() {
   return s;
 }
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+  return std::strerror(errno);
+}
 
 // Error about one tensor of a file: "<path>: tensor '<name>': <what>".
 [[noreturn]] void tensor_error(const fs::path& path, const std::string& name, const std::string& what,
@@ -79,7 +81,8 @@ std::string build_header(const fs::path& path,
       numel *= static_cast<uint64_t>(d);
     }
     const uint64_t nbytes = numel * dtype_size(dtype);
-    header[name] = {{"dtype", dtype_to_safetensors(dtype)}, {"shape", shape}, {"data_offsets", {offset, offset + nbytes}}};
+    header[name] = {
+        {"dtype", dtype_to_safetensors(dtype)}, {"shape", shape}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
   }
   std::string text = header.dump();
@@ -122,8 +125,8 @@ std::string dtype_to_safetensors(torch::ScalarType dtype) {
   for (const auto& d : kDtypes) {
     if (d.dtype == dtype) return d.name;
   }
-  throw Error(std::string("torch dtype ") + c10::toString(dtype) + " cannot be stored in safetensors (supported: " +
-              supported_dtypes() + ")");
+  throw Error(std::string("torch dtype ") + c10::toString(dtype) +
+              " cannot be stored in safetensors (supported: " + supported_dtypes() + ")");
 }
 
 size_t dtype_size(torch::ScalarType dtype) {
@@ -135,6 +138,130 @@ size_t dtype_size(torch::ScalarType dtype) {
 
 // ------------------------------------------------------------------------------------------------------------
 // SafetensorsFile
+
+namespace {
+
+// The 8-byte little-endian header length, bounded by the limit and the file size.
+uint64_t read_header_length(const std::string& p, const unsigned char* bytes, uint64_t file_size) {
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(bytes[i]) << (8 * i);
+  if (n > kMaxSafetensorsHeader) {
+    throw_file_error(p, "header length " + std::to_string(n) + " exceeds the limit of " +
+                            std::to_string(kMaxSafetensorsHeader) +
+                            " bytes (100 MiB); corrupt or not a safetensors file");
+  }
+  if (n > file_size - 8) {
+    throw_file_error(p, "header length " + std::to_string(n) + " goes beyond the end of the file (" +
+                            std::to_string(file_size) + " bytes); truncated or not a safetensors file");
+  }
+  return n;
+}
+
+json parse_header(const std::string& p, const unsigned char* bytes, uint64_t n) {
+  json header;
+  try {
+    header = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + n));
+  } catch (const json::exception& e) {
+    throw_file_error(p, std::string("header is not valid JSON: ") + e.what());
+  }
+  if (!header.is_object()) {
+    throw_file_error(p, std::string("header JSON is not an object (got ") + header.type_name() + ")");
+  }
+  return header;
+}
+
+void parse_metadata(const std::string& p, const json& v, std::map<std::string, std::string>* metadata) {
+  if (!v.is_object()) throw_file_error(p, "__metadata__ must be an object of string values");
+  for (auto m = v.begin(); m != v.end(); ++m) {
+    if (!m.value().is_string()) {
+      throw_file_error(p, "__metadata__ value of '" + m.key() + "' is not a string (got " + m.value().type_name() +
+                              "); safetensors metadata maps strings to strings");
+    }
+    (*metadata)[m.key()] = m.value().get<std::string>();
+  }
+}
+
+// One tensor entry of the header: dtype, shape, data_offsets, each checked against the others and the data size.
+TensorInfo parse_tensor_entry(const fs::path& path, const std::string& name, const json& v, uint64_t data_size) {
+  if (!v.is_object()) tensor_error(path, name, std::string("entry is not an object (got ") + v.type_name() + ")");
+  TensorInfo info;
+  info.name = name;
+  // dtype
+  if (!v.contains("dtype")) tensor_error(path, name, "missing dtype");
+  if (!v["dtype"].is_string()) tensor_error(path, name, "dtype is not a string");
+  info.dtype_name = v["dtype"].get<std::string>();
+  const DtypeEntry* de = find_dtype(info.dtype_name);
+  if (!de) {
+    tensor_error(path, name, "unknown or unsupported dtype '" + info.dtype_name + "'",
+                 "supported dtypes: " + supported_dtypes());
+  }
+  info.dtype = de->dtype;
+  // shape
+  if (!v.contains("shape")) tensor_error(path, name, "missing shape");
+  if (!v["shape"].is_array()) tensor_error(path, name, "shape is not an array");
+  uint64_t numel = 1;
+  bool overflow = false;
+  for (const auto& d : v["shape"]) {
+    if (!json_is_nonneg_int(d))
+      tensor_error(path, name, "shape " + v["shape"].dump() + " has a negative or non-integer dimension");
+    const uint64_t du = d.get<uint64_t>();
+    if (du > static_cast<uint64_t>(INT64_MAX)) tensor_error(path, name, "shape dimension too large");
+    info.shape.push_back(static_cast<int64_t>(du));
+    overflow = overflow || __builtin_mul_overflow(numel, du, &numel);
+  }
+  uint64_t nbytes = 0;
+  overflow = overflow || __builtin_mul_overflow(numel, static_cast<uint64_t>(de->size), &nbytes);
+  // data_offsets
+  if (!v.contains("data_offsets")) tensor_error(path, name, "missing data_offsets");
+  const json& off = v["data_offsets"];
+  if (!off.is_array() || off.size() != 2 || !json_is_nonneg_int(off[0]) || !json_is_nonneg_int(off[1])) {
+    tensor_error(path, name, "data_offsets must be [begin, end] with non-negative integers (got " + off.dump() + ")");
+  }
+  info.begin = off[0].get<uint64_t>();
+  info.end = off[1].get<uint64_t>();
+  if (info.end < info.begin) {
+    tensor_error(path, name, "data_offsets " + off.dump() + " end before they begin");
+  }
+  if (overflow || nbytes != info.end - info.begin) {
+    tensor_error(path, name,
+                 "shape " + v["shape"].dump() + " x " + info.dtype_name + " (" + std::to_string(de->size) +
+                     " bytes) does not match the data_offsets span of " + std::to_string(info.end - info.begin) +
+                     " bytes (size mismatch)");
+  }
+  if (info.end > data_size) {
+    tensor_error(path, name,
+                 "data_offsets " + off.dump() + " out of range: the data section has only " +
+                     std::to_string(data_size) + " bytes (file truncated?)");
+  }
+  return info;
+}
+
+// Like the reference: tensors tile the data section exactly (no overlaps, no holes, no trailing bytes).
+void check_tiling(const fs::path& path, const std::vector<TensorInfo>& tensors, uint64_t data_size) {
+  uint64_t expect = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorInfo& t = tensors[i];
+    if (t.begin < expect) {
+      tensor_error(path, t.name,
+                   "data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) + "] overlap tensor '" +
+                       tensors[i - 1].name + "' (which ends at " + std::to_string(expect) + ")");
+    }
+    if (t.begin > expect) {
+      tensor_error(path, t.name,
+                   "hole in the data section: bytes [" + std::to_string(expect) + ", " + std::to_string(t.begin) +
+                       ") before this tensor belong to no tensor");
+    }
+    expect = t.end;
+  }
+  if (expect != data_size) {
+    throw_file_error(path.string(), std::to_string(data_size - expect) +
+                                        " trailing bytes after the last tensor (the data section has " +
+                                        std::to_string(data_size) + " bytes, the tensors cover " +
+                                        std::to_string(expect) + ")");
+  }
+}
+
+}  // namespace
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
   std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
@@ -167,120 +294,22 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const fs::path& path) {
   f->fd_ = -1;
 
   const auto* bytes = static_cast<const unsigned char*>(f->map_);
-  uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(bytes[i]) << (8 * i);
-  if (n > kMaxSafetensorsHeader) {
-    throw_file_error(p, "header length " + std::to_string(n) + " exceeds the limit of " +
-                            std::to_string(kMaxSafetensorsHeader) + " bytes (100 MiB); corrupt or not a safetensors file");
-  }
-  if (n > file_size - 8) {
-    throw_file_error(p, "header length " + std::to_string(n) + " goes beyond the end of the file (" +
-                            std::to_string(file_size) + " bytes); truncated or not a safetensors file");
-  }
+  const uint64_t n = read_header_length(p, bytes, file_size);
   f->data_start_ = 8 + n;
   const uint64_t data_size = file_size - f->data_start_;
-
-  json header;
-  try {
-    header = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + n));
-  } catch (const json::exception& e) {
-    throw_file_error(p, std::string("header is not valid JSON: ") + e.what());
-  }
-  if (!header.is_object()) {
-    throw_file_error(p, std::string("header JSON is not an object (got ") + header.type_name() + ")");
-  }
-
+  const json header = parse_header(p, bytes, n);
   for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    const json& v = it.value();
-    if (name == "__metadata__") {
-      if (v.is_null()) continue;
-      if (!v.is_object()) throw_file_error(p, "__metadata__ must be an object of string values");
-      for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) {
-          throw_file_error(p, "__metadata__ value of '" + m.key() + "' is not a string (got " +
-                                  m.value().type_name() + "); safetensors metadata maps strings to strings");
-        }
-        f->metadata_[m.key()] = m.value().get<std::string>();
-      }
-      continue;
+    if (it.key() == "__metadata__") {
+      if (!it.value().is_null()) parse_metadata(p, it.value(), &f->metadata_);
+    } else {
+      f->tensors_.push_back(parse_tensor_entry(path, it.key(), it.value(), data_size));
     }
-    if (!v.is_object()) tensor_error(path, name, std::string("entry is not an object (got ") + v.type_name() + ")");
-    TensorInfo info;
-    info.name = name;
-    // dtype
-    if (!v.contains("dtype")) tensor_error(path, name, "missing dtype");
-    if (!v["dtype"].is_string()) tensor_error(path, name, "dtype is not a string");
-    info.dtype_name = v["dtype"].get<std::string>();
-    const DtypeEntry* de = find_dtype(info.dtype_name);
-    if (!de) {
-      tensor_error(path, name, "unknown or unsupported dtype '" + info.dtype_name + "'",
-                   "supported dtypes: " + supported_dtypes());
-    }
-    info.dtype = de->dtype;
-    // shape
-    if (!v.contains("shape")) tensor_error(path, name, "missing shape");
-    if (!v["shape"].is_array()) tensor_error(path, name, "shape is not an array");
-    uint64_t numel = 1;
-    bool overflow = false;
-    for (const auto& d : v["shape"]) {
-      if (!json_is_nonneg_int(d)) tensor_error(path, name, "shape " + v["shape"].dump() + " has a negative or non-integer dimension");
-      const uint64_t du = d.get<uint64_t>();
-      if (du > static_cast<uint64_t>(INT64_MAX)) tensor_error(path, name, "shape dimension too large");
-      info.shape.push_back(static_cast<int64_t>(du));
-      overflow = overflow || __builtin_mul_overflow(numel, du, &numel);
-    }
-    uint64_t nbytes = 0;
-    overflow = overflow || __builtin_mul_overflow(numel, static_cast<uint64_t>(de->size), &nbytes);
-    // data_offsets
-    if (!v.contains("data_offsets")) tensor_error(path, name, "missing data_offsets");
-    const json& off = v["data_offsets"];
-    if (!off.is_array() || off.size() != 2 || !json_is_nonneg_int(off[0]) || !json_is_nonneg_int(off[1])) {
-      tensor_error(path, name, "data_offsets must be [begin, end] with non-negative integers (got " + off.dump() + ")");
-    }
-    info.begin = off[0].get<uint64_t>();
-    info.end = off[1].get<uint64_t>();
-    if (info.end < info.begin) {
-      tensor_error(path, name, "data_offsets " + off.dump() + " end before they begin");
-    }
-    if (overflow || nbytes != info.end - info.begin) {
-      tensor_error(path, name,
-                   "shape " + v["shape"].dump() + " x " + info.dtype_name + " (" + std::to_string(de->size) +
-                       " bytes) does not match the data_offsets span of " + std::to_string(info.end - info.begin) +
-                       " bytes (size mismatch)");
-    }
-    if (info.end > data_size) {
-      tensor_error(path, name,
-                   "data_offsets " + off.dump() + " out of range: the data section has only " +
-                       std::to_string(data_size) + " bytes (file truncated?)");
-    }
-    f->tensors_.push_back(std::move(info));
   }
-
   std::sort(f->tensors_.begin(), f->tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
-  // Like the reference: tensors tile the data section exactly (no overlaps, no holes, no trailing bytes).
-  uint64_t expect = 0;
-  for (size_t i = 0; i < f->tensors_.size(); ++i) {
-    const TensorInfo& t = f->tensors_[i];
-    if (t.begin < expect) {
-      tensor_error(path, t.name,
-                   "data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) + "] overlap tensor '" +
-                       f->tensors_[i - 1].name + "' (which ends at " + std::to_string(expect) + ")");
-    }
-    if (t.begin > expect) {
-      tensor_error(path, t.name,
-                   "hole in the data section: bytes [" + std::to_string(expect) + ", " + std::to_string(t.begin) +
-                       ") before this tensor belong to no tensor");
-    }
-    expect = t.end;
-    f->index_[t.name] = i;
-  }
-  if (expect != data_size) {
-    throw_file_error(p, std::to_string(data_size - expect) + " trailing bytes after the last tensor (the data section has " +
-                            std::to_string(data_size) + " bytes, the tensors cover " + std::to_string(expect) + ")");
-  }
+  check_tiling(path, f->tensors_, data_size);
+  for (size_t i = 0; i < f->tensors_.size(); ++i) f->index_[f->tensors_[i].name] = i;
   return f;
 }
 
@@ -289,7 +318,9 @@ SafetensorsFile::~SafetensorsFile() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-bool SafetensorsFile::contains(const std::string& name) const { return index_.count(name) > 0; }
+bool SafetensorsFile::contains(const std::string& name) const {
+  return index_.count(name) > 0;
+}
 
 const TensorInfo& SafetensorsFile::info(const std::string& name) const {
   auto it = index_.find(name);
@@ -387,8 +418,8 @@ void SafetensorsWriter::write(const std::string& name, const torch::Tensor& t) {
   TORCH_CHECK(e.name == name, "SafetensorsWriter: expected tensor '", e.name, "' next, got '", name, "'");
   TORCH_CHECK(t.scalar_type() == e.dtype, "SafetensorsWriter: tensor '", name, "' has dtype ", t.scalar_type(),
               ", declared ", e.dtype);
-  TORCH_CHECK(t.sizes().vec() == e.shape, "SafetensorsWriter: tensor '", name, "' has shape ", t.sizes(),
-              ", declared ", c10::IntArrayRef(e.shape));
+  TORCH_CHECK(t.sizes().vec() == e.shape, "SafetensorsWriter: tensor '", name, "' has shape ", t.sizes(), ", declared ",
+              c10::IntArrayRef(e.shape));
   write_tensor_bytes(*impl_->writer, t);
   ++impl_->next;
 }
@@ -402,177 +433,6 @@ void SafetensorsWriter::commit() {
   fs::rename(impl_->tmp, impl_->path);
   impl_->committed = true;
   fsync_dir(impl_->path.parent_path());
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// Checkpoint
-
-namespace {
-constexpr const char* kSingleFile = "model.safetensors";
-constexpr const char* kIndexFile = "model.safetensors.index.json";
-}  // namespace
-
-Checkpoint Checkpoint::open(const fs::path& dir) {
-  Checkpoint ck;
-  ck.dir_ = dir;
-  if (fs::is_regular_file(dir)) {  // a bare .safetensors file
-    ck.dir_ = dir.parent_path();
-    ck.shards_.push_back(SafetensorsFile::open(dir));
-  } else if (!fs::is_directory(dir)) {
-    throw_file_error(dir.string(), "model folder does not exist",
-                     "pass a folder with config.json and model.safetensors (or a sharded index)");
-  } else if (fs::exists(dir / kIndexFile)) {
-    const fs::path index_path = dir / kIndexFile;
-    const std::string ip = index_path.string();
-    json index;
-    try {
-      index = json::parse(read_file(index_path));
-    } catch (const json::exception& e) {
-      throw_file_error(ip, std::string("not valid JSON: ") + e.what());
-    }
-    if (!index.is_object()) throw_file_error(ip, "index is not a JSON object");
-    if (!index.contains("weight_map") || !index["weight_map"].is_object()) {
-      throw_file_error(ip, "missing or invalid \"weight_map\" (an object mapping tensor names to shard files)");
-    }
-    const json& wm = index["weight_map"];
-    std::map<std::string, size_t> shard_index;  // file name -> position in shards_ (opened in file-name order)
-    for (auto it = wm.begin(); it != wm.end(); ++it) {
-      if (!it.value().is_string()) {
-        throw_file_error(ip, "weight_map entry of '" + it.key() + "' is not a string file name");
-      }
-      const std::string shard = it.value().get<std::string>();
-      if (shard.empty() || shard.find('/') != std::string::npos || shard == "." || shard == "..") {
-        throw_file_error(ip, "weight_map entry of '" + it.key() + "' names an invalid shard file '" + shard + "'");
-      }
-      if (!shard_index.count(shard) && !fs::exists(dir / shard)) {
-        throw_file_error(ip, "shard '" + shard + "' (listed for tensor '" + it.key() + "') is missing from " +
-                                 dir.string(),
-                         "the download is incomplete; fetch every model-*-of-*.safetensors file");
-      }
-      shard_index[shard] = 0;
-    }
-    for (auto& [shard, pos] : shard_index) {
-      pos = ck.shards_.size();
-      ck.shards_.push_back(SafetensorsFile::open(dir / shard));
-    }
-    for (auto it = wm.begin(); it != wm.end(); ++it) {
-      const std::string shard = it.value().get<std::string>();
-      const size_t pos = shard_index.at(shard);
-      if (!ck.shards_[pos]->contains(it.key())) {
-        throw_file_error(ip, "tensor '" + it.key() + "' is listed in shard '" + shard + "' but that shard has no such tensor");
-      }
-      ck.shard_of_[it.key()] = pos;
-    }
-    for (const auto& f : ck.shards_) {
-      for (const auto& t : f->tensors()) {
-        if (!ck.shard_of_.count(t.name)) {
-          spdlog::warn("{}: tensor '{}' is not in the index; ignored", f->path().string(), t.name);
-        }
-      }
-    }
-    return ck;
-  } else if (fs::exists(dir / kSingleFile)) {
-    ck.shards_.push_back(SafetensorsFile::open(dir / kSingleFile));
-  } else {
-    std::string hint = "expected model.safetensors or model.safetensors.index.json";
-    if (fs::exists(dir / "pytorch_model.bin") || fs::exists(dir / "pytorch_model.bin.index.json")) {
-      hint += "; this folder has only PyTorch .bin weights: convert them to safetensors first";
-    }
-    throw_file_error(dir.string(), "no safetensors weights found", hint);
-  }
-  for (const auto& t : ck.shards_[0]->tensors()) ck.shard_of_[t.name] = 0;
-  return ck;
-}
-
-std::vector<std::string> Checkpoint::names() const {
-  std::vector<std::string> out;
-  for (size_t s = 0; s < shards_.size(); ++s) {
-    for (const auto& t : shards_[s]->tensors()) {
-      auto it = shard_of_.find(t.name);
-      if (it != shard_of_.end() && it->second == s) out.push_back(t.name);
-    }
-  }
-  return out;
-}
-
-bool Checkpoint::contains(const std::string& name) const { return shard_of_.count(name) > 0; }
-
-const TensorInfo& Checkpoint::info(const std::string& name) const {
-  auto it = shard_of_.find(name);
-  if (it == shard_of_.end()) throw_file_error(dir_.string(), "checkpoint has no tensor named '" + name + "'");
-  return shards_[it->second]->info(name);
-}
-
-torch::Tensor Checkpoint::get(const std::string& name) const {
-  auto it = shard_of_.find(name);
-  if (it == shard_of_.end()) throw_file_error(dir_.string(), "checkpoint has no tensor named '" + name + "'");
-  return shards_[it->second]->get(name);
-}
-
-void Checkpoint::release(const std::string& name) const {
-  auto it = shard_of_.find(name);
-  if (it != shard_of_.end()) shards_[it->second]->release(name);
-}
-
-uint64_t Checkpoint::total_bytes() const {
-  uint64_t total = 0;
-  for (const auto& [name, s] : shard_of_) total += shards_[s]->info(name).nbytes();
-  return total;
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// ShardedWriter
-
-namespace {
-std::string shard_number(size_t k) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "%05zu", k);
-  return buf;
-}
-}  // namespace
-
-ShardedWriter::ShardedWriter(const fs::path& dir, uint64_t max_shard_bytes, std::string prefix)
-    : dir_(dir), max_shard_bytes_(max_shard_bytes), prefix_(std::move(prefix)) {
-  TORCH_CHECK(max_shard_bytes_ > 0, "ShardedWriter: max_shard_bytes must be positive");
-}
-
-void ShardedWriter::add(const std::string& name, const torch::Tensor& t) {
-  const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * dtype_size(t.scalar_type());
-  if (!pending_.empty() && pending_bytes_ + nbytes > max_shard_bytes_) flush();
-  pending_.emplace_back(name, t);
-  pending_bytes_ += nbytes;
-  total_bytes_ += nbytes;
-}
-
-void ShardedWriter::flush() {
-  const fs::path tmp = dir_ / (prefix_ + "-" + shard_number(written_.size() + 1) + ".partial.safetensors");
-  save_safetensors(tmp, pending_);
-  std::vector<std::string> names;
-  for (const auto& [n, t] : pending_) names.push_back(n);
-  written_.emplace_back(tmp, std::move(names));
-  pending_.clear();
-  pending_bytes_ = 0;
-}
-
-void ShardedWriter::finish() {
-  if (written_.empty()) {
-    save_safetensors(dir_ / (prefix_ + ".safetensors"), pending_);
-    pending_.clear();
-    pending_bytes_ = 0;
-    return;
-  }
-  if (!pending_.empty()) flush();
-  const size_t n = written_.size();
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
-  for (size_t k = 0; k < n; ++k) {
-    const std::string final_name = prefix_ + "-" + shard_number(k + 1) + "-of-" + shard_number(n) + ".safetensors";
-    fs::rename(written_[k].first, dir_ / final_name);
-    for (const auto& name : written_[k].second) weight_map[name] = final_name;
-  }
-  nlohmann::ordered_json index = {{"metadata", {{"total_size", total_bytes_}}}, {"weight_map", weight_map}};
-  write_file_atomic(dir_ / (prefix_ + ".safetensors.index.json"), index.dump(2) + "\n");
-  fsync_dir(dir_);
-  written_.clear();
 }
 
 }  // namespace qlora::io

@@ -8,8 +8,8 @@
 #include "common/log.h"
 #include "common/progress.h"
 #include "io/bnb_format.h"
-#include "model/llama.h"
 #include "io/safetensors.h"
+#include "model/llama.h"
 
 namespace qlora::model {
 namespace {
@@ -25,7 +25,9 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }
 
 // "model.layers.0.self_attn.q_proj.weight" -> "model.layers.0.self_attn.q_proj".
-std::string module_of(const std::string& tensor_name) { return tensor_name.substr(0, tensor_name.rfind('.')); }
+std::string module_of(const std::string& tensor_name) {
+  return tensor_name.substr(0, tensor_name.rfind('.'));
+}
 
 std::string shard_of(const io::Checkpoint& ckpt, const std::string& name) {
   for (const auto& s : ckpt.shards()) {
@@ -70,15 +72,16 @@ bool is_projection_target(const std::string& tensor_name, const std::vector<std:
   return false;
 }
 
-LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
-  const io::LlamaConfig config = io::load_llama_config(dir / "config.json");
-  const io::Checkpoint ckpt = io::Checkpoint::open(dir);
-  const auto expected = expected_llama_tensors(config);
+namespace {
 
-  // 1. Validate the whole checkpoint before allocating anything; collect every problem.
+// Validates the whole checkpoint against config.json before anything is allocated, collecting every problem into
+// one qlora::Error. Returns the modules stored bnb-4bit.
+std::set<std::string> validate_checkpoint(const fs::path& dir, const io::LlamaConfig& config,
+                                          const io::Checkpoint& ckpt,
+                                          const std::map<std::string, std::vector<int64_t>>& expected) {
   std::vector<std::string> problems;
-  std::set<std::string> seen;                 // expected names found (dense or bnb)
-  std::set<std::string> bnb_modules;          // modules stored quantized in the checkpoint
+  std::set<std::string> seen;         // expected names found (dense or bnb)
+  std::set<std::string> bnb_modules;  // modules stored quantized in the checkpoint
   for (const auto& name : ckpt.names()) {
     if (ends_with(name, ".rotary_emb.inv_freq")) continue;
     const auto pos = name.find(".weight.");
@@ -117,6 +120,17 @@ LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
            std::to_string(config.vocab_size) + ").";
     throw Error(msg);
   }
+  return bnb_modules;
+}
+
+}  // namespace
+
+LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
+  const io::LlamaConfig config = io::load_llama_config(dir / "config.json");
+  const io::Checkpoint ckpt = io::Checkpoint::open(dir);
+  const auto expected = expected_llama_tensors(config);
+
+  const std::set<std::string> bnb_modules = validate_checkpoint(dir, config, ckpt, expected);
 
   // 2. Build the skeleton and stream the tensors in file order.
   LlamaModel model(config, options.compute_dtype);
@@ -148,10 +162,10 @@ LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
       if (dense.count(name) && !(name == "lm_head.weight" && options.quantize_lm_head && options.quant)) {
         dense[name].copy_(view);  // converts to the compute dtype
       } else if (is_linear && options.quant && is_projection_target(name, targets)) {
-        model->replace_linear(mod, FrozenLinearImpl::quantized(
-                                       quant::quantize_4bit(view, *options.quant, options.blocksize,
-                                                            options.double_quant)
-                                           .to(options.device)));
+        model->replace_linear(mod,
+                              FrozenLinearImpl::quantized(
+                                  quant::quantize_4bit(view, *options.quant, options.blocksize, options.double_quant)
+                                      .to(options.device)));
       } else {
         torch::Tensor w = view.to(options.compute_dtype).clone();
         model->replace_linear(mod, FrozenLinearImpl::dense(w.to(options.device)));

@@ -110,20 +110,22 @@ int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
   return per_token * n;
 }
 
-MemoryPlan plan_memory(const MemoryPlanInputs& in) {
-  TORCH_CHECK(in.micro_batch > 0 && in.seq_len > 1 && in.loss_chunk_tokens > 0, "plan_memory: bad batch geometry");
+namespace {
+
+void add_item(MemoryPlan& p, const char* group, std::string name, int64_t bytes, std::string note) {
+  p.items.push_back({group, std::move(name), bytes, std::move(note)});
+  p.total_bytes += bytes;
+}
+
+// Frozen base: 4-bit projections by part, dense projections, embeddings, norms, lm_head. Returns the element count
+// of the largest projection (its dequantized copy is a temporary).
+int64_t plan_frozen(const MemoryPlanInputs& in, MemoryPlan& p) {
   const io::LlamaConfig& c = in.config;
-  MemoryPlan p;
-  p.inputs = in;
   const int64_t e = dtype_bytes(in.compute_dtype);
   const int64_t layers = c.num_hidden_layers, h = c.hidden_size, v = c.vocab_size;
-  const int64_t n = in.micro_batch * in.seq_len;
   auto add = [&](const char* group, std::string name, int64_t bytes, std::string note) {
-    p.items.push_back({group, std::move(name), bytes, std::move(note)});
-    p.total_bytes += bytes;
+    add_item(p, group, std::move(name), bytes, std::move(note));
   };
-
-  // Frozen base: 4-bit projections by part, dense projections, embeddings, norms, lm_head.
   int64_t codes = 0, absmax = 0, nested = 0, codebooks = 0, dense_proj = 0, largest_proj = 0, nq = 0, nd = 0;
   for (const auto& pr : layer_projections(c)) {
     const int64_t numel = pr.out * pr.in;
@@ -165,8 +167,16 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   p.frozen_dense_bytes = dense_proj + embed + (2 * layers + 1) * h * e + (c.tie_word_embeddings ? 0 : embed);
   p.frozen_bytes = p.frozen_quantized_bytes + p.frozen_dense_bytes;
 
-  // LoRA: A/B and their gradients in the storage dtype, AdamW exp_avg + exp_avg_sq (fp32) on the device or, with
-  // optimizer offload on a GPU run, in host memory; compute-dtype copies cast in forward.
+  return largest_proj;
+}
+
+// LoRA: A/B and their gradients in the storage dtype, AdamW exp_avg + exp_avg_sq (fp32) on the device or, with
+// optimizer offload on a GPU run, in host memory; compute-dtype copies cast in forward.
+void plan_lora(const MemoryPlanInputs& in, MemoryPlan& p) {
+  const int64_t e = dtype_bytes(in.compute_dtype);
+  auto add = [&](const char* group, std::string name, int64_t bytes, std::string note) {
+    add_item(p, group, std::move(name), bytes, std::move(note));
+  };
   for (const auto& m : in.lora) p.lora_params += m.r * (m.in + m.out);
   const double mp = static_cast<double>(p.lora_params) / 1e6;
   const int64_t lb = dtype_bytes(in.lora_dtype);
@@ -199,8 +209,17 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
       : in.gradient_checkpointing ? "A, B in the compute dtype, one layer at a time"
                                   : "A, B in the compute dtype, all layers");
   p.lora_state_bytes = 2 * lb * p.lora_params + (p.host_bytes > 0 ? 0 : adam) + copies;
+}
 
-  // Activations of one micro-batch, by phase.
+// Activations of one micro-batch, by phase. Returns what the peak phase adds to the stored activations.
+int64_t plan_activations(const MemoryPlanInputs& in, MemoryPlan& p) {
+  const io::LlamaConfig& c = in.config;
+  const int64_t e = dtype_bytes(in.compute_dtype);
+  const int64_t layers = c.num_hidden_layers, h = c.hidden_size, v = c.vocab_size;
+  const int64_t n = in.micro_batch * in.seq_len;
+  auto add = [&](const char* group, std::string name, int64_t bytes, std::string note) {
+    add_item(p, group, std::move(name), bytes, std::move(note));
+  };
   const int64_t saved_layer = layer_saved_activation_bytes(in);
   const int64_t layer_input = n * h * e;
   const int64_t mask_elems = in.micro_batch * in.seq_len * in.seq_len;
@@ -251,6 +270,23 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     what = "one layer's forward working set (q/k/v, attention output, mask conversion)";
   }
   add("activations", "peak phase: " + p.peak_phase, phase_extra, what);
+
+  return phase_extra;
+}
+
+}  // namespace
+
+MemoryPlan plan_memory(const MemoryPlanInputs& in) {
+  TORCH_CHECK(in.micro_batch > 0 && in.seq_len > 1 && in.loss_chunk_tokens > 0, "plan_memory: bad batch geometry");
+  MemoryPlan p;
+  p.inputs = in;
+  const int64_t largest_proj = plan_frozen(in, p);
+  plan_lora(in, p);
+  const int64_t phase_extra = plan_activations(in, p);
+  const int64_t e = dtype_bytes(in.compute_dtype);
+  auto add = [&](const char* group, std::string name, int64_t bytes, std::string note) {
+    add_item(p, group, std::move(name), bytes, std::move(note));
+  };
 
   // Temporaries: the dequantized weight of the largest projection (forward and backward dequantize on the fly).
   if (p.quantized_params > 0) {

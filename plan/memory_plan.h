@@ -61,8 +61,8 @@ struct MemoryPlanInputs {
   int64_t seq_len = 2048;
   bool gradient_checkpointing = true;
   int64_t loss_chunk_tokens = 1024;
-  // ops/fused_ops.h: on CPU, RMSNorm, rotary embedding, SwiGLU, dropout and the loss run as fused kernels
-  // that keep their inputs in the compute dtype (no fp32 copies, no dropout noise: only a seed).
+  // ops/fused_ops.h and ops/rope.h: on CPU, RMSNorm, rotary embedding, SwiGLU, dropout and the loss run as fused
+  // kernels that keep their inputs in the compute dtype (no fp32 copies, no dropout noise: only a seed).
   bool fused_cpu_ops = true;
   int64_t baseline_bytes = kDefaultCpuBaselineBytes;
   std::string device = "cpu";

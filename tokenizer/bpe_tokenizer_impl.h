@@ -1,0 +1,83 @@
+// The state of a loaded byte-level BPE tokenizer, shared by its loader (bpe_tokenizer_load.cpp: tokenizer.json and
+// tokenizer_config.json) and its encoder/decoder (bpe_tokenizer.cpp). Private to tokenizer/.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "tokenizer/bpe_pretokenizer.h"
+#include "tokenizer/bpe_tokenizer.h"
+#include "tokenizer/string_id_map.h"
+
+namespace qlora::tokenizer {
+
+namespace detail {
+
+struct AddedToken {
+  std::string content;
+  int32_t id = -1;
+  bool special = false;
+  bool lstrip = false;
+  bool rstrip = false;
+  bool single_word = false;
+};
+
+struct NormalizerStep {
+  enum class Kind { kPrepend, kReplace } kind;
+  std::string a, b;  // Prepend: a = prefix. Replace: a -> b.
+};
+
+struct Merge {
+  int32_t rank;
+  int32_t new_id;
+};
+
+}  // namespace detail
+
+struct BpeTokenizer::Impl {
+  fs::path file;
+  // Model.
+  detail::StringIdMap bytes_to_id;  // raw bytes of each vocab entry -> id
+  detail::StringIdMap piece_to_id;  // vocab strings and added-token contents -> id
+  std::vector<std::string> pieces;  // id -> vocab string / added content
+  std::vector<std::string> bytes;   // id -> decoded bytes
+  std::vector<uint8_t> special;     // id -> is a special added token
+  std::array<int32_t, 256> byte_ids{};
+  std::unordered_map<uint64_t, detail::Merge> merges;
+  bool ignore_merges = false;
+  int32_t unk = -1;
+  // Text pipeline.
+  std::vector<detail::AddedToken> added;
+  std::array<std::vector<int32_t>, 256> added_by_first_byte;  // indices into `added`, longest first
+  std::vector<detail::NormalizerStep> normalizer;
+  bpe::PreTokenizer pre;
+  std::vector<int32_t> template_prefix, template_suffix;
+  // tokenizer_config.json.
+  int32_t bos = -1, eos = -1, pad = -1;
+  std::optional<bool> add_bos_token, add_eos_token;
+  std::string chat_template;
+  // Word cache (piece bytes -> ids) for words that needed merges.
+  mutable std::mutex cache_mutex;
+  mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+
+  void load_model(const nlohmann::json& model);
+  void load_added_tokens(const nlohmann::json& list);
+  void load_normalizer(const nlohmann::json& n);
+  void load_pre_tokenizer(const nlohmann::json& p, bool* has_byte_level);
+  void load_decoder(const nlohmann::json& d);
+  void load_post_processor(const nlohmann::json& p);
+  void load_config(const fs::path& config_file);
+
+  int32_t find(std::string_view piece) const { return piece_to_id.find(piece); }
+  void encode_text(std::string_view text, std::vector<int32_t>* out) const;
+  void encode_word(std::string_view word, std::vector<int32_t>* out) const;
+  void merge_word(std::string_view word, std::vector<int32_t>* out) const;
+};
+
+}  // namespace qlora::tokenizer
