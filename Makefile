@@ -8,7 +8,7 @@ CMAKE_FLAGS ?=
 CMAKE := .venv/bin/cmake
 CTEST := .venv/bin/ctest
 
-.PHONY: all deps deps-interop configure build test demo cuda bench asan format clean
+.PHONY: all deps deps-interop configure build test demo cuda bench asan format check clean
 
 all: build
 
@@ -43,6 +43,11 @@ asan:
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')
+
+# The house rules without a build: clang-format and the layout (both also run as ctest tests).
+check:
+	bash scripts/check-format.sh
+	python3 scripts/check-layout.py
 
 clean:
 	rm -rf $(BUILD)

@@ -22,6 +22,7 @@ PACKAGES=(
   libcli11-dev            # command-line parsing for the apps
   libpcre2-dev            # Unicode regex pre-tokenization for byte-level BPE (tokenizer.json)
   libgloo-dev             # gloo's headers, which c10d's ProcessGroupGloo.hpp includes (Gloo itself is in LibTorch)
+  clang-format            # the house format (14 on bookworm), checked by ctest `format`
 )
 
 missing=()
