@@ -49,10 +49,15 @@ int main(int argc, char** argv) {
   cli.add_option("--data", data, "evaluation file")->required();
   cli.add_option("--format", format, "data format (text: paragraphs, or lines when no blank lines)")
       ->capture_default_str();
-  cli.add_option("--max-seq-len", max_seq_len, "window length in tokens")->check(CLI::Range(2, 1 << 20))->capture_default_str();
-  cli.add_option("--quant", quant, "base weights: 4-bit type or none")->check(CLI::IsMember({"nf4", "fp4", "none"}))
+  cli.add_option("--max-seq-len", max_seq_len, "window length in tokens")
+      ->check(CLI::Range(2, 1 << 20))
       ->capture_default_str();
-  cli.add_option("--dtype", dtype, "compute dtype")->check(CLI::IsMember({"bf16", "fp16", "fp32"}))->capture_default_str();
+  cli.add_option("--quant", quant, "base weights: 4-bit type or none")
+      ->check(CLI::IsMember(qlora::quant::quant_option_names()))
+      ->capture_default_str();
+  cli.add_option("--dtype", dtype, "compute dtype")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
+      ->capture_default_str();
   cli.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
 
   return qlora::app::run(cli, argc, argv, [&] {
@@ -66,11 +71,7 @@ int main(int argc, char** argv) {
     if (docs_text.empty()) throw qlora::Error(data + ": no text to evaluate (the file is empty)");
     qlora::model::LoadOptions lo;
     lo.compute_dtype = dtype == "fp32" ? torch::kFloat32 : dtype == "fp16" ? torch::kFloat16 : torch::kBFloat16;
-    if (quant == "none") {
-      lo.quant = std::nullopt;
-    } else {
-      lo.quant = qlora::quant::parse_quant_type(quant);
-    }
+    lo.quant = qlora::quant::parse_quant_option(quant);
     auto model = qlora::model::load_model(model_dir, lo);
     auto tok = qlora::tokenizer::load_tokenizer(model_dir);
     std::vector<std::vector<int64_t>> docs;

@@ -2,6 +2,7 @@
 //
 //   qlora-train configs/tiny.yaml
 //   qlora-train configs/llama2-7b.yaml --set train.lr=1e-4 --set lora.r=32
+//   qlora-train --help-config          # every config key: type, default, allowed values (docs/config.md)
 //
 // Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits with code 130; running the
 // same command again resumes from it (checkpoint.resume: auto) and ends bitwise identical to an uninterrupted run.
@@ -29,7 +30,8 @@ int main(int argc, char** argv) {
   int nproc = 0;
   bool plan = false;
   std::string plan_config, device_memory;
-  cli.add_option("config", config_file, "training config (YAML), e.g. configs/tiny.yaml")->required();
+  bool help_config = false;
+  cli.add_option("config", config_file, "training config (YAML), e.g. configs/tiny.yaml (required)");
   cli.add_option("--set", overrides,
                  "override a config key, e.g. --set train.lr=1e-4 --set lora.r=32 (typed and validated like the "
                  "file; repeatable)")
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
   cli.add_option("--nproc", nproc,
                  "start this many local data-parallel ranks (Gloo on CPU, NCCL on GPU; see dist: in the config)");
   cli.add_flag("--print-config", print_config, "print the effective config (after --set) and exit");
+  cli.add_flag("--help-config", help_config, "print the reference of every config key (Markdown: docs/config.md)");
   cli.add_flag("--plan", plan, "print the memory plan (from config.json alone, no weights read) and exit");
   cli.add_option("--plan-config", plan_config,
                  "config.json to plan with instead of model.path/config.json, e.g. configs/models/llama-2-70b.json");
@@ -55,6 +58,13 @@ int main(int argc, char** argv) {
       "not fit --device-memory, 130 stopped.");
 
   return qlora::app::run(cli, argc, argv, [&]() {
+    if (help_config) {
+      std::printf("%s", qlora::trainer::config_reference_markdown().c_str());
+      return 0;
+    }
+    if (config_file.empty()) {
+      throw qlora::Error("no training config given\nHINT: qlora-train configs/tiny.yaml (see --help, --help-config)");
+    }
     const auto config = qlora::trainer::load_config(config_file, overrides);
     if (print_config) {
       std::printf("%s", qlora::trainer::effective_config_yaml(config).c_str());

@@ -1,7 +1,5 @@
 #include "data/data_config.h"
 
-#include <map>
-#include <optional>
 #include <set>
 
 #include "common/error.h"
@@ -10,142 +8,21 @@ namespace qlora::data {
 
 namespace {
 
-// Errors carry "FILE:LINE: data.KEY: what" and a hint.
-class ConfigReader {
- public:
-  explicit ConfigReader(std::string file) : file_(std::move(file)) {}
+const EnumNames<DataFormat> kFormats = {{"alpaca", DataFormat::kAlpaca},
+                                        {"chat", DataFormat::kChat},
+                                        {"completion", DataFormat::kCompletion},
+                                        {"text", DataFormat::kText}};
+const EnumNames<BadLinePolicy> kBadLinePolicies = {{"fail", BadLinePolicy::kFail}, {"skip", BadLinePolicy::kSkip}};
+// The named templates (a mapping makes a custom one).
+const EnumNames<TemplateKind> kNamedTemplates = {{"alpaca", TemplateKind::kAlpaca},
+                                                 {"llama2-chat", TemplateKind::kLlama2Chat},
+                                                 {"chatml", TemplateKind::kChatml},
+                                                 {"llama3", TemplateKind::kLlama3},
+                                                 {"raw", TemplateKind::kRaw}};
 
-  [[noreturn]] void fail(const YAML::Node& at, const std::string& key, const std::string& what,
-                         const std::string& hint = "") const {
-    std::string where = file_;
-    if (at.IsDefined()) {  // an invalid (missing) node has no mark
-      const YAML::Mark mark = at.Mark();
-      if (mark.line >= 0) where += ":" + std::to_string(mark.line + 1);
-    }
-    std::string msg = where + ": " + key + ": " + what;
-    if (!hint.empty()) msg += "\nHINT: " + hint;
-    throw Error(msg);
-  }
-
-  std::string scalar_text(const YAML::Node& n) const {
-    return n.IsScalar() ? n.Scalar() : std::string("<not a scalar>");
-  }
-
-  bool get_bool(const YAML::Node& n, const std::string& key) const {
-    bool v = false;
-    if (!n.IsScalar() || !YAML::convert<bool>::decode(n, v)) {
-      fail(n, key, "expected true or false, got '" + scalar_text(n) + "'", "write " + key.substr(5) + ": true");
-    }
-    return v;
-  }
-
-  int64_t get_int(const YAML::Node& n, const std::string& key, int64_t lo, int64_t hi) const {
-    int64_t v = 0;
-    if (!n.IsScalar() || !YAML::convert<int64_t>::decode(n, v)) {
-      fail(n, key, "expected an integer, got '" + scalar_text(n) + "'",
-           "use an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-    }
-    if (v < lo || v > hi) {
-      fail(n, key, "value " + std::to_string(v) + " is out of range",
-           "use an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-    }
-    return v;
-  }
-
-  double get_double(const YAML::Node& n, const std::string& key) const {
-    double v = 0;
-    if (!n.IsScalar() || !YAML::convert<double>::decode(n, v)) {
-      fail(n, key, "expected a number, got '" + scalar_text(n) + "'");
-    }
-    return v;
-  }
-
-  std::string get_string(const YAML::Node& n, const std::string& key, bool allow_empty = true) const {
-    if (!n.IsScalar()) fail(n, key, "expected a string");
-    if (!allow_empty && n.Scalar().empty()) fail(n, key, "must not be empty");
-    return n.Scalar();
-  }
-
-  // One of `choices`; the hint lists them.
-  std::string get_choice(const YAML::Node& n, const std::string& key, const std::vector<std::string>& choices) const {
-    std::string list;
-    for (const auto& c : choices) list += (list.empty() ? "" : " | ") + c;
-    if (!n.IsScalar()) fail(n, key, "expected one of " + list, "valid values: " + list);
-    for (const auto& c : choices) {
-      if (n.Scalar() == c) return c;
-    }
-    fail(n, key, "unknown value '" + n.Scalar() + "'", "valid values: " + list);
-  }
-
-  // A path spec or a list of them.
-  std::vector<std::string> get_paths(const YAML::Node& n, const std::string& key) const {
-    std::vector<std::string> out;
-    if (n.IsScalar()) {
-      out.push_back(get_string(n, key, false));
-    } else if (n.IsSequence()) {
-      for (size_t i = 0; i < n.size(); ++i) out.push_back(get_string(n[i], key + "[" + std::to_string(i) + "]", false));
-      if (out.empty()) fail(n, key, "the list is empty", "name at least one file, glob or directory");
-    } else {
-      fail(n, key, "expected a path, a glob or a list of them", "e.g. " + key.substr(5) + ": data/train.jsonl");
-    }
-    return out;
-  }
-
-  RoleAffixes get_affixes(const YAML::Node& n, const std::string& key) const {
-    if (!n.IsMap()) fail(n, key, "expected a mapping {prefix: ..., suffix: ...}");
-    RoleAffixes a;
-    for (const auto& kv : n) {
-      const std::string k = kv.first.Scalar();
-      if (k == "prefix") {
-        a.prefix = get_string(kv.second, key + ".prefix");
-      } else if (k == "suffix") {
-        a.suffix = get_string(kv.second, key + ".suffix");
-      } else {
-        fail(kv.first, key + "." + k, "unknown key", "valid keys: prefix, suffix");
-      }
-    }
-    return a;
-  }
-
-  TemplateSpec get_template(const YAML::Node& n, const std::string& key) const {
-    TemplateSpec t;
-    if (n.IsScalar()) {
-      const std::string name = get_choice(n, key, {"alpaca", "llama2-chat", "chatml", "llama3", "raw"});
-      t.kind = name == "alpaca"        ? TemplateKind::kAlpaca
-               : name == "llama2-chat" ? TemplateKind::kLlama2Chat
-               : name == "chatml"      ? TemplateKind::kChatml
-               : name == "llama3"      ? TemplateKind::kLlama3
-                                       : TemplateKind::kRaw;
-      return t;
-    }
-    const char* hint =
-        "a name (alpaca | llama2-chat | chatml | llama3 | raw), {prompt: \"...{instruction}...\", response: "
-        "\"{output}\"} "
-        "or {system: {prefix, suffix}, user: {prefix, suffix}, assistant: {prefix, suffix}}";
-    if (!n.IsMap()) fail(n, key, "expected a template name or mapping", hint);
-    bool string_form = false, role_form = false;
-    for (const auto& kv : n) {
-      const std::string k = kv.first.Scalar();
-      if (k == "prompt" || k == "response") {
-        string_form = true;
-        (k == "prompt" ? t.prompt : t.response) = get_string(kv.second, key + "." + k);
-      } else if (k == "system" || k == "user" || k == "assistant") {
-        role_form = true;
-        RoleAffixes a = get_affixes(kv.second, key + "." + k);
-        (k == "system" ? t.system : k == "user" ? t.user : t.assistant) = a;
-      } else {
-        fail(kv.first, key + "." + k, "unknown key", hint);
-      }
-    }
-    if (string_form == role_form) fail(n, key, "a custom template uses either prompt/response or role keys", hint);
-    if (string_form && (!n["prompt"] || !n["response"])) fail(n, key, "needs both prompt and response", hint);
-    t.kind = string_form ? TemplateKind::kCustomString : TemplateKind::kCustomRoles;
-    return t;
-  }
-
- private:
-  std::string file_;
-};
+const char* const kTemplateHint =
+    "a name (alpaca | llama2-chat | chatml | llama3 | raw), {prompt: \"...{instruction}...\", response: "
+    "\"{output}\"} or {system: {prefix, suffix}, user: {prefix, suffix}, assistant: {prefix, suffix}}";
 
 // Placeholders the custom string template may use, per format.
 std::set<std::string> template_fields(DataFormat f) {
@@ -154,7 +31,7 @@ std::set<std::string> template_fields(DataFormat f) {
   return {};
 }
 
-void check_placeholders(const ConfigReader& r, const YAML::Node& at, const std::string& text, DataFormat f) {
+void check_placeholders(const YamlContext& ctx, const YAML::Node& at, const std::string& text, DataFormat f) {
   const auto allowed = template_fields(f);
   for (size_t i = 0; i < text.size(); ++i) {
     if (text[i] == '{' && i + 1 < text.size() && text[i + 1] == '{') {
@@ -163,174 +40,248 @@ void check_placeholders(const ConfigReader& r, const YAML::Node& at, const std::
     }
     if (text[i] != '{') continue;
     const size_t close = text.find('}', i);
-    if (close == std::string::npos)
-      r.fail(at, "data.template", "unclosed '{' in '" + text + "'", "write {{ for a literal brace");
+    if (close == std::string::npos) {
+      ctx.fail("data.template", at, "unclosed '{' in '" + text + "'", "write {{ for a literal brace");
+    }
     const std::string name = text.substr(i + 1, close - i - 1);
     if (!allowed.count(name)) {
       std::string list;
       for (const auto& a : allowed) list += (list.empty() ? "{" : ", {") + a + "}";
-      r.fail(at, "data.template", "unknown placeholder {" + name + "} for format " + format_name(f),
-             "valid placeholders: " + list);
+      ctx.fail("data.template", at, "unknown placeholder {" + name + "} for format " + format_name(f),
+               "valid placeholders: " + list);
     }
     i = close;
   }
 }
 
+RoleAffixes read_affixes(const YamlMap& tmpl, const std::string& role) {
+  static const std::vector<std::string> kKeys = {"prefix", "suffix"};
+  const YAML::Node n = tmpl.get(role);
+  if (!n.IsMap()) tmpl.fail(role, "expected a mapping {prefix: ..., suffix: ...}, got " + describe_node(n));
+  const YamlMap m(tmpl.ctx(), n, tmpl.key_path(role), &kKeys);
+  RoleAffixes a;
+  if (m.has("prefix")) a.prefix = std::get<std::string>(m.read("prefix", TextKey{.allow_empty = true}));
+  if (m.has("suffix")) a.suffix = std::get<std::string>(m.read("suffix", TextKey{.allow_empty = true}));
+  return a;
+}
+
+// A custom template: {prompt, response} or per-role {system, user, assistant} affixes.
+TemplateSpec read_custom_template(const YamlContext& ctx, const YAML::Node& n) {
+  static const std::vector<std::string> kKeys = {"prompt", "response", "system", "user", "assistant"};
+  const YamlMap m(ctx, n, "data.template", &kKeys);
+  const bool string_form = m.has("prompt") || m.has("response");
+  const bool role_form = m.has("system") || m.has("user") || m.has("assistant");
+  if (string_form == role_form) {
+    ctx.fail("data.template", n, "a custom template uses either prompt/response or role keys", kTemplateHint);
+  }
+  TemplateSpec t;
+  if (string_form) {
+    if (!m.has("prompt") || !m.has("response"))
+      ctx.fail("data.template", n, "needs both prompt and response", kTemplateHint);
+    t.kind = TemplateKind::kCustomString;
+    t.prompt = std::get<std::string>(m.read("prompt", TextKey{.allow_empty = true}));
+    t.response = std::get<std::string>(m.read("response", TextKey{.allow_empty = true}));
+    return t;
+  }
+  t.kind = TemplateKind::kCustomRoles;
+  if (m.has("system")) t.system = read_affixes(m, "system");
+  if (m.has("user")) t.user = read_affixes(m, "user");
+  if (m.has("assistant")) t.assistant = read_affixes(m, "assistant");
+  return t;
+}
+
+// The template of a format when data.template is absent.
+TemplateKind default_template(DataFormat f) {
+  switch (f) {
+    case DataFormat::kAlpaca:
+      return TemplateKind::kAlpaca;
+    case DataFormat::kChat:
+      return TemplateKind::kChatml;
+    case DataFormat::kCompletion:
+    case DataFormat::kText:
+      return TemplateKind::kRaw;
+  }
+  return TemplateKind::kRaw;
+}
+
+// data.template: a name or a custom mapping, checked against data.format (read before it, in row order).
+void read_template(const YamlMap& m, const std::string& key, DataConfig& cfg) {
+  const YAML::Node n = m.get(key);
+  cfg.tmpl = TemplateSpec{};
+  if (n.IsScalar()) {
+    const std::string name = std::get<std::string>(m.read(key, ChoiceKey{enum_options(kNamedTemplates)}));
+    for (const auto& [option, kind] : kNamedTemplates) {
+      if (name == option) cfg.tmpl.kind = kind;
+    }
+  } else if (n.IsMap()) {
+    cfg.tmpl = read_custom_template(m.ctx(), n);
+  } else {
+    m.fail(key, "expected a template name or mapping, got " + describe_node(n), kTemplateHint);
+  }
+  const TemplateKind k = cfg.tmpl.kind;
+  const DataFormat f = cfg.format;
+  const std::string fname = format_name(f);
+  if (f == DataFormat::kText && k != TemplateKind::kRaw) {
+    m.fail(key, "format text takes no template", "remove data.template or use raw");
+  }
+  if (k == TemplateKind::kAlpaca && f != DataFormat::kAlpaca) {
+    m.fail(key, "the alpaca template needs format alpaca, not " + fname,
+           "for format " + fname + " use llama2-chat, chatml, llama3 or a custom template");
+  }
+  if (k == TemplateKind::kRaw && f == DataFormat::kChat) {
+    m.fail(key, "format chat needs a chat template", "use llama2-chat, chatml, llama3 or a per-role custom template");
+  }
+  if (k == TemplateKind::kCustomString) {
+    if (f == DataFormat::kChat) {
+      m.fail(key, "format chat needs a per-role custom template",
+             "template: {system: {prefix, suffix}, user: {prefix, suffix}, assistant: {prefix, suffix}}");
+    }
+    check_placeholders(m.ctx(), n, cfg.tmpl.prompt, f);
+    check_placeholders(m.ctx(), n, cfg.tmpl.response, f);
+  }
+}
+
+const ListKey kPathList{.expected = "a path, a glob or a list of them",
+                        .empty_hint = "name at least one file, glob or directory"};
+
 }  // namespace
 
+// Size: one row per key of the data: section; the table is the section's definition.
+const std::vector<ConfigKey<DataConfig>>& data_config_keys() {
+  using K = ConfigKey<DataConfig>;
+  using D = DataConfig;
+  static const std::vector<K> keys = [] {
+    std::vector<K> keys;
+    const auto add = [&keys](K key) { keys.push_back(std::move(key)); };
+    add({.path = "data.train",
+         .type = kPathList,
+         .help = "training examples: a JSONL file, a list of files, a glob (data/*.jsonl) or a directory",
+         .hash = "data",
+         .field = member(&D::train),
+         .required_hint = "add train: data/train.jsonl (a file, list, glob or directory)"});
+    add({.path = "data.eval",
+         .type = kPathList,
+         .help = "eval examples, like data.train; not with data.eval_fraction",
+         .hash = "data",
+         .field = member(&D::eval),
+         .nullable = true});
+    add({.path = "data.eval_fraction",
+         .type = RealKey{.min = 0.0, .max = 1.0, .min_open = true, .max_open = true},
+         .help = "hold out this fraction of data.train for eval instead of an eval file",
+         .hash = "data",
+         .field = member(&D::eval_fraction),
+         .default_doc = "(none)",
+         .exclusive_with = "eval",
+         .exclusive_hint = "use either a separate eval file or a held-out fraction of train",
+         .nullable = true});
+    add({.path = "data.format",
+         .type = ChoiceKey{.options = enum_options(kFormats)},
+         .help = "record layout of the JSONL lines",
+         .hash = "data",
+         .field = enum_member(&D::format, kFormats)});
+    add({.path = "data.template",
+         .type = MappingKey{.expected = "a template name or a custom mapping ({prompt, response} or per-role affixes)"},
+         .help = "prompt template (see data/data_config.h): alpaca, llama2-chat, chatml, llama3, raw or custom",
+         .hash = "data",
+         .field = {.get = [](const D& c) { return YamlValue(std::string(template_name(c.tmpl.kind))); }, .set = {}},
+         .default_doc = "by format: alpaca -> alpaca, chat -> chatml, completion and text -> raw",
+         .default_from = [](D& c) { c.tmpl.kind = default_template(c.format); },
+         .parse = read_template});
+    add({.path = "data.max_seq_len",
+         .type = IntKey{.min = 8, .max = int64_t{1} << 20},
+         .help = "tokens per row; longer examples are truncated or dropped (data.drop_long)",
+         .hash = "data",
+         .field = member(&D::max_seq_len)});
+    add({.path = "data.packing",
+         .type = BoolKey{},
+         .help = "greedily pack whole examples into rows of max_seq_len",
+         .hash = "data",
+         .field = member(&D::packing)});
+    add({.path = "data.train_on_prompt",
+         .type = BoolKey{},
+         .help = "false: labels are -100 on every prompt token",
+         .hash = "data",
+         .field = member(&D::train_on_prompt)});
+    add({.path = "data.shuffle_buffer",
+         .type = IntKey{.min = 0, .max = int64_t{1} << 24},
+         .help = "bounded shuffle buffer (0 or 1: stream order)",
+         .hash = "data",
+         .field = member(&D::shuffle_buffer)});
+    add({.path = "data.prompt_field",
+         .type = TextKey{},
+         .help = "completion format: the field holding the prompt",
+         .hash = "data",
+         .field = member(&D::prompt_field)});
+    add({.path = "data.completion_field",
+         .type = TextKey{},
+         .help = "completion format: the field holding the completion",
+         .hash = "data",
+         .field = member(&D::completion_field)});
+    add({.path = "data.text_field",
+         .type = TextKey{},
+         .help = "text format: the field holding the document",
+         .hash = "data",
+         .field = member(&D::text_field)});
+    add({.path = "data.drop_long",
+         .type = BoolKey{},
+         .help = "false: truncate an example longer than max_seq_len keeping its start; true: drop it",
+         .hash = "data",
+         .field = member(&D::drop_long)});
+    add({.path = "data.on_bad_line",
+         .type = ChoiceKey{.options = enum_options(kBadLinePolicies)},
+         .help = "a malformed JSONL line: fail, or skip it (counted and warned)",
+         .hash = "data",
+         .field = enum_member(&D::on_bad_line, kBadLinePolicies)});
+    add({.path = "data.max_bad_lines",
+         .type = IntKey{.min = 0, .max = int64_t{1} << 40},
+         .help = "with on_bad_line: skip, more bad lines than this is an error",
+         .hash = "data",
+         .field = member(&D::max_bad_lines)});
+    add({.path = "data.add_bos",
+         .type = BoolKey{},
+         .help = "BOS token id at the start of each example",
+         .hash = "data",
+         .field = member(&D::add_bos)});
+    add({.path = "data.add_eos",
+         .type = BoolKey{},
+         .help = "EOS token id after each trained response",
+         .hash = "data",
+         .field = member(&D::add_eos)});
+    add({.path = "data.pad_to_max_seq_len",
+         .type = BoolKey{},
+         .help = "padding collator: pad to max_seq_len instead of the batch's longest row",
+         .hash = "data",
+         .field = member(&D::pad_to_max_seq_len)});
+    return keys;
+  }();
+  return keys;
+}
+
+DataConfig parse_data_config(const YAML::Node& node, const YamlContext& ctx) {
+  DataConfig cfg;
+  cfg.base_dir = fs::path(ctx.file()).parent_path();
+  parse_keys(ctx, node, "data", data_config_keys(), cfg);
+  return cfg;
+}
+
+DataConfig parse_data_config(const YAML::Node& node, const std::string& file) {
+  YamlContext ctx(file);
+  register_keys(ctx, data_config_keys());
+  return parse_data_config(node, ctx);
+}
+
 const char* format_name(DataFormat format) {
-  switch (format) {
-    case DataFormat::kAlpaca:
-      return "alpaca";
-    case DataFormat::kChat:
-      return "chat";
-    case DataFormat::kCompletion:
-      return "completion";
-    case DataFormat::kText:
-      return "text";
-  }
-  return "?";
+  return enum_name(kFormats, format);
 }
 
 const char* template_name(TemplateKind kind) {
-  switch (kind) {
-    case TemplateKind::kAlpaca:
-      return "alpaca";
-    case TemplateKind::kLlama2Chat:
-      return "llama2-chat";
-    case TemplateKind::kChatml:
-      return "chatml";
-    case TemplateKind::kLlama3:
-      return "llama3";
-    case TemplateKind::kRaw:
-      return "raw";
-    case TemplateKind::kCustomString:
-      return "custom (prompt/response)";
-    case TemplateKind::kCustomRoles:
-      return "custom (per role)";
-  }
-  return "?";
+  if (kind == TemplateKind::kCustomString) return "custom (prompt/response)";
+  if (kind == TemplateKind::kCustomRoles) return "custom (per role)";
+  return enum_name(kNamedTemplates, kind);
 }
 
 bool has_eval_split(const DataConfig& cfg) {
   return !cfg.eval.empty() || cfg.eval_fraction > 0.0;
-}
-
-DataConfig parse_data_config(const YAML::Node& node, const std::string& file) {
-  ConfigReader r(file);
-  DataConfig cfg;
-  cfg.base_dir = fs::path(file).parent_path();
-  if (!node || node.IsNull()) r.fail(node, "data", "the data section is missing or empty", "add data: {train: FILE}");
-  if (!node.IsMap()) r.fail(node, "data", "expected a mapping", "data:\n  train: data/train.jsonl");
-
-  const std::string valid_keys =
-      "train, eval, eval_fraction, format, template, max_seq_len, packing, train_on_prompt, shuffle_buffer, "
-      "prompt_field, completion_field, text_field, drop_long, on_bad_line, max_bad_lines, add_bos, add_eos, "
-      "pad_to_max_seq_len";
-  std::optional<YAML::Node> template_node, fraction_node;  // copies, never YAML::Node::operator= (it aliases)
-  bool have_train = false;
-  for (const auto& kv : node) {
-    const std::string k = kv.first.Scalar();
-    const std::string key = "data." + k;
-    const YAML::Node& v = kv.second;
-    if (k == "train") {
-      cfg.train = r.get_paths(v, key);
-      have_train = true;
-    } else if (k == "eval") {
-      if (!v.IsNull()) cfg.eval = r.get_paths(v, key);
-    } else if (k == "eval_fraction") {
-      if (!v.IsNull()) {
-        cfg.eval_fraction = r.get_double(v, key);
-        if (!(cfg.eval_fraction > 0.0 && cfg.eval_fraction < 1.0)) {
-          r.fail(v, key, "must be in (0, 1), got " + v.Scalar(), "e.g. eval_fraction: 0.05");
-        }
-        fraction_node.emplace(v);
-      }
-    } else if (k == "format") {
-      const std::string f = r.get_choice(v, key, {"alpaca", "chat", "completion", "text"});
-      cfg.format = f == "alpaca"       ? DataFormat::kAlpaca
-                   : f == "chat"       ? DataFormat::kChat
-                   : f == "completion" ? DataFormat::kCompletion
-                                       : DataFormat::kText;
-    } else if (k == "template") {
-      template_node.emplace(v);  // validated after the format is known
-    } else if (k == "max_seq_len") {
-      cfg.max_seq_len = r.get_int(v, key, 8, int64_t{1} << 20);
-    } else if (k == "packing") {
-      cfg.packing = r.get_bool(v, key);
-    } else if (k == "train_on_prompt") {
-      cfg.train_on_prompt = r.get_bool(v, key);
-    } else if (k == "shuffle_buffer") {
-      cfg.shuffle_buffer = r.get_int(v, key, 0, int64_t{1} << 24);
-    } else if (k == "prompt_field") {
-      cfg.prompt_field = r.get_string(v, key, false);
-    } else if (k == "completion_field") {
-      cfg.completion_field = r.get_string(v, key, false);
-    } else if (k == "text_field") {
-      cfg.text_field = r.get_string(v, key, false);
-    } else if (k == "drop_long") {
-      cfg.drop_long = r.get_bool(v, key);
-    } else if (k == "on_bad_line") {
-      cfg.on_bad_line = r.get_choice(v, key, {"fail", "skip"}) == "fail" ? BadLinePolicy::kFail : BadLinePolicy::kSkip;
-    } else if (k == "max_bad_lines") {
-      cfg.max_bad_lines = r.get_int(v, key, 0, int64_t{1} << 40);
-    } else if (k == "add_bos") {
-      cfg.add_bos = r.get_bool(v, key);
-    } else if (k == "add_eos") {
-      cfg.add_eos = r.get_bool(v, key);
-    } else if (k == "pad_to_max_seq_len") {
-      cfg.pad_to_max_seq_len = r.get_bool(v, key);
-    } else {
-      r.fail(kv.first, key, "unknown key", "valid keys: " + valid_keys);
-    }
-  }
-  if (!have_train)
-    r.fail(node, "data.train", "missing", "add train: data/train.jsonl (a file, list, glob or directory)");
-  if (!cfg.eval.empty() && cfg.eval_fraction > 0.0) {
-    r.fail(*fraction_node, "data.eval_fraction", "cannot be combined with data.eval",
-           "use either a separate eval file or a held-out fraction of train");
-  }
-
-  // Template: default by format, then check it fits the format.
-  switch (cfg.format) {
-    case DataFormat::kAlpaca:
-      cfg.tmpl.kind = TemplateKind::kAlpaca;
-      break;
-    case DataFormat::kChat:
-      cfg.tmpl.kind = TemplateKind::kChatml;
-      break;
-    case DataFormat::kCompletion:
-    case DataFormat::kText:
-      cfg.tmpl.kind = TemplateKind::kRaw;
-      break;
-  }
-  if (template_node) {
-    const YAML::Node& tn = *template_node;
-    cfg.tmpl = r.get_template(tn, "data.template");
-    const TemplateKind k = cfg.tmpl.kind;
-    const DataFormat f = cfg.format;
-    const std::string fname = format_name(f);
-    if (f == DataFormat::kText && k != TemplateKind::kRaw) {
-      r.fail(tn, "data.template", "format text takes no template", "remove data.template or use raw");
-    }
-    if (k == TemplateKind::kAlpaca && f != DataFormat::kAlpaca) {
-      r.fail(tn, "data.template", "the alpaca template needs format alpaca, not " + fname,
-             "for format " + fname + " use llama2-chat, chatml, llama3 or a custom template");
-    }
-    if (k == TemplateKind::kRaw && f == DataFormat::kChat) {
-      r.fail(tn, "data.template", "format chat needs a chat template",
-             "use llama2-chat, chatml, llama3 or a per-role custom template");
-    }
-    if (k == TemplateKind::kCustomString) {
-      if (f == DataFormat::kChat) {
-        r.fail(tn, "data.template", "format chat needs a per-role custom template",
-               "template: {system: {prefix, suffix}, user: {prefix, suffix}, assistant: {prefix, suffix}}");
-      }
-      check_placeholders(r, tn, cfg.tmpl.prompt, f);
-      check_placeholders(r, tn, cfg.tmpl.response, f);
-    }
-  }
-  return cfg;
 }
 
 }  // namespace qlora::data

@@ -53,6 +53,8 @@
 #include <string>
 #include <vector>
 
+#include "common/yaml_schema.h"
+
 namespace qlora::data {
 
 namespace fs = std::filesystem;
@@ -101,9 +103,15 @@ struct DataConfig {
   fs::path base_dir;
 };
 
+// The schema of the `data:` section: one row per key (path "data.<key>"), in the order above. The whole section
+// enters the run hash as written (trainer/config.h), so every row is marked hashed.
+const std::vector<ConfigKey<DataConfig>>& data_config_keys();
+
 // Parses the `data:` node of `file`. Unknown keys, wrong types and out-of-range values are qlora::Error
-// "FILE:LINE: data.KEY: problem" with a HINT listing the valid values.
+// "FILE:LINE: data.KEY: problem" with a HINT (common/yaml_schema.h).
 DataConfig parse_data_config(const YAML::Node& node, const std::string& file);
+// Same inside a whole config: `ctx` carries its file, its --set overrides and every section's keys.
+DataConfig parse_data_config(const YAML::Node& node, const YamlContext& ctx);
 
 const char* format_name(DataFormat format);
 const char* template_name(TemplateKind kind);

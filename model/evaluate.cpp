@@ -7,7 +7,13 @@
 
 namespace qlora::model {
 
-double EvalResult::perplexity() const { return std::exp(mean_loss()); }
+double EvalResult::mean_loss() const {
+  return tokens > 0 ? loss_sum / static_cast<double>(tokens) : std::nan("");
+}
+
+double EvalResult::perplexity() const {
+  return std::exp(mean_loss());
+}
 
 EvalResult evaluate_documents(LlamaModelImpl& model, const std::vector<std::vector<int64_t>>& documents,
                               int64_t max_seq_len, bool show_progress) {

@@ -8,11 +8,13 @@
 
 namespace qlora::model {
 
+// Summed token loss over the predicted (label) tokens; qlora-eval's documents and the trainer's eval split alike.
 struct EvalResult {
   double loss_sum = 0.0;
   int64_t tokens = 0;  // predicted tokens counted
-  double mean_loss() const { return tokens ? loss_sum / static_cast<double>(tokens) : 0.0; }
-  double perplexity() const;
+  // Mean token loss; NaN when no token was counted (no loss is not a zero loss).
+  double mean_loss() const;
+  double perplexity() const;  // exp(mean_loss())
 };
 
 // Each document is split into windows of at most max_seq_len tokens (no overlap); every token after the

@@ -134,6 +134,15 @@ QuantType parse_quant_type(const std::string& name) {
   throw Error("unknown 4-bit quant type '" + name + "'\nHINT: use \"nf4\" (QLoRA) or \"fp4\"");
 }
 
+std::vector<std::string> quant_option_names() {
+  return {quant_type_name(QuantType::kNF4), quant_type_name(QuantType::kFP4), kNoQuant};
+}
+
+std::optional<QuantType> parse_quant_option(const std::string& name) {
+  if (name == kNoQuant) return std::nullopt;
+  return parse_quant_type(name);
+}
+
 const std::vector<float>& nf4_code() {
   static const std::vector<float> code = {-1.0f,
                                           -0.6961928009986877f,

@@ -8,12 +8,12 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
-#include <cstdlib>
 #include <mutex>
 #include <regex>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/hash.h"
 #include "lora/peft_io.h"
 #include "trainer/config.h"
 
@@ -30,15 +30,9 @@ const std::regex& leftover_name_re() {
   return re;
 }
 
-uint64_t fnv1a64(const std::string& s, uint64_t h = 1469598103934665603ull) {
-  for (unsigned char ch : s) {
-    h ^= ch;
-    h *= 1099511628211ull;
-  }
-  return h;
+bool process_alive(long pid) {
+  return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
 }
-
-bool process_alive(long pid) { return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM); }
 
 torch::Tensor generator_state(at::Generator gen) {
   std::lock_guard<std::mutex> lock(gen.mutex());
@@ -101,7 +95,7 @@ TrainerState read_trainer_state(const fs::path& checkpoint_dir) {
 }
 
 std::string model_fingerprint(const fs::path& model_dir) {
-  uint64_t h = fnv1a64(read_file(model_dir / "config.json"));
+  uint64_t h = fnv1a64(read_file(model_dir / "config.json"), kRunHashOffset);
   std::vector<std::string> parts;
   for (const auto& e : fs::directory_iterator(model_dir)) {
     const std::string name = e.path().filename().string();
@@ -206,32 +200,32 @@ void CheckpointManager::remove_all_checkpoints() const {
   }
 }
 
-fs::path CheckpointManager::save(const TrainerState& state, const CheckpointContents& c) {
+fs::path CheckpointManager::save(const TrainerState& state, const CheckpointContents& c,
+                                 const CheckpointFileHook& after_file) {
   TORCH_CHECK(c.adapters && c.optimizer, "CheckpointManager::save needs the adapters and the optimizer");
   const fs::path final_path = checkpoint_path(dir_, state.step);
   fs::create_directories(dir_);
   AtomicDir out(final_path, /*overwrite=*/true);
-  int files = 0;
-  auto written = [&](int n) {
-    files += n;
-    maybe_inject_checkpoint_fault(state.step, files);
+  auto written = [&](const char* file) {
+    if (after_file) after_file(state.step, file);
   };
 
   lora::SaveAdapterOptions opts;
   opts.base_model_name_or_path = c.base_model;
   opts.dtype = torch::kFloat32;  // exact for fp32 and bf16 adapters, so resuming restores them bitwise
   lora::write_adapter_files(out.path(), *c.adapters, opts);
-  written(2);
+  written(lora::kAdapterWeightsFile);
+  written(lora::kAdapterConfigFile);
   torch::save(*c.optimizer, (out.path() / kOptimizerFile).string());
-  written(1);
+  written(kOptimizerFile);
   std::vector<torch::Tensor> rng = {generator_state(at::detail::getDefaultCPUGenerator())};
   if (c.cuda_device) rng.push_back(generator_state(at::globalContext().defaultGenerator(*c.cuda_device)));
   torch::save(rng, (out.path() / kRngFile).string());
-  written(1);
+  written(kRngFile);
   write_file_atomic(out.path() / kEffectiveConfigFile, c.effective_config);
-  written(1);
+  written(kEffectiveConfigFile);
   write_file_atomic(out.path() / kTrainerStateFile, trainer_state_to_json(state).dump(2) + "\n");
-  written(1);
+  written(kTrainerStateFile);
   out.commit();
 
   // Prune only now that the new checkpoint is durable.
@@ -296,20 +290,6 @@ void load_rng_state(const fs::path& checkpoint_dir, std::optional<torch::Device>
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(rng[1]);
   }
-}
-
-void maybe_inject_checkpoint_fault(int64_t step, int files_written) {
-  const char* spec = std::getenv("QLORA_TEST_CHECKPOINT_FAULT");
-  if (!spec) return;
-  long long at_step = -1;
-  int at_files = -1;
-  char mode[16] = {0};
-  if (std::sscanf(spec, "%lld:%d:%15s", &at_step, &at_files, mode) != 3) return;
-  if (at_step != step || at_files != files_written) return;
-  if (std::string(mode) == "kill") {
-    std::raise(SIGKILL);
-  }
-  throw Error("QLORA_TEST_CHECKPOINT_FAULT: injected failure while writing checkpoint-" + std::to_string(step));
 }
 
 }  // namespace qlora::trainer

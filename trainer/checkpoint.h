@@ -15,10 +15,10 @@
 
 #include <torch/torch.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <utility>
@@ -37,20 +37,20 @@ inline constexpr const char* kEffectiveConfigFile = "effective_config.yaml";
 
 // The counters and cursors of a run (trainer_state.json).
 struct TrainerState {
-  int64_t step = 0;                 // optimizer updates done
-  int64_t total_steps = 0;          // the run's step budget
-  int64_t tokens_seen = 0;          // non-padding tokens fed forward
-  int64_t label_tokens_seen = 0;    // tokens that counted in the loss
-  int64_t nonfinite_in_row = 0;     // consecutive skipped (non-finite) steps
+  int64_t step = 0;               // optimizer updates done
+  int64_t total_steps = 0;        // the run's step budget
+  int64_t tokens_seen = 0;        // non-padding tokens fed forward
+  int64_t label_tokens_seen = 0;  // tokens that counted in the loss
+  int64_t nonfinite_in_row = 0;   // consecutive skipped (non-finite) steps
   int64_t nonfinite_total = 0;
-  double elapsed_s = 0.0;           // training wall time so far (all segments of the run)
-  double last_loss = 0.0;           // mean loss of the last update
+  double elapsed_s = 0.0;  // training wall time so far (all segments of the run)
+  double last_loss = 0.0;  // mean loss of the last update
   std::string config_hash;
-  nlohmann::json trajectory;        // the fields behind config_hash
+  nlohmann::json trajectory;  // the fields behind config_hash
   std::string model_fingerprint;
-  nlohmann::json data_state;        // DataLoader::state()
-  int threads = 0;                  // intra-op threads (bitwise resume needs the same count)
-  int world_size = 1;               // data-parallel ranks (the global batch is micro x accum x world_size)
+  nlohmann::json data_state;  // DataLoader::state()
+  int threads = 0;            // intra-op threads (bitwise resume needs the same count)
+  int world_size = 1;         // data-parallel ranks (the global batch is micro x accum x world_size)
 };
 
 nlohmann::json trainer_state_to_json(const TrainerState& s);
@@ -72,12 +72,17 @@ void check_resume_compatible(const TrainerState& saved, const std::string& confi
 // global batch (micro x accum x world size) from there on.
 void check_resume_world_size(int saved_world_size, int world_size, const fs::path& checkpoint_dir, bool force);
 
+// Called by CheckpointManager::save after each file of checkpoint-<step> is written into the temporary folder
+// (`file`: its name, e.g. "optimizer.pt"), in the order of the listing at the top of this file. Tests throw or
+// SIGKILL the process from it to prove that a write interrupted there leaves the previous checkpoint usable.
+using CheckpointFileHook = std::function<void(int64_t step, const std::string& file)>;
+
 // What a save needs besides the trainer state.
 struct CheckpointContents {
   const lora::LoraAdapters* adapters = nullptr;
   torch::optim::Optimizer* optimizer = nullptr;
-  std::string effective_config;     // YAML text
-  std::string base_model;           // adapter_config.json base_model_name_or_path
+  std::string effective_config;              // YAML text
+  std::string base_model;                    // adapter_config.json base_model_name_or_path
   std::optional<torch::Device> cuda_device;  // also save this device's generator state
 };
 
@@ -97,7 +102,9 @@ class CheckpointManager {
   void remove_all_checkpoints() const;
 
   // Writes checkpoint-<state.step> atomically (replacing one of the same step), then prunes beyond `keep`.
-  fs::path save(const TrainerState& state, const CheckpointContents& contents);
+  // `after_file` (tests) is called after each file is written.
+  fs::path save(const TrainerState& state, const CheckpointContents& contents,
+                const CheckpointFileHook& after_file = {});
 
  private:
   fs::path dir_;
@@ -108,9 +115,5 @@ class CheckpointManager {
 void load_adapter_weights(const fs::path& checkpoint_dir, const lora::LoraAdapters& adapters);
 void load_optimizer_state(const fs::path& checkpoint_dir, torch::optim::Optimizer& optimizer);
 void load_rng_state(const fs::path& checkpoint_dir, std::optional<torch::Device> cuda_device);
-
-// Test hook: QLORA_TEST_CHECKPOINT_FAULT="<step>:<files>:<throw|kill>" makes the save of checkpoint <step>
-// stop after writing <files> files, by throwing qlora::Error or by SIGKILL (a crash mid-write).
-void maybe_inject_checkpoint_fault(int64_t step, int files_written);
 
 }  // namespace qlora::trainer

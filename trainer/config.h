@@ -2,10 +2,14 @@
 // with `--set key.path=value` overrides applied to the YAML tree before validation (so a type error in an
 // override names its key just like one in the file).
 //
+// Each key is one row of a schema table (train_config_keys() here, data::data_config_keys() for `data:`;
+// common/yaml_schema.h): parsing, unknown keys with "did you mean", --print-config, the run hash and the key
+// reference docs/config.md (`qlora-train --help-config`) are all derived from it. Defaults are the member
+// initializers below.
+//
 // Every user-facing problem is a qlora::Error of the form
 //   "<file>:<line>: <key.path>: <what>\nHINT: <how to fix>"
-// (or "<file>: <key.path> (from --set ...): <what>" for overridden keys). The `data:` section is validated by
-// data::parse_data_config; everything else here.
+// (or "<file>: <key.path> (from --set ...): <what>" for overridden keys), the `data:` section included.
 #pragma once
 
 #include <torch/types.h>
@@ -18,7 +22,10 @@
 #include <string>
 #include <vector>
 
+#include "common/yaml_schema.h"
 #include "data/data_config.h"
+#include "lora/lora_model.h"
+#include "model/llama.h"
 
 namespace qlora::trainer {
 
@@ -27,7 +34,7 @@ namespace fs = std::filesystem;
 struct ModelSection {
   fs::path path;                       // HF model folder (absolute after loading)
   std::string compute_dtype = "bf16";  // bf16 | fp16 | fp32
-  std::string quant_type = "nf4";      // nf4 | fp4 | none
+  std::string quant_type = "nf4";      // nf4 | fp4 | none (quant::parse_quant_option)
   int64_t quant_blocksize = 64;
   bool double_quant = true;
   bool gradient_checkpointing = true;
@@ -136,7 +143,14 @@ nlohmann::json trajectory_fields(const TrainConfig& cfg);
 // "train.lr: 0.0002 -> 0.0001; lora.r: 16 -> 32" for two trajectory_fields objects.
 std::string describe_field_changes(const nlohmann::json& before, const nlohmann::json& after);
 
-// Levenshtein distance (for did-you-mean hints).
-size_t edit_distance(const std::string& a, const std::string& b);
+// What the sections yield, each built in this one place: the loader's options for the frozen base (device left
+// at CPU for the caller to set) and the adapters to attach (Trainer::setup, the memory plan, bench_layer).
+model::LoadOptions load_options(const TrainConfig& cfg);
+lora::LoraConfig lora_config(const TrainConfig& cfg);
+
+// The schema table (trainer/config_schema.cpp): one row per key of every section but `data:`'s own keys.
+const std::vector<ConfigKey<TrainConfig>>& train_config_keys();
+// The key reference in Markdown, every section's table (docs/config.md is this text; a test keeps it current).
+std::string config_reference_markdown();
 
 }  // namespace qlora::trainer

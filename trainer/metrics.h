@@ -1,11 +1,10 @@
 // Training metrics: the live progress line and metrics.jsonl (one JSON record per logged step).
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -15,18 +14,18 @@ namespace fs = std::filesystem;
 
 // What one logged step reports.
 struct StepMetrics {
-  int64_t step = 0;         // optimizer updates done (1-based after the first update)
+  int64_t step = 0;  // optimizer updates done (1-based after the first update)
   int64_t total_steps = 0;
-  double loss = 0.0;        // mean token loss of this update (label-token weighted)
-  double lr = 0.0;          // learning rate this update used
-  double grad_norm = 0.0;   // global L2 norm of the adapter gradients before clipping
-  int64_t tokens = 0;       // tokens seen so far (non-padding)
+  double loss = 0.0;       // mean token loss of this update (label-token weighted)
+  double lr = 0.0;         // learning rate this update used
+  double grad_norm = 0.0;  // global L2 norm of the adapter gradients before clipping
+  int64_t tokens = 0;      // tokens seen so far (non-padding)
   double tokens_per_s = 0.0;
-  double elapsed_s = 0.0;   // training wall time so far
-  double eta_s = -1.0;      // < 0: unknown
+  double elapsed_s = 0.0;  // training wall time so far
+  double eta_s = -1.0;     // < 0: unknown
   size_t rss_bytes = 0;
   std::optional<double> eval_loss;
-  bool skipped = false;     // non-finite step (no update)
+  bool skipped = false;  // non-finite step (no update)
 };
 
 // "step 20/200 | loss 2.3456 | lr 2.00e-04 | gnorm 0.512 | 1234 tok/s | ETA 3m05s | RSS 512.00 MiB"

@@ -44,30 +44,15 @@ fs::path plan_config_json(const TrainConfig& cfg, const fs::path& plan_config) {
   return p;
 }
 
-lora::LoraConfig lora_config(const TrainConfig& cfg) {
-  lora::LoraConfig lc;
-  lc.r = cfg.lora.r;
-  lc.alpha = cfg.lora.alpha;
-  lc.dropout = cfg.lora.dropout;
-  lc.targets = cfg.lora.targets;
-  lc.rslora = cfg.lora.rslora;
-  lc.dtype = cfg.lora.torch_dtype();
-  return lc;
-}
-
 plan::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const io::LlamaConfig& mc, int64_t baseline_bytes) {
   plan::MemoryPlanInputs in;
   in.config = mc;
-  in.compute_dtype = cfg.model.dtype();
-  const model::LoadOptions defaults;
-  in.quant_targets = defaults.quant_targets;
-  if (cfg.model.quant_type == "none") {
-    in.quant = std::nullopt;
-  } else {
-    in.quant = quant::parse_quant_type(cfg.model.quant_type);
-  }
-  in.blocksize = cfg.model.quant_blocksize;
-  in.double_quant = cfg.model.double_quant;
+  const model::LoadOptions lo = load_options(cfg);  // what Trainer::setup loads
+  in.compute_dtype = lo.compute_dtype;
+  in.quant_targets = lo.quant_targets;
+  in.quant = lo.quant;
+  in.blocksize = lo.blocksize;
+  in.double_quant = lo.double_quant;
   // The modules attach_lora adapts, with their ranks (same LoraConfig as Trainer::setup).
   const lora::LoraConfig lc = lora_config(cfg);
   const int64_t h = mc.hidden_size, im = mc.intermediate_size;

@@ -1,5 +1,6 @@
 // The memory plan of a training config (plan/memory_plan.h), built the way Trainer::setup builds the run: the
-// same LoRA targeting (lora::is_lora_target / lora_options_for), quantization options and batch geometry.
+// same loader options (load_options), LoRA targeting (lora_config, lora::is_lora_target / lora_options_for) and
+// batch geometry.
 //
 //   qlora-train configs/llama2-70b.yaml --plan --plan-config configs/models/llama-2-70b.json --device-memory 48GB
 //
@@ -21,17 +22,14 @@ namespace qlora::trainer {
 // neither exists.
 fs::path plan_config_json(const TrainConfig& cfg, const fs::path& plan_config = {});
 
-// The adapters a config asks for (lora: section), as Trainer::setup, the plan and bench_layer attach them.
-lora::LoraConfig lora_config(const TrainConfig& cfg);
-
 // Plan inputs for `cfg` on a model described by `mc`; `baseline_bytes` is the process's resident memory before
 // the model is loaded (plan::kDefaultCpuBaselineBytes when not measured).
 plan::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const io::LlamaConfig& mc,
-                                    int64_t baseline_bytes = plan::kDefaultCpuBaselineBytes);
+                                   int64_t baseline_bytes = plan::kDefaultCpuBaselineBytes);
 
 // Reads config.json (plan_config_json) and plans.
 plan::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config = {},
-                           int64_t baseline_bytes = plan::kDefaultCpuBaselineBytes);
+                          int64_t baseline_bytes = plan::kDefaultCpuBaselineBytes);
 
 // On glibc: serve every allocation of kMmapThresholdBytes or more with its own mapping, so a freed tensor's memory
 // returns to the OS at once. With glibc's default (a dynamic threshold rising to 32 MiB) freed tensors stay in the

@@ -29,6 +29,7 @@
 #include <optional>
 #include <string>
 
+#include "model/evaluate.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/metrics.h"
@@ -37,40 +38,36 @@
 namespace qlora::trainer {
 
 struct TrainerOptions {
-  bool overwrite = false;      // --overwrite
-  bool force_resume = false;   // --force-resume
+  bool overwrite = false;     // --overwrite
+  bool force_resume = false;  // --force-resume
   // Stop (checkpoint + qlora::Interrupted) once this many updates are done; 0 = off. For time-sliced jobs
   // and tests: it does not change the config hash, so the rest of the run resumes exactly.
   int64_t stop_after_steps = 0;
-  bool write_outputs = true;   // false: no final adapter / summary (benchmarks)
+  bool write_outputs = true;  // false: no final adapter / summary (benchmarks)
   // Called after every update with its metrics (tests, benchmarks).
   std::function<void(const StepMetrics&)> on_step;
-};
-
-struct EvalResult {
-  double loss = 0.0;  // mean token loss over the evaluated label tokens
-  double perplexity = 0.0;
-  int64_t label_tokens = 0;
-  int64_t batches = 0;
+  // Called after each file of a checkpoint is written into its temporary folder. Tests make it throw or
+  // SIGKILL the process there (a failed or killed write); production runs leave it empty.
+  CheckpointFileHook after_checkpoint_file;
 };
 
 struct TrainSummary {
-  int64_t start_step = 0;      // > 0 when resumed
-  int64_t steps = 0;           // updates done in total
+  int64_t start_step = 0;  // > 0 when resumed
+  int64_t steps = 0;       // updates done in total
   int64_t total_steps = 0;
-  int64_t tokens = 0;          // tokens fed forward over the whole run
-  int64_t tokens_this_run = 0; // ... in this process
-  double wall_s = 0.0;         // training time of this process
-  double tokens_per_s = 0.0;   // this process
+  int64_t tokens = 0;                // tokens fed forward over the whole run
+  int64_t tokens_this_run = 0;       // ... in this process
+  double wall_s = 0.0;               // training time of this process
+  double tokens_per_s = 0.0;         // this process
   double steady_tokens_per_s = 0.0;  // this process, excluding its first update (warm-up)
   size_t peak_rss_bytes = 0;
   int64_t planned_peak_bytes = 0;  // the memory plan's total for this run (printed at setup)
-  double first_loss = 0.0;     // first update of this process
-  double final_loss = 0.0;     // last update
+  double first_loss = 0.0;         // first update of this process
+  double final_loss = 0.0;         // last update
   std::optional<double> final_eval_loss;
   int64_t nonfinite_steps = 0;
   double allreduce_s_per_step = 0.0;  // data parallel: time blocked in the all-reduces per update (0 alone)
-  fs::path adapter_dir;        // empty when outputs are off
+  fs::path adapter_dir;               // empty when outputs are off
   fs::path checkpoint_dir;
   fs::path metrics_file;
 };
@@ -84,7 +81,8 @@ class Trainer {
 
   void setup();
   TrainSummary train();
-  EvalResult evaluate();
+  // Mean token loss over the eval split (eval.max_batches batches; NaN without eval data), all ranks together.
+  model::EvalResult evaluate();
   fs::path save_checkpoint();
 
   const TrainConfig& config() const { return cfg_; }
@@ -95,11 +93,36 @@ class Trainer {
 
  private:
   struct Impl;
+  // setup(), in the order it calls them (trainer.cpp).
+  void setup_runtime();
+  void setup_start_point();
   void resolve_resume_point();
   void check_output_dir();
+  void setup_data();
   int64_t count_total_steps();
-  void write_final_outputs(TrainSummary& summary);
+  void setup_model();
+  void setup_optimizer();
+  void restore_checkpoint(const fs::path& ck);
+  void setup_outputs();
+  void log_setup() const;
   void cleanup();
+
+  // The loop (train_loop.cpp), in the order train() calls them.
+  struct Update;      // the micro-batches of one optimizer update
+  struct StepResult;  // what one update did
+  struct LoopState;   // what this process tracks besides state_: throughput, last eval, last checkpoint
+  void stop_if_requested();
+  Update next_update();
+  StepResult train_step(const Update& update);
+  void count_step(const Update& update, const StepResult& result, LoopState& loop);
+  void stop_if_diverged();
+  std::optional<double> maybe_evaluate(LoopState& loop);
+  void log_step(const StepResult& result, std::optional<double> eval_loss, LoopState& loop);
+  void maybe_checkpoint(LoopState& loop);
+  void evaluate_and_checkpoint_at_end(LoopState& loop);
+  TrainSummary summarize(const LoopState& loop) const;
+  void write_final_outputs(TrainSummary& summary);
+  void log_summary(const TrainSummary& summary) const;
 
   TrainConfig cfg_;
   TrainerOptions opts_;

@@ -129,21 +129,25 @@ INSTANTIATE_TEST_SUITE_P(
                   "valid keys: train, eval"},
         BadConfig{"train: t\nformat: alpacca\n", "cfg.yaml:2", "data.format", "alpaca | chat | completion | text"},
         BadConfig{"train: t\n\nmax_seq_len: abc\n", "cfg.yaml:3", "data.max_seq_len", "expected an integer"},
-        BadConfig{"train: t\nmax_seq_len: 2\n", "cfg.yaml:2", "data.max_seq_len", "out of range"},
+        BadConfig{"train: t\nmax_seq_len: 2\n", "cfg.yaml:2", "data.max_seq_len", "must be >= 8 (got 2)"},
         BadConfig{"train: t\npacking: maybe\n", "cfg.yaml:2", "data.packing", "expected true or false"},
-        BadConfig{"train: t\neval_fraction: 1.5\n", "cfg.yaml:2", "data.eval_fraction", "must be in (0, 1)"},
-        BadConfig{"train: t\neval: e\neval_fraction: 0.1\n", "cfg.yaml:3", "data.eval_fraction", "either a separate eval"},
+        BadConfig{"train: t\neval_fraction: 1.5\n", "cfg.yaml:2", "data.eval_fraction", "must be < 1 (got 1.5)"},
+        BadConfig{"train: t\neval: e\neval_fraction: 0.1\n", "cfg.yaml:3", "data.eval_fraction",
+                  "either a separate eval"},
         BadConfig{"train: t\nformat: chat\ntemplate: alpaca\n", "cfg.yaml:3", "data.template", "needs format alpaca"},
         BadConfig{"train: t\non_bad_line: ignore\n", "cfg.yaml:2", "data.on_bad_line", "fail | skip"},
         BadConfig{"train: t\ntemplate: {prompt: \"{foo}\", response: \"{output}\"}\n", "cfg.yaml:2", "data.template",
                   "{instruction}"},
         BadConfig{"format: alpaca\neval: e\n", "cfg.yaml:1", "data.train", "add train:"},
-        BadConfig{"train: t\nshuffle_buffer: -1\n", "cfg.yaml:2", "data.shuffle_buffer", "out of range"},
+        BadConfig{"train: t\nshuffle_buffer: -1\n", "cfg.yaml:2", "data.shuffle_buffer", "must be >= 0 (got -1)"},
         BadConfig{"train: t\ntemplate:\n  user: {prefix: a, sufix: b}\n", "cfg.yaml:3", "data.template.user.sufix",
                   "prefix, suffix"},
         BadConfig{"train: {a: 1}\n", "cfg.yaml:1", "data.train", "expected a path"},
         BadConfig{"train: t\nformat: text\ntemplate: chatml\n", "cfg.yaml:3", "data.template", "no template"},
-        BadConfig{"train: t\nadd_eos: [1]\n", "cfg.yaml:2", "data.add_eos", "expected true or false"}));
+        BadConfig{"train: t\nadd_eos: [1]\n", "cfg.yaml:2", "data.add_eos", "expected true or false"},
+        BadConfig{"train: t\nformat: alpaca\nweights: 3\n", "cfg.yaml:3", "data.weights", "valid keys: train, eval"},
+        BadConfig{"train: [a, \"\"]\n", "cfg.yaml:1", "data.train[1]", "expected a non-empty string"},
+        BadConfig{"train: t\neval: []\n", "cfg.yaml:2", "data.eval", "name at least one file"}));
 
 TEST(DataConfig, NotAMapping) {
   EXPECT_THROW(make_config("- a\n- b\n"), Error);

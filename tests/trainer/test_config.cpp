@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "test_util.h"
 #include "trainer/config.h"
@@ -156,6 +157,17 @@ TEST(TrainConfig, DataSectionErrorsComeFromDataParser) {
   EXPECT_NE(err.find("data.format"), std::string::npos) << err;
 }
 
+// data: is read by the same schema machinery: overrides are named, and keys of other sections are suggested.
+TEST(TrainConfig, DataSectionSharesTheErrorStyle) {
+  std::string err = error_of(kBaseConfig, {"data.max_seq_len=2"});
+  EXPECT_EQ(err.rfind("cfg.yaml: data.max_seq_len (from --set data.max_seq_len=2): must be >= 8 (got 2)", 0), 0u)
+      << err;
+  err = error_of(with_line(9, "  seed: 3"));
+  EXPECT_EQ(err.rfind("cfg.yaml:9: data.seed: unknown key\nHINT: did you mean `train.seed`?", 0), 0u) << err;
+  err = error_of(with_line(24, "max_seq_len: 3"));
+  EXPECT_NE(err.find("did you mean `data.max_seq_len`?"), std::string::npos) << err;
+}
+
 TEST(TrainConfig, YamlSyntaxErrorHasLine) {
   const std::string err = error_of(with_line(15, "  lr: [2.0e-4"));
   EXPECT_EQ(err.rfind("cfg.yaml:", 0), 0u) << err;
@@ -230,6 +242,38 @@ TEST(TrainConfig, HashCoversTrajectoryOnly) {
   EXPECT_EQ(describe_field_changes(before, after), "train.lr: \"0.0002\" -> \"0.0001\"");
 }
 
+// Regression pin: config_hash and trajectory_fields of configs/tiny.yaml, alone and with overrides, as the code
+// BEFORE the schema-table rewrite (#17, commit 9118061) computed them; the values were printed by that code and
+// pasted here, not computed by the code under test. Checkpoints store this hash and refuse to resume on a mismatch,
+// so it must never drift. (The independent check is that checkpoints of existing runs still resume.)
+TEST(TrainConfig, HashIsPinnedForTheShippedTinyConfig) {
+  const fs::path tiny = test::source_dir() / "configs" / "tiny.yaml";
+  const TrainConfig plain = load_config(tiny);
+  const TrainConfig edited = load_config(
+      tiny, {"train.lr=1e-4", "lora.r=8", "lora.dtype=bf16", "lora.targets=[q_proj, v_proj]", "model.quant=fp4",
+             "model.compute_dtype=fp32", "data.max_seq_len=128", "train.adam_beta2=0.99", "train.max_grad_norm=0"});
+  EXPECT_EQ(config_hash(plain), "bd7ab414dc285f14");
+  EXPECT_EQ(config_hash(edited), "c70023e9814397a2");
+  EXPECT_EQ(trajectory_fields(plain).dump(),
+            "{\"data\":{\"eval\":\"data/demo/eval.jsonl\",\"format\":\"alpaca\",\"max_seq_len\":\"256\",\"packing"
+            "\":\"true\",\"shuffle_buffer\":\"1000\",\"template\":\"alpaca\",\"train\":\"data/demo/train.jsonl\","
+            "\"train_on_prompt\":\"false\"},\"lora\":{\"alpha\":\"32\",\"dropout\":\"0.05\",\"r\":16,\"rslora\":f"
+            "alse,\"targets\":[\"all-linear\"]},\"model\":{\"blocksize\":64,\"compute_dtype\":\"bf16\",\"double_q"
+            "uant\":true,\"quant_type\":\"nf4\"},\"train\":{\"betas\":[\"0.9\",\"0.999\"],\"epochs\":0,\"eps\":\""
+            "1e-08\",\"grad_accum\":1,\"loss_chunk_tokens\":1024,\"lr\":\"0.001\",\"max_grad_norm\":\"1\",\"max_s"
+            "teps\":1500,\"micro_batch_size\":4,\"optimizer\":\"adamw\",\"schedule\":\"cosine\",\"seed\":42,\"war"
+            "mup_ratio\":\"0\",\"warmup_steps\":10,\"weight_decay\":\"0\"}}");
+  EXPECT_EQ(trajectory_fields(edited).dump(),
+            "{\"data\":{\"eval\":\"data/demo/eval.jsonl\",\"format\":\"alpaca\",\"max_seq_len\":\"128\",\"packing"
+            "\":\"true\",\"shuffle_buffer\":\"1000\",\"template\":\"alpaca\",\"train\":\"data/demo/train.jsonl\","
+            "\"train_on_prompt\":\"false\"},\"lora\":{\"alpha\":\"32\",\"dropout\":\"0.05\",\"dtype\":\"bf16\",\""
+            "r\":8,\"rslora\":false,\"targets\":[\"q_proj\",\"v_proj\"]},\"model\":{\"blocksize\":64,\"compute_dt"
+            "ype\":\"fp32\",\"double_quant\":true,\"quant_type\":\"fp4\"},\"train\":{\"betas\":[\"0.9\",\"0.99\"]"
+            ",\"epochs\":0,\"eps\":\"1e-08\",\"grad_accum\":1,\"loss_chunk_tokens\":1024,\"lr\":\"0.0001\",\"max_"
+            "grad_norm\":\"0\",\"max_steps\":1500,\"micro_batch_size\":4,\"optimizer\":\"adamw\",\"schedule\":\"c"
+            "osine\",\"seed\":42,\"warmup_ratio\":\"0\",\"warmup_steps\":10,\"weight_decay\":\"0\"}}");
+}
+
 TEST(TrainConfig, ShippedConfigsParse) {
   const fs::path dir = test::source_dir() / "configs";
   for (const char* name :
@@ -258,6 +302,23 @@ TEST(TrainConfig, ShippedConfigsParse) {
     EXPECT_EQ(c.train.optimizer_offload, large);
     EXPECT_EQ(c.device, large ? "cuda" : "cpu");
   }
+}
+
+// docs/config.md is the schema's own Markdown (qlora-train --help-config prints the same text).
+TEST(TrainConfig, DocsConfigMdIsCurrent) {
+  const std::string md = config_reference_markdown();
+  const fs::path doc = test::source_dir() / "docs" / "config.md";
+  ASSERT_TRUE(fs::exists(doc)) << "regenerate: build/bin/qlora-train --help-config > docs/config.md";
+  EXPECT_EQ(read_file(doc), md) << "docs/config.md is out of date; regenerate: build/bin/qlora-train --help-config > "
+                                   "docs/config.md";
+  // Every key of both tables has a row.
+  for (const auto& k : train_config_keys()) EXPECT_NE(md.find("| `" + k.path + "` |"), std::string::npos) << k.path;
+  for (const auto& k : data::data_config_keys()) {
+    EXPECT_NE(md.find("| `" + k.path + "` |"), std::string::npos) << k.path;
+  }
+  const auto r = test::run_app("qlora-train", "--help-config");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, md);
 }
 
 TEST(TrainConfig, EditDistance) {

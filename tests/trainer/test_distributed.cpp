@@ -258,11 +258,13 @@ TEST_F(DataParallel, KilledRankStopsJobAndResumeMatchesUninterruptedRun) {
   auto full = test::run_app("qlora-train", make_run(root / "full", s).string() + " --nproc 2");
   ASSERT_EQ(full.exit_code, 0) << full.output;
 
-  // SIGKILL of rank 0 (the checkpoint writer and store host) after 2 files of checkpoint-4.
-  const std::string cmd =
-      (test::bin_dir() / "qlora-train").string() + " " + make_run(root / "split", s).string() + " --nproc 2";
+  // SIGKILL of rank 0 (the checkpoint writer and store host) after the adapter files of checkpoint-4 (the same
+  // run by a test-only build of qlora-train: tests/helpers/train_crash_mid_checkpoint.cpp).
+  const std::string args = make_run(root / "split", s).string() + " --nproc 2";
+  const std::string cmd = (test::bin_dir() / "qlora-train").string() + " " + args;
   const auto t0 = Clock::now();
-  auto killed = test::run_command("QLORA_TEST_CHECKPOINT_FAULT=4:2:kill " + cmd);
+  auto killed =
+      test::run_app("train_crash_mid_checkpoint", args + " --step 4 --after " + std::string(lora::kAdapterConfigFile));
   const double took = std::chrono::duration<double>(Clock::now() - t0).count();
   EXPECT_NE(killed.exit_code, 0) << killed.output;
   EXPECT_NE(killed.output.find("rank 0 was killed by signal 9"), std::string::npos) << killed.output;  // launcher

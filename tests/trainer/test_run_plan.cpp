@@ -42,7 +42,7 @@ TEST(RunPlan, SameAccountingAsTheLoadedTinyModel) {
   const fs::path dir = test::temp_dir();
   const TrainConfig cfg = parse_config(tiny_config_yaml(dir, true), (dir / "c.yaml").string());
   const plan::MemoryPlan plan = plan_run(cfg);
-  model::LoadOptions lo;
+  model::LoadOptions lo = load_options(cfg);  // what Trainer::setup loads
   lo.show_progress = false;
   auto m = model::load_model(test::tiny_model_dir(), lo);
   int64_t quantized = 0, dense = 0;
@@ -60,11 +60,7 @@ TEST(RunPlan, SameAccountingAsTheLoadedTinyModel) {
   }
   EXPECT_EQ(plan.frozen_quantized_bytes, quantized);
   EXPECT_EQ(plan.frozen_dense_bytes, dense);
-  lora::LoraConfig lc;
-  lc.r = cfg.lora.r;
-  lc.alpha = cfg.lora.alpha;
-  lc.targets = cfg.lora.targets;
-  auto adapters = lora::attach_lora(m, lc, /*seed=*/1);
+  auto adapters = lora::attach_lora(m, lora_config(cfg), /*seed=*/1);
   EXPECT_EQ(plan.lora_params, adapters.num_parameters());
   EXPECT_EQ(plan.inputs.lora.size(), adapters.modules.size());
 }

@@ -19,8 +19,8 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "lora/peft_io.h"
-#include "tools/tiny_model.h"
 #include "test_util.h"
+#include "tools/tiny_model.h"
 #include "trainer/trainer.h"
 
 namespace qlora::trainer {
@@ -308,9 +308,11 @@ TEST_F(TrainerRun, FailedCheckpointWriteKeepsPreviousOne) {
   s.max_steps = 6;
   s.checkpoint_every = 2;
   const TrainConfig cfg = config_in(dir, s);
-  ::setenv("QLORA_TEST_CHECKPOINT_FAULT", "4:3:throw", 1);  // after adapter + optimizer files of checkpoint-4
-  EXPECT_THROW(run_training(cfg, {}), Error);
-  ::unsetenv("QLORA_TEST_CHECKPOINT_FAULT");
+  TrainerOptions failing;  // checkpoint-4 fails after its adapter and optimizer files
+  failing.after_checkpoint_file = [](int64_t step, const std::string& file) {
+    if (step == 4 && file == kOptimizerFile) throw Error("injected failure after " + file + " of checkpoint-4");
+  };
+  EXPECT_THROW(run_training(cfg, failing), Error);
   EXPECT_TRUE(fs::exists(dir / "ckpt" / "checkpoint-2" / kTrainerStateFile));
   EXPECT_FALSE(fs::exists(dir / "ckpt" / "checkpoint-4"));
   for (const auto& e : fs::directory_iterator(dir / "ckpt")) {
@@ -330,9 +332,11 @@ TEST_F(TrainerRun, AppKilledDuringCheckpointWriteResumes) {
   s.max_steps = 6;
   s.checkpoint_every = 2;
   make_config(dir, s);
-  const std::string cmd = (test::bin_dir() / "qlora-train").string() + " " + (dir / "config.yaml").string();
-  // kill -9 (SIGKILL) after 4 files of checkpoint-4 are written.
-  auto r = test::run_command("QLORA_TEST_CHECKPOINT_FAULT=4:4:kill " + cmd);
+  const std::string config = (dir / "config.yaml").string();
+  const std::string cmd = (test::bin_dir() / "qlora-train").string() + " " + config;
+  // kill -9 (SIGKILL) after the adapter, optimizer and RNG files of checkpoint-4 are written: the same run by a
+  // test-only build of qlora-train (tests/helpers/train_crash_mid_checkpoint.cpp).
+  auto r = test::run_app("train_crash_mid_checkpoint", config + " --step 4 --after " + kRngFile);
   EXPECT_EQ(r.exit_code, 128 + SIGKILL) << r.output;
   EXPECT_TRUE(fs::exists(dir / "ckpt" / "checkpoint-2" / kTrainerStateFile));
   EXPECT_FALSE(fs::exists(dir / "ckpt" / "checkpoint-4"));

@@ -111,6 +111,7 @@ struct DistGroup::Impl {
   std::mutex hb_mutex;
   std::condition_variable hb_cv;
   bool hb_stop = false;
+  bool store_lost = false;  // a heartbeat failed: the store (rank 0's process) is gone
 };
 
 DistGroup::DistGroup(const DistEnv& env, const DistOptions& options)
@@ -158,16 +159,25 @@ DistGroup::DistGroup(const DistEnv& env, const DistOptions& options)
                 " ranks within " + std::to_string(rendezvous_timeout.count() / 1000) + " s: " + e.what());
   }
 
-  // Heartbeat: bump our key every kHeartbeatInterval until destroyed.
+  // Heartbeat: bump our key every kHeartbeatInterval until destroyed. The bump runs unlocked (it may block on a
+  // stopped rank 0), so diagnose_failure can always wait on hb_cv.
   auto hb_store = connect_store(env, /*server=*/false, rendezvous_timeout);
   I.heartbeat = std::thread([this, hb_store]() {
     auto& J = *impl_;
     std::unique_lock<std::mutex> lock(J.hb_mutex);
     while (!J.hb_stop) {
+      lock.unlock();
+      bool sent = true;
       try {
         hb_store->add(heartbeat_key(env_.rank), 1);
       } catch (const std::exception&) {
-        return;  // the store is gone (rank 0 ended): a failing collective will say so
+        sent = false;  // the connection failed: rank 0, which hosts the store, ended
+      }
+      lock.lock();
+      if (!sent) {
+        J.store_lost = true;
+        J.hb_cv.notify_all();
+        return;
       }
       J.hb_cv.wait_for(lock, kHeartbeatInterval, [&J] { return J.hb_stop; });
     }
@@ -194,6 +204,17 @@ DistGroup::~DistGroup() {
 }
 
 std::string DistGroup::diagnose_failure() {
+  const std::string rank0_gone = "rank 0 stopped responding (the rendezvous store it hosts at " + env_.master_addr +
+                                 ":" + std::to_string(env_.master_port) +
+                                 " is unreachable: rank 0 died or was stopped)";
+  if (env_.rank != 0) {
+    // A dead rank 0 closes the heartbeat's open store connection: its next bump fails at once. Ask it first: c10d
+    // retries a new connection to a dead store (a refused connection looks like a store not up yet) for
+    // kDiagnoseStoreTimeout and again after a back-off (measured 5 s + 5.8 s), past the 10 s the --nproc launcher
+    // gives the other ranks to exit before it kills them (trainer/dist/launch.h).
+    std::unique_lock<std::mutex> lock(impl_->hb_mutex);
+    if (impl_->hb_cv.wait_for(lock, 2 * kHeartbeatInterval, [this] { return impl_->store_lost; })) return rank0_gone;
+  }
   const int W = env_.world_size;
   c10::intrusive_ptr<c10d::TCPStore> store;
   std::vector<int64_t> before(W), after(W);
@@ -207,11 +228,7 @@ std::string DistGroup::diagnose_failure() {
       failed[r] = store->check({failed_key(r)});
     }
   } catch (const std::exception&) {
-    if (env_.rank != 0) {
-      return "rank 0 stopped responding (the rendezvous store it hosts at " + env_.master_addr + ":" +
-             std::to_string(env_.master_port) + " is unreachable: rank 0 died or was stopped)";
-    }
-    return "the rendezvous store is unreachable";
+    return env_.rank != 0 ? rank0_gone : "the rendezvous store is unreachable";
   }
   std::string failed_ranks, silent_ranks;
   for (int r = 0; r < W; ++r) {
