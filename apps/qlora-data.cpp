@@ -59,7 +59,9 @@ void print_split(const data::DataConfig& cfg, const tokenizer::Tokenizer& tok, d
     rows += b->input_ids.size(0);
   }
   const data::DataStats s = loader.stats();
-  const auto pct = [](int64_t a, int64_t b) { return b > 0 ? 100.0 * static_cast<double>(a) / static_cast<double>(b) : 0.0; };
+  const auto pct = [](int64_t a, int64_t b) {
+    return b > 0 ? 100.0 * static_cast<double>(a) / static_cast<double>(b) : 0.0;
+  };
   std::printf("records read        %lld\n", static_cast<long long>(s.records_read));
   std::printf("examples            %lld\n", static_cast<long long>(s.examples));
   std::printf("tokens              %lld (mean %.1f per example)\n", static_cast<long long>(s.tokens),
@@ -91,8 +93,9 @@ int main(int argc, char** argv) {
     const data::DataConfig cfg = data::parse_data_config(root["data"], config);
     const auto tok = tokenizer::load_tokenizer(model_path(root, config));
     std::printf("format %s, template %s, max_seq_len %lld, packing %s, train_on_prompt %s\n",
-                data::format_name(cfg.format), data::template_name(cfg.tmpl.kind), static_cast<long long>(cfg.max_seq_len),
-                cfg.packing ? "on" : "off", cfg.train_on_prompt ? "on" : "off");
+                data::format_name(cfg.format), data::template_name(cfg.tmpl.kind),
+                static_cast<long long>(cfg.max_seq_len), cfg.packing ? "on" : "off",
+                cfg.train_on_prompt ? "on" : "off");
     std::printf("(PROMPT is masked out of the loss, label -100; TRAINED is what the model learns)\n");
     print_split(cfg, *tok, data::Split::kTrain, batch_size, examples);
     if (data::has_eval_split(cfg)) print_split(cfg, *tok, data::Split::kEval, batch_size, examples);

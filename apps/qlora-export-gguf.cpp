@@ -16,10 +16,12 @@ int main(int argc, char** argv) {
   std::string name;
   bool adapter_only = false, overwrite = false;
   cli.add_option("--model", model_dir, "HF Llama folder (config.json, safetensors, tokenizer.model)");
-  cli.add_option("--adapter", adapter_dir, "PEFT LoRA adapter folder: merged into --model, or exported alone with "
-                                           "--adapter-only");
-  cli.add_option("--base", base_dir, "base model folder of the adapter (--adapter-only; default: the adapter's "
-                                     "base_model_name_or_path)");
+  cli.add_option("--adapter", adapter_dir,
+                 "PEFT LoRA adapter folder: merged into --model, or exported alone with "
+                 "--adapter-only");
+  cli.add_option("--base", base_dir,
+                 "base model folder of the adapter (--adapter-only; default: the adapter's "
+                 "base_model_name_or_path)");
   cli.add_option("--out", out, "output .gguf file")->required();
   cli.add_option("--outtype", outtype, "f32 | f16 | bf16 | q8_0 | q4_0 (default f16; adapters: f32)")
       ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
@@ -53,8 +55,8 @@ int main(int argc, char** argv) {
     }
     std::string types;
     for (const auto& [t, n] : s.tensors_by_type) types += (types.empty() ? "" : ", ") + std::to_string(n) + " " + t;
-    std::printf("wrote %s: %lld tensors (%s), %s%s\n", s.path.c_str(), static_cast<long long>(s.tensors),
-                types.c_str(), qlora::format_bytes(static_cast<double>(s.bytes)).c_str(),
+    std::printf("wrote %s: %lld tensors (%s), %s%s\n", s.path.c_str(), static_cast<long long>(s.tensors), types.c_str(),
+                qlora::format_bytes(static_cast<double>(s.bytes)).c_str(),
                 s.merged_modules ? (", " + std::to_string(s.merged_modules) + " adapter modules merged").c_str() : "");
     return 0;
   });

@@ -64,104 +64,116 @@ void write_npy(const std::string& path, const torch::Tensor& logits) {
   });
 }
 
+struct Args {
+  std::string model_dir, adapter, prompt, prompt_file, quant = "nf4", dtype = "bf16", prompt_ids, logits_out;
+  int threads = 0;
+  bool ignore_eos = false, print_ids = false;
+  qlora::model::GenerateOptions g;
+};
+
+void add_options(CLI::App& cli, Args& a) {
+  a.g.max_new_tokens = 64;
+  cli.add_option("--model", a.model_dir, "HF model folder")->required();
+  cli.add_option("--adapter", a.adapter, "PEFT LoRA adapter folder");
+  auto* p = cli.add_option("--prompt", a.prompt, "prompt text");
+  auto* pf = cli.add_option("--prompt-file", a.prompt_file, "file holding the prompt");
+  auto* pi = cli.add_option("--prompt-ids", a.prompt_ids,
+                            "the prompt as space-separated token ids, used as given (include BOS yourself)");
+  cli.add_flag("--ignore-eos", a.ignore_eos, "keep generating past end-of-sequence tokens");
+  cli.add_flag("--print-ids", a.print_ids, "print the generated token ids (one line, space-separated) instead of text");
+  p->excludes(pf);
+  pi->excludes(p);
+  pi->excludes(pf);
+  cli.add_option("--max-new-tokens", a.g.max_new_tokens, "tokens to generate at most")->capture_default_str();
+  cli.add_option("--temperature", a.g.temperature, "0 = greedy")->check(CLI::NonNegativeNumber)->capture_default_str();
+  cli.add_option("--top-k", a.g.top_k, "keep the k most likely tokens (0 = off)")->capture_default_str();
+  cli.add_option("--top-p", a.g.top_p, "nucleus sampling mass (1 = off)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cli.add_option("--seed", a.g.seed, "sampling seed")->capture_default_str();
+  cli.add_option("--quant", a.quant, "base weights: 4-bit type or none (dense)")
+      ->check(CLI::IsMember(qlora::quant::quant_option_names()))
+      ->capture_default_str();
+  cli.add_option("--dtype", a.dtype, "compute dtype")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
+      ->capture_default_str();
+  cli.add_option("--logits-out", a.logits_out,
+                 "write the fp32 logits of every prompt position to this .npy file, shape (T, V)");
+  cli.add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
+}
+
+// Streams the continuation to stdout as it is generated: decoded text (the whole continuation is decoded each
+// time, so pieces that join, such as spaces and multi-byte characters, print correctly) or, with --print-ids,
+// the ids on one line at the end.
+qlora::model::GenerateResult stream_completion(qlora::model::LlamaModel& model, const qlora::tokenizer::Tokenizer& tok,
+                                               const std::vector<int64_t>& ids, const Args& a) {
+  if (!a.print_ids) {
+    std::printf("%s", a.prompt.c_str());
+    std::fflush(stdout);
+  }
+  std::vector<int32_t> out;
+  std::string shown;
+  auto r = qlora::model::generate(*model, ids, a.g, [&](int64_t t) {
+    if (std::find(a.g.eos_token_ids.begin(), a.g.eos_token_ids.end(), t) != a.g.eos_token_ids.end()) return true;
+    out.push_back(static_cast<int32_t>(t));
+    if (a.print_ids) return !qlora::stop_requested();
+    const std::string text = tok.decode(out);
+    if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
+      std::printf("%s", text.substr(shown.size()).c_str());
+      std::fflush(stdout);
+      shown = text;
+    }
+    return !qlora::stop_requested();
+  });
+  if (a.print_ids) {
+    for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? " " : "", out[i]);
+  }
+  std::printf("\n");
+  return r;
+}
+
+int run_generate(Args& a) {
+  if (a.prompt.empty() && a.prompt_file.empty() && a.prompt_ids.empty()) {
+    throw qlora::Error("give --prompt TEXT, --prompt-file FILE or --prompt-ids \"ID ID ...\"");
+  }
+  if (!a.prompt_file.empty()) a.prompt = qlora::read_file(a.prompt_file);
+  qlora::configure_threads(a.threads);
+  qlora::model::LoadOptions lo;
+  lo.compute_dtype = a.dtype == "fp32" ? torch::kFloat32 : a.dtype == "fp16" ? torch::kFloat16 : torch::kBFloat16;
+  lo.quant = qlora::quant::parse_quant_option(a.quant);
+  auto model = qlora::model::load_model(a.model_dir, lo);
+  if (!a.adapter.empty()) qlora::lora::apply_adapter(model, qlora::lora::load_adapter(a.adapter));
+  model->eval();
+  auto tok = qlora::tokenizer::load_tokenizer(a.model_dir);
+  std::vector<int64_t> ids;
+  if (!a.prompt_ids.empty()) {
+    ids = parse_token_ids(a.prompt_ids, model->config().vocab_size);
+  } else {
+    for (int32_t t : tok->encode(a.prompt, /*add_bos=*/true)) ids.push_back(t);
+  }
+  if (!a.logits_out.empty()) {
+    torch::NoGradGuard no_grad;
+    write_npy(a.logits_out, model->forward(torch::tensor(ids, torch::kInt64).view({1, -1})).squeeze(0));  // (T, V)
+  }
+  if (!a.ignore_eos) {
+    a.g.eos_token_ids = model->config().eos_token_ids;
+    a.g.eos_token_ids.push_back(tok->eos_id());
+  }
+  a.g.vocab_limit = tok->vocab_size();  // models may pad their vocabulary beyond the tokenizer's
+  const auto r = stream_completion(model, *tok, ids, a);
+  const double n = static_cast<double>(r.tokens.size());
+  std::fprintf(stderr, "prompt %zu tokens in %.2fs (%.1f tok/s); generated %zu tokens in %.2fs (%.1f tok/s)%s\n",
+               ids.size(), r.prompt_seconds, static_cast<double>(ids.size()) / std::max(r.prompt_seconds, 1e-9),
+               r.tokens.size(), r.decode_seconds, n > 1 ? (n - 1) / std::max(r.decode_seconds, 1e-9) : 0.0,
+               r.stopped_on_eos ? ", stopped at eos" : "");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App cli{"Generate text from a Llama model (optionally with a LoRA adapter)."};
-  std::string model_dir, adapter, prompt, prompt_file, quant = "nf4", dtype = "bf16";
-  int threads = 0;
-  qlora::model::GenerateOptions g;
-  g.max_new_tokens = 64;
-  cli.add_option("--model", model_dir, "HF model folder")->required();
-  cli.add_option("--adapter", adapter, "PEFT LoRA adapter folder");
-  auto* p = cli.add_option("--prompt", prompt, "prompt text");
-  auto* pf = cli.add_option("--prompt-file", prompt_file, "file holding the prompt");
-  std::string prompt_ids, logits_out;
-  bool ignore_eos = false, print_ids = false;
-  auto* pi = cli.add_option("--prompt-ids", prompt_ids,
-                            "the prompt as space-separated token ids, used as given (include BOS yourself)");
-  cli.add_flag("--ignore-eos", ignore_eos, "keep generating past end-of-sequence tokens");
-  cli.add_flag("--print-ids", print_ids, "print the generated token ids (one line, space-separated) instead of text");
-  p->excludes(pf);
-  pi->excludes(p);
-  pi->excludes(pf);
-  cli.add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate at most")->capture_default_str();
-  cli.add_option("--temperature", g.temperature, "0 = greedy")->check(CLI::NonNegativeNumber)->capture_default_str();
-  cli.add_option("--top-k", g.top_k, "keep the k most likely tokens (0 = off)")->capture_default_str();
-  cli.add_option("--top-p", g.top_p, "nucleus sampling mass (1 = off)")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  cli.add_option("--seed", g.seed, "sampling seed")->capture_default_str();
-  cli.add_option("--quant", quant, "base weights: 4-bit type or none (dense)")
-      ->check(CLI::IsMember({"nf4", "fp4", "none"}))
-      ->capture_default_str();
-  cli.add_option("--dtype", dtype, "compute dtype")
-      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
-      ->capture_default_str();
-  cli.add_option("--logits-out", logits_out,
-                 "write the fp32 logits of every prompt position to this .npy file, shape (T, V)");
-  cli.add_option("--threads", threads, "CPU threads (0 = all cores)")->capture_default_str();
-
-  return qlora::app::run(cli, argc, argv, [&] {
-    if (prompt.empty() && prompt_file.empty() && prompt_ids.empty()) {
-      throw qlora::Error("give --prompt TEXT, --prompt-file FILE or --prompt-ids \"ID ID ...\"");
-    }
-    if (!prompt_file.empty()) prompt = qlora::read_file(prompt_file);
-    qlora::configure_threads(threads);
-    qlora::model::LoadOptions lo;
-    lo.compute_dtype = dtype == "fp32" ? torch::kFloat32 : dtype == "fp16" ? torch::kFloat16 : torch::kBFloat16;
-    if (quant == "none") {
-      lo.quant = std::nullopt;
-    } else {
-      lo.quant = qlora::quant::parse_quant_type(quant);
-    }
-    auto model = qlora::model::load_model(model_dir, lo);
-    if (!adapter.empty()) qlora::lora::apply_adapter(model, qlora::lora::load_adapter(adapter));
-    model->eval();
-    auto tok = qlora::tokenizer::load_tokenizer(model_dir);
-    std::vector<int64_t> ids;
-    if (!prompt_ids.empty()) {
-      ids = parse_token_ids(prompt_ids, model->config().vocab_size);
-    } else {
-      for (int32_t t : tok->encode(prompt, /*add_bos=*/true)) ids.push_back(t);
-    }
-    if (!logits_out.empty()) {
-      torch::NoGradGuard no_grad;
-      write_npy(logits_out, model->forward(torch::tensor(ids, torch::kInt64).view({1, -1})).squeeze(0));  // (T, V)
-    }
-    if (!ignore_eos) {
-      g.eos_token_ids = model->config().eos_token_ids;
-      g.eos_token_ids.push_back(tok->eos_id());
-    }
-    g.vocab_limit = tok->vocab_size();  // models may pad their vocabulary beyond the tokenizer's
-    if (!print_ids) {
-      std::printf("%s", prompt.c_str());
-      std::fflush(stdout);
-    }
-    std::vector<int32_t> out;
-    std::string shown;
-    auto r = qlora::model::generate(*model, ids, g, [&](int64_t t) {
-      if (std::find(g.eos_token_ids.begin(), g.eos_token_ids.end(), t) != g.eos_token_ids.end()) return true;
-      out.push_back(static_cast<int32_t>(t));
-      if (print_ids) return !qlora::stop_requested();
-      // Decode the whole continuation so pieces that join (spaces, multi-byte characters) print correctly.
-      const std::string text = tok->decode(out);
-      if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
-        std::printf("%s", text.substr(shown.size()).c_str());
-        std::fflush(stdout);
-        shown = text;
-      }
-      return !qlora::stop_requested();
-    });
-    if (print_ids) {
-      for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? " " : "", out[i]);
-    }
-    std::printf("\n");
-    const double n = static_cast<double>(r.tokens.size());
-    std::fprintf(stderr, "prompt %zu tokens in %.2fs (%.1f tok/s); generated %zu tokens in %.2fs (%.1f tok/s)%s\n",
-                 ids.size(), r.prompt_seconds, static_cast<double>(ids.size()) / std::max(r.prompt_seconds, 1e-9),
-                 r.tokens.size(), r.decode_seconds, n > 1 ? (n - 1) / std::max(r.decode_seconds, 1e-9) : 0.0,
-                 r.stopped_on_eos ? ", stopped at eos" : "");
-    return 0;
-  });
+  Args args;
+  add_options(cli, args);
+  return qlora::app::run(cli, argc, argv, [&] { return run_generate(args); });
 }

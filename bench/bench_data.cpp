@@ -41,7 +41,9 @@ class ByteTokenizer : public tokenizer::Tokenizer {
     return s;
   }
   std::string id_to_piece(int32_t id) const override { return std::string(1, static_cast<char>(id - 3)); }
-  int32_t piece_to_id(const std::string& p) const override { return p.empty() ? 0 : static_cast<unsigned char>(p[0]) + 3; }
+  int32_t piece_to_id(const std::string& p) const override {
+    return p.empty() ? 0 : static_cast<unsigned char>(p[0]) + 3;
+  }
   int32_t vocab_size() const override { return 259; }
   int32_t bos_id() const override { return 1; }
   int32_t eos_id() const override { return 2; }
@@ -73,7 +75,8 @@ int main(int argc, char** argv) {
     std::ofstream out(file, std::ios::binary);
     const std::string pad(180, 'w');
     while (static_cast<int64_t>(out.tellp()) < (mb << 20)) {
-      out << R"({"prompt": "question )" << records << " " << pad << R"(", "completion": "answer )" << records << "\"}\n";
+      out << R"({"prompt": "question )" << records << " " << pad << R"(", "completion": "answer )" << records
+          << "\"}\n";
       ++records;
     }
   }
@@ -99,11 +102,13 @@ int main(int argc, char** argv) {
   std::printf("| what | value |\n|---|---|\n");
   std::printf("| file | %.0f MB, %lld records |\n", file_mb, static_cast<long long>(records));
   std::printf("| tokenizer | %s |\n", tokenizer_dir.empty() ? "byte-level stand-in" : tokenizer_dir.c_str());
-  std::printf("| examples / batches | %lld / %lld |\n", static_cast<long long>(st.examples), static_cast<long long>(batches));
+  std::printf("| examples / batches | %lld / %lld |\n", static_cast<long long>(st.examples),
+              static_cast<long long>(batches));
   std::printf("| time | %.2f s |\n", s);
   std::printf("| read rate | %.1f MB/s (%.2e of memcpy %.1f GB/s) |\n", file_mb / s, file_mb / s / 1024.0 / bw, bw);
   std::printf("| tokens/s | %.0f |\n", static_cast<double>(st.tokens) / s);
-  std::printf("| RSS growth (max) | %s |\n", format_bytes(static_cast<double>(rss_max - std::min(rss_max, rss0))).c_str());
+  std::printf("| RSS growth (max) | %s |\n",
+              format_bytes(static_cast<double>(rss_max - std::min(rss_max, rss0))).c_str());
   fs::remove_all(dir);
   return 0;
 }

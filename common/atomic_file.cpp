@@ -15,7 +15,9 @@ namespace qlora {
 
 namespace {
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+  return std::strerror(errno);
+}
 
 fs::path temp_sibling(const fs::path& path) {
   return path.parent_path() / (path.filename().string() + ".tmp-" + std::to_string(::getpid()));
@@ -70,7 +72,9 @@ void FileWriter::close() {
   if (rc != 0) throw_file_error(path_.string(), std::string("fsync failed: ") + std::strerror(err));
 }
 
-void fsync_dir(const fs::path& dir) { fsync_path(dir.empty() ? fs::path(".") : dir); }
+void fsync_dir(const fs::path& dir) {
+  fsync_path(dir.empty() ? fs::path(".") : dir);
+}
 
 void write_file_atomic(const fs::path& path, const std::function<void(FileWriter&)>& fill) {
   const fs::path tmp = temp_sibling(path);

@@ -56,7 +56,11 @@ size_t read_status_kb(const char* key) {
 }
 }  // namespace
 
-size_t peak_rss_bytes() { return read_status_kb("VmHWM:"); }
-size_t current_rss_bytes() { return read_status_kb("VmRSS:"); }
+size_t peak_rss_bytes() {
+  return read_status_kb("VmHWM:");
+}
+size_t current_rss_bytes() {
+  return read_status_kb("VmRSS:");
+}
 
 }  // namespace qlora

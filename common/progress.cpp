@@ -16,7 +16,9 @@ Progress::Progress(std::string what, double total, std::string unit, double inte
   last_log_ = start_;
 }
 
-double Progress::elapsed_s() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+double Progress::elapsed_s() const {
+  return std::chrono::duration<double>(Clock::now() - start_).count();
+}
 
 double Progress::rate() const {
   const double e = elapsed_s();
@@ -47,7 +49,9 @@ void Progress::set(double done, const std::string& extra) {
   }
 }
 
-void Progress::advance(double n, const std::string& extra) { set(done_ + n, extra); }
+void Progress::advance(double n, const std::string& extra) {
+  set(done_ + n, extra);
+}
 
 void Progress::finish(const std::string& extra) {
   if (finished_) return;

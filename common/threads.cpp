@@ -30,7 +30,11 @@ void install_stop_handlers() {
   std::signal(SIGTERM, on_stop_signal);
 }
 
-bool stop_requested() { return g_stop.load(); }
-void request_stop() { g_stop.store(true); }
+bool stop_requested() {
+  return g_stop.load();
+}
+void request_stop() {
+  g_stop.store(true);
+}
 
 }  // namespace qlora

@@ -63,8 +63,8 @@ struct DataStats {
 
 class DataLoader {
  public:
-  DataLoader(const DataConfig& cfg, const tokenizer::Tokenizer& tok, Split split, int64_t micro_batch_size, uint64_t seed,
-             int64_t max_epochs, int rank = 0, int world_size = 1);
+  DataLoader(const DataConfig& cfg, const tokenizer::Tokenizer& tok, Split split, int64_t micro_batch_size,
+             uint64_t seed, int64_t max_epochs, int rank = 0, int world_size = 1);
 
   // The next batch, or nullopt once max_epochs epochs are done.
   std::optional<Batch> next();

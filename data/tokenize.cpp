@@ -63,8 +63,8 @@ bool truncate_example(TokenizedExample& ex, int64_t max_len) {
 namespace {
 
 // Splits the example into runs of (masked?, ids) with BOS/EOS as their own runs, and renders each.
-std::string render_runs(const TokenizedExample& ex, const tokenizer::Tokenizer& tok, bool want_masked, bool want_trained,
-                        bool brackets) {
+std::string render_runs(const TokenizedExample& ex, const tokenizer::Tokenizer& tok, bool want_masked,
+                        bool want_trained, bool brackets) {
   std::string out;
   size_t i = 0;
   const size_t n = ex.ids.size();

@@ -36,7 +36,7 @@ constexpr int64_t kQK4_0 = 32;
 // Q8_0: 32 weights share one fp16 scale. d = max|x| / 127, q = round(x / d) (half away from zero),
 // x' = q * d. Size: 2 + 32 = 34 bytes per 32 weights = 8.5 bits per weight.
 struct BlockQ8_0 {
-  uint16_t d;      // fp16 bits of the scale
+  uint16_t d;  // fp16 bits of the scale
   int8_t qs[kQK8_0];
 };
 static_assert(sizeof(BlockQ8_0) == 2 + kQK8_0, "Q8_0 block must be 34 bytes (ggml block_q8_0)");
@@ -45,7 +45,7 @@ static_assert(sizeof(BlockQ8_0) == 2 + kQK8_0, "Q8_0 block must be 34 bytes (ggm
 // q = min(15, trunc(x / d + 8.5)) in [0, 15], x' = (q - 8) * d. Byte j holds q[j] in the low nibble and
 // q[j + 16] in the high nibble. Size: 2 + 16 = 18 bytes per 32 weights = 4.5 bits per weight.
 struct BlockQ4_0 {
-  uint16_t d;      // fp16 bits of the scale
+  uint16_t d;  // fp16 bits of the scale
   uint8_t qs[kQK4_0 / 2];
 };
 static_assert(sizeof(BlockQ4_0) == 2 + kQK4_0 / 2, "Q4_0 block must be 18 bytes (ggml block_q4_0)");

@@ -22,8 +22,8 @@ namespace fs = std::filesystem;
 
 struct ExportOptions {
   OutType out_type = OutType::kF16;
-  fs::path adapter_dir;   // optional PEFT adapter to merge into the weights
-  std::string name;       // general.name; default: the model folder's name
+  fs::path adapter_dir;  // optional PEFT adapter to merge into the weights
+  std::string name;      // general.name; default: the model folder's name
   bool overwrite = false;
   bool show_progress = true;
 };
@@ -37,9 +37,9 @@ struct AdapterExportOptions {
 struct ExportSummary {
   fs::path path;
   int64_t tensors = 0;
-  uint64_t bytes = 0;                             // file size
+  uint64_t bytes = 0;                              // file size
   std::map<std::string, int64_t> tensors_by_type;  // "Q8_0" -> count
-  int64_t merged_modules = 0;                     // adapter modules merged (model export)
+  int64_t merged_modules = 0;                      // adapter modules merged (model export)
 };
 
 ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, const ExportOptions& options = {});

@@ -24,22 +24,32 @@ OutType parse_out_type(const std::string& name) {
 
 std::string out_type_name(OutType t) {
   switch (t) {
-    case OutType::kF32: return "f32";
-    case OutType::kF16: return "f16";
-    case OutType::kBF16: return "bf16";
-    case OutType::kQ8_0: return "q8_0";
-    case OutType::kQ4_0: return "q4_0";
+    case OutType::kF32:
+      return "f32";
+    case OutType::kF16:
+      return "f16";
+    case OutType::kBF16:
+      return "bf16";
+    case OutType::kQ8_0:
+      return "q8_0";
+    case OutType::kQ4_0:
+      return "q4_0";
   }
   return "?";
 }
 
 uint32_t llama_file_type(OutType t) {
   switch (t) {
-    case OutType::kF32: return 0;
-    case OutType::kF16: return 1;
-    case OutType::kQ4_0: return 2;
-    case OutType::kQ8_0: return 7;
-    case OutType::kBF16: return 32;
+    case OutType::kF32:
+      return 0;
+    case OutType::kF16:
+      return 1;
+    case OutType::kQ4_0:
+      return 2;
+    case OutType::kQ8_0:
+      return 7;
+    case OutType::kBF16:
+      return 32;
   }
   return 0;
 }
@@ -54,14 +64,10 @@ std::optional<std::string> gguf_tensor_name(const std::string& hf_name) {
     const std::string rest = m[2];
     if (rest.find("rotary_emb.inv_freq") != std::string::npos) return std::nullopt;
     static const std::vector<std::pair<std::string, std::string>> kMap = {
-        {"input_layernorm.weight", "attn_norm.weight"},
-        {"self_attn.q_proj.weight", "attn_q.weight"},
-        {"self_attn.k_proj.weight", "attn_k.weight"},
-        {"self_attn.v_proj.weight", "attn_v.weight"},
-        {"self_attn.o_proj.weight", "attn_output.weight"},
-        {"post_attention_layernorm.weight", "ffn_norm.weight"},
-        {"mlp.gate_proj.weight", "ffn_gate.weight"},
-        {"mlp.up_proj.weight", "ffn_up.weight"},
+        {"input_layernorm.weight", "attn_norm.weight"},    {"self_attn.q_proj.weight", "attn_q.weight"},
+        {"self_attn.k_proj.weight", "attn_k.weight"},      {"self_attn.v_proj.weight", "attn_v.weight"},
+        {"self_attn.o_proj.weight", "attn_output.weight"}, {"post_attention_layernorm.weight", "ffn_norm.weight"},
+        {"mlp.gate_proj.weight", "ffn_gate.weight"},       {"mlp.up_proj.weight", "ffn_up.weight"},
         {"mlp.down_proj.weight", "ffn_down.weight"},
     };
     for (const auto& [hf, gg] : kMap) {
@@ -96,10 +102,14 @@ GgmlType tensor_type_for(const std::string& gguf_name, const std::vector<int64_t
   if (shape.size() <= 1) return GgmlType::kF32;
   const int64_t row = shape.back();
   switch (out) {
-    case OutType::kF32: return GgmlType::kF32;
-    case OutType::kF16: return GgmlType::kF16;
-    case OutType::kBF16: return GgmlType::kBF16;
-    case OutType::kQ8_0: return row % kQK8_0 == 0 ? GgmlType::kQ8_0 : GgmlType::kF16;
+    case OutType::kF32:
+      return GgmlType::kF32;
+    case OutType::kF16:
+      return GgmlType::kF16;
+    case OutType::kBF16:
+      return GgmlType::kBF16;
+    case OutType::kQ8_0:
+      return row % kQK8_0 == 0 ? GgmlType::kQ8_0 : GgmlType::kF16;
     case OutType::kQ4_0:
       if (gguf_name == "output.weight") return row % kQK8_0 == 0 ? GgmlType::kQ8_0 : GgmlType::kF16;
       return row % kQK4_0 == 0 ? GgmlType::kQ4_0 : GgmlType::kF16;

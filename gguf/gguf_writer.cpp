@@ -14,7 +14,9 @@ namespace qlora::gguf {
 
 namespace {
 
-uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+uint64_t align_up(uint64_t x, uint64_t a) {
+  return (x + a - 1) / a * a;
+}
 
 bool host_is_little_endian() {
   const uint16_t one = 1;
@@ -25,7 +27,9 @@ bool host_is_little_endian() {
 
 }  // namespace
 
-std::vector<int64_t> TensorSpec::ne() const { return {shape.rbegin(), shape.rend()}; }
+std::vector<int64_t> TensorSpec::ne() const {
+  return {shape.rbegin(), shape.rend()};
+}
 
 GgufWriter::GgufWriter(uint32_t alignment) : alignment_(alignment) {
   TORCH_CHECK(host_is_little_endian(), "GGUF writer: big-endian hosts are not supported");
@@ -51,16 +55,36 @@ void GgufWriter::begin_kv(const std::string& key, ValueType type) {
   put<uint32_t>(static_cast<uint32_t>(type));
 }
 
-void GgufWriter::add_u8(const std::string& key, uint8_t v) { begin_kv(key, ValueType::kUint8), put(v); }
-void GgufWriter::add_i8(const std::string& key, int8_t v) { begin_kv(key, ValueType::kInt8), put(v); }
-void GgufWriter::add_u16(const std::string& key, uint16_t v) { begin_kv(key, ValueType::kUint16), put(v); }
-void GgufWriter::add_i16(const std::string& key, int16_t v) { begin_kv(key, ValueType::kInt16), put(v); }
-void GgufWriter::add_u32(const std::string& key, uint32_t v) { begin_kv(key, ValueType::kUint32), put(v); }
-void GgufWriter::add_i32(const std::string& key, int32_t v) { begin_kv(key, ValueType::kInt32), put(v); }
-void GgufWriter::add_f32(const std::string& key, float v) { begin_kv(key, ValueType::kFloat32), put(v); }
-void GgufWriter::add_u64(const std::string& key, uint64_t v) { begin_kv(key, ValueType::kUint64), put(v); }
-void GgufWriter::add_i64(const std::string& key, int64_t v) { begin_kv(key, ValueType::kInt64), put(v); }
-void GgufWriter::add_f64(const std::string& key, double v) { begin_kv(key, ValueType::kFloat64), put(v); }
+void GgufWriter::add_u8(const std::string& key, uint8_t v) {
+  begin_kv(key, ValueType::kUint8), put(v);
+}
+void GgufWriter::add_i8(const std::string& key, int8_t v) {
+  begin_kv(key, ValueType::kInt8), put(v);
+}
+void GgufWriter::add_u16(const std::string& key, uint16_t v) {
+  begin_kv(key, ValueType::kUint16), put(v);
+}
+void GgufWriter::add_i16(const std::string& key, int16_t v) {
+  begin_kv(key, ValueType::kInt16), put(v);
+}
+void GgufWriter::add_u32(const std::string& key, uint32_t v) {
+  begin_kv(key, ValueType::kUint32), put(v);
+}
+void GgufWriter::add_i32(const std::string& key, int32_t v) {
+  begin_kv(key, ValueType::kInt32), put(v);
+}
+void GgufWriter::add_f32(const std::string& key, float v) {
+  begin_kv(key, ValueType::kFloat32), put(v);
+}
+void GgufWriter::add_u64(const std::string& key, uint64_t v) {
+  begin_kv(key, ValueType::kUint64), put(v);
+}
+void GgufWriter::add_i64(const std::string& key, int64_t v) {
+  begin_kv(key, ValueType::kInt64), put(v);
+}
+void GgufWriter::add_f64(const std::string& key, double v) {
+  begin_kv(key, ValueType::kFloat64), put(v);
+}
 void GgufWriter::add_bool(const std::string& key, bool v) {
   begin_kv(key, ValueType::kBool);
   put<uint8_t>(v ? 1 : 0);
@@ -70,12 +94,12 @@ void GgufWriter::add_string(const std::string& key, const std::string& v) {
   put_string(v);
 }
 
-#define QLORA_GGUF_ARRAY(fn, T, vt)                              \
+#define QLORA_GGUF_ARRAY(fn, T, vt)                                      \
   void GgufWriter::fn(const std::string& key, const std::vector<T>& v) { \
-    begin_kv(key, ValueType::kArray);                            \
-    put<uint32_t>(static_cast<uint32_t>(vt));                    \
-    put<uint64_t>(v.size());                                     \
-    for (const T& x : v) put<T>(x);                              \
+    begin_kv(key, ValueType::kArray);                                    \
+    put<uint32_t>(static_cast<uint32_t>(vt));                            \
+    put<uint64_t>(v.size());                                             \
+    for (const T& x : v) put<T>(x);                                      \
   }
 QLORA_GGUF_ARRAY(add_array_u8, uint8_t, ValueType::kUint8)
 QLORA_GGUF_ARRAY(add_array_i32, int32_t, ValueType::kInt32)
@@ -101,8 +125,8 @@ void GgufWriter::add_array_string(const std::string& key, const std::vector<std:
 
 const TensorSpec& GgufWriter::add_tensor(const std::string& name, const std::vector<int64_t>& shape, GgmlType type) {
   if (name.empty() || name.size() > kGgufMaxTensorName) {
-    throw Error("GGUF tensor name '" + name + "' has " + std::to_string(name.size()) +
-                " bytes; llama.cpp accepts 1.." + std::to_string(kGgufMaxTensorName));
+    throw Error("GGUF tensor name '" + name + "' has " + std::to_string(name.size()) + " bytes; llama.cpp accepts 1.." +
+                std::to_string(kGgufMaxTensorName));
   }
   for (const auto& t : tensors_) TORCH_CHECK(t.name != name, "GGUF tensor declared twice: ", name);
   if (shape.empty() || shape.size() > static_cast<size_t>(kGgufMaxDims)) {
@@ -159,7 +183,9 @@ uint64_t GgufWriter::header_bytes() const {
   return align_up(encode_header(kv_count_, kv_bytes_, tensors_).size(), alignment_);
 }
 
-uint64_t GgufWriter::file_bytes() const { return header_bytes() + align_up(data_bytes_, alignment_); }
+uint64_t GgufWriter::file_bytes() const {
+  return header_bytes() + align_up(data_bytes_, alignment_);
+}
 
 std::vector<uint8_t> encode_tensor(const torch::Tensor& t, GgmlType type) {
   TORCH_CHECK(t.defined() && t.is_floating_point(), "encode_tensor: needs a floating-point tensor");
@@ -199,17 +225,15 @@ std::vector<uint8_t> encode_tensor(const torch::Tensor& t, GgmlType type) {
     case GgmlType::kQ8_0: {
       auto* y = reinterpret_cast<BlockQ8_0*>(out.data());
       const int64_t nb = n / kQK8_0;
-      at::parallel_for(0, nb, 2048, [&](int64_t b, int64_t e) {
-        quantize_row_q8_0_ref(x + b * kQK8_0, y + b, (e - b) * kQK8_0);
-      });
+      at::parallel_for(0, nb, 2048,
+                       [&](int64_t b, int64_t e) { quantize_row_q8_0_ref(x + b * kQK8_0, y + b, (e - b) * kQK8_0); });
       break;
     }
     case GgmlType::kQ4_0: {
       auto* y = reinterpret_cast<BlockQ4_0*>(out.data());
       const int64_t nb = n / kQK4_0;
-      at::parallel_for(0, nb, 2048, [&](int64_t b, int64_t e) {
-        quantize_row_q4_0_ref(x + b * kQK4_0, y + b, (e - b) * kQK4_0);
-      });
+      at::parallel_for(0, nb, 2048,
+                       [&](int64_t b, int64_t e) { quantize_row_q4_0_ref(x + b * kQK4_0, y + b, (e - b) * kQK4_0); });
       break;
     }
   }

@@ -54,8 +54,8 @@ struct TensorSpec {
   std::string name;
   std::vector<int64_t> shape;  // PyTorch order (row-major, last dim contiguous)
   GgmlType type = GgmlType::kF32;
-  uint64_t offset = 0;  // relative to the data section (filled by add_tensor)
-  uint64_t nbytes = 0;  // encoded size without padding
+  uint64_t offset = 0;              // relative to the data section (filled by add_tensor)
+  uint64_t nbytes = 0;              // encoded size without padding
   std::vector<int64_t> ne() const;  // ggml order = shape reversed
 };
 

@@ -24,10 +24,10 @@ constexpr uint64_t kMaxSafetensorsHeader = 100ull << 20;
 
 struct TensorInfo {
   std::string name;
-  std::string dtype_name;     // "BF16", "F32", ... as in the header
-  torch::ScalarType dtype;    // the matching torch dtype
+  std::string dtype_name;   // "BF16", "F32", ... as in the header
+  torch::ScalarType dtype;  // the matching torch dtype
   std::vector<int64_t> shape;
-  uint64_t begin = 0;         // byte offsets relative to the start of the data section, end exclusive
+  uint64_t begin = 0;  // byte offsets relative to the start of the data section, end exclusive
   uint64_t end = 0;
   int64_t numel() const;
   uint64_t nbytes() const { return end - begin; }

@@ -25,8 +25,8 @@ std::string merge_format_name(MergeFormat f);
 uint64_t parse_size_bytes(const std::string& text);
 
 struct MergeOptions {
-  fs::path base_dir;      // HF folder: 16-bit safetensors or a bnb-4bit checkpoint
-  fs::path adapter_dir;   // PEFT adapter folder
+  fs::path base_dir;     // HF folder: 16-bit safetensors or a bnb-4bit checkpoint
+  fs::path adapter_dir;  // PEFT adapter folder
   fs::path out_dir;
   MergeFormat format = MergeFormat::kBF16;
   uint64_t max_shard_bytes = 5'000'000'000ull;  // HF default "5GB"
@@ -50,10 +50,10 @@ struct MergeReport {
   int64_t modules_merged = 0;
   int64_t tensors_written = 0;
   uint64_t bytes_read = 0;
-  std::vector<std::string> files;  // written into out_dir
+  std::vector<std::string> files;     // written into out_dir
   std::vector<RequantError> requant;  // nf4 output only
-  double requant_mean_rel = 0.0;       // mean over requant entries of mean_rel
-  double requant_max_rel = 0.0;        // max over requant entries of max_rel
+  double requant_mean_rel = 0.0;      // mean over requant entries of mean_rel
+  double requant_max_rel = 0.0;       // max over requant entries of max_rel
   double seconds = 0.0;
 };
 

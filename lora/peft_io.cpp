@@ -22,7 +22,9 @@ std::string shape_str(const std::vector<int64_t>& s) {
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + "]";
 }
-std::string shape_str(torch::IntArrayRef s) { return shape_str(s.vec()); }
+std::string shape_str(torch::IntArrayRef s) {
+  return shape_str(s.vec());
+}
 
 // A number as PEFT would have it in the json: integral values as ints (lora_alpha is an int in most configs).
 nlohmann::json json_number(double v) {
@@ -81,7 +83,9 @@ const AdapterModule* AdapterFile::find(const std::string& module) const {
   return nullptr;
 }
 
-std::string dump_python_json(const nlohmann::json& j) { return j.dump(2, ' ', /*ensure_ascii=*/true); }
+std::string dump_python_json(const nlohmann::json& j) {
+  return j.dump(2, ' ', /*ensure_ascii=*/true);
+}
 
 nlohmann::json adapter_config_json(const LoraAdapters& adapters, const std::string& base_model_name_or_path) {
   const LoraConfig& c = adapters.config;
@@ -93,7 +97,8 @@ nlohmann::json adapter_config_json(const LoraAdapters& adapters, const std::stri
   };
   j["alpha_pattern"] = patterns(c.alpha_pattern);
   j["auto_mapping"] = nullptr;
-  j["base_model_name_or_path"] = base_model_name_or_path.empty() ? nlohmann::json() : nlohmann::json(base_model_name_or_path);
+  j["base_model_name_or_path"] =
+      base_model_name_or_path.empty() ? nlohmann::json() : nlohmann::json(base_model_name_or_path);
   j["bias"] = "none";
   j["exclude_modules"] = nullptr;
   j["fan_in_fan_out"] = false;
@@ -225,7 +230,8 @@ AdapterFile load_adapter(const fs::path& dir) {
     throw_file_error(config_path.string(), std::string("invalid JSON: ") + e.what());
   }
   out.config = parse_adapter_config(out.raw_config, config_path.string());
-  out.base_model_name_or_path = get_or<std::string>(out.raw_config, "base_model_name_or_path", "", config_path.string());
+  out.base_model_name_or_path =
+      get_or<std::string>(out.raw_config, "base_model_name_or_path", "", config_path.string());
   const std::string bias = get_or<std::string>(out.raw_config, "bias", "none", config_path.string());
 
   auto file = io::SafetensorsFile::open(weights_path);
@@ -243,8 +249,8 @@ AdapterFile load_adapter(const fs::path& dir) {
                        fmt::format("'{}' has shape {}, expected a 2-D weight", info.name, shape_str(info.shape)));
     }
     if (!c10::isFloatingType(info.dtype)) {
-      throw_file_error(weights_path.string(), fmt::format("'{}' has dtype {}, expected F32/BF16/F16", info.name,
-                                                           info.dtype_name));
+      throw_file_error(weights_path.string(),
+                       fmt::format("'{}' has dtype {}, expected F32/BF16/F16", info.name, info.dtype_name));
     }
     adapter_names.insert(adapter);
     auto& slot = which == 'A' ? found[module].first : found[module].second;
@@ -257,21 +263,21 @@ AdapterFile load_adapter(const fs::path& dir) {
     throw_file_error(weights_path.string(), "holds several named adapters; save one adapter per folder");
   }
   if (found.empty()) throw_file_error(weights_path.string(), "holds no LoRA weights");
-  if (bias != "none") spdlog::warn("{}: bias is '{}' but no bias tensors are present; ignored", config_path.string(), bias);
+  if (bias != "none")
+    spdlog::warn("{}: bias is '{}' but no bias tensors are present; ignored", config_path.string(), bias);
 
   for (auto& [module, ab] : found) {
     auto& [a, b] = ab;
     if (!a.defined() || !b.defined()) {
       throw_file_error(weights_path.string(), fmt::format("module '{}' has lora_{} but no lora_{}", module,
-                                                           a.defined() ? 'A' : 'B', a.defined() ? 'B' : 'A'));
+                                                          a.defined() ? 'A' : 'B', a.defined() ? 'B' : 'A'));
     }
     AdapterModule m;
     m.module = module;
     m.options = lora_options_for(module, out.config);
     if (a.size(0) != b.size(1)) {
-      throw_file_error(weights_path.string(),
-                       fmt::format("module '{}': lora_A {} and lora_B {} disagree on the rank", module,
-                                   shape_str(a.sizes()), shape_str(b.sizes())));
+      throw_file_error(weights_path.string(), fmt::format("module '{}': lora_A {} and lora_B {} disagree on the rank",
+                                                          module, shape_str(a.sizes()), shape_str(b.sizes())));
     }
     if (a.size(0) != m.options.r) {
       throw_file_error(weights_path.string(),
@@ -300,8 +306,8 @@ void check_adapter_shapes(const AdapterFile& adapter, const std::map<std::string
       const bool a_bad = m.a.sizes().vec() != want_a;
       throw_file_error(where,
                        fmt::format("module '{}': lora_{} has shape {} but {} needs {} (base projection {} x {})",
-                                   m.module, a_bad ? 'A' : 'B', shape_str(a_bad ? m.a.sizes() : m.b.sizes()),
-                                   base_desc, shape_str(a_bad ? want_a : want_b), out_f, in_f),
+                                   m.module, a_bad ? 'A' : 'B', shape_str(a_bad ? m.a.sizes() : m.b.sizes()), base_desc,
+                                   shape_str(a_bad ? want_a : want_b), out_f, in_f),
                        "is this adapter for another base model?");
     }
   }

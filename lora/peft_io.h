@@ -7,9 +7,8 @@
 
 #include <torch/torch.h>
 
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -25,16 +24,16 @@ inline constexpr const char* kAdapterConfigFile = "adapter_config.json";
 inline constexpr const char* kPeftFormatVersion = "0.17.0";
 
 struct SaveAdapterOptions {
-  std::string base_model_name_or_path;       // adapter_config.json base_model_name_or_path (null if empty)
+  std::string base_model_name_or_path;        // adapter_config.json base_model_name_or_path (null if empty)
   torch::ScalarType dtype = torch::kFloat32;  // fp32 (PEFT default) | bf16 | fp16
   bool overwrite = false;
 };
 
 // One module's weights read from an adapter folder.
 struct AdapterModule {
-  std::string module;  // HF module name, e.g. "model.layers.0.self_attn.q_proj"
-  torch::Tensor a;     // (r, in), dtype as stored
-  torch::Tensor b;     // (out, r)
+  std::string module;         // HF module name, e.g. "model.layers.0.self_attn.q_proj"
+  torch::Tensor a;            // (r, in), dtype as stored
+  torch::Tensor b;            // (out, r)
   LoraLinearOptions options;  // r, alpha (after rank/alpha patterns), dropout, rslora
   double scale() const { return lora_scale(options.r, options.alpha, options.rslora); }
 };

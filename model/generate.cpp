@@ -41,9 +41,7 @@ GenerateResult generate(LlamaModelImpl& model, const std::vector<int64_t>& promp
   KVCache cache;
   auto clock = std::chrono::steady_clock::now;
   auto t0 = clock();
-  auto to_ids = [&](const std::vector<int64_t>& ids) {
-    return torch::tensor(ids, torch::kInt64).view({1, -1});
-  };
+  auto to_ids = [&](const std::vector<int64_t>& ids) { return torch::tensor(ids, torch::kInt64).view({1, -1}); };
   torch::Tensor logits = model.forward(to_ids(seq), {}, o.use_cache ? &cache : nullptr);  // (1, T, V)
   r.prompt_seconds = std::chrono::duration<double>(clock() - t0).count();
   auto t1 = clock();

@@ -40,8 +40,12 @@ torch::Tensor FrozenLinearImpl::forward(const torch::Tensor& x) {
   return torch::nn::functional::linear(x, w, b);
 }
 
-int64_t FrozenLinearImpl::in_features() const { return qweight_ ? qweight_->shape.at(1) : weight_.size(1); }
-int64_t FrozenLinearImpl::out_features() const { return qweight_ ? qweight_->shape.at(0) : weight_.size(0); }
+int64_t FrozenLinearImpl::in_features() const {
+  return qweight_ ? qweight_->shape.at(1) : weight_.size(1);
+}
+int64_t FrozenLinearImpl::out_features() const {
+  return qweight_ ? qweight_->shape.at(0) : weight_.size(0);
+}
 
 torch::Tensor FrozenLinearImpl::dense_weight(torch::ScalarType dtype) const {
   if (qweight_) return quant::dequantize_4bit(*qweight_, dtype);
@@ -53,7 +57,9 @@ const quant::QuantizedTensor& FrozenLinearImpl::quantized_weight() const {
   return *qweight_;
 }
 
-void FrozenLinearImpl::to_device(torch::Device device) { to(device); }
+void FrozenLinearImpl::to_device(torch::Device device) {
+  to(device);
+}
 
 std::shared_ptr<FrozenLinearImpl> FrozenLinearImpl::frozen_base() {
   return std::dynamic_pointer_cast<FrozenLinearImpl>(shared_from_this());

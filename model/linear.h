@@ -43,7 +43,7 @@ class FrozenLinearImpl : public LinearLayerImpl {
   std::shared_ptr<FrozenLinearImpl> frozen_base() override;
 
   bool is_quantized() const { return qweight_.has_value(); }
-  const quant::QuantizedTensor& quantized_weight() const;  // TORCH_CHECK(is_quantized())
+  const quant::QuantizedTensor& quantized_weight() const;            // TORCH_CHECK(is_quantized())
   const torch::Tensor& dense_weight_ref() const { return weight_; }  // undefined when quantized
   const torch::Tensor& bias() const { return bias_; }
   void to_device(torch::Device device);

@@ -6,8 +6,8 @@
 #include "common/labels.h"
 #include "ops/activation_checkpoint.h"
 #include "ops/attention.h"
-#include "ops/rope.h"
 #include "ops/fused_ops.h"
+#include "ops/rope.h"
 
 namespace qlora::model {
 namespace {

@@ -8,13 +8,13 @@
 #include "common/progress.h"
 #include "io/bnb_format.h"
 #include "io/hf_config.h"
-#include "model/loader.h"
 #include "io/safetensors.h"
+#include "model/loader.h"
 
 namespace qlora::model {
 namespace {
 
-const char* const kSideFiles[] = {"tokenizer.model",     "tokenizer.json",         "tokenizer_config.json",
+const char* const kSideFiles[] = {"tokenizer.model",         "tokenizer.json",         "tokenizer_config.json",
                                   "special_tokens_map.json", "generation_config.json", "added_tokens.json"};
 
 }  // namespace

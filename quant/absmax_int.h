@@ -11,11 +11,11 @@
 namespace qlora::quant {
 
 struct AbsmaxIntQuantized {
-  int bits = 8;                 // 4 or 8
+  int bits = 8;  // 4 or 8
   int64_t blocksize = 64;
   std::vector<int64_t> shape;
-  torch::Tensor codes;          // int8 [numel] (INT4 codes are kept one per byte, in [-7, 7])
-  torch::Tensor scales;         // fp32 [nblocks] absmax per block
+  torch::Tensor codes;   // int8 [numel] (INT4 codes are kept one per byte, in [-7, 7])
+  torch::Tensor scales;  // fp32 [nblocks] absmax per block
 };
 
 // w: any float tensor (CPU) -> codes + scales. blocksize > 0.

@@ -11,12 +11,20 @@ namespace qlora::test {
 
 namespace fs = std::filesystem;
 
-inline fs::path source_dir() { return QLORA_SOURCE_DIR; }
-inline fs::path bin_dir() { return QLORA_BIN_DIR; }
+inline fs::path source_dir() {
+  return QLORA_SOURCE_DIR;
+}
+inline fs::path bin_dir() {
+  return QLORA_BIN_DIR;
+}
 // tests/fixtures: golden files and the scripts that made them.
-inline fs::path fixtures_dir() { return QLORA_TEST_DATA_DIR; }
+inline fs::path fixtures_dir() {
+  return QLORA_TEST_DATA_DIR;
+}
 // The tiny model made by the `make_tiny_model` ctest fixture (qlora-make-tiny --preset tiny --seed 1234).
-inline fs::path tiny_model_dir() { return fs::path(QLORA_TEST_WORK_DIR) / "tiny"; }
+inline fs::path tiny_model_dir() {
+  return fs::path(QLORA_TEST_WORK_DIR) / "tiny";
+}
 
 // A fresh, empty directory unique to the current test.
 inline fs::path temp_dir() {

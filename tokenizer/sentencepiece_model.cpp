@@ -52,11 +52,20 @@ class WireReader {
   }
   void skip(uint32_t wire_type) {
     switch (wire_type) {
-      case 0: varint(); break;
-      case 1: advance(8); break;
-      case 2: bytes(); break;
-      case 5: advance(4); break;
-      default: fail("unsupported wire type " + std::to_string(wire_type));
+      case 0:
+        varint();
+        break;
+      case 1:
+        advance(8);
+        break;
+      case 2:
+        bytes();
+        break;
+      case 5:
+        advance(4);
+        break;
+      default:
+        fail("unsupported wire type " + std::to_string(wire_type));
     }
   }
   [[noreturn]] void fail(const std::string& what) const {
@@ -101,6 +110,88 @@ std::string bytes_to_text(const std::string& bytes) {
   return out;
 }
 
+// One SentencePiece message: piece (1), score (2), type (3).
+SentencePieceModel::Piece parse_piece(const std::string& data, size_t b, size_t e, const std::string& source) {
+  WireReader pr(data, b, e, source);
+  SentencePieceModel::Piece p;
+  while (!pr.done()) {
+    const auto [f, w] = pr.key();
+    if (f == 1 && w == 2) {
+      const auto [sb, se] = pr.bytes();
+      p.piece = data.substr(sb, se - sb);
+    } else if (f == 2 && w == 5) {
+      p.score = pr.fixed32_float();
+    } else if (f == 3 && w == 0) {
+      const auto t = static_cast<int>(pr.varint());
+      if (t < 1 || t > 6) pr.fail("unknown piece type " + std::to_string(t));
+      p.type = static_cast<SentencePieceModel::PieceType>(t);
+    } else {
+      pr.skip(w);
+    }
+  }
+  return p;
+}
+
+// TrainerSpec: model type, whitespace and byte fallback flags, special token ids, the unknown surface.
+void parse_trainer_spec(const std::string& data, size_t b, size_t e, const std::string& source, SentencePieceModel& m) {
+  WireReader tr(data, b, e, source);
+  while (!tr.done()) {
+    const auto [f, w] = tr.key();
+    if (w == 0 && (f == 3 || f == 24 || f == 35 || (f >= 40 && f <= 43))) {
+      const auto v = static_cast<int32_t>(static_cast<int64_t>(tr.varint()));
+      switch (f) {
+        case 3:
+          m.model_type = v;
+          break;
+        case 24:
+          m.treat_whitespace_as_suffix = v != 0;
+          break;
+        case 35:
+          m.byte_fallback = v != 0;
+          break;
+        case 40:
+          m.unk_id = v;
+          break;
+        case 41:
+          m.bos_id = v;
+          break;
+        case 42:
+          m.eos_id = v;
+          break;
+        case 43:
+          m.pad_id = v;
+          break;
+      }
+    } else if (f == 44 && w == 2) {
+      const auto [sb, se] = tr.bytes();
+      m.unk_surface = data.substr(sb, se - sb);
+    } else {
+      tr.skip(w);
+    }
+  }
+}
+
+// NormalizerSpec: name, whether a charsmap is present, the whitespace flags.
+void parse_normalizer_spec(const std::string& data, size_t b, size_t e, const std::string& source,
+                           SentencePieceModel& m) {
+  WireReader nr(data, b, e, source);
+  while (!nr.done()) {
+    const auto [f, w] = nr.key();
+    if (f == 1 && w == 2) {
+      const auto [sb, se] = nr.bytes();
+      m.normalizer_name = data.substr(sb, se - sb);
+    } else if (f == 2 && w == 2) {
+      const auto [sb, se] = nr.bytes();
+      m.has_charsmap = se > sb;
+    } else if (w == 0 && f >= 3 && f <= 5) {
+      const bool v = nr.varint() != 0;
+      (f == 3 ? m.add_dummy_prefix : f == 4 ? m.remove_extra_whitespaces : m.escape_whitespaces) = v;
+    } else {
+      nr.skip(w);
+    }
+  }
+}
+
 }  // namespace
 
 SentencePieceModel SentencePieceModel::parse(const std::string& data, const std::string& source) {
@@ -111,66 +202,14 @@ SentencePieceModel SentencePieceModel::parse(const std::string& data, const std:
     const auto [field, wt] = r.key();
     if (field == 1 && wt == 2) {  // repeated SentencePiece pieces
       const auto [b, e] = r.bytes();
-      WireReader pr(data, b, e, source);
-      Piece p;
-      while (!pr.done()) {
-        const auto [f, w] = pr.key();
-        if (f == 1 && w == 2) {
-          const auto [sb, se] = pr.bytes();
-          p.piece = data.substr(sb, se - sb);
-        } else if (f == 2 && w == 5) {
-          p.score = pr.fixed32_float();
-        } else if (f == 3 && w == 0) {
-          const auto t = static_cast<int>(pr.varint());
-          if (t < 1 || t > 6) pr.fail("unknown piece type " + std::to_string(t));
-          p.type = static_cast<PieceType>(t);
-        } else {
-          pr.skip(w);
-        }
-      }
-      m.pieces.push_back(std::move(p));
+      m.pieces.push_back(parse_piece(data, b, e, source));
     } else if (field == 2 && wt == 2) {  // TrainerSpec
       has_trainer_spec = true;
       const auto [b, e] = r.bytes();
-      WireReader tr(data, b, e, source);
-      while (!tr.done()) {
-        const auto [f, w] = tr.key();
-        if (w == 0 && (f == 3 || f == 24 || f == 35 || (f >= 40 && f <= 43))) {
-          const auto v = static_cast<int32_t>(static_cast<int64_t>(tr.varint()));
-          switch (f) {
-            case 3: m.model_type = v; break;
-            case 24: m.treat_whitespace_as_suffix = v != 0; break;
-            case 35: m.byte_fallback = v != 0; break;
-            case 40: m.unk_id = v; break;
-            case 41: m.bos_id = v; break;
-            case 42: m.eos_id = v; break;
-            case 43: m.pad_id = v; break;
-          }
-        } else if (f == 44 && w == 2) {
-          const auto [sb, se] = tr.bytes();
-          m.unk_surface = data.substr(sb, se - sb);
-        } else {
-          tr.skip(w);
-        }
-      }
+      parse_trainer_spec(data, b, e, source, m);
     } else if (field == 3 && wt == 2) {  // NormalizerSpec
       const auto [b, e] = r.bytes();
-      WireReader nr(data, b, e, source);
-      while (!nr.done()) {
-        const auto [f, w] = nr.key();
-        if (f == 1 && w == 2) {
-          const auto [sb, se] = nr.bytes();
-          m.normalizer_name = data.substr(sb, se - sb);
-        } else if (f == 2 && w == 2) {
-          const auto [sb, se] = nr.bytes();
-          m.has_charsmap = se > sb;
-        } else if (w == 0 && f >= 3 && f <= 5) {
-          const bool v = nr.varint() != 0;
-          (f == 3 ? m.add_dummy_prefix : f == 4 ? m.remove_extra_whitespaces : m.escape_whitespaces) = v;
-        } else {
-          nr.skip(w);
-        }
-      }
+      parse_normalizer_spec(data, b, e, source, m);
     } else {
       r.skip(wt);
     }
@@ -215,7 +254,8 @@ SentencePieceBpe::SentencePieceBpe(SentencePieceModel model, std::string source)
   }
   if (model_.byte_fallback) {
     for (int b = 0; b < 256; ++b) {
-      if (byte_ids_[b] < 0) throw_file_error(source_, "byte_fallback is on but piece <0x.." + std::to_string(b) + "> is missing");
+      if (byte_ids_[b] < 0)
+        throw_file_error(source_, "byte_fallback is on but piece <0x.." + std::to_string(b) + "> is missing");
     }
   }
 }
@@ -297,7 +337,9 @@ std::vector<int32_t> SentencePieceBpe::encode(const std::string& text) const {
     float score;
     size_t len;
   };
-  auto worse = [](const Pair& a, const Pair& b) { return a.score < b.score || (a.score == b.score && a.left > b.left); };
+  auto worse = [](const Pair& a, const Pair& b) {
+    return a.score < b.score || (a.score == b.score && a.left > b.left);
+  };
   std::priority_queue<Pair, std::vector<Pair>, decltype(worse)> agenda(worse);
   auto maybe_add = [&](int l, int r) {
     if (l < 0 || r < 0 || sym[l].frozen || sym[r].frozen) return;

@@ -6,8 +6,8 @@
 #include "common/atomic_file.h"
 #include "data/data_loader.h"
 #include "data_test_util.h"
-#include "tokenizer/tokenizer.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 namespace qlora::data {
 namespace {
@@ -85,9 +85,9 @@ TEST_F(DataTinyTokenizer, DemoDatasetStreams) {
 TEST_F(DataTinyTokenizer, AppPrintsStatsAndMaskedExamples) {
   const auto dir = test::temp_dir();
   const auto demo = test::source_dir() / "data" / "demo";
-  write_file_atomic(dir / "cfg.yaml", "model:\n  path: " + test::tiny_model_dir().string() + "\ndata:\n  train: " +
-                                          (demo / "train.jsonl").string() + "\n  eval: " + (demo / "eval.jsonl").string() +
-                                          "\n");
+  write_file_atomic(dir / "cfg.yaml", "model:\n  path: " + test::tiny_model_dir().string() +
+                                          "\ndata:\n  train: " + (demo / "train.jsonl").string() +
+                                          "\n  eval: " + (demo / "eval.jsonl").string() + "\n");
   const auto r = test::run_app("qlora-data", (dir / "cfg.yaml").string() + " --examples 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("PROMPT: <s>Below is an instruction"), std::string::npos) << r.output;

@@ -10,8 +10,8 @@
 #include "data/prompt_template.h"
 #include "data/tokenize.h"
 #include "data_test_util.h"
-#include "tokenizer/bpe_tokenizer.h"
 #include "test_util.h"
+#include "tokenizer/bpe_tokenizer.h"
 
 namespace qlora::data {
 namespace {

@@ -86,9 +86,9 @@ inline fs::path make_mini_llama(const fs::path& dir, const MiniLlama& m = {}, ui
 }
 
 // PEFT adapter folder: modules -> (A (r, in), B (out, r)) saved under base_model.model.<module>.lora_{A,B}.weight.
-inline fs::path make_peft_adapter(const fs::path& dir,
-                                  const std::vector<std::pair<std::string, std::pair<torch::Tensor, torch::Tensor>>>& mods,
-                                  int64_t r, double alpha, bool rslora = false, const std::string& base = "") {
+inline fs::path make_peft_adapter(
+    const fs::path& dir, const std::vector<std::pair<std::string, std::pair<torch::Tensor, torch::Tensor>>>& mods,
+    int64_t r, double alpha, bool rslora = false, const std::string& base = "") {
   fs::create_directories(dir);
   std::vector<std::string> targets;
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
@@ -113,6 +113,23 @@ inline fs::path make_peft_adapter(const fs::path& dir,
   std::ofstream(dir / "adapter_config.json") << cfg.dump(2);
   io::save_safetensors(dir / "adapter_model.safetensors", tensors);
   return dir;
+}
+
+// Inverse of llama.cpp's permute, from its definition: output row h*hd + 2*i + j holds input row h*hd + j*hd/2 + i.
+inline std::vector<float> unpermute_rows(const std::vector<float>& p, int64_t rows, int64_t cols, int64_t n_head) {
+  const int64_t hd = rows / n_head;
+  std::vector<float> out(p.size());
+  for (int64_t h = 0; h < n_head; ++h)
+    for (int64_t i = 0; i < hd / 2; ++i)
+      for (int64_t j = 0; j < 2; ++j)
+        for (int64_t c = 0; c < cols; ++c)
+          out[(h * hd + j * hd / 2 + i) * cols + c] = p[(h * hd + 2 * i + j) * cols + c];
+  return out;
+}
+
+inline std::vector<float> to_vec(const torch::Tensor& t) {
+  const auto c = t.to(torch::kFloat32).contiguous();
+  return {c.data_ptr<float>(), c.data_ptr<float>() + c.numel()};
 }
 
 }  // namespace qlora::test

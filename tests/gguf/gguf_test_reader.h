@@ -78,12 +78,23 @@ struct File {
 // Bytes per block and elements per block of the ggml types we expect.
 inline void type_layout(uint32_t type, uint64_t* block_elems, uint64_t* block_bytes) {
   switch (type) {
-    case 0: *block_elems = 1, *block_bytes = 4; return;    // F32
-    case 1: *block_elems = 1, *block_bytes = 2; return;    // F16
-    case 30: *block_elems = 1, *block_bytes = 2; return;   // BF16
-    case 8: *block_elems = 32, *block_bytes = 34; return;  // Q8_0: fp16 d + 32 x int8
-    case 2: *block_elems = 32, *block_bytes = 18; return;  // Q4_0: fp16 d + 16 bytes of nibbles
-    default: throw std::runtime_error("unexpected ggml type " + std::to_string(type));
+    case 0:
+      *block_elems = 1, *block_bytes = 4;
+      return;  // F32
+    case 1:
+      *block_elems = 1, *block_bytes = 2;
+      return;  // F16
+    case 30:
+      *block_elems = 1, *block_bytes = 2;
+      return;  // BF16
+    case 8:
+      *block_elems = 32, *block_bytes = 34;
+      return;  // Q8_0: fp16 d + 32 x int8
+    case 2:
+      *block_elems = 32, *block_bytes = 18;
+      return;  // Q4_0: fp16 d + 16 bytes of nibbles
+    default:
+      throw std::runtime_error("unexpected ggml type " + std::to_string(type));
   }
 }
 
@@ -117,24 +128,47 @@ class Cursor {
 
 inline void read_value(Cursor& c, uint32_t type, Kv& kv) {
   switch (type) {
-    case 0: kv.num.push_back(c.get<uint8_t>()); break;
-    case 1: kv.num.push_back(c.get<int8_t>()); break;
-    case 2: kv.num.push_back(c.get<uint16_t>()); break;
-    case 3: kv.num.push_back(c.get<int16_t>()); break;
-    case 4: kv.num.push_back(c.get<uint32_t>()); break;
-    case 5: kv.num.push_back(c.get<int32_t>()); break;
-    case 6: kv.num.push_back(c.get<float>()); break;
+    case 0:
+      kv.num.push_back(c.get<uint8_t>());
+      break;
+    case 1:
+      kv.num.push_back(c.get<int8_t>());
+      break;
+    case 2:
+      kv.num.push_back(c.get<uint16_t>());
+      break;
+    case 3:
+      kv.num.push_back(c.get<int16_t>());
+      break;
+    case 4:
+      kv.num.push_back(c.get<uint32_t>());
+      break;
+    case 5:
+      kv.num.push_back(c.get<int32_t>());
+      break;
+    case 6:
+      kv.num.push_back(c.get<float>());
+      break;
     case 7: {
       const auto b = c.get<uint8_t>();
       if (b > 1) throw std::runtime_error("bool value " + std::to_string(b));
       kv.num.push_back(b);
       break;
     }
-    case 8: kv.str.push_back(c.str()); break;
-    case 10: kv.num.push_back(static_cast<double>(c.get<uint64_t>())); break;
-    case 11: kv.num.push_back(static_cast<double>(c.get<int64_t>())); break;
-    case 12: kv.num.push_back(c.get<double>()); break;
-    default: throw std::runtime_error("bad value type " + std::to_string(type));
+    case 8:
+      kv.str.push_back(c.str());
+      break;
+    case 10:
+      kv.num.push_back(static_cast<double>(c.get<uint64_t>()));
+      break;
+    case 11:
+      kv.num.push_back(static_cast<double>(c.get<int64_t>()));
+      break;
+    case 12:
+      kv.num.push_back(c.get<double>());
+      break;
+    default:
+      throw std::runtime_error("bad value type " + std::to_string(type));
   }
 }
 
@@ -207,14 +241,18 @@ inline File read(const std::filesystem::path& p) {
   return parse(ss.str());
 }
 
-inline float half_bits_to_float(uint16_t h) { return static_cast<float>(c10::Half(h, c10::Half::from_bits())); }
+inline float half_bits_to_float(uint16_t h) {
+  return static_cast<float>(c10::Half(h, c10::Half::from_bits()));
+}
 
 inline std::vector<float> File::decode(const std::string& name) const {
   const TensorInfo& t = tensor(name);
   const uint8_t* p = raw(t);
   std::vector<float> out(t.numel());
   switch (t.type) {
-    case 0: std::memcpy(out.data(), p, out.size() * 4); break;
+    case 0:
+      std::memcpy(out.data(), p, out.size() * 4);
+      break;
     case 1:
       for (size_t i = 0; i < out.size(); ++i) {
         uint16_t h;
@@ -248,7 +286,8 @@ inline std::vector<float> File::decode(const std::string& name) const {
         }
       }
       break;
-    default: throw std::runtime_error("cannot decode type " + std::to_string(t.type));
+    default:
+      throw std::runtime_error("cannot decode type " + std::to_string(t.type));
   }
   return out;
 }

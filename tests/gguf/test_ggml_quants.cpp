@@ -25,10 +25,26 @@ float from_bits(uint32_t u) {
 }
 
 std::vector<float> special_floats() {
-  std::vector<float> v = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e9f, 6.1035156e-05f,
-                          5.9604645e-08f, 2.9802322e-08f, 2.9802326e-08f, 1e-10f, 0.1f, 1.0f / 3.0f,
-                          std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                          std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max()};
+  std::vector<float> v = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          -1.0f,
+                          65504.0f,
+                          65519.99f,
+                          65520.0f,
+                          -65520.0f,
+                          1e9f,
+                          6.1035156e-05f,
+                          5.9604645e-08f,
+                          2.9802322e-08f,
+                          2.9802326e-08f,
+                          1e-10f,
+                          0.1f,
+                          1.0f / 3.0f,
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::denorm_min(),
+                          std::numeric_limits<float>::max()};
   // exact halfway cases between adjacent halfs (ties to even): 1 + 2^-11, 1 + 3 * 2^-11
   v.push_back(1.0f + std::ldexp(1.0f, -11));
   v.push_back(1.0f + 3 * std::ldexp(1.0f, -11));
@@ -56,11 +72,11 @@ TEST(GgmlConvert, Fp16MatchesC10RoundToNearestEven) {
   EXPECT_EQ(fp32_to_fp16(1.0f), 0x3C00);
   EXPECT_EQ(fp32_to_fp16(-2.0f), 0xC000);
   EXPECT_EQ(fp32_to_fp16(65504.0f), 0x7BFF);
-  EXPECT_EQ(fp32_to_fp16(65520.0f), 0x7C00);                           // rounds up to inf
-  EXPECT_EQ(fp32_to_fp16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);       // tie -> even (down)
-  EXPECT_EQ(fp32_to_fp16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02);   // tie -> even (up)
-  EXPECT_EQ(fp32_to_fp16(std::ldexp(1.0f, -24)), 0x0001);              // smallest subnormal
-  EXPECT_EQ(fp32_to_fp16(std::ldexp(1.0f, -25)), 0x0000);              // tie -> even (0)
+  EXPECT_EQ(fp32_to_fp16(65520.0f), 0x7C00);                          // rounds up to inf
+  EXPECT_EQ(fp32_to_fp16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);      // tie -> even (down)
+  EXPECT_EQ(fp32_to_fp16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3C02);  // tie -> even (up)
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(1.0f, -24)), 0x0001);             // smallest subnormal
+  EXPECT_EQ(fp32_to_fp16(std::ldexp(1.0f, -25)), 0x0000);             // tie -> even (0)
 }
 
 TEST(GgmlConvert, Bf16MatchesC10RoundToNearestEven) {

@@ -25,23 +25,8 @@ using qlora::test::make_mini_llama;
 using qlora::test::make_peft_adapter;
 using qlora::test::MiniLlama;
 using qlora::test::temp_dir;
-
-// Inverse of llama.cpp's permute, from its definition: output row h*hd + 2*i + j holds input row h*hd + j*hd/2 + i.
-std::vector<float> unpermute_rows(const std::vector<float>& p, int64_t rows, int64_t cols, int64_t n_head) {
-  const int64_t hd = rows / n_head;
-  std::vector<float> out(p.size());
-  for (int64_t h = 0; h < n_head; ++h)
-    for (int64_t i = 0; i < hd / 2; ++i)
-      for (int64_t j = 0; j < 2; ++j)
-        for (int64_t c = 0; c < cols; ++c)
-          out[(h * hd + j * hd / 2 + i) * cols + c] = p[(h * hd + 2 * i + j) * cols + c];
-  return out;
-}
-
-std::vector<float> to_vec(const torch::Tensor& t) {
-  const auto c = t.to(torch::kFloat32).contiguous();
-  return {c.data_ptr<float>(), c.data_ptr<float>() + c.numel()};
-}
+using qlora::test::to_vec;
+using qlora::test::unpermute_rows;
 
 TEST(GgufLlama, PermuteHandExample) {
   // n_head 2, 8 rows (head dim 4): per head rows [a b c d] (half-split: a,b first half; c,d second) -> [a c b d]
@@ -68,10 +53,9 @@ TEST(GgufLlama, TensorNames) {
   EXPECT_EQ(*gguf_tensor_name("model.norm.weight"), "output_norm.weight");
   EXPECT_EQ(*gguf_tensor_name("lm_head.weight"), "output.weight");
   const std::vector<std::pair<std::string, std::string>> layer = {
-      {"input_layernorm", "attn_norm"},          {"self_attn.q_proj", "attn_q"},   {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},            {"self_attn.o_proj", "attn_output"},
-      {"post_attention_layernorm", "ffn_norm"},  {"mlp.gate_proj", "ffn_gate"},    {"mlp.up_proj", "ffn_up"},
-      {"mlp.down_proj", "ffn_down"}};
+      {"input_layernorm", "attn_norm"}, {"self_attn.q_proj", "attn_q"},      {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"},   {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},    {"mlp.up_proj", "ffn_up"},           {"mlp.down_proj", "ffn_down"}};
   for (const auto& [hf, gg] : layer) {
     EXPECT_EQ(*gguf_tensor_name("model.layers.17." + hf + ".weight"), "blk.17." + gg + ".weight");
   }
@@ -147,18 +131,18 @@ void expect_model_metadata(const rd::File& f, const MiniLlama& m, uint32_t file_
     EXPECT_EQ(f.at("general.quantization_version").n(), 2);
   }
   const std::vector<std::pair<std::string, double>> u32s = {{"llama.context_length", 256},
-                                                             {"llama.embedding_length", m.hidden},
-                                                             {"llama.block_count", m.layers},
-                                                             {"llama.feed_forward_length", m.inter},
-                                                             {"llama.attention.head_count", m.heads},
-                                                             {"llama.attention.head_count_kv", m.kv_heads},
-                                                             {"llama.attention.key_length", m.hidden / m.heads},
-                                                             {"llama.attention.value_length", m.hidden / m.heads},
-                                                             {"llama.rope.dimension_count", m.hidden / m.heads},
-                                                             {"llama.vocab_size", m.vocab},
-                                                             {"tokenizer.ggml.bos_token_id", 1},
-                                                             {"tokenizer.ggml.eos_token_id", 2},
-                                                             {"tokenizer.ggml.unknown_token_id", 0}};
+                                                            {"llama.embedding_length", m.hidden},
+                                                            {"llama.block_count", m.layers},
+                                                            {"llama.feed_forward_length", m.inter},
+                                                            {"llama.attention.head_count", m.heads},
+                                                            {"llama.attention.head_count_kv", m.kv_heads},
+                                                            {"llama.attention.key_length", m.hidden / m.heads},
+                                                            {"llama.attention.value_length", m.hidden / m.heads},
+                                                            {"llama.rope.dimension_count", m.hidden / m.heads},
+                                                            {"llama.vocab_size", m.vocab},
+                                                            {"tokenizer.ggml.bos_token_id", 1},
+                                                            {"tokenizer.ggml.eos_token_id", 2},
+                                                            {"tokenizer.ggml.unknown_token_id", 0}};
   for (const auto& [k, v] : u32s) {
     SCOPED_TRACE(k);
     EXPECT_EQ(f.at(k).type, 4u);
@@ -238,11 +222,21 @@ void expect_model_tensors(const rd::File& f, const MiniLlama& m, OutType out) {
     } else {
       const bool div32 = t.ne[0] % 32 == 0;
       switch (out) {
-        case OutType::kF32: type = 0; break;
-        case OutType::kF16: type = 1; break;
-        case OutType::kBF16: type = 30; break;
-        case OutType::kQ8_0: type = div32 ? 8 : 1; break;
-        case OutType::kQ4_0: type = !div32 ? 1 : t.name == "output.weight" ? 8 : 2; break;
+        case OutType::kF32:
+          type = 0;
+          break;
+        case OutType::kF16:
+          type = 1;
+          break;
+        case OutType::kBF16:
+          type = 30;
+          break;
+        case OutType::kQ8_0:
+          type = div32 ? 8 : 1;
+          break;
+        case OutType::kQ4_0:
+          type = !div32 ? 1 : t.name == "output.weight" ? 8 : 2;
+          break;
       }
     }
     EXPECT_EQ(t.type, type);
@@ -311,10 +305,18 @@ TEST(GgufExport, EveryOutTypeHasTheRightTypesAndDecodesClose) {
       for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(static_cast<double>(want[32 * b + j])));
       double bound;
       switch (out) {
-        case OutType::kF16: bound = amax / 2048.0; break;
-        case OutType::kBF16: bound = 0; break;  // bf16 source
-        case OutType::kQ8_0: bound = amax / 127.0 * (0.5 + 127.0 / 2048.0); break;
-        default: bound = amax / 8.0 * (1.0 + 8.0 / 2048.0); break;
+        case OutType::kF16:
+          bound = amax / 2048.0;
+          break;
+        case OutType::kBF16:
+          bound = 0;
+          break;  // bf16 source
+        case OutType::kQ8_0:
+          bound = amax / 127.0 * (0.5 + 127.0 / 2048.0);
+          break;
+        default:
+          bound = amax / 8.0 * (1.0 + 8.0 / 2048.0);
+          break;
       }
       for (int j = 0; j < 32; ++j) ASSERT_LE(std::fabs(v[32 * b + j] - want[32 * b + j]), bound + 1e-12);
     }
@@ -325,7 +327,10 @@ TEST(GgufExport, TiedEmbeddingsAndLlama3RopeFreqs) {
   const auto dir = temp_dir();
   MiniLlama m;
   m.tied = true;
-  m.rope_scaling = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+  m.rope_scaling = {{"rope_type", "llama3"},
+                    {"factor", 8.0},
+                    {"low_freq_factor", 1.0},
+                    {"high_freq_factor", 4.0},
                     {"original_max_position_embeddings", 64}};
   make_mini_llama(dir / "mini", m);
   ExportOptions o;
@@ -377,149 +382,6 @@ TEST(GgufExport, RefusesExistingOutputAndBrokenFolders) {
   fs::remove(dir / "mini" / "tokenizer.model");
   EXPECT_THROW(export_model_gguf(dir / "mini", dir / "m2.gguf", o), qlora::Error);
   EXPECT_FALSE(fs::exists(dir / "m2.gguf"));
-}
-
-// ---- adapters ----
-
-struct AdapterCase {
-  MiniLlama m;
-  std::vector<std::pair<std::string, std::pair<torch::Tensor, torch::Tensor>>> mods;
-};
-
-AdapterCase make_adapter_case(int64_t r) {
-  AdapterCase c;
-  torch::manual_seed(11);
-  const int64_t h = c.m.hidden, hd = h / c.m.heads;
-  auto ab = [&](int64_t out, int64_t in) {
-    return std::make_pair(torch::randn({r, in}) * 0.1, torch::randn({out, r}) * 0.1);
-  };
-  c.mods = {{"model.layers.0.self_attn.q_proj", ab(c.m.heads * hd, h)},
-            {"model.layers.0.self_attn.k_proj", ab(c.m.kv_heads * hd, h)},
-            {"model.layers.1.self_attn.v_proj", ab(c.m.kv_heads * hd, h)},
-            {"model.layers.1.mlp.down_proj", ab(h, c.m.inter)}};
-  return c;
-}
-
-TEST(GgufExport, AdapterKeysTensorsAndPermutedB) {
-  const auto dir = temp_dir();
-  const int64_t r = 4;
-  auto c = make_adapter_case(r);
-  make_mini_llama(dir / "base", c.m);
-  make_peft_adapter(dir / "ad", c.mods, r, 8.0);
-  const auto s = export_adapter_gguf(dir / "ad", dir / "base", dir / "ad.gguf");
-  EXPECT_EQ(s.tensors, 8);
-  const auto f = rd::read(dir / "ad.gguf");
-  EXPECT_EQ(f.at("general.architecture").s(), "llama");
-  EXPECT_EQ(f.at("general.type").s(), "adapter");
-  EXPECT_EQ(f.at("adapter.type").s(), "lora");
-  EXPECT_EQ(f.at("adapter.lora.alpha").type, 6u);
-  EXPECT_EQ(f.at("adapter.lora.alpha").n(), 8.0);
-  EXPECT_EQ(f.at("general.file_type").n(), 0);
-  const int64_t hd = c.m.hidden / c.m.heads;
-  const std::map<std::string, std::pair<std::string, int64_t>> gname = {
-      {"model.layers.0.self_attn.q_proj", {"blk.0.attn_q.weight", c.m.heads}},
-      {"model.layers.0.self_attn.k_proj", {"blk.0.attn_k.weight", c.m.kv_heads}},
-      {"model.layers.1.self_attn.v_proj", {"blk.1.attn_v.weight", 0}},
-      {"model.layers.1.mlp.down_proj", {"blk.1.ffn_down.weight", 0}}};
-  for (const auto& [module, ab] : c.mods) {
-    SCOPED_TRACE(module);
-    const auto& [g, heads] = gname.at(module);
-    const auto& a = f.tensor(g + ".lora_a");
-    const auto& b = f.tensor(g + ".lora_b");
-    EXPECT_EQ(a.type, 0u);
-    EXPECT_EQ(b.type, 0u);
-    EXPECT_EQ(a.ne, (std::vector<uint64_t>{uint64_t(ab.first.size(1)), uint64_t(r)}));   // [in, r]
-    EXPECT_EQ(b.ne, (std::vector<uint64_t>{uint64_t(r), uint64_t(ab.second.size(0))}));  // [r, out]
-    EXPECT_EQ(f.decode(g + ".lora_a"), to_vec(ab.first));
-    auto bd = f.decode(g + ".lora_b");
-    if (heads) bd = unpermute_rows(bd, ab.second.size(0), r, heads);
-    EXPECT_EQ(bd, to_vec(ab.second));
-  }
-  (void)hd;
-}
-
-TEST(GgufExport, AdapterRsloraAlphaAndErrors) {
-  const auto dir = temp_dir();
-  auto c = make_adapter_case(4);
-  make_mini_llama(dir / "base", c.m);
-  make_peft_adapter(dir / "rs", c.mods, 4, 8.0, /*rslora=*/true);
-  export_adapter_gguf(dir / "rs", dir / "base", dir / "rs.gguf");
-  // llama.cpp scales by alpha / r: alpha' = 8 * sqrt(4) = 16 gives 16 / 4 = 8 / sqrt(4).
-  EXPECT_EQ(rd::read(dir / "rs.gguf").at("adapter.lora.alpha").n(), 16.0);
-
-  auto bad = c.mods;
-  bad.push_back({"lm_head", {torch::randn({4, c.m.hidden}), torch::randn({c.m.vocab, 4})}});
-  make_peft_adapter(dir / "head", bad, 4, 8.0);
-  try {
-    export_adapter_gguf(dir / "head", dir / "base", dir / "head.gguf");
-    ADD_FAILURE() << "lm_head adapter must be refused";
-  } catch (const qlora::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("lm_head"), std::string::npos) << e.what();
-  } catch (const std::exception& e) {
-    // load_adapter may refuse it first; any clear error naming the module is fine
-    EXPECT_NE(std::string(e.what()).find("lm_head"), std::string::npos) << e.what();
-  }
-  EXPECT_FALSE(fs::exists(dir / "head.gguf"));
-  // q8_0 adapters: A rows (in = 64) quantize, B rows (r = 4) fall back to F16
-  AdapterExportOptions q;
-  q.out_type = OutType::kQ8_0;
-  export_adapter_gguf(dir / "rs", dir / "base", dir / "q.gguf", q);
-  const auto f = rd::read(dir / "q.gguf");
-  EXPECT_EQ(f.tensor("blk.0.attn_q.weight.lora_a").type, 8u);
-  EXPECT_EQ(f.tensor("blk.0.attn_q.weight.lora_b").type, 1u);
-  EXPECT_EQ(f.at("general.quantization_version").n(), 2);
-}
-
-TEST(GgufExport, MergedAdapterEqualsBasePlusScaledDelta) {
-  const auto dir = temp_dir();
-  const int64_t r = 4;
-  auto c = make_adapter_case(r);
-  make_mini_llama(dir / "base", c.m);
-  make_peft_adapter(dir / "ad", c.mods, r, 8.0);
-  ExportOptions o;
-  o.out_type = OutType::kF32;
-  o.adapter_dir = dir / "ad";
-  o.show_progress = false;
-  const auto s = export_model_gguf(dir / "base", dir / "merged.gguf", o);
-  EXPECT_EQ(s.merged_modules, 4);
-  const auto f = rd::read(dir / "merged.gguf");
-  const auto src = qlora::test::mini_weights(c.m, 7);
-  std::map<std::string, torch::Tensor> by_name(src.begin(), src.end());
-  const double scale = 8.0 / r;
-  const int64_t hd = c.m.hidden / c.m.heads;
-  // q_proj: float64 reference W + scale * B @ A, compared after undoing the permutation
-  const auto& [a, b] = c.mods[0].second;
-  const auto want = (by_name["model.layers.0.self_attn.q_proj.weight"].to(torch::kFloat64) +
-                     scale * torch::matmul(b.to(torch::kFloat64), a.to(torch::kFloat64)))
-                        .to(torch::kFloat32);
-  const auto got = unpermute_rows(f.decode("blk.0.attn_q.weight"), c.m.heads * hd, c.m.hidden, c.m.heads);
-  const auto wv = to_vec(want);
-  for (size_t i = 0; i < wv.size(); ++i) ASSERT_NEAR(got[i], wv[i], 1e-6) << i;
-  // an unadapted tensor is untouched
-  EXPECT_EQ(f.decode("blk.0.attn_v.weight"), to_vec(by_name["model.layers.0.self_attn.v_proj.weight"]));
-}
-
-TEST(GgufExportApp, ExportsAndReportsErrors) {
-  const auto dir = temp_dir();
-  auto c = make_adapter_case(4);
-  make_mini_llama(dir / "mini", c.m);
-  make_peft_adapter(dir / "ad", c.mods, 4, 8.0);
-  const std::string model = (dir / "mini").string(), out = (dir / "m.gguf").string();
-  auto r = qlora::test::run_app("qlora-export-gguf", "--model " + model + " --out " + out + " --outtype q8_0");
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("wrote"), std::string::npos) << r.output;
-  EXPECT_EQ(rd::read(out).at("general.file_type").n(), 7);
-  r = qlora::test::run_app("qlora-export-gguf", "--model " + model + " --out " + out);
-  EXPECT_EQ(r.exit_code, 2) << r.output;  // exists, no --overwrite
-  r = qlora::test::run_app("qlora-export-gguf", "--model " + model + " --out " + out + " --overwrite --outtype q4_k");
-  EXPECT_EQ(r.exit_code, 2) << r.output;
-  r = qlora::test::run_app("qlora-export-gguf", "--adapter " + (dir / "ad").string() + " --base " + model + " --out " +
-                                                    (dir / "ad.gguf").string() + " --adapter-only");
-  EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(rd::read(dir / "ad.gguf").at("general.type").s(), "adapter");
-  r = qlora::test::run_app("qlora-export-gguf", "--help");
-  EXPECT_EQ(r.exit_code, 0);
-  EXPECT_NE(r.output.find("--adapter-only"), std::string::npos);
 }
 
 // The ctest fixture's tiny model (qlora-make-tiny), when it exists: exports as Q8_0 and reads back.

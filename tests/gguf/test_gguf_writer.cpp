@@ -10,8 +10,8 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "gguf/gguf_writer.h"
 #include "gguf/gguf_test_reader.h"
+#include "gguf/gguf_writer.h"
 #include "test_util.h"
 
 namespace qlora::gguf {
@@ -63,11 +63,11 @@ TEST(GgufWriter, EveryValueTypeRoundTrips) {
     uint32_t type;
     double value;
   };
-  for (const Want& x : {Want{"t.u8", 0, 200}, Want{"t.i8", 1, -100}, Want{"t.u16", 2, 60000}, Want{"t.i16", 3, -30000},
-                        Want{"t.u32", 4, 4000000000.0}, Want{"t.i32", 5, -2000000000.0},
-                        Want{"t.f32", 6, static_cast<double>(1.5e-5f)}, Want{"t.bool_true", 7, 1},
-                        Want{"t.bool_false", 7, 0}, Want{"t.u64", 10, 1099511627776.0},
-                        Want{"t.i64", 11, -1099511627776.0}, Want{"t.f64", 12, 0.1}}) {
+  for (const Want& x :
+       {Want{"t.u8", 0, 200}, Want{"t.i8", 1, -100}, Want{"t.u16", 2, 60000}, Want{"t.i16", 3, -30000},
+        Want{"t.u32", 4, 4000000000.0}, Want{"t.i32", 5, -2000000000.0}, Want{"t.f32", 6, static_cast<double>(1.5e-5f)},
+        Want{"t.bool_true", 7, 1}, Want{"t.bool_false", 7, 0}, Want{"t.u64", 10, 1099511627776.0},
+        Want{"t.i64", 11, -1099511627776.0}, Want{"t.f64", 12, 0.1}}) {
     SCOPED_TRACE(x.key);
     EXPECT_EQ(f.at(x.key).type, x.type);
     EXPECT_FALSE(f.at(x.key).is_array);
@@ -96,11 +96,11 @@ TEST(GgufWriter, EveryValueTypeRoundTrips) {
 
 TEST(GgufWriter, TensorsOfEveryTypeDecode) {
   torch::manual_seed(0);
-  const auto a = torch::randn({3, 5});                        // F32, odd sizes
-  const auto b = torch::randn({2, 4, 6}) * 100;               // F16
-  const auto c = torch::randn({7}).to(torch::kBFloat16);      // BF16 from bf16: exact
-  const auto d = torch::randn({4, 64}) * 0.02;                // Q8_0
-  const auto e = torch::randn({2, 96});                       // Q4_0
+  const auto a = torch::randn({3, 5});                    // F32, odd sizes
+  const auto b = torch::randn({2, 4, 6}) * 100;           // F16
+  const auto c = torch::randn({7}).to(torch::kBFloat16);  // BF16 from bf16: exact
+  const auto d = torch::randn({4, 64}) * 0.02;            // Q8_0
+  const auto e = torch::randn({2, 96});                   // Q4_0
   GgufWriter w;
   w.add_u32("general.alignment", 32);
   w.add_tensor("a", {3, 5}, GgmlType::kF32);
@@ -112,7 +112,8 @@ TEST(GgufWriter, TensorsOfEveryTypeDecode) {
   const auto path = temp_dir() / "t.gguf";
   std::vector<size_t> seen;
   w.write_file(
-      path, [&](size_t i, const TensorSpec&) { return data[i]; }, [&](size_t i, const TensorSpec&) { seen.push_back(i); });
+      path, [&](size_t i, const TensorSpec&) { return data[i]; },
+      [&](size_t i, const TensorSpec&) { seen.push_back(i); });
   EXPECT_EQ(seen, (std::vector<size_t>{0, 1, 2, 3, 4}));
   const auto f = rd::read(path);
   EXPECT_EQ(fs::file_size(path), w.file_bytes());
@@ -130,10 +131,10 @@ TEST(GgufWriter, TensorsOfEveryTypeDecode) {
   EXPECT_EQ(f.tensor("e").type, 2u);
   // offsets: each previous size rounded up to 32
   EXPECT_EQ(f.tensor("a").offset, 0u);
-  EXPECT_EQ(f.tensor("b.weight").offset, 64u);         // 60 bytes -> 64
-  EXPECT_EQ(f.tensor("c").offset, 64u + 96u);          // 96 bytes
-  EXPECT_EQ(f.tensor("d").offset, 160u + 32u);         // 14 bytes -> 32
-  EXPECT_EQ(f.tensor("e").offset, 192u + 288u);        // 8 blocks * 34 = 272 -> 288
+  EXPECT_EQ(f.tensor("b.weight").offset, 64u);   // 60 bytes -> 64
+  EXPECT_EQ(f.tensor("c").offset, 64u + 96u);    // 96 bytes
+  EXPECT_EQ(f.tensor("d").offset, 160u + 32u);   // 14 bytes -> 32
+  EXPECT_EQ(f.tensor("e").offset, 192u + 288u);  // 8 blocks * 34 = 272 -> 288
   EXPECT_EQ(f.tensor("e").nbytes, 6u * 18u);
 
   auto as_vec = [](const torch::Tensor& t) {
@@ -171,8 +172,12 @@ TEST(GgufWriter, BytesMatchHandAssembledFile) {
     return torch::tensor({1.0f, -2.0f, 0.5f, 0.0f, 65504.0f, 1.0f / 3.0f}).reshape({2, 3});
   });
   std::string want;
-  auto u32 = [&](uint32_t v) { for (int i = 0; i < 4; ++i) want.push_back(static_cast<char>((v >> (8 * i)) & 255)); };
-  auto u64 = [&](uint64_t v) { for (int i = 0; i < 8; ++i) want.push_back(static_cast<char>((v >> (8 * i)) & 255)); };
+  auto u32 = [&](uint32_t v) {
+    for (int i = 0; i < 4; ++i) want.push_back(static_cast<char>((v >> (8 * i)) & 255));
+  };
+  auto u64 = [&](uint64_t v) {
+    for (int i = 0; i < 8; ++i) want.push_back(static_cast<char>((v >> (8 * i)) & 255));
+  };
   want += "GGUF";
   u32(3);
   u64(1);  // tensors

@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "common/error.h"
 #include "io/hf_config.h"
@@ -223,8 +223,8 @@ TEST(HfConfig, BnbQuantizationConfig) {
   EXPECT_EQ(c.quantization->skip_modules, std::vector<std::string>{"lm_head"});
 
   // Minimal form with torch-prefixed dtype and bnb's defaults for absent keys (fp4, no double quant).
-  j["quantization_config"] = {{"quant_method", "bitsandbytes"}, {"load_in_4bit", true},
-                              {"bnb_4bit_compute_dtype", "torch.float16"}};
+  j["quantization_config"] = {
+      {"quant_method", "bitsandbytes"}, {"load_in_4bit", true}, {"bnb_4bit_compute_dtype", "torch.float16"}};
   const LlamaConfig d = parse_llama_config(j, "bnb/config.json");
   EXPECT_EQ(d.quantization->quant_type, "fp4");
   EXPECT_FALSE(d.quantization->double_quant);
@@ -249,11 +249,20 @@ TEST(HfConfig, ToJsonRoundTripAndBnbKeySet) {
   EXPECT_EQ(j.at("eos_token_id"), json::array({128001, 128008, 128009}));
   // bitsandbytes' BitsAndBytesConfig.to_dict() key set (formats.md section 2).
   std::set<std::string> keys;
-  for (auto it = j.at("quantization_config").begin(); it != j.at("quantization_config").end(); ++it) keys.insert(it.key());
-  const std::set<std::string> expected = {"_load_in_4bit", "_load_in_8bit", "bnb_4bit_compute_dtype",
-                                          "bnb_4bit_quant_storage", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
-                                          "llm_int8_enable_fp32_cpu_offload", "llm_int8_has_fp16_weight",
-                                          "llm_int8_skip_modules", "llm_int8_threshold", "load_in_4bit", "load_in_8bit",
+  for (auto it = j.at("quantization_config").begin(); it != j.at("quantization_config").end(); ++it)
+    keys.insert(it.key());
+  const std::set<std::string> expected = {"_load_in_4bit",
+                                          "_load_in_8bit",
+                                          "bnb_4bit_compute_dtype",
+                                          "bnb_4bit_quant_storage",
+                                          "bnb_4bit_quant_type",
+                                          "bnb_4bit_use_double_quant",
+                                          "llm_int8_enable_fp32_cpu_offload",
+                                          "llm_int8_has_fp16_weight",
+                                          "llm_int8_skip_modules",
+                                          "llm_int8_threshold",
+                                          "load_in_4bit",
+                                          "load_in_8bit",
                                           "quant_method"};
   EXPECT_EQ(keys, expected);
   EXPECT_EQ(j.at("quantization_config").at("quant_method"), "bitsandbytes");
@@ -289,9 +298,7 @@ TEST(HfConfig, ToJsonRoundTripAndBnbKeySet) {
 TEST(HfConfig, LoadFromFileErrorsNameTheFile) {
   const fs::path dir = qlora::test::temp_dir();
   EXPECT_THROW(load_llama_config(dir / "config.json"), Error);
-  {
-    std::ofstream(dir / "config.json") << "{\"hidden_size\": 12,";
-  }
+  { std::ofstream(dir / "config.json") << "{\"hidden_size\": 12,"; }
   try {
     load_llama_config(dir / "config.json");
     FAIL();
@@ -299,9 +306,7 @@ TEST(HfConfig, LoadFromFileErrorsNameTheFile) {
     EXPECT_NE(std::string(e.what()).find((dir / "config.json").string()), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("JSON"), std::string::npos) << e.what();
   }
-  {
-    std::ofstream(dir / "config.json") << kMistral7b;
-  }
+  { std::ofstream(dir / "config.json") << kMistral7b; }
   EXPECT_EQ(load_llama_config(dir / "config.json").architecture, "MistralForCausalLM");
 }
 

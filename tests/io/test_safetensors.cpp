@@ -91,7 +91,7 @@ TEST(Safetensors, RoundTripEveryDtypeByteExact) {
   ASSERT_LE(8 + n, bytes.size());
   const auto header = nlohmann::json::parse(bytes.substr(8, n));
   const std::map<std::string, std::string> expected_dtype = {
-      {"f32", "F32"}, {"f16", "F16"}, {"bf16", "BF16"}, {"f64", "F64"},  {"i8", "I8"},      {"u8", "U8"},
+      {"f32", "F32"}, {"f16", "F16"}, {"bf16", "BF16"}, {"f64", "F64"},   {"i8", "I8"},      {"u8", "U8"},
       {"i16", "I16"}, {"i32", "I32"}, {"i64", "I64"},   {"bool", "BOOL"}, {"scalar", "F32"}, {"empty", "F32"}};
   uint64_t expected_offset = 0;  // written contiguously in the given order
   for (const auto& [name, t] : tensors) {
@@ -232,8 +232,8 @@ TEST(Safetensors, StreamingWriter) {
   const fs::path q = dir / "aborted.safetensors";
   {
     SafetensorsWriter w(q, {{"a", torch::kFloat32, {2}}, {"b", torch::kFloat32, {2}}});
-    EXPECT_THROW(w.write("b", torch::ones({2})), c10::Error);            // out of order
-    EXPECT_THROW(w.write("a", torch::ones({3})), c10::Error);            // wrong shape
+    EXPECT_THROW(w.write("b", torch::ones({2})), c10::Error);                   // out of order
+    EXPECT_THROW(w.write("a", torch::ones({3})), c10::Error);                   // wrong shape
     EXPECT_THROW(w.write("a", torch::ones({2}, torch::kFloat64)), c10::Error);  // wrong dtype
     w.write("a", torch::ones({2}));
   }  // no commit: nothing left behind
@@ -314,8 +314,9 @@ TEST(Safetensors, CheckpointIndexWithMissingShard) {
 TEST(Safetensors, CheckpointIndexTensorAbsentFromShard) {
   const fs::path dir = temp_dir();
   save_safetensors(dir / "model-00001-of-00001.safetensors", {{"a", torch::ones({2})}});
-  spit(dir / "model.safetensors.index.json",
-       R"({"metadata": {}, "weight_map": {"a": "model-00001-of-00001.safetensors", "ghost": "model-00001-of-00001.safetensors"}})");
+  spit(
+      dir / "model.safetensors.index.json",
+      R"({"metadata": {}, "weight_map": {"a": "model-00001-of-00001.safetensors", "ghost": "model-00001-of-00001.safetensors"}})");
   try {
     Checkpoint::open(dir);
     FAIL() << "no error";
@@ -350,9 +351,13 @@ class SafetensorsMalformed : public ::testing::Test {
   }
 };
 
-TEST_F(SafetensorsMalformed, EmptyFile) { expect_rejected(write(""), {"empty file"}); }
+TEST_F(SafetensorsMalformed, EmptyFile) {
+  expect_rejected(write(""), {"empty file"});
+}
 
-TEST_F(SafetensorsMalformed, ShorterThanHeaderLength) { expect_rejected(write("abcde"), {"truncated", "5 bytes"}); }
+TEST_F(SafetensorsMalformed, ShorterThanHeaderLength) {
+  expect_rejected(write("abcde"), {"truncated", "5 bytes"});
+}
 
 TEST_F(SafetensorsMalformed, HeaderLengthBeyondFile) {
   expect_rejected(write(st_file("{}", "", 1000)), {"header length 1000", "beyond the end of the file"});
@@ -362,17 +367,22 @@ TEST_F(SafetensorsMalformed, HugeHeaderLength) {
   expect_rejected(write(st_file("{}", "", 200ll << 20)), {"header length", "exceeds the limit"});
 }
 
-TEST_F(SafetensorsMalformed, BadJson) { expect_rejected(write(st_file("{\"a\": {", "")), {"not valid JSON"}); }
+TEST_F(SafetensorsMalformed, BadJson) {
+  expect_rejected(write(st_file("{\"a\": {", "")), {"not valid JSON"});
+}
 
-TEST_F(SafetensorsMalformed, JsonNotAnObject) { expect_rejected(write(st_file("[1, 2]  ", "")), {"not an object"}); }
+TEST_F(SafetensorsMalformed, JsonNotAnObject) {
+  expect_rejected(write(st_file("[1, 2]  ", "")), {"not an object"});
+}
 
 TEST_F(SafetensorsMalformed, EntryNotAnObject) {
   expect_rejected(write(st_file(R"({"w": 5})", "")), {"tensor 'w'", "not an object"});
 }
 
 TEST_F(SafetensorsMalformed, UnknownDtype) {
-  expect_rejected(write(st_file(R"({"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}})", std::string(16, 0))),
-                  {"tensor 'w'", "dtype 'F128'"});
+  expect_rejected(
+      write(st_file(R"({"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}})", std::string(16, 0))),
+      {"tensor 'w'", "dtype 'F128'"});
 }
 
 TEST_F(SafetensorsMalformed, MissingDataOffsets) {
@@ -391,21 +401,27 @@ TEST_F(SafetensorsMalformed, ShapeSizeMismatch) {
 }
 
 TEST_F(SafetensorsMalformed, OffsetsOutOfRange) {
-  expect_rejected(write(st_file(R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "v": {"dtype": "U8", "shape": [8], "data_offsets": [16, 24]}})",
-                                std::string(20, 0))),
-                  {"tensor 'v'", "out of range"});
+  expect_rejected(
+      write(st_file(
+          R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "v": {"dtype": "U8", "shape": [8], "data_offsets": [16, 24]}})",
+          std::string(20, 0))),
+      {"tensor 'v'", "out of range"});
 }
 
 TEST_F(SafetensorsMalformed, OverlappingOffsets) {
-  expect_rejected(write(st_file(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
-                                std::string(12, 0))),
-                  {"tensor 'b'", "overlap", "'a'"});
+  expect_rejected(
+      write(st_file(
+          R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+          std::string(12, 0))),
+      {"tensor 'b'", "overlap", "'a'"});
 }
 
 TEST_F(SafetensorsMalformed, HoleBetweenTensors) {
-  expect_rejected(write(st_file(R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
-                                std::string(12, 0))),
-                  {"tensor 'b'", "hole"});
+  expect_rejected(
+      write(st_file(
+          R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}})",
+          std::string(12, 0))),
+      {"tensor 'b'", "hole"});
 }
 
 TEST_F(SafetensorsMalformed, TrailingBytes) {
@@ -414,13 +430,15 @@ TEST_F(SafetensorsMalformed, TrailingBytes) {
 }
 
 TEST_F(SafetensorsMalformed, NegativeShape) {
-  expect_rejected(write(st_file(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", std::string(4, 0))),
-                  {"tensor 'w'", "negative or non-integer"});
+  expect_rejected(
+      write(st_file(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", std::string(4, 0))),
+      {"tensor 'w'", "negative or non-integer"});
 }
 
 TEST_F(SafetensorsMalformed, NonIntegerShape) {
-  expect_rejected(write(st_file(R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", std::string(4, 0))),
-                  {"tensor 'w'", "negative or non-integer"});
+  expect_rejected(
+      write(st_file(R"({"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}})", std::string(4, 0))),
+      {"tensor 'w'", "negative or non-integer"});
 }
 
 TEST_F(SafetensorsMalformed, ShapeProductOverflows) {

@@ -95,8 +95,7 @@ TEST(LoraModel, ZeroBEqualsBaseExactly) {
     auto after = m->forward(ids);
     EXPECT_TRUE(torch::equal(before, after)) << dtype;
     // A nonzero B changes the output.
-    adapters.modules[0].second->set_weights(adapters.modules[0].second->lora_A(),
-                                            torch::full({64, 4}, 0.1));
+    adapters.modules[0].second->set_weights(adapters.modules[0].second->lora_A(), torch::full({64, 4}, 0.1));
     EXPECT_FALSE(torch::equal(before, m->forward(ids))) << dtype;
   }
 }
@@ -130,8 +129,8 @@ TEST(LoraModel, TargetsAndPatterns) {
   ASSERT_EQ(a.modules.size(), 4u);
   EXPECT_EQ(a.find("model.layers.0.self_attn.q_proj")->rank(), 4);
   EXPECT_EQ(a.find("model.layers.0.self_attn.v_proj")->rank(), 2);
-  EXPECT_DOUBLE_EQ(a.find("model.layers.0.self_attn.q_proj")->scale(), 8.0 / 2.0);          // 8/sqrt(4)
-  EXPECT_DOUBLE_EQ(a.find("model.layers.1.self_attn.q_proj")->scale(), 32.0 / 2.0);         // alpha_pattern
+  EXPECT_DOUBLE_EQ(a.find("model.layers.0.self_attn.q_proj")->scale(), 8.0 / 2.0);   // 8/sqrt(4)
+  EXPECT_DOUBLE_EQ(a.find("model.layers.1.self_attn.q_proj")->scale(), 32.0 / 2.0);  // alpha_pattern
   EXPECT_DOUBLE_EQ(a.find("model.layers.0.self_attn.v_proj")->scale(), 8.0 / std::sqrt(2.0));
   EXPECT_EQ(a.find("model.layers.0.self_attn.v_proj")->lora_A().sizes(), (std::vector<int64_t>{2, 64}));
   EXPECT_EQ(a.find("model.layers.0.self_attn.v_proj")->lora_B().sizes(), (std::vector<int64_t>{32, 2}));

@@ -7,10 +7,10 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "io/safetensors.h"
 #include "lora/merge.h"
 #include "lora/peft_io.h"
 #include "model/llama.h"
-#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace qlora::lora {
@@ -20,10 +20,10 @@ using qlora::test::temp_dir;
 using qlora::test::tiny_model_dir;
 
 // Merged bf16 weights: each W' is rounded to bf16 (rel. 2^-9); logits move by about that relative amount.
-constexpr double kBf16LogitsTol = 2e-2;   // max |diff| / max |logit|
+constexpr double kBf16LogitsTol = 2e-2;  // max |diff| / max |logit|
 // nf4 output: the whole model is 4-bit (the reference is the 16-bit base + adapter).
 // Measured 0.29 on a 4-layer hidden-128 stand-in model (weights std 0.05); bound leaves headroom.
-constexpr double kNf4LogitsTol = 0.5;     // max |diff| / max |logit|
+constexpr double kNf4LogitsTol = 0.5;       // max |diff| / max |logit|
 constexpr double kNf4MeanRelErrMax = 0.15;  // per projection mean |dq(q(W')) - W'| / mean |W'|
 
 model::LlamaModel load(const fs::path& dir, bool nf4) {

@@ -4,13 +4,12 @@
 
 #include <algorithm>
 #include <functional>
-
 #include <nlohmann/json.hpp>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "lora/peft_io.h"
 #include "io/safetensors.h"
+#include "lora/peft_io.h"
 #include "test_util.h"
 
 namespace qlora::lora {
@@ -19,7 +18,9 @@ namespace {
 using qlora::test::fixtures_dir;
 using qlora::test::temp_dir;
 
-fs::path peft_fixture() { return fixtures_dir() / "lora_peft_fixture"; }
+fs::path peft_fixture() {
+  return fixtures_dir() / "lora_peft_fixture";
+}
 
 // The tiny test model's attention shapes (hidden 128, 4 heads, 2 kv heads): enough for the fixture.
 io::LlamaConfig tiny_like_config() {
@@ -44,8 +45,12 @@ model::LlamaModel random_model(uint64_t seed = 1) {
 }
 
 // Fixture values, as the generator script defines them.
-double fixture_a(int m, int64_t i, int64_t j) { return static_cast<double>((i * 7 + j * 3 + m) % 17 - 8) / 64.0; }
-double fixture_b(int m, int64_t i, int64_t j) { return static_cast<double>((i * 5 + j * 11 + 2 * m) % 13 - 6) / 128.0; }
+double fixture_a(int m, int64_t i, int64_t j) {
+  return static_cast<double>((i * 7 + j * 3 + m) % 17 - 8) / 64.0;
+}
+double fixture_b(int m, int64_t i, int64_t j) {
+  return static_cast<double>((i * 5 + j * 11 + 2 * m) % 13 - 6) / 128.0;
+}
 
 std::string error_of(const std::function<void()>& f) {
   try {
@@ -224,9 +229,8 @@ TEST(PeftIo, AcceptsKeysWithDefaultAdapterName) {
 
 TEST(PeftIo, UnknownKeyIsAClearError) {
   const std::string dora_key = "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector.weight";
-  const fs::path dir = rewrite_fixture(temp_dir() / "dora", [&](io::NamedTensors& t) {
-    t.emplace_back(dora_key, torch::ones({128}));
-  });
+  const fs::path dir =
+      rewrite_fixture(temp_dir() / "dora", [&](io::NamedTensors& t) { t.emplace_back(dora_key, torch::ones({128})); });
   const std::string msg = error_of([&] { load_adapter(dir); });
   EXPECT_NE(msg.find(dora_key), std::string::npos) << msg;
   EXPECT_NE(msg.find("DoRA"), std::string::npos) << msg;
@@ -236,14 +240,15 @@ TEST(PeftIo, UnknownKeyIsAClearError) {
   });
   EXPECT_NE(error_of([&] { load_adapter(dir2); }).find("lora_embedding_A"), std::string::npos);
 
-  const fs::path dir3 = rewrite_fixture(temp_dir() / "dora_cfg", [](io::NamedTensors&) {},
-                                        [](nlohmann::json& j) { j["use_dora"] = true; });
+  const fs::path dir3 = rewrite_fixture(
+      temp_dir() / "dora_cfg", [](io::NamedTensors&) {}, [](nlohmann::json& j) { j["use_dora"] = true; });
   EXPECT_NE(error_of([&] { load_adapter(dir3); }).find("use_dora"), std::string::npos);
 
   const fs::path dir4 = rewrite_fixture(temp_dir() / "lonely_a", [](io::NamedTensors& t) {
-    t.erase(std::remove_if(t.begin(), t.end(), [](const auto& p) {
-              return p.first == "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
-            }),
+    t.erase(std::remove_if(t.begin(), t.end(),
+                           [](const auto& p) {
+                             return p.first == "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight";
+                           }),
             t.end());
   });
   EXPECT_NE(error_of([&] { load_adapter(dir4); }).find("no lora_B"), std::string::npos);
@@ -263,7 +268,8 @@ TEST(PeftIo, ShapeMismatchAndMissingModuleAreClearErrors) {
   EXPECT_NE(msg.find("[4, 96]"), std::string::npos) << msg;
   EXPECT_NE(msg.find("[4, 128]"), std::string::npos) << msg;
   // Nothing was attached.
-  for (const auto& [name, layer] : m->named_linears()) EXPECT_EQ(std::dynamic_pointer_cast<LoraLinearImpl>(layer), nullptr);
+  for (const auto& [name, layer] : m->named_linears())
+    EXPECT_EQ(std::dynamic_pointer_cast<LoraLinearImpl>(layer), nullptr);
 
   const fs::path dir2 = rewrite_fixture(temp_dir() / "layer9", [](io::NamedTensors& t) {
     t.emplace_back("base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight", torch::zeros({4, 128}));
@@ -274,8 +280,8 @@ TEST(PeftIo, ShapeMismatchAndMissingModuleAreClearErrors) {
   EXPECT_NE(msg2.find("does not exist"), std::string::npos) << msg2;
 
   // Rank in the weights disagrees with r in adapter_config.json.
-  const fs::path dir3 = rewrite_fixture(temp_dir() / "rank", [](io::NamedTensors&) {},
-                                        [](nlohmann::json& j) { j["r"] = 8; });
+  const fs::path dir3 = rewrite_fixture(
+      temp_dir() / "rank", [](io::NamedTensors&) {}, [](nlohmann::json& j) { j["r"] = 8; });
   EXPECT_NE(error_of([&] { load_adapter(dir3); }).find("rank 4"), std::string::npos);
 }
 

@@ -2,13 +2,13 @@
 // trips that reproduce the quantized bytes.
 #include <gtest/gtest.h>
 
-#include "common/error.h"
 #include "common/atomic_file.h"
+#include "common/error.h"
 #include "io/bnb_format.h"
+#include "io/safetensors.h"
 #include "model/llama.h"
 #include "model/llama_test_util.h"
 #include "model/quantize_checkpoint.h"
-#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace qlora::test {

@@ -1,7 +1,6 @@
 // Generation: the KV cache gives the same tokens as full recomputation; sampling is seeded; eos stops.
-#include <gtest/gtest.h>
-
 #include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
 
 #include "model/generate.h"
 #include "model/llama_test_util.h"
@@ -94,7 +93,8 @@ TEST(Generate, StopsOnEosAndCallbackSeesEveryToken) {
   EXPECT_TRUE(r.stopped_on_eos);
   EXPECT_EQ(r.tokens, seen);
   // Stops at the first occurrence of the eos id.
-  size_t first = std::find(free_run.tokens.begin(), free_run.tokens.end(), free_run.tokens[2]) - free_run.tokens.begin();
+  size_t first =
+      std::find(free_run.tokens.begin(), free_run.tokens.end(), free_run.tokens[2]) - free_run.tokens.begin();
   EXPECT_EQ(r.tokens.size(), first + 1);
   // Returning false from the callback stops too.
   o.eos_token_ids.clear();

@@ -4,9 +4,9 @@
 
 #include <tuple>
 
-#include "ops/activation_checkpoint.h"
 #include "model/llama.h"
 #include "model/llama_test_util.h"
+#include "ops/activation_checkpoint.h"
 
 namespace qlora::test {
 namespace {
@@ -14,8 +14,8 @@ namespace {
 using model::ForwardInputs;
 using model::KVCache;
 
-constexpr double kFp32RelTol = 1e-5;    // fp32 model vs float64 reference
-constexpr double kSameMathTol = 1e-5;   // same computation, different batching/masking (fp32)
+constexpr double kFp32RelTol = 1e-5;   // fp32 model vs float64 reference
+constexpr double kSameMathTol = 1e-5;  // same computation, different batching/masking (fp32)
 constexpr double kGradTol = 1e-5;
 
 double max_rel(const torch::Tensor& a, const torch::Tensor& b) {
@@ -228,7 +228,8 @@ TEST(LlamaCheckpointing, SameGradientsWithTrainableDropoutLayerInside) {
     torch::manual_seed(99);  // same dropout masks in both runs
     auto [loss, n] = m->causal_lm_loss(ids, ids, {}, 1024);
     loss.backward();
-    return std::make_tuple(loss.item<double>(), trainable[0]->weight.grad().clone(), trainable[1]->weight.grad().clone());
+    return std::make_tuple(loss.item<double>(), trainable[0]->weight.grad().clone(),
+                           trainable[1]->weight.grad().clone());
   };
   auto [l0, ga0, gb0] = run(false);
   auto [l1, ga1, gb1] = run(true);

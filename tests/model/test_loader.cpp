@@ -7,10 +7,10 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "io/bnb_format.h"
+#include "io/safetensors.h"
 #include "model/llama.h"
 #include "model/llama_test_util.h"
 #include "model/loader.h"
-#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace qlora::test {
@@ -93,7 +93,7 @@ TEST(Loader, MalformedCheckpointListsEveryProblem) {
   const fs::path dir = temp_dir() / "m";
   io::NamedTensors ts;
   for (auto& [n, t] : model_tensors(*m)) {
-    if (n == "model.layers.1.mlp.up_proj.weight") continue;                             // missing
+    if (n == "model.layers.1.mlp.up_proj.weight") continue;  // missing
     if (n == "model.layers.0.self_attn.k_proj.weight") {
       ts.emplace_back(n, torch::zeros({8, 32}));  // wrong shape (expected [16, 32])
       continue;
@@ -111,10 +111,11 @@ TEST(Loader, MalformedCheckpointListsEveryProblem) {
     FAIL() << "expected qlora::Error";
   } catch (const Error& e) {
     const std::string msg = e.what();
-    for (const char* s : {"missing tensor 'model.layers.1.mlp.up_proj.weight'",
-                          "'model.layers.0.self_attn.k_proj.weight' has shape [8, 32], expected [16, 32]",
-                          "'model.norm.weight' has dtype I32", "unexpected tensor 'model.layers.0.self_attn.extra_thing.weight'",
-                          "model.safetensors", "4 problems"}) {
+    for (const char* s :
+         {"missing tensor 'model.layers.1.mlp.up_proj.weight'",
+          "'model.layers.0.self_attn.k_proj.weight' has shape [8, 32], expected [16, 32]",
+          "'model.norm.weight' has dtype I32", "unexpected tensor 'model.layers.0.self_attn.extra_thing.weight'",
+          "model.safetensors", "4 problems"}) {
       EXPECT_NE(msg.find(s), std::string::npos) << "missing '" << s << "' in:\n" << msg;
     }
   }
@@ -122,7 +123,8 @@ TEST(Loader, MalformedCheckpointListsEveryProblem) {
 
 // KL(p || q) per position, averaged.
 double mean_kl(const torch::Tensor& logits_p, const torch::Tensor& logits_q) {
-  auto lp = torch::log_softmax(logits_p.to(torch::kFloat64), -1), lq = torch::log_softmax(logits_q.to(torch::kFloat64), -1);
+  auto lp = torch::log_softmax(logits_p.to(torch::kFloat64), -1),
+       lq = torch::log_softmax(logits_q.to(torch::kFloat64), -1);
   return (lp.exp() * (lp - lq)).sum(-1).mean().item<double>();
 }
 

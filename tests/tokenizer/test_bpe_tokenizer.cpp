@@ -8,9 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "test_util.h"
 #include "tokenizer/bpe_pretokenizer.h"
 #include "tokenizer/bpe_tokenizer.h"
-#include "test_util.h"
 
 namespace qlora::tokenizer {
 namespace {

@@ -6,8 +6,8 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
-#include "tokenizer/sentencepiece_model.h"
 #include "test_util.h"
+#include "tokenizer/sentencepiece_model.h"
 
 namespace qlora::tokenizer {
 namespace {

@@ -7,8 +7,8 @@
 #include <functional>
 
 #include "common/error.h"
-#include "tokenizer/tokenizer.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 namespace qlora::tokenizer {
 namespace {
@@ -64,8 +64,8 @@ TEST(SentencePieceTokenizer, RoundTrip) {
   const Tokenizer& tok = tiny_tokenizer();
   for (const std::string text :
        {"Hello world", "Below is an instruction that describes a task.\n\n### Instruction:\nWhat is 12 plus 30?",
-        "The capital of France is Paris.", "  two  spaces and\ttabs", "naïve café — ☃ 日本語 🙂", "1234567890",
-        "x"}) {
+        "The capital of France is Paris.", "  two  spaces and\ttabs", "naïve café — ☃ 日本語 🙂",
+        "1234567890", "x"}) {
     const auto ids = tok.encode(text);
     for (int32_t id : ids) {
       EXPECT_GE(id, 0);

@@ -11,9 +11,9 @@
 #include "common/error.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
-#include "tools/tiny_model.h"
-#include "tokenizer/tokenizer.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
+#include "tools/tiny_model.h"
 
 namespace qlora::tools {
 namespace {
