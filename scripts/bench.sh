@@ -4,7 +4,7 @@
 # Figures swing with other load: run on an idle machine. Results worth keeping go to bench/RESULTS.md with the
 # command that produced them and the date.
 #
-#   scripts/bench.sh [BUILD_DIR=build]          all of them (about 10 minutes on 2 cores)
+#   scripts/bench.sh [BUILD_DIR=build]          all of them (110 s on the 2-core development machine)
 #   BENCH_ONLY="quant fused_ops" scripts/bench.sh   a subset (names without the bench_ prefix)
 #
 # Output: BUILD_DIR/bench/<name>.txt per benchmark and a summary of exit codes at the end. GPU-only benchmarks
