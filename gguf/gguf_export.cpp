@@ -268,26 +268,14 @@ ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& b
   const std::vector<AdapterItem> items = adapter_items(adapter, adapter_dir, alpha);
   if (items.empty()) throw Error(adapter_dir.string() + ": the adapter has no modules");
 
-  auto type_for = [&](int64_t row) {
-    switch (options.out_type) {
-      case OutType::kF32:
-        return GgmlType::kF32;
-      case OutType::kF16:
-        return GgmlType::kF16;
-      case OutType::kBF16:
-        return GgmlType::kBF16;
-      default:
-        return row % kQK8_0 == 0 ? GgmlType::kQ8_0 : GgmlType::kF16;
-    }
-  };
   GgufWriter w;
   bool quantized = false;
   std::vector<std::tuple<std::string, std::vector<int64_t>, GgmlType>> planned;
   for (const auto& it : items) {
     const auto a_shape = it.m->a.sizes().vec();  // (r, in)  -> ne [in, r]
     const auto b_shape = it.m->b.sizes().vec();  // (out, r) -> ne [r, out]
-    planned.emplace_back(it.gname + ".lora_a", a_shape, type_for(a_shape.back()));
-    planned.emplace_back(it.gname + ".lora_b", b_shape, type_for(b_shape.back()));
+    planned.emplace_back(it.gname + ".lora_a", a_shape, tensor_type_for(it.gname, a_shape, options.out_type));
+    planned.emplace_back(it.gname + ".lora_b", b_shape, tensor_type_for(it.gname, b_shape, options.out_type));
   }
   for (const auto& [n, s, t] : planned) quantized = quantized || t == GgmlType::kQ8_0;
   add_general(w, "adapter", options.name.empty() ? folder_name(adapter_dir) : options.name, options.out_type,
