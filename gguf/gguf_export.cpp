@@ -21,6 +21,21 @@ namespace qlora::gguf {
 
 namespace {
 
+// GGUF export writes llama.cpp's `llama` architecture (Llama, Mistral); the other families need their own
+// architecture names and tensor layouts there, which are not written yet.
+void require_llama_layout(const io::LlamaConfig& c, const fs::path& config_json) {
+  if (c.family == io::Family::kLlama || c.family == io::Family::kMistral) {
+    if (c.traits.qkv_bias || c.traits.mlp_bias) {
+      throw_file_error(config_json.string(),
+                       "GGUF export of Llama models with attention_bias / mlp_bias is not supported");
+    }
+    return;
+  }
+  throw_file_error(config_json.string(),
+                   std::string("GGUF export of ") + io::family_name(c.family) + " models is not supported yet",
+                   "GGUF export supports the llama and mistral families; the model trains, merges and runs here");
+}
+
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
@@ -135,6 +150,7 @@ int64_t check_adapter_modules(const lora::AdapterFile& adapter, const std::vecto
 ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, const ExportOptions& options) {
   check_output_path(out, options.overwrite);
   const auto config = io::load_llama_config(model_dir / "config.json");
+  require_llama_layout(config, model_dir / "config.json");
   const auto ckpt = io::Checkpoint::open(model_dir);
   const auto vocab = load_sentencepiece_vocab(model_dir, config.vocab_size, config);
 
@@ -259,6 +275,7 @@ ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& b
     }
   }
   const auto config = io::load_llama_config(base / "config.json");
+  require_llama_layout(config, base / "config.json");
   lora::check_adapter_shapes(adapter, projection_shapes(config), base.string());
 
   // One alpha for the file; llama.cpp scales by alpha / r with r = lora_b's ne[0].

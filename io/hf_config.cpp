@@ -5,68 +5,16 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "io/config_keys.h"
+#include "io/hf_config_impl.h"
 
 namespace qlora::io {
 
 namespace {
 
+using detail::describe;
+using detail::KeyReader;
 using nlohmann::json;
-
-// Reads typed keys of one JSON object, with errors "<source>: key '<path>': ...".
-class KeyReader {
- public:
-  KeyReader(const json& j, std::string source, std::string prefix = "")
-      : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
-
-  bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
-
-  [[noreturn]] void fail(const std::string& key, const std::string& what, const std::string& hint = "") const {
-    throw_file_error(source_, "key '" + prefix_ + key + "': " + what, hint);
-  }
-
-  int64_t get_int(const std::string& key, int64_t def) const {
-    if (!has(key)) return def;
-    const json& v = j_[key];
-    if (v.is_number_integer()) return v.get<int64_t>();
-    if (v.is_number_float()) {
-      const double d = v.get<double>();
-      if (std::fabs(d) < 9e18 && d == std::floor(d)) return static_cast<int64_t>(d);
-    }
-    fail(key, "must be an integer (got " + v.dump() + ")");
-  }
-
-  int64_t get_positive(const std::string& key, int64_t def) const {
-    const int64_t v = get_int(key, def);
-    if (v <= 0) fail(key, "must be positive (got " + std::to_string(v) + ")");
-    return v;
-  }
-
-  double get_double(const std::string& key, double def) const {
-    if (!has(key)) return def;
-    const json& v = j_[key];
-    if (!v.is_number()) fail(key, "must be a number (got " + v.dump() + ")");
-    return v.get<double>();
-  }
-
-  bool get_bool(const std::string& key, bool def) const {
-    if (!has(key)) return def;
-    const json& v = j_[key];
-    if (!v.is_boolean()) fail(key, "must be true or false (got " + v.dump() + ")");
-    return v.get<bool>();
-  }
-
-  std::string get_string(const std::string& key, const std::string& def) const {
-    if (!has(key)) return def;
-    const json& v = j_[key];
-    if (!v.is_string()) fail(key, "must be a string (got " + v.dump() + ")");
-    return v.get<std::string>();
-  }
-
- private:
-  const json& j_;
-  std::string source_;
-  std::string prefix_;
-};
 
 // "torch.bfloat16" -> "bfloat16"; validates the name.
 std::string normalize_dtype(const KeyReader& r, const std::string& key, const std::string& value) {
@@ -81,7 +29,8 @@ std::string normalize_dtype(const KeyReader& r, const std::string& key, const st
 // Parses a rope scaling object (old `rope_scaling` or new `rope_parameters`).
 RopeScaling parse_rope(const json& j, const std::string& source, const std::string& key) {
   RopeScaling rs;
-  if (!j.is_object()) throw_file_error(source, "key '" + key + "': must be an object or null (got " + j.dump() + ")");
+  if (!j.is_object())
+    throw_file_error(source, "key '" + key + "': must be an object or null (got " + describe(j) + ")");
   KeyReader r(j, source, key + ".");
   std::string type = r.get_string("rope_type", r.get_string("type", "default"));
   if (type == "default" || type.empty()) return rs;
@@ -146,60 +95,54 @@ BnbQuantConfig parse_bnb(const json& q, const std::string& source) {
 
 int64_t LlamaConfig::num_parameters() const {
   const int64_t h = hidden_size;
-  const int64_t per_layer = 2 * h                             // two RMSNorms
-                            + h * q_dim() + 2 * h * kv_dim()  // q, k, v
-                            + q_dim() * h                     // o
-                            + 3 * h * intermediate_size;      // gate, up, down
+  int64_t per_layer = 0;
+  for (const auto& p : layer_projections(*this)) per_layer += p.out * p.in + (p.bias ? p.out : 0);
+  for (const auto& n : layer_norms(*this)) per_layer += n.size;
   const int64_t embed = vocab_size * h;
   return embed + (tie_word_embeddings ? 0 : embed) + num_hidden_layers * per_layer + h;
 }
 
 namespace {
 
-// architectures / model_type -> c.architecture, c.model_type.
-void parse_architecture(const json& j, KeyReader& r, LlamaConfig& c) {
-  std::string arch;
-  if (r.has("architectures")) {
-    const json& a = j["architectures"];
-    if (!a.is_array() || a.empty() || !a[0].is_string()) {
-      r.fail("architectures", "must be a non-empty list of strings (got " + a.dump() + ")");
-    }
-    arch = a[0].get<std::string>();
+// Defaults of transformers' <Family>Config for keys a config.json may leave out.
+struct SizeDefaults {
+  int64_t vocab, hidden, intermediate, layers, heads, kv_heads /* 0: = heads */, head_dim /* 0: hidden / heads */;
+  int64_t max_positions;
+  double rms_norm_eps;
+  bool tie_embeddings;
+};
+
+SizeDefaults size_defaults(Family f) {
+  switch (f) {
+    case Family::kMistral:
+      return {32000, 4096, 14336, 32, 32, 8, 0, 131072, 1e-6, false};
+    case Family::kQwen2:
+      return {151936, 4096, 22016, 32, 32, 32, 0, 32768, 1e-6, false};
+    case Family::kQwen3:
+      return {151936, 4096, 22016, 32, 32, 32, 128, 32768, 1e-6, false};
+    case Family::kGemma2:
+      return {256000, 2304, 9216, 26, 8, 4, 256, 8192, 1e-6, true};
+    case Family::kPhi3:
+      return {32064, 3072, 8192, 32, 32, 0, 0, 4096, 1e-5, false};
+    case Family::kLlama:
+      break;
   }
-  const std::string model_type = r.get_string("model_type", "");
-  if (arch.empty()) {
-    if (model_type == "llama")
-      arch = "LlamaForCausalLM";
-    else if (model_type == "mistral")
-      arch = "MistralForCausalLM";
-    else if (model_type.empty())
-      r.fail("architectures", "missing (and no model_type either)", "is this an HF config.json?");
-    else
-      r.fail("model_type", "unsupported model type '" + model_type + "'", "supported: llama, mistral");
-  }
-  const bool mistral = arch == "MistralForCausalLM";
-  if (arch != "LlamaForCausalLM" && !mistral) {
-    r.fail("architectures", "unsupported architecture '" + arch + "'",
-           "supported: LlamaForCausalLM, MistralForCausalLM (Llama 1/2/3, TinyLlama, Mistral)");
-  }
-  c.architecture = arch;
-  c.model_type = model_type.empty() ? (mistral ? "mistral" : "llama") : model_type;
-  if (c.model_type != "llama" && c.model_type != "mistral") {
-    r.fail("model_type", "unsupported model type '" + c.model_type + "' for architecture " + arch);
-  }
+  return {32000, 4096, 11008, 32, 32, 0, 0, 2048, 1e-6, false};
 }
 
-// Sizes (defaults as in transformers' LlamaConfig / MistralConfig).
+// Sizes (defaults as in transformers' config classes).
 void parse_sizes(KeyReader& r, LlamaConfig& c) {
-  const bool mistral = c.architecture == "MistralForCausalLM";
-  c.vocab_size = r.get_positive("vocab_size", 32000);
-  c.hidden_size = r.get_positive("hidden_size", 4096);
-  c.intermediate_size = r.get_positive("intermediate_size", mistral ? 14336 : 11008);
-  c.num_hidden_layers = r.get_positive("num_hidden_layers", 32);
-  c.num_attention_heads = r.get_positive("num_attention_heads", 32);
-  c.num_key_value_heads = r.get_positive("num_key_value_heads", mistral ? 8 : c.num_attention_heads);
+  const SizeDefaults d = size_defaults(c.family);
+  c.vocab_size = r.get_positive("vocab_size", d.vocab);
+  c.hidden_size = r.get_positive("hidden_size", d.hidden);
+  c.intermediate_size = r.get_positive("intermediate_size", d.intermediate);
+  c.num_hidden_layers = r.get_positive("num_hidden_layers", d.layers);
+  c.num_attention_heads = r.get_positive("num_attention_heads", d.heads);
+  c.num_key_value_heads = r.get_positive("num_key_value_heads", d.kv_heads > 0 ? d.kv_heads : c.num_attention_heads);
   if (r.has("head_dim")) {
     c.head_dim = r.get_positive("head_dim", 0);
+  } else if (d.head_dim > 0) {
+    c.head_dim = d.head_dim;
   } else {
     if (c.hidden_size % c.num_attention_heads != 0) {
       r.fail("num_attention_heads", std::to_string(c.num_attention_heads) + " heads do not divide hidden_size " +
@@ -213,16 +156,10 @@ void parse_sizes(KeyReader& r, LlamaConfig& c) {
     r.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
                                       std::to_string(c.num_attention_heads));
   }
-  c.max_position_embeddings = r.get_positive("max_position_embeddings", mistral ? 131072 : 2048);
-  c.rms_norm_eps = r.get_double("rms_norm_eps", 1e-6);
+  c.max_position_embeddings = r.get_positive("max_position_embeddings", d.max_positions);
+  c.rms_norm_eps = r.get_double("rms_norm_eps", d.rms_norm_eps);
   if (c.rms_norm_eps <= 0) r.fail("rms_norm_eps", "must be positive");
-  c.hidden_act = r.get_string("hidden_act", "silu");
-  if (c.hidden_act != "silu") {
-    r.fail("hidden_act", "unsupported activation '" + c.hidden_act + "'", "Llama-family models use silu");
-  }
-  if (r.get_bool("attention_bias", false)) r.fail("attention_bias", "attention biases are not supported");
-  if (r.get_bool("mlp_bias", false)) r.fail("mlp_bias", "MLP biases are not supported");
-  c.tie_word_embeddings = r.get_bool("tie_word_embeddings", false);
+  c.tie_word_embeddings = r.get_bool("tie_word_embeddings", d.tie_embeddings);
 }
 
 // RoPE: `rope_parameters` (newest transformers) or `rope_theta` + `rope_scaling`.
@@ -236,6 +173,15 @@ void parse_rope_section(const json& j, const std::string& source, KeyReader& r, 
     c.rope_scaling = parse_rope(j["rope_scaling"], source, "rope_scaling");
   }
   if (c.rope_theta <= 0) r.fail("rope_theta", "must be positive");
+  // Partial rotary embeddings (Phi-3.5-MoE, Phi-4-mini and others) are not implemented: refused, never ignored.
+  double partial = r.get_double("partial_rotary_factor", 1.0);
+  if (r.has("rope_parameters") && j["rope_parameters"].is_object()) {
+    partial = KeyReader(j["rope_parameters"], source, "rope_parameters.").get_double("partial_rotary_factor", partial);
+  }
+  if (partial != 1.0) {
+    r.fail("partial_rotary_factor",
+           "partial rotary embeddings (factor " + std::to_string(partial) + ") are not supported");
+  }
 }
 
 // bos_token_id, eos_token_id (an integer or a list), pad_token_id.
@@ -250,11 +196,11 @@ void parse_special_tokens(const json& j, KeyReader& r, LlamaConfig& c) {
     } else if (e.is_array() && !e.empty()) {
       for (const auto& v : e) {
         if (!v.is_number_integer())
-          r.fail("eos_token_id", "must be an integer or a list of integers (got " + e.dump() + ")");
+          r.fail("eos_token_id", "must be an integer or a list of integers (got " + describe(e) + ")");
         c.eos_token_ids.push_back(v.get<int64_t>());
       }
     } else {
-      r.fail("eos_token_id", "must be an integer or a non-empty list of integers (got " + e.dump() + ")");
+      r.fail("eos_token_id", "must be an integer or a non-empty list of integers (got " + describe(e) + ")");
     }
   }
   if (r.has("pad_token_id")) c.pad_token_id = r.get_int("pad_token_id", 0);
@@ -266,8 +212,9 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
   if (!j.is_object()) throw_file_error(source, "config is not a JSON object");
   KeyReader r(j, source);
   LlamaConfig c;
-  parse_architecture(j, r, c);
+  parse_family(j, r, c);
   parse_sizes(r, c);
+  parse_family_details(j, r, c);
   parse_rope_section(j, source, r, c);
   parse_special_tokens(j, r, c);
   // Weights dtype: transformers v5 writes `dtype`, older versions `torch_dtype`.
@@ -281,12 +228,6 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
   return c;
 }
 
-const std::vector<std::string>& llama_projection_names() {
-  static const std::vector<std::string> kNames = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                                  "gate_proj", "up_proj", "down_proj"};
-  return kNames;
-}
-
 LlamaConfig load_llama_config(const fs::path& config_json) {
   const std::string text = read_file(config_json);
   json j;
@@ -298,11 +239,48 @@ LlamaConfig load_llama_config(const fs::path& config_json) {
   return parse_llama_config(j, config_json.string());
 }
 
+namespace {
+
+// The keys of config.json that only some families have.
+void write_family_keys(const LlamaConfig& c, json& j) {
+  const bool sliding = c.sliding_window > 0;
+  json layer_types = json::array();
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    layer_types.push_back(c.layer_is_sliding(i) ? "sliding_attention" : "full_attention");
+  }
+  switch (c.family) {
+    case Family::kLlama:
+      break;
+    case Family::kMistral:
+    case Family::kPhi3:
+      j["sliding_window"] = sliding ? json(c.sliding_window) : json(nullptr);
+      break;
+    case Family::kQwen2:
+    case Family::kQwen3:
+      j["use_sliding_window"] = sliding;
+      j["sliding_window"] = sliding ? json(c.sliding_window) : json(nullptr);
+      j["max_window_layers"] = c.num_hidden_layers;
+      if (sliding) j["layer_types"] = layer_types;
+      break;
+    case Family::kGemma2:
+      j.erase("hidden_act");
+      j["hidden_activation"] = c.hidden_act;
+      j["query_pre_attn_scalar"] = c.traits.query_pre_attn_scalar;
+      j["attn_logit_softcapping"] = c.traits.attn_softcap > 0 ? json(c.traits.attn_softcap) : json(nullptr);
+      j["final_logit_softcapping"] = c.traits.final_softcap > 0 ? json(c.traits.final_softcap) : json(nullptr);
+      j["sliding_window"] = sliding ? json(c.sliding_window) : json(4096);
+      j["layer_types"] = sliding ? layer_types : json(std::vector<std::string>(c.num_hidden_layers, "full_attention"));
+      break;
+  }
+}
+
+}  // namespace
+
 json llama_config_to_json(const LlamaConfig& c) {
   json j;
   j["architectures"] = {c.architecture};
   j["model_type"] = c.model_type;
-  j["attention_bias"] = false;
+  j["attention_bias"] = c.traits.qkv_bias;
   j["attention_dropout"] = 0.0;
   j["bos_token_id"] = c.bos_token_id;
   if (c.eos_token_ids.size() == 1) {
@@ -317,7 +295,7 @@ json llama_config_to_json(const LlamaConfig& c) {
   j["initializer_range"] = 0.02;
   j["intermediate_size"] = c.intermediate_size;
   j["max_position_embeddings"] = c.max_position_embeddings;
-  j["mlp_bias"] = false;
+  j["mlp_bias"] = c.traits.mlp_bias;
   j["num_attention_heads"] = c.num_attention_heads;
   j["num_hidden_layers"] = c.num_hidden_layers;
   j["num_key_value_heads"] = c.num_key_value_heads;
@@ -335,7 +313,7 @@ json llama_config_to_json(const LlamaConfig& c) {
     }
     j["rope_scaling"] = rs;
   }
-  if (c.model_type == "mistral") j["sliding_window"] = nullptr;
+  write_family_keys(c, j);
   j["tie_word_embeddings"] = c.tie_word_embeddings;
   j["torch_dtype"] = c.torch_dtype;
   j["use_cache"] = true;

@@ -43,13 +43,13 @@ bool is_projection_weight(const std::string& name) {
 
 // Expected (out, in) of a projection from the config (used for 4-bit bases, whose stored shape is packed).
 std::optional<std::pair<int64_t, int64_t>> projection_shape(const io::LlamaConfig& c, const std::string& module) {
-  const std::pair<std::string, std::pair<int64_t, int64_t>> table[] = {
-      {"self_attn.q_proj", {c.q_dim(), c.hidden_size}},        {"self_attn.k_proj", {c.kv_dim(), c.hidden_size}},
-      {"self_attn.v_proj", {c.kv_dim(), c.hidden_size}},       {"self_attn.o_proj", {c.hidden_size, c.q_dim()}},
-      {"mlp.gate_proj", {c.intermediate_size, c.hidden_size}}, {"mlp.up_proj", {c.intermediate_size, c.hidden_size}},
-      {"mlp.down_proj", {c.hidden_size, c.intermediate_size}}, {"lm_head", {c.vocab_size, c.hidden_size}}};
-  for (const auto& [suffix, shape] : table) {
-    if (module == suffix || ends_with(module, "." + suffix)) return shape;
+  if (module == "lm_head") return std::make_pair(c.vocab_size, c.hidden_size);
+  for (const auto& p : io::layer_projections(c)) {
+    const std::string path = p.path();
+    const size_t at = module.size() - std::min(module.size(), path.size());
+    if (module.compare(at, std::string::npos, path) == 0 && (at == 0 || module[at - 1] == '.')) {
+      return std::make_pair(p.out, p.in);
+    }
   }
   return std::nullopt;
 }

@@ -1,5 +1,7 @@
 #include "model/llama.h"
 
+#include <array>
+#include <cmath>
 #include <map>
 
 #include "common/error.h"
@@ -18,60 +20,106 @@ struct WeightHolderImpl : torch::nn::Module {
   torch::Tensor weight;
 };
 
-// x: (..., H) -> (..., H): x * rsqrt(mean(x^2) + eps) in fp32, cast back, times weight (one fused pass on CPU).
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  return ops::rms_norm(x, weight, eps);
-}
-
 torch::Tensor placeholder(int64_t out, int64_t in, torch::ScalarType dtype) {
   // Never touched before load_model replaces it, so it costs address space, not RSS.
   return torch::empty({out, in}, torch::TensorOptions().dtype(dtype));
 }
 
-const std::vector<std::string> kAttnProjs = {"q_proj", "k_proj", "v_proj", "o_proj"};
-const std::vector<std::string> kMlpProjs = {"gate_proj", "up_proj", "down_proj"};
+// RMSNorm of the family: Llama's (ops::rms_norm: normalized, rounded, times weight) or Gemma's (normalized times
+// 1 + weight, in fp32, then rounded).
+torch::Tensor family_norm(const io::LlamaConfig& c, const torch::Tensor& x, const torch::Tensor& weight) {
+  if (!c.traits.norm_one_plus) return ops::rms_norm(x, weight, c.rms_norm_eps);
+  torch::Tensor xf = x.to(torch::kFloat32);
+  torch::Tensor n = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + c.rms_norm_eps);
+  return (n * (1.0 + weight.to(torch::kFloat32))).to(x.scalar_type());
+}
 
-// One decoder layer; module tree mirrors HF: self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj, norms.
+// One decoder layer; the module tree mirrors HF: self_attn.<projections> (and q_norm/k_norm), mlp.<projections>,
+// the norms. Which projections and norms a family has comes from io::layer_projections / io::layer_norms.
 struct DecoderLayerImpl : torch::nn::Module {
-  DecoderLayerImpl(const io::LlamaConfig& c, torch::ScalarType dtype) : config(c) {
+  DecoderLayerImpl(const io::LlamaConfig& c, int64_t layer_index, torch::ScalarType dtype)
+      : config(c), sliding(c.layer_is_sliding(layer_index)) {
     self_attn = register_module("self_attn", std::make_shared<torch::nn::Module>());
     mlp = register_module("mlp", std::make_shared<torch::nn::Module>());
-    const int64_t h = c.hidden_size;
-    std::map<std::string, std::pair<int64_t, int64_t>> shapes = {{"q_proj", {c.q_dim(), h}},
-                                                                 {"k_proj", {c.kv_dim(), h}},
-                                                                 {"v_proj", {c.kv_dim(), h}},
-                                                                 {"o_proj", {h, c.q_dim()}},
-                                                                 {"gate_proj", {c.intermediate_size, h}},
-                                                                 {"up_proj", {c.intermediate_size, h}},
-                                                                 {"down_proj", {h, c.intermediate_size}}};
-    for (const auto& [name, shape] : shapes) {
-      LinearLayerPtr lin = FrozenLinearImpl::dense(placeholder(shape.first, shape.second, dtype));
-      const bool attn = std::find(kAttnProjs.begin(), kAttnProjs.end(), name) != kAttnProjs.end();
-      (attn ? self_attn : mlp)->register_module(name, lin);
-      linears[name] = lin;
+    for (const auto& p : io::layer_projections(c)) {
+      torch::Tensor bias = p.bias ? torch::zeros({p.out}, torch::TensorOptions().dtype(dtype)) : torch::Tensor();
+      LinearLayerPtr lin = FrozenLinearImpl::dense(placeholder(p.out, p.in, dtype), bias);
+      group(p.group)->register_module(p.name, lin);
+      linears[p.name] = lin;
+      groups[p.name] = p.group;
     }
-    auto ones = torch::ones({h}, torch::TensorOptions().dtype(dtype));
-    input_layernorm = register_module("input_layernorm", std::make_shared<WeightHolderImpl>(ones));
-    post_attention_layernorm =
-        register_module("post_attention_layernorm", std::make_shared<WeightHolderImpl>(ones.clone()));
+    // Gemma stores norm weights as offsets from 1: zeros are the identity there.
+    const float identity = c.traits.norm_one_plus ? 0.0f : 1.0f;
+    for (const auto& n : io::layer_norms(c)) {
+      auto w = torch::full({n.size}, identity, torch::TensorOptions().dtype(dtype));
+      const auto dot = n.path.find('.');
+      auto holder = std::make_shared<WeightHolderImpl>(w);
+      if (dot == std::string::npos) {
+        register_module(n.path, holder);
+      } else {
+        group(n.path.substr(0, dot))->register_module(n.path.substr(dot + 1), holder);
+      }
+      norms[n.path] = holder;
+    }
   }
+
+  std::shared_ptr<torch::nn::Module> group(const std::string& name) { return name == "self_attn" ? self_attn : mlp; }
 
   void replace(const std::string& proj, LinearLayerPtr layer) {
     auto it = linears.find(proj);
     TORCH_CHECK(it != linears.end(), "unknown projection ", proj);
-    const bool attn = std::find(kAttnProjs.begin(), kAttnProjs.end(), proj) != kAttnProjs.end();
-    (attn ? self_attn : mlp)->replace_module(proj, layer);
+    group(groups.at(proj))->replace_module(proj, layer);
     it->second = std::move(layer);
   }
 
-  // x: (B, T, H) -> (B, T, H). cos/sin: (B, T, d). cache slots (B, nKV, S, d) are appended to when given.
+  torch::Tensor norm(const std::string& path, const torch::Tensor& x) {
+    return family_norm(config, x, norms.at(path)->weight);
+  }
+
+  // n (B, T, H) -> q (B, nH, T, d), k and v (B, nKV, T, d), before RoPE.
+  std::array<torch::Tensor, 3> project_qkv(const torch::Tensor& n) {
+    const int64_t b = n.size(0), t = n.size(1), d = config.head_dim;
+    torch::Tensor q, k, v;
+    if (config.traits.fused_projections) {
+      torch::Tensor qkv = linears.at("qkv_proj")->forward(n);
+      q = qkv.narrow(-1, 0, config.q_dim());
+      k = qkv.narrow(-1, config.q_dim(), config.kv_dim());
+      v = qkv.narrow(-1, config.q_dim() + config.kv_dim(), config.kv_dim());
+    } else {
+      q = linears.at("q_proj")->forward(n);
+      k = linears.at("k_proj")->forward(n);
+      v = linears.at("v_proj")->forward(n);
+    }
+    q = q.reshape({b, t, config.num_attention_heads, d});
+    k = k.reshape({b, t, config.num_key_value_heads, d});
+    v = v.reshape({b, t, config.num_key_value_heads, d});
+    if (config.traits.qk_norm) {  // Qwen3: per head, before RoPE
+      q = norm("self_attn.q_norm", q);
+      k = norm("self_attn.k_norm", k);
+    }
+    return {q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)};
+  }
+
+  torch::Tensor mlp_forward(const torch::Tensor& m) {
+    torch::Tensor gate, up;
+    if (config.traits.fused_projections) {
+      torch::Tensor gu = linears.at("gate_up_proj")->forward(m);
+      gate = gu.narrow(-1, 0, config.intermediate_size);
+      up = gu.narrow(-1, config.intermediate_size, config.intermediate_size);
+    } else {
+      gate = linears.at("gate_proj")->forward(m);
+      up = linears.at("up_proj")->forward(m);
+    }
+    torch::Tensor act = config.hidden_act == "silu" ? ops::swiglu(gate, up) : torch::gelu(gate, "tanh") * up;
+    return linears.at("down_proj")->forward(act);
+  }
+
+  // x: (B, T, H) -> (B, T, H). cos/sin: (B, T, d). mask: this layer's (full or sliding) mask. Cache slots
+  // (B, nKV, S, d) are appended to when given.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, torch::Tensor* k_cache, torch::Tensor* v_cache) {
-    const int64_t b = x.size(0), t = x.size(1), d = config.head_dim;
-    torch::Tensor n = rms_norm(x, input_layernorm->weight, config.rms_norm_eps);
-    torch::Tensor q = linears["q_proj"]->forward(n).view({b, t, config.num_attention_heads, d}).transpose(1, 2);
-    torch::Tensor k = linears["k_proj"]->forward(n).view({b, t, config.num_key_value_heads, d}).transpose(1, 2);
-    torch::Tensor v = linears["v_proj"]->forward(n).view({b, t, config.num_key_value_heads, d}).transpose(1, 2);
+    const int64_t b = x.size(0), t = x.size(1);
+    auto [q, k, v] = project_qkv(norm("input_layernorm", x));
     q = ops::apply_rope(q, cos, sin);
     k = ops::apply_rope(k, cos, sin);
     if (k_cache) {
@@ -82,18 +130,24 @@ struct DecoderLayerImpl : torch::nn::Module {
       *k_cache = k;
       *v_cache = v;
     }
-    torch::Tensor attn = ops::grouped_query_attention(q, k, v, mask);  // (B, nH, T, d)
-    attn = attn.transpose(1, 2).reshape({b, t, config.num_attention_heads * d});
-    torch::Tensor h = x + linears["o_proj"]->forward(attn);
-    torch::Tensor m = rms_norm(h, post_attention_layernorm->weight, config.rms_norm_eps);
-    torch::Tensor act = ops::swiglu(linears["gate_proj"]->forward(m), linears["up_proj"]->forward(m));
-    return h + linears["down_proj"]->forward(act);
+    const auto& tr = config.traits;
+    const double scale = tr.query_pre_attn_scalar > 0 ? 1.0 / std::sqrt(tr.query_pre_attn_scalar) : 0.0;
+    torch::Tensor attn = ops::grouped_query_attention(q, k, v, mask, scale, tr.attn_softcap);  // (B, nH, T, d)
+    attn = linears.at("o_proj")->forward(attn.transpose(1, 2).reshape({b, t, config.q_dim()}));
+    if (tr.sandwich_norms) {  // Gemma 2
+      torch::Tensor h = x + norm("post_attention_layernorm", attn);
+      return h + norm("post_feedforward_layernorm", mlp_forward(norm("pre_feedforward_layernorm", h)));
+    }
+    torch::Tensor h = x + attn;
+    return h + mlp_forward(norm("post_attention_layernorm", h));
   }
 
   io::LlamaConfig config;
+  bool sliding = false;  // this layer attends within the sliding window
   std::shared_ptr<torch::nn::Module> self_attn, mlp;
-  std::shared_ptr<WeightHolderImpl> input_layernorm, post_attention_layernorm;
-  std::map<std::string, LinearLayerPtr> linears;
+  std::map<std::string, std::shared_ptr<WeightHolderImpl>> norms;  // by path under the layer
+  std::map<std::string, LinearLayerPtr> linears;                   // by projection name
+  std::map<std::string, std::string> groups;                       // projection name -> "self_attn" | "mlp"
 };
 
 }  // namespace
@@ -119,12 +173,12 @@ LlamaModelImpl::LlamaModelImpl(io::LlamaConfig config, torch::ScalarType compute
                                                                {config_.vocab_size, config_.hidden_size}, opts)));
   auto layer_list = m.root->register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
-    auto layer = std::make_shared<DecoderLayerImpl>(config_, compute_dtype);
+    auto layer = std::make_shared<DecoderLayerImpl>(config_, i, compute_dtype);
     layer_list->push_back(layer);
     m.layers.push_back(layer);
   }
-  m.norm =
-      m.root->register_module("norm", std::make_shared<WeightHolderImpl>(torch::ones({config_.hidden_size}, opts)));
+  m.norm = m.root->register_module("norm", std::make_shared<WeightHolderImpl>(torch::full(
+                                               {config_.hidden_size}, config_.traits.norm_one_plus ? 0.0 : 1.0, opts)));
   if (!config_.tie_word_embeddings) {
     m.lm_head = register_module(
         "lm_head",
@@ -156,16 +210,26 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
   if (m.inv_freq.device() != dev) m.inv_freq = m.inv_freq.to(dev);
   auto [cos, sin] = ops::rope_cos_sin(m.inv_freq, pos, compute_dtype_);
   torch::Tensor mask = ops::build_attention_mask(b, t, past, in.attention_mask, in.segment_ids, dev);
+  torch::Tensor sliding_mask;  // for the layers with a sliding window (Mistral, Gemma 2, ...)
+  if (config_.sliding_window > 0) {
+    sliding_mask =
+        ops::build_attention_mask(b, t, past, in.attention_mask, in.segment_ids, dev, config_.sliding_window);
+  }
 
   torch::Tensor h = torch::embedding(m.embed_tokens->weight, ids).to(compute_dtype_);  // (B, T, H)
+  if (config_.traits.scale_embeddings) {
+    // Gemma: times sqrt(hidden_size) rounded to the compute dtype first, as transformers does.
+    h = h * torch::scalar_tensor(std::sqrt(static_cast<double>(config_.hidden_size)), h.options());
+  }
   const bool ckpt = m.checkpointing && !cache && torch::GradMode::is_enabled();
   const LayerHooks hooks = m.hooks;  // copied: the recompute in backward runs with the hooks of this forward
   for (size_t i = 0; i < m.layers.size(); ++i) {
     auto layer = m.layers[i];
     const auto idx = static_cast<int64_t>(i);
+    const torch::Tensor& layer_mask = layer->sliding ? sliding_mask : mask;
     if (ckpt) {
       h = ops::checkpoint(
-          [layer, cos = cos, sin = sin, mask, hooks, idx](const std::vector<torch::Tensor>& xs) {
+          [layer, cos = cos, sin = sin, mask = layer_mask, hooks, idx](const std::vector<torch::Tensor>& xs) {
             // Grad mode is off in the checkpointed forward and on in the recompute.
             const LayerPass pass =
                 torch::GradMode::is_enabled() ? LayerPass::kRecompute : LayerPass::kForwardCheckpoint;
@@ -177,17 +241,20 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
           {h})[0];
     } else {
       if (hooks.before) hooks.before(idx, LayerPass::kForward);
-      h = layer->forward(h, cos, sin, mask, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
+      h = layer->forward(h, cos, sin, layer_mask, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
       if (hooks.after) hooks.after(idx, LayerPass::kForward);
     }
   }
-  return rms_norm(h, m.norm->weight, config_.rms_norm_eps);
+  return family_norm(config_, h, m.norm->weight);
 }
 
 torch::Tensor LlamaModelImpl::head_logits(const torch::Tensor& hidden) {
   auto& m = *impl_;
-  if (m.lm_head) return m.lm_head->forward(hidden);
-  return torch::nn::functional::linear(hidden, m.embed_tokens->weight.to(hidden.scalar_type()));
+  torch::Tensor lg = m.lm_head ? m.lm_head->forward(hidden)
+                               : torch::nn::functional::linear(hidden, m.embed_tokens->weight.to(hidden.scalar_type()));
+  const double cap = config_.traits.final_softcap;
+  if (cap > 0) lg = torch::tanh(lg / cap) * cap;  // Gemma 2, in the compute dtype as transformers does
+  return lg;
 }
 
 torch::Tensor LlamaModelImpl::logits(const torch::Tensor& hidden) {
@@ -237,8 +304,9 @@ std::vector<std::pair<std::string, LinearLayerPtr>> LlamaModelImpl::named_linear
   std::vector<std::pair<std::string, LinearLayerPtr>> out;
   for (size_t i = 0; i < impl_->layers.size(); ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    for (const auto& n : kAttnProjs) out.emplace_back(p + "self_attn." + n, impl_->layers[i]->linears.at(n));
-    for (const auto& n : kMlpProjs) out.emplace_back(p + "mlp." + n, impl_->layers[i]->linears.at(n));
+    for (const auto& spec : io::layer_projections(config_)) {
+      out.emplace_back(p + spec.path(), impl_->layers[i]->linears.at(spec.name));
+    }
   }
   if (impl_->lm_head) out.emplace_back("lm_head", impl_->lm_head);
   return out;
@@ -263,9 +331,8 @@ void LlamaModelImpl::replace_linear(const std::string& hf_name, LinearLayerPtr l
   const size_t dot2 = rest.find('.');
   TORCH_CHECK(dot2 != std::string::npos, "replace_linear: unknown projection '", hf_name, "'");
   const std::string group = rest.substr(0, dot2), proj = rest.substr(dot2 + 1);
-  const auto& names = group == "self_attn" ? kAttnProjs : kMlpProjs;
-  TORCH_CHECK((group == "self_attn" || group == "mlp") && std::find(names.begin(), names.end(), proj) != names.end(),
-              "replace_linear: unknown projection '", hf_name, "'");
+  const auto& groups = impl_->layers[idx]->groups;
+  TORCH_CHECK(groups.count(proj) && groups.at(proj) == group, "replace_linear: unknown projection '", hf_name, "'");
   impl_->layers[idx]->replace(proj, std::move(layer));
 }
 
@@ -284,8 +351,14 @@ std::vector<std::pair<std::string, torch::Tensor>> LlamaModelImpl::named_dense_t
   out.emplace_back("model.embed_tokens.weight", impl_->embed_tokens->weight);
   for (size_t i = 0; i < impl_->layers.size(); ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    out.emplace_back(p + "input_layernorm.weight", impl_->layers[i]->input_layernorm->weight);
-    out.emplace_back(p + "post_attention_layernorm.weight", impl_->layers[i]->post_attention_layernorm->weight);
+    for (const auto& n : io::layer_norms(config_)) {
+      out.emplace_back(p + n.path + ".weight", impl_->layers[i]->norms.at(n.path)->weight);
+    }
+    for (const auto& spec : io::layer_projections(config_)) {
+      if (!spec.bias) continue;
+      auto base = impl_->layers[i]->linears.at(spec.name)->frozen_base();
+      if (base && base->bias().defined()) out.emplace_back(p + spec.path() + ".bias", base->bias());
+    }
   }
   out.emplace_back("model.norm.weight", impl_->norm->weight);
   if (auto f = std::dynamic_pointer_cast<FrozenLinearImpl>(impl_->lm_head); f && !f->is_quantized()) {
@@ -297,9 +370,10 @@ std::vector<std::pair<std::string, torch::Tensor>> LlamaModelImpl::named_dense_t
 void LlamaModelImpl::init_weights(double stddev) {
   torch::NoGradGuard no_grad;
   const auto opts = torch::TensorOptions().dtype(compute_dtype_).device(device());
+  const double norm_base = config_.traits.norm_one_plus ? 0.0 : 1.0;
   for (auto& [name, t] : named_dense_tensors()) {
     if (name.find("norm") != std::string::npos) {
-      t.copy_(1.0 + 0.1 * torch::randn(t.sizes(), opts.dtype(torch::kFloat32)));
+      t.copy_(norm_base + 0.1 * torch::randn(t.sizes(), opts.dtype(torch::kFloat32)));
     } else {
       t.copy_(stddev * torch::randn(t.sizes(), opts.dtype(torch::kFloat32)));
     }
@@ -308,7 +382,11 @@ void LlamaModelImpl::init_weights(double stddev) {
     if (name == "lm_head") continue;  // dense: filled above with the other dense tensors
     auto w = (stddev * torch::randn({lin->out_features(), lin->in_features()}, opts.dtype(torch::kFloat32)))
                  .to(compute_dtype_);
-    replace_linear(name, FrozenLinearImpl::dense(w));
+    torch::Tensor bias;
+    if (auto f = lin->frozen_base(); f && f->bias().defined()) {
+      bias = (stddev * torch::randn({lin->out_features()}, opts.dtype(torch::kFloat32))).to(compute_dtype_);
+    }
+    replace_linear(name, FrozenLinearImpl::dense(w, bias));
   }
 }
 

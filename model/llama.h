@@ -1,4 +1,5 @@
-// LlamaForCausalLM in LibTorch on a frozen 4-bit base (HF transformers' modeling_llama semantics):
+// The decoder of every family in io/hf_config.h in LibTorch on a frozen 4-bit base (HF transformers' modeling_llama
+// semantics, with the family's differences from io::FamilyTraits):
 // embed -> N x [x + o(attn(rmsnorm(x))); h + down(silu(gate(n)) * up(n))] -> rmsnorm -> lm_head.
 // Device-generic: nothing here assumes CPU.
 #pragma once
@@ -93,7 +94,7 @@ class LlamaModelImpl : public torch::nn::Module {
   // Installs hooks run around each decoder layer (replaces earlier ones; default-constructed: none).
   void set_layer_hooks(LayerHooks hooks);
 
-  // Non-linear tensors by HF name (embeddings, norms, and lm_head when dense): for saving/merging.
+  // Non-linear tensors by HF name (embeddings, norms, projection biases, and lm_head when dense): for saving/merging.
   // These are the model's own tensors (copy_ into them to set weights).
   std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors() const;
 

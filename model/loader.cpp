@@ -36,6 +36,14 @@ std::string shard_of(const io::Checkpoint& ckpt, const std::string& name) {
   return "?";
 }
 
+// The bias tensor of projection `module` (undefined if it has none), carried over when the projection is replaced:
+// a bias read before its weight has been copied into it already, one read after is copied into it later.
+// (The new module's buffer is a detach() of it: the same storage.)
+torch::Tensor projection_bias(const std::map<std::string, torch::Tensor>& dense, const std::string& module) {
+  auto it = dense.find(module + ".bias");
+  return it == dense.end() ? torch::Tensor() : it->second;
+}
+
 bool is_float_dtype(torch::ScalarType t) {
   return t == torch::kBFloat16 || t == torch::kFloat16 || t == torch::kFloat32;
 }
@@ -44,19 +52,17 @@ bool is_float_dtype(torch::ScalarType t) {
 
 std::map<std::string, std::vector<int64_t>> expected_llama_tensors(const io::LlamaConfig& c) {
   std::map<std::string, std::vector<int64_t>> out;
-  const int64_t h = c.hidden_size, im = c.intermediate_size;
+  const int64_t h = c.hidden_size;
   out["model.embed_tokens.weight"] = {c.vocab_size, h};
+  const auto projections = io::layer_projections(c);
+  const auto norms = io::layer_norms(c);
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    out[p + "input_layernorm.weight"] = {h};
-    out[p + "post_attention_layernorm.weight"] = {h};
-    out[p + "self_attn.q_proj.weight"] = {c.q_dim(), h};
-    out[p + "self_attn.k_proj.weight"] = {c.kv_dim(), h};
-    out[p + "self_attn.v_proj.weight"] = {c.kv_dim(), h};
-    out[p + "self_attn.o_proj.weight"] = {h, c.q_dim()};
-    out[p + "mlp.gate_proj.weight"] = {im, h};
-    out[p + "mlp.up_proj.weight"] = {im, h};
-    out[p + "mlp.down_proj.weight"] = {h, im};
+    for (const auto& n : norms) out[p + n.path + ".weight"] = {n.size};
+    for (const auto& proj : projections) {
+      out[p + proj.path() + ".weight"] = {proj.out, proj.in};
+      if (proj.bias) out[p + proj.path() + ".bias"] = {proj.out};
+    }
   }
   out["model.norm.weight"] = {h};
   if (!c.tie_word_embeddings) out["lm_head.weight"] = {c.vocab_size, h};
@@ -97,7 +103,7 @@ std::set<std::string> validate_checkpoint(const fs::path& dir, const io::LlamaCo
     }
     seen.insert(name);
     const io::TensorInfo& info = ckpt.info(name);
-    const bool quantized = io::bnb_is_quantized(ckpt, module_of(name));
+    const bool quantized = ends_with(name, ".weight") && io::bnb_is_quantized(ckpt, module_of(name));
     if (quantized) continue;  // packed U8 shape checked by bnb_read
     if (!is_float_dtype(info.dtype)) {
       problems.push_back("tensor '" + name + "' has dtype " + info.dtype_name + ", expected BF16/F16/F32 (" +
@@ -144,31 +150,34 @@ LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
   for (const auto& name : ckpt.names()) {
     if (!expected.count(name)) continue;
     const std::string mod = module_of(name);
-    const bool is_linear = name != "model.embed_tokens.weight" && name.find("norm.weight") == std::string::npos;
-    if (bnb_modules.count(mod)) {
+    const bool is_linear = ends_with(name, ".weight") && name != "model.embed_tokens.weight" &&
+                           name.find("norm.weight") == std::string::npos;
+    const torch::Tensor bias = is_linear ? projection_bias(dense, mod) : torch::Tensor();
+    if (is_linear && bnb_modules.count(mod)) {
       quant::QuantizedTensor q = io::bnb_read(ckpt, mod);
       if (options.quant && is_projection_target(name, targets)) {
         if (q.type != *options.quant) {
           spdlog::warn("{}: stored as {}, keeping it (requested {})", mod, quant::quant_type_name(q.type),
                        quant::quant_type_name(*options.quant));
         }
-        model->replace_linear(mod, FrozenLinearImpl::quantized(q.to(options.device)));
+        model->replace_linear(mod, FrozenLinearImpl::quantized(q.to(options.device), bias));
       } else {
         torch::Tensor w = quant::dequantize_4bit(q, options.compute_dtype);
-        model->replace_linear(mod, FrozenLinearImpl::dense(w.to(options.device)));
+        model->replace_linear(mod, FrozenLinearImpl::dense(w.to(options.device), bias));
       }
     } else {
       torch::Tensor view = ckpt.get(name);
       if (dense.count(name) && !(name == "lm_head.weight" && options.quantize_lm_head && options.quant)) {
         dense[name].copy_(view);  // converts to the compute dtype
       } else if (is_linear && options.quant && is_projection_target(name, targets)) {
-        model->replace_linear(mod,
-                              FrozenLinearImpl::quantized(
-                                  quant::quantize_4bit(view, *options.quant, options.blocksize, options.double_quant)
-                                      .to(options.device)));
+        model->replace_linear(
+            mod,
+            FrozenLinearImpl::quantized(
+                quant::quantize_4bit(view, *options.quant, options.blocksize, options.double_quant).to(options.device),
+                bias));
       } else {
         torch::Tensor w = view.to(options.compute_dtype).clone();
-        model->replace_linear(mod, FrozenLinearImpl::dense(w.to(options.device)));
+        model->replace_linear(mod, FrozenLinearImpl::dense(w.to(options.device), bias));
       }
       ckpt.release(name);
     }

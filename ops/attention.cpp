@@ -1,15 +1,22 @@
 #include "ops/attention.h"
 
+#include <cmath>
+#include <limits>
+#include <optional>
+
 namespace qlora::ops {
 
 torch::Tensor build_attention_mask(int64_t batch, int64_t seq, int64_t past, const torch::Tensor& attention_mask,
-                                   const torch::Tensor& segment_ids, torch::Device device) {
+                                   const torch::Tensor& segment_ids, torch::Device device, int64_t sliding_window) {
   const int64_t total = past + seq;
-  if (!attention_mask.defined() && !segment_ids.defined() && past == 0) return {};
+  const bool window_matters = sliding_window > 0 && total > sliding_window;
+  if (!attention_mask.defined() && !segment_ids.defined() && past == 0 && !window_matters) return {};
   auto opts = torch::TensorOptions().device(device).dtype(torch::kInt64);
   torch::Tensor q_idx = torch::arange(past, total, opts).view({seq, 1});
   torch::Tensor k_idx = torch::arange(0, total, opts).view({1, total});
-  torch::Tensor allowed = (k_idx <= q_idx).view({1, 1, seq, total}).expand({batch, 1, seq, total});
+  torch::Tensor causal = k_idx <= q_idx;
+  if (window_matters) causal = causal.logical_and(k_idx > q_idx - sliding_window);
+  torch::Tensor allowed = causal.view({1, 1, seq, total}).expand({batch, 1, seq, total});
   if (attention_mask.defined()) {
     TORCH_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == batch, "attention_mask must be (B, T), got ",
                 attention_mask.sizes());
@@ -33,17 +40,49 @@ torch::Tensor build_attention_mask(int64_t batch, int64_t seq, int64_t past, con
   return allowed.logical_or(self).contiguous();
 }
 
+namespace {
+
+// Soft-capped attention as transformers' eager_attention_forward computes it (Gemma 2).
+torch::Tensor softcapped_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                   const torch::Tensor& mask, double scale, double softcap) {
+  const int64_t b = q.size(0), n_heads = q.size(1), t = q.size(2), d = q.size(3);
+  const int64_t n_kv = k.size(1), s = k.size(2), group = n_heads / n_kv;
+  // (B, nKV, g, T, d) x (B, nKV, 1, d, S): query head h reads kv head h / g, as repeat_kv does.
+  torch::Tensor qg = q.reshape({b, n_kv, group, t, d});
+  torch::Tensor scores = torch::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale;
+  scores = torch::tanh(scores / softcap) * softcap;
+  torch::Tensor allowed = mask;
+  if (!allowed.defined()) {
+    auto opts = torch::TensorOptions().device(q.device()).dtype(torch::kInt64);
+    allowed = torch::arange(s, opts).view({1, s}) <= torch::arange(s - t, s, opts).view({t, 1});
+  }
+  // Masked scores get the dtype's lowest value, as transformers adds it (a query always sees itself).
+  const double lowest = q.scalar_type() == torch::kFloat32   ? static_cast<double>(std::numeric_limits<float>::lowest())
+                        : q.scalar_type() == torch::kFloat16 ? -65504.0
+                                                             : -3.3895313892515355e38;
+  scores = scores.masked_fill(allowed.dim() == 4 ? allowed.unsqueeze(2).logical_not() : allowed.logical_not(), lowest);
+  torch::Tensor p = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());
+  return torch::matmul(p, v.unsqueeze(2)).reshape({b, n_heads, t, d});
+}
+
+}  // namespace
+
 torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                      const torch::Tensor& mask) {
+                                      const torch::Tensor& mask, double scale, double softcap) {
   const int64_t n_heads = q.size(1), n_kv = k.size(1);
   TORCH_CHECK(n_heads % n_kv == 0, "attention: heads ", n_heads, " not a multiple of kv heads ", n_kv);
-  if (!mask.defined()) {
-    TORCH_CHECK(k.size(2) == q.size(2), "attention: an undefined mask means causal with no cache");
-    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
-                                            /*scale=*/std::nullopt, /*enable_gqa=*/true);
+  TORCH_CHECK(mask.defined() || k.size(2) == q.size(2), "attention: an undefined mask means causal with no cache");
+  const std::optional<double> sdpa_scale = scale > 0 ? std::optional<double>(scale) : std::nullopt;
+  if (softcap > 0) {
+    return softcapped_attention(q, k, v, mask, scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(q.size(3))),
+                                softcap);
   }
-  return at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false,
-                                          /*scale=*/std::nullopt, /*enable_gqa=*/true);
+  if (!mask.defined()) {
+    return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
+                                            sdpa_scale, /*enable_gqa=*/true);
+  }
+  return at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false, sdpa_scale,
+                                          /*enable_gqa=*/true);
 }
 
 }  // namespace qlora::ops

@@ -10,9 +10,11 @@ namespace qlora::ops {
 //   causal on sequence index (query i sits at past + i), keys masked by attention_mask (B, past + T) or
 //   (B, T) when past == 0, and block diagonal by segment_ids (B, T) (packing; only without a cache).
 // A query always sees itself, so padding rows never become all-masked (no NaN).
+// sliding_window > 0 also hides keys more than sliding_window - 1 places before the query (transformers'
+// sliding_window_overlay: kv_idx > q_idx - sliding_window, on sequence indices).
 // Returns an undefined tensor when the mask is purely causal with past == 0 and no padding (fast path).
 torch::Tensor build_attention_mask(int64_t batch, int64_t seq, int64_t past, const torch::Tensor& attention_mask,
-                                   const torch::Tensor& segment_ids, torch::Device device);
+                                   const torch::Tensor& segment_ids, torch::Device device, int64_t sliding_window = 0);
 
 // q: (B, nH, T, d), k/v: (B, nKV, S, d), mask: (B, 1, T, S) bool or undefined (= causal with S == T)
 // -> (B, nH, T, d) in q's dtype: softmax(q kᵀ * d^-0.5 + mask) v, query head h reading kv head h / (nH / nKV)
@@ -26,7 +28,11 @@ torch::Tensor build_attention_mask(int64_t batch, int64_t seq, int64_t past, con
 // q, k, v (kv heads only), the output, an fp32 logsumexp per row and head and, when a mask is given, that mask
 // converted to an additive one in q's dtype (0 / -inf, (B, 1, T, S), a new tensor per call); no (T, S) scores.
 // On CUDA the backend is LibTorch's choice (flash, memory-efficient or cuDNN; not checked here).
+// scale: the score scale (0: d^-0.5). softcap > 0 (Gemma 2) caps the scaled scores at softcap * tanh(s / softcap)
+// before the mask, which SDPA cannot do: that path computes transformers' eager attention (scores and their tanh in
+// q's dtype, softmax in fp32 rounded to q's dtype, then P·V) with kv heads broadcast, not copied; it keeps (T, S)
+// scores for backward.
 torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                      const torch::Tensor& mask);
+                                      const torch::Tensor& mask, double scale = 0.0, double softcap = 0.0);
 
 }  // namespace qlora::ops

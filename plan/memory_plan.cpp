@@ -24,10 +24,10 @@ struct Proj {
   int64_t out, in;
 };
 
-std::vector<Proj> layer_projections(const io::LlamaConfig& c) {
-  const int64_t h = c.hidden_size, i = c.intermediate_size;
-  return {{"q_proj", c.q_dim(), h}, {"k_proj", c.kv_dim(), h}, {"v_proj", c.kv_dim(), h}, {"o_proj", h, c.q_dim()},
-          {"gate_proj", i, h},      {"up_proj", i, h},         {"down_proj", h, i}};
+std::vector<Proj> plan_projections(const io::LlamaConfig& c) {
+  std::vector<Proj> out;
+  for (const auto& p : io::layer_projections(c)) out.push_back({p.name, p.out, p.in});
+  return out;
 }
 
 // A CPU run: the host is the device (offloading to it saves nothing).
@@ -99,12 +99,18 @@ int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
   };
   int64_t per_token = 0;
   per_token += 2 * norm_in * h;  // two rms_norm inputs (fp32 copies unfused, x itself fused)
-  per_token += lora_input({"q_proj", "k_proj", "v_proj"}, h);
+  if (c.traits.sandwich_norms) per_token += 2 * kFp32 * h + 2 * e * h;  // Gemma 2's two more norms (fp32 math)
+  if (c.traits.qk_norm) per_token += norm_in * (dq + dkv);              // Qwen3's q/k norms
+  per_token += lora_input({"q_proj", "k_proj", "v_proj", "qkv_proj"}, h);
   per_token += e * dq + 2 * e * dkv;                    // roped q; k and v at their kv heads
   per_token += e * dq + kFp32 * c.num_attention_heads;  // attention output and its logsumexp
   per_token += e * in.seq_len;                          // the mask row, additive, in the compute dtype
-  per_token += lora_input({"o_proj"}, dq);              // o_proj's input (the output reshaped) if its LoRA keeps it
-  per_token += lora_input({"gate_proj", "up_proj"}, h);
+  if (c.traits.attn_softcap > 0) {
+    // Gemma 2's soft-capped eager attention keeps its (T, T) scores per head: scaled, capped, fp32 softmax, probs.
+    per_token += (3 * e + kFp32) * c.num_attention_heads * in.seq_len;
+  }
+  per_token += lora_input({"o_proj"}, dq);  // o_proj's input (the output reshaped) if its LoRA keeps it
+  per_token += lora_input({"gate_proj", "up_proj", "gate_up_proj"}, h);
   per_token += (fused ? 2 : 3) * e * im;       // gate, up (and silu(gate) unfused)
   per_token += lora_input({"down_proj"}, im);  // down's input silu(gate)*up if its LoRA keeps it
   return per_token * n;
@@ -127,7 +133,7 @@ int64_t plan_frozen(const MemoryPlanInputs& in, MemoryPlan& p) {
     add_item(p, group, std::move(name), bytes, std::move(note));
   };
   int64_t codes = 0, absmax = 0, nested = 0, codebooks = 0, dense_proj = 0, largest_proj = 0, nq = 0, nd = 0;
-  for (const auto& pr : layer_projections(c)) {
+  for (const auto& pr : plan_projections(c)) {
     const int64_t numel = pr.out * pr.in;
     largest_proj = std::max(largest_proj, numel);
     if (!is_quant_target(in, pr.name)) {
@@ -162,9 +168,13 @@ int64_t plan_frozen(const MemoryPlanInputs& in, MemoryPlan& p) {
   if (nd > 0) add("frozen", "dense projections", dense_proj, fmt::format("{} tensors in the compute dtype", nd));
   const int64_t embed = v * h * e;
   add("frozen", "embed_tokens", embed, fmt::format("{} x {} x {} B", v, h, e));
-  add("frozen", "norms", (2 * layers + 1) * h * e, fmt::format("{} x {} x {} B", 2 * layers + 1, h, e));
+  // Norm weights and projection biases (Qwen2), all in the compute dtype.
+  int64_t small = h;  // the final norm
+  for (const auto& n : io::layer_norms(c)) small += layers * n.size;
+  for (const auto& pr : io::layer_projections(c)) small += pr.bias ? layers * pr.out : 0;
+  add("frozen", "norms and biases", small * e, fmt::format("{} x {} B", small, e));
   if (!c.tie_word_embeddings) add("frozen", "lm_head", embed, "dense (not quantized)");
-  p.frozen_dense_bytes = dense_proj + embed + (2 * layers + 1) * h * e + (c.tie_word_embeddings ? 0 : embed);
+  p.frozen_dense_bytes = dense_proj + embed + small * e + (c.tie_word_embeddings ? 0 : embed);
   p.frozen_bytes = p.frozen_quantized_bytes + p.frozen_dense_bytes;
 
   return largest_proj;
@@ -428,7 +438,7 @@ StreamingPlan plan_streaming(const MemoryPlan& plan) {
   const int64_t e = dtype_bytes(in.compute_dtype);
   StreamingPlan s;
   int64_t decoder = 0;
-  for (const auto& pr : layer_projections(c)) {
+  for (const auto& pr : plan_projections(c)) {
     decoder += is_quant_target(in, pr.name)
                    ? quant::QuantizedTensor::nbytes_for(pr.out * pr.in, in.blocksize, in.double_quant)
                    : pr.out * pr.in * e;
@@ -443,7 +453,7 @@ StreamingPlan plan_streaming(const MemoryPlan& plan) {
                    (in.gradient_checkpointing ? 2 * n * c.hidden_size * e : 0) - in.baseline_bytes;
   s.host_bytes = layers * decoder + stored_inputs;
   int64_t proj_params = 0;
-  for (const auto& pr : layer_projections(c)) proj_params += pr.out * pr.in;
+  for (const auto& pr : plan_projections(c)) proj_params += pr.out * pr.in;
   const double params = static_cast<double>(layers * proj_params + c.vocab_size * c.hidden_size);
   // forward 2 N P, recompute 2 N P, backward (grad of x only: frozen W) 2 N P, LoRA terms are < 1% at r 64.
   s.flops_per_micro_batch = 6.0 * static_cast<double>(n) * params;

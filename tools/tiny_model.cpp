@@ -85,20 +85,25 @@ io::LlamaConfig tiny_model_config(const std::string& preset, int64_t tokenizer_v
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> llama_weight_shapes(const io::LlamaConfig& c) {
-  const int64_t h = c.hidden_size, v = c.vocab_size, i = c.intermediate_size;
+  const int64_t h = c.hidden_size, v = c.vocab_size;
   std::vector<std::pair<std::string, std::vector<int64_t>>> out;
   out.push_back({"model.embed_tokens.weight", {v, h}});
+  const auto norms = io::layer_norms(c);
+  const auto projections = io::layer_projections(c);
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    out.push_back({p + "input_layernorm.weight", {h}});
-    out.push_back({p + "self_attn.q_proj.weight", {c.q_dim(), h}});
-    out.push_back({p + "self_attn.k_proj.weight", {c.kv_dim(), h}});
-    out.push_back({p + "self_attn.v_proj.weight", {c.kv_dim(), h}});
-    out.push_back({p + "self_attn.o_proj.weight", {h, c.q_dim()}});
-    out.push_back({p + "post_attention_layernorm.weight", {h}});
-    out.push_back({p + "mlp.gate_proj.weight", {i, h}});
-    out.push_back({p + "mlp.up_proj.weight", {i, h}});
-    out.push_back({p + "mlp.down_proj.weight", {h, i}});
+    out.push_back({p + norms[0].path + ".weight", {norms[0].size}});  // input_layernorm
+    for (const auto& pr : projections) {
+      if (pr.group != "self_attn") continue;
+      out.push_back({p + pr.path() + ".weight", {pr.out, pr.in}});
+      if (pr.bias) out.push_back({p + pr.path() + ".bias", {pr.out}});
+    }
+    for (size_t n = 1; n < norms.size(); ++n) out.push_back({p + norms[n].path + ".weight", {norms[n].size}});
+    for (const auto& pr : projections) {
+      if (pr.group != "mlp") continue;
+      out.push_back({p + pr.path() + ".weight", {pr.out, pr.in}});
+      if (pr.bias) out.push_back({p + pr.path() + ".bias", {pr.out}});
+    }
   }
   out.push_back({"model.norm.weight", {h}});
   if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", {v, h}});

@@ -55,15 +55,9 @@ plan::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const io::LlamaConfig
   in.double_quant = lo.double_quant;
   // The modules attach_lora adapts, with their ranks (same LoraConfig as Trainer::setup).
   const lora::LoraConfig lc = lora_config(cfg);
-  const int64_t h = mc.hidden_size, im = mc.intermediate_size;
-  const std::vector<std::tuple<std::string, std::string, int64_t, int64_t>> projs = {
-      {"self_attn", "q_proj", h, mc.q_dim()},
-      {"self_attn", "k_proj", h, mc.kv_dim()},
-      {"self_attn", "v_proj", h, mc.kv_dim()},
-      {"self_attn", "o_proj", mc.q_dim(), h},
-      {"mlp", "gate_proj", h, im},
-      {"mlp", "up_proj", h, im},
-      {"mlp", "down_proj", im, h}};
+  const int64_t h = mc.hidden_size;
+  std::vector<std::tuple<std::string, std::string, int64_t, int64_t>> projs;  // group, name, fan in, fan out
+  for (const auto& p : io::layer_projections(mc)) projs.emplace_back(p.group, p.name, p.in, p.out);
   for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
     for (const auto& [group, proj, fan_in, fan_out] : projs) {
       const std::string name = "model.layers." + std::to_string(l) + "." + group + "." + proj;
