@@ -195,13 +195,19 @@ void plan_lora(const MemoryPlanInputs& in, MemoryPlan& p) {
                                                              : "fp16";
   add("lora", "adapter weights (" + ln + (ln == "fp32" ? " masters)" : ")"), lb * p.lora_params,
       fmt::format("{:.1f} M params in {} modules", mp, in.lora.size()));
-  add("lora", "adapter gradients (" + ln + ")", lb * p.lora_params, "");
-  const int64_t adam = 2 * kFp32 * p.lora_params;
+  // bf16 adapters accumulate their gradients in fp32 once a step has a second micro-batch
+  // (trainer::promote_grads_to_fp32), and AdamW updates fp32 masters of them beside its states.
+  const bool fp32_grads = lb != kFp32 && in.grad_accum > 1;
+  const int64_t gb = fp32_grads ? kFp32 : lb;
+  add("lora", "adapter gradients (" + std::string(fp32_grads ? "fp32, accumulated" : ln) + ")", gb * p.lora_params, "");
+  const int64_t masters = lb != kFp32 ? kFp32 * p.lora_params : 0;
+  const int64_t adam = 2 * kFp32 * p.lora_params + masters;
+  const std::string adam_name = masters > 0 ? "AdamW states (fp32 m, v) + fp32 masters" : "AdamW states (fp32 m, v)";
   if (in.optimizer_offload && !on_host(in)) {
-    p.items.push_back({"host", "AdamW states (fp32 m, v)", adam, "offloaded: host memory, not on the device"});
+    p.items.push_back({"host", adam_name, adam, "offloaded: host memory, not on the device"});
     p.host_bytes += adam;
   } else {
-    add("lora", "AdamW states (fp32 m, v)", adam, in.optimizer_offload ? "offload: the host is the device here" : "");
+    add("lora", adam_name, adam, in.optimizer_offload ? "offload: the host is the device here" : "");
   }
   // forward casts A, B to the compute dtype (a no-op when they are stored in it); autograd keeps the copies until
   // backward: every layer's without checkpointing, one layer's at a time with it (the recompute makes them again).
@@ -218,7 +224,7 @@ void plan_lora(const MemoryPlanInputs& in, MemoryPlan& p) {
       !cast                       ? "none: stored in the compute dtype"
       : in.gradient_checkpointing ? "A, B in the compute dtype, one layer at a time"
                                   : "A, B in the compute dtype, all layers");
-  p.lora_state_bytes = 2 * lb * p.lora_params + (p.host_bytes > 0 ? 0 : adam) + copies;
+  p.lora_state_bytes = (lb + gb) * p.lora_params + (p.host_bytes > 0 ? 0 : adam) + copies;
 }
 
 // Activations of one micro-batch, by phase. Returns what the peak phase adds to the stored activations.

@@ -58,6 +58,7 @@ struct MemoryPlanInputs {
   torch::ScalarType lora_dtype = torch::kFloat32;  // storage dtype of A/B and their gradients (lora.dtype)
   bool optimizer_offload = false;                  // AdamW states in host memory (train.optimizer_offload)
   int64_t micro_batch = 1;
+  int64_t grad_accum = 1;  // micro-batches per update (bf16 adapters accumulate their gradients in fp32 when > 1)
   int64_t seq_len = 2048;
   bool gradient_checkpointing = true;
   int64_t loss_chunk_tokens = 1024;

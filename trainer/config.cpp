@@ -32,6 +32,15 @@ void check_cross_keys(const YamlContext& ctx, const YAML::Node& root, TrainConfi
   if (cfg.train.max_steps == 0 && cfg.train.epochs == 0) {
     top.fail("train", "missing the training length", "set train.max_steps (optimizer steps) or train.epochs");
   }
+  if (cfg.model.compute_dtype == "fp16") {
+    // fp16's 5-bit exponent underflows small gradients to zero without loss scaling, which qlora-train does not do.
+    const YamlMap model(ctx, top.get("model"), "model");
+    model.fail("compute_dtype",
+               "fp16 training is not supported (it needs dynamic loss scaling, which qlora-train "
+               "does not do; gradients below 6e-8 would silently become zero)",
+               "use bf16 (the same memory and speed where the GPU has bf16: Ampere and newer) or fp32; fp16 stays "
+               "available for inference (qlora-generate --dtype fp16)");
+  }
   // The line of model.path for later errors about the folder (none when --set gave it).
   if (ctx.override_for("model.path").empty()) {
     const YamlMap model(ctx, top.get("model"), "model");

@@ -13,8 +13,8 @@ void* state_key(const torch::Tensor& p) {
 }  // namespace
 
 AdapterAdamW::AdapterAdamW(std::vector<torch::Tensor> params, const torch::optim::AdamWOptions& options,
-                           std::optional<torch::Device> state_device)
-    : torch::optim::AdamW(std::move(params), options), state_device_(state_device) {
+                           std::optional<torch::Device> state_device, bool fp32_master)
+    : torch::optim::AdamW(std::move(params), options), state_device_(state_device), fp32_master_(fp32_master) {
   TORCH_CHECK(!options.amsgrad(), "AdapterAdamW: amsgrad is not supported");
   fp32_update_ = state_device_.has_value();
   for (const auto& group : param_groups()) {
@@ -27,6 +27,14 @@ AdapterAdamW::AdapterAdamW(std::vector<torch::Tensor> params, const torch::optim
 
 torch::Device AdapterAdamW::device_for(const torch::Tensor& param) const {
   return state_device_ ? *state_device_ : param.device();
+}
+
+torch::Tensor AdapterAdamW::working_weight(const torch::Tensor& p) {
+  const torch::Device dev = device_for(p);
+  if (p.scalar_type() == torch::kFloat32 || !fp32_master_) return p.detach().to(dev, torch::kFloat32);
+  auto it = masters_.find(state_key(p));
+  if (it == masters_.end()) it = masters_.emplace(state_key(p), p.detach().to(dev, torch::kFloat32).clone()).first;
+  return it->second;
 }
 
 torch::Tensor AdapterAdamW::step(LossClosure closure) {
@@ -55,7 +63,7 @@ torch::Tensor AdapterAdamW::step(LossClosure closure) {
       }
       auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
       // fp32 working copies on the state device (aliases of p and its gradient when those already are).
-      torch::Tensor w = p.detach().to(dev, torch::kFloat32);
+      torch::Tensor w = working_weight(p);
       const torch::Tensor g = p.grad().detach().to(dev, torch::kFloat32);
       w.mul_(1 - lr * o.weight_decay());
       st.step(st.step() + 1);
@@ -73,11 +81,32 @@ torch::Tensor AdapterAdamW::step(LossClosure closure) {
   return loss;
 }
 
+void AdapterAdamW::save(torch::serialize::OutputArchive& archive) const {
+  torch::optim::AdamW::save(archive);
+  int64_t index = 0;
+  for (const auto& group : param_groups()) {
+    for (const auto& p : group.params()) {
+      auto it = masters_.find(state_key(p));
+      if (it != masters_.end()) archive.write("qlora_master." + std::to_string(index), it->second, /*is_buffer=*/true);
+      ++index;
+    }
+  }
+}
+
 void AdapterAdamW::load(torch::serialize::InputArchive& archive) {
   torch::optim::AdamW::load(archive);
   auto& states = state();
+  masters_.clear();
+  int64_t index = 0;
   for (auto& group : param_groups()) {
     for (auto& p : group.params()) {
+      // A checkpoint written before masters existed has none: the master starts from the weight at the next step.
+      torch::Tensor master;
+      if (archive.try_read("qlora_master." + std::to_string(index++), master, /*is_buffer=*/true)) {
+        TORCH_CHECK(master.sizes() == p.sizes(), "optimizer master weight of shape ", master.sizes(),
+                    " for a parameter of shape ", p.sizes());
+        masters_[state_key(p)] = master.to(device_for(p), torch::kFloat32);
+      }
       auto it = states.find(state_key(p));
       if (it == states.end()) continue;
       auto& st = static_cast<torch::optim::AdamWParamState&>(*it->second);
@@ -88,6 +117,15 @@ void AdapterAdamW::load(torch::serialize::InputArchive& archive) {
       const auto dtype = fp32_update_ ? torch::kFloat32 : p.scalar_type();
       st.exp_avg(st.exp_avg().to(dev, dtype));
       st.exp_avg_sq(st.exp_avg_sq().to(dev, dtype));
+    }
+  }
+}
+
+void promote_grads_to_fp32(const std::vector<torch::Tensor>& params) {
+  torch::NoGradGuard no_grad;
+  for (const auto& p : params) {
+    if (p.grad().defined() && p.grad().scalar_type() != torch::kFloat32) {
+      const_cast<torch::Tensor&>(p).mutable_grad() = p.grad().to(torch::kFloat32);
     }
   }
 }

@@ -72,6 +72,7 @@ plan::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const io::LlamaConfig
   in.lora_dtype = cfg.lora.torch_dtype();
   in.optimizer_offload = cfg.train.optimizer_offload;
   in.micro_batch = cfg.train.micro_batch_size;
+  in.grad_accum = cfg.train.grad_accum;
   in.seq_len = cfg.data_config.max_seq_len;
   in.gradient_checkpointing = cfg.model.gradient_checkpointing;
   in.loss_chunk_tokens = cfg.train.loss_chunk_tokens;

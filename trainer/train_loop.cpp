@@ -150,6 +150,8 @@ Trainer::StepResult Trainer::train_step(const Update& u) {
     auto [sum, n] = batch_loss(*impl_->model, b, impl_->device, cfg_.train.loss_chunk_tokens);
     (sum / static_cast<double>(u.label_tokens)).backward();
     loss_sum += sum.item<double>();
+    // bf16 adapters: the following micro-batches accumulate into fp32 gradients.
+    if (&b == &u.micro.front() && u.micro.size() > 1) promote_grads_to_fp32(impl_->adapters.adapter_parameters());
   }
   loss_sum = impl_->dp.reduce_update(loss_sum, state_.step + 1);
   r.loss = u.label_tokens > 0 ? loss_sum / static_cast<double>(u.label_tokens) : std::nan("");

@@ -120,6 +120,7 @@ TEST(TrainConfig, BadValuesNameKeyPathAndLine) {
       {15, "  lrr: 2.0e-4", "cfg.yaml:15: train.lrr: ", "did you mean `train.lr`?"},
       {16, "  schedule: cosin", "cfg.yaml:16: train.schedule: ", "constant | linear | cosine"},
       {3, "  compute_dtype: fp8", "cfg.yaml:3: model.compute_dtype: ", "unknown value `fp8`"},
+      {3, "  compute_dtype: fp16", "cfg.yaml:3: model.compute_dtype: ", "fp16 training is not supported"},
       {4, "  quant: {type: nf5, blocksize: 64}", "cfg.yaml:4: model.quant.type: ", "nf4 | fp4 | none"},
       {4, "  quant: {type: nf4, blocksize: 96}", "cfg.yaml:4: model.quant.blocksize: ", "power of two"},
       {5, "  gradient_checkpointing: maybe", "cfg.yaml:5: model.gradient_checkpointing: ", "true or false"},

@@ -248,8 +248,8 @@ TEST_F(TrainerRun, Bf16AdaptersWithOffloadLearnAndResumeExactly) {
   s.lora_dtype = "bf16";
   s.optimizer_offload = true;
   s.max_steps = 16;
-  s.grad_accum = 1;
-  s.micro_batch = 4;
+  s.grad_accum = 2;  // the second micro-batch accumulates into fp32 gradients (promote_grads_to_fp32)
+  s.micro_batch = 2;
   s.lr = 1e-2;
   s.schedule = "constant";
   TrainSummary full;
