@@ -90,8 +90,10 @@ int main(int argc, char** argv) {
   cli.add_option("--batch-size", batch_size, "micro batch size for the packing stats")->check(CLI::PositiveNumber);
   return app::run(cli, argc, argv, [&] {
     const YAML::Node root = load_yaml(config);
-    const data::DataConfig cfg = data::parse_data_config(root["data"], config);
+    data::DataConfig cfg = data::parse_data_config(root["data"], config);
     const auto tok = tokenizer::load_tokenizer(model_path(root, config));
+    cfg.chat_template =
+        std::make_shared<const data::ModelChatTemplate>(data::load_model_chat_template(model_path(root, config)));
     std::printf("format %s, template %s, max_seq_len %lld, packing %s, train_on_prompt %s\n",
                 data::format_name(cfg.format), data::template_name(cfg.tmpl.kind),
                 static_cast<long long>(cfg.max_seq_len), cfg.packing ? "on" : "off",

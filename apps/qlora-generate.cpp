@@ -2,6 +2,7 @@
 //
 //   qlora-generate --model models/tiny --prompt "Once upon a time" [--max-new-tokens 64] [--temperature 0.8]
 //                  [--top-k 40] [--top-p 0.95] [--seed 1] [--quant nf4|fp4|none] [--threads N]
+//   qlora-generate --model DIR --chat --prompt "Hi!" [--system "Be brief."]   (the model's own chat template)
 //   qlora-generate --model DIR --prompt-ids "1 263 273" --temperature 0 --ignore-eos --print-ids
 //                  (token ids in and out, for comparing with other runtimes, e.g. llama.cpp on a GGUF export)
 //   qlora-generate --model DIR --prompt-ids "1 263 273" --max-new-tokens 0 --logits-out logits.npy
@@ -16,6 +17,7 @@
 #include "apps/app_main.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "data/chat_template.h"
 #include "lora/peft_io.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -67,7 +69,8 @@ void write_npy(const std::string& path, const torch::Tensor& logits) {
 struct Args {
   std::string model_dir, adapter, prompt, prompt_file, quant = "nf4", dtype = "bf16", prompt_ids, logits_out;
   int threads = 0;
-  bool ignore_eos = false, print_ids = false;
+  bool ignore_eos = false, print_ids = false, chat = false;
+  std::string system;
   qlora::model::GenerateOptions g;
 };
 
@@ -79,6 +82,8 @@ void add_options(CLI::App& cli, Args& a) {
   auto* pf = cli.add_option("--prompt-file", a.prompt_file, "file holding the prompt");
   auto* pi = cli.add_option("--prompt-ids", a.prompt_ids,
                             "the prompt as space-separated token ids, used as given (include BOS yourself)");
+  cli.add_flag("--chat", a.chat, "the prompt is a user turn, rendered with the model's chat template");
+  cli.add_option("--system", a.system, "with --chat: a system message before the user turn");
   cli.add_flag("--ignore-eos", a.ignore_eos, "keep generating past end-of-sequence tokens");
   cli.add_flag("--print-ids", a.print_ids, "print the generated token ids (one line, space-separated) instead of text");
   p->excludes(pf);
@@ -148,6 +153,9 @@ int run_generate(Args& a) {
   std::vector<int64_t> ids;
   if (!a.prompt_ids.empty()) {
     ids = parse_token_ids(a.prompt_ids, model->config().vocab_size);
+  } else if (a.chat) {
+    const auto t = qlora::data::load_model_chat_template(a.model_dir);
+    for (int32_t id : qlora::data::encode_chat_prompt(t, *tok, a.system, a.prompt)) ids.push_back(id);
   } else {
     for (int32_t t : tok->encode(a.prompt, /*add_bos=*/true)) ids.push_back(t);
   }

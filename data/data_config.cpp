@@ -14,14 +14,13 @@ const EnumNames<DataFormat> kFormats = {{"alpaca", DataFormat::kAlpaca},
                                         {"text", DataFormat::kText}};
 const EnumNames<BadLinePolicy> kBadLinePolicies = {{"fail", BadLinePolicy::kFail}, {"skip", BadLinePolicy::kSkip}};
 // The named templates (a mapping makes a custom one).
-const EnumNames<TemplateKind> kNamedTemplates = {{"alpaca", TemplateKind::kAlpaca},
-                                                 {"llama2-chat", TemplateKind::kLlama2Chat},
-                                                 {"chatml", TemplateKind::kChatml},
-                                                 {"llama3", TemplateKind::kLlama3},
-                                                 {"raw", TemplateKind::kRaw}};
+const EnumNames<TemplateKind> kNamedTemplates = {
+    {"alpaca", TemplateKind::kAlpaca}, {"llama2-chat", TemplateKind::kLlama2Chat},
+    {"chatml", TemplateKind::kChatml}, {"llama3", TemplateKind::kLlama3},
+    {"raw", TemplateKind::kRaw},       {"auto", TemplateKind::kAuto}};
 
 const char* const kTemplateHint =
-    "a name (alpaca | llama2-chat | chatml | llama3 | raw), {prompt: \"...{instruction}...\", response: "
+    "a name (alpaca | llama2-chat | chatml | llama3 | raw | auto), {prompt: \"...{instruction}...\", response: "
     "\"{output}\"} or {system: {prefix, suffix}, user: {prefix, suffix}, assistant: {prefix, suffix}}";
 
 // Placeholders the custom string template may use, per format.
@@ -96,7 +95,7 @@ TemplateKind default_template(DataFormat f) {
     case DataFormat::kAlpaca:
       return TemplateKind::kAlpaca;
     case DataFormat::kChat:
-      return TemplateKind::kChatml;
+      return TemplateKind::kAuto;  // chatml when the model has no chat template
     case DataFormat::kCompletion:
     case DataFormat::kText:
       return TemplateKind::kRaw;
@@ -129,7 +128,8 @@ void read_template(const YamlMap& m, const std::string& key, DataConfig& cfg) {
            "for format " + fname + " use llama2-chat, chatml, llama3 or a custom template");
   }
   if (k == TemplateKind::kRaw && f == DataFormat::kChat) {
-    m.fail(key, "format chat needs a chat template", "use llama2-chat, chatml, llama3 or a per-role custom template");
+    m.fail(key, "format chat needs a chat template",
+           "use auto, llama2-chat, chatml, llama3 or a per-role custom template");
   }
   if (k == TemplateKind::kCustomString) {
     if (f == DataFormat::kChat) {
@@ -181,11 +181,17 @@ const std::vector<ConfigKey<DataConfig>>& data_config_keys() {
          .field = enum_member(&D::format, kFormats)});
     add({.path = "data.template",
          .type = MappingKey{.expected = "a template name or a custom mapping ({prompt, response} or per-role affixes)"},
-         .help = "prompt template (see data/data_config.h): alpaca, llama2-chat, chatml, llama3, raw or custom",
+         .help = "prompt template (see data/data_config.h): alpaca, llama2-chat, chatml, llama3, raw, auto (the "
+                 "model's own chat template) or custom",
          .hash = "data",
          .field = {.get = [](const D& c) { return YamlValue(std::string(template_name(c.tmpl.kind))); }, .set = {}},
-         .default_doc = "by format: alpaca -> alpaca, chat -> chatml, completion and text -> raw",
-         .default_from = [](D& c) { c.tmpl.kind = default_template(c.format); },
+         .default_doc = "by format: alpaca -> alpaca, chat -> auto (chatml when the model has no chat template), "
+                        "completion and text -> raw",
+         .default_from =
+             [](D& c) {
+               c.tmpl.kind = default_template(c.format);
+               c.tmpl.auto_falls_back = c.tmpl.kind == TemplateKind::kAuto;
+             },
          .parse = read_template});
     add({.path = "data.max_seq_len",
          .type = IntKey{.min = 8, .max = int64_t{1} << 20},
@@ -237,6 +243,12 @@ const std::vector<ConfigKey<DataConfig>>& data_config_keys() {
          .help = "with on_bad_line: skip, more bad lines than this is an error",
          .hash = "data",
          .field = member(&D::max_bad_lines)});
+    add({.path = "data.max_record_bytes",
+         .type = IntKey{.min = 1024, .max = int64_t{1} << 30},
+         .help = "a longer JSONL line (or .txt paragraph) is a bad record, handled per on_bad_line; it is read past, "
+                 "never held whole in memory",
+         .hash = "data",
+         .field = member(&D::max_record_bytes)});
     add({.path = "data.add_bos",
          .type = BoolKey{},
          .help = "BOS token id at the start of each example",

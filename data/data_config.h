@@ -5,7 +5,7 @@
 //     train: data/demo/train.jsonl     # a file, a list of files, a glob (data/*.jsonl) or a directory
 //     eval: data/demo/eval.jsonl       # optional; or eval_fraction: 0.05 (not both)
 //     format: alpaca                   # alpaca | chat | completion | text
-//     template: alpaca                 # see below; default depends on the format
+//     template: alpaca                 # see below; default depends on the format (chat: auto)
 //     max_seq_len: 256
 //     packing: true                    # greedily pack whole examples into rows of max_seq_len
 //     train_on_prompt: false           # false: labels are -100 on every prompt token
@@ -16,6 +16,7 @@
 //     drop_long: false                 # false: truncate keeping the start; true: drop the example
 //     on_bad_line: fail                # fail | skip (skip counts and warns)
 //     max_bad_lines: 1000              # with skip: more bad lines than this is an error
+//     max_record_bytes: 4194304        # a longer line (paragraph in .txt) is a bad record: error or skipped
 //     add_bos: true                    # BOS token id at the start of each example
 //     add_eos: true                    # EOS token id after each trained response
 //     pad_to_max_seq_len: false        # padding collator: pad to max_seq_len instead of the batch's longest
@@ -34,6 +35,13 @@
 //                token ids, never text: the tokenizer must have them (a Llama 3 tokenizer.json), else an error.
 //                Formats chat, alpaca, completion.
 //   raw          prompt text then completion text, no decoration (default for completion and text).
+//   auto         the model's own chat template (MODEL/chat_template.jinja, else tokenizer_config.json's
+//                chat_template), rendered as transformers' apply_chat_template renders it (data/chat_template.h);
+//                each assistant turn as the template renders it, with its end-of-turn token (<|im_end|>,
+//                <|eot_id|>, <end_of_turn>, ...), is trained, the rest masked. BOS/EOS are whatever the template
+//                writes (add_bos / add_eos are not applied). Chat records may have tool turns, tool calls, and
+//                consecutive same-role turns, as far as the template takes them. Default for format chat when the
+//                model has a chat template (chatml when it has none). Formats chat, alpaca, completion.
 //   custom, as a mapping; either the string form (formats alpaca and completion):
 //                  template: {prompt: "Q: {instruction}\n{input}\nA:", response: " {output}"}
 //                placeholders are the record's fields ({instruction} {input} {output} for alpaca,
@@ -50,6 +58,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -61,7 +70,9 @@ namespace fs = std::filesystem;
 
 enum class DataFormat { kAlpaca, kChat, kCompletion, kText };
 enum class BadLinePolicy { kFail, kSkip };
-enum class TemplateKind { kAlpaca, kLlama2Chat, kChatml, kLlama3, kRaw, kCustomString, kCustomRoles };
+enum class TemplateKind { kAlpaca, kLlama2Chat, kChatml, kLlama3, kRaw, kCustomString, kCustomRoles, kAuto };
+
+struct ModelChatTemplate;  // data/chat_template.h
 
 struct RoleAffixes {
   std::string prefix;
@@ -70,6 +81,8 @@ struct RoleAffixes {
 
 struct TemplateSpec {
   TemplateKind kind = TemplateKind::kAlpaca;
+  // kAuto from the default (data.template absent): chatml when the model has no chat template.
+  bool auto_falls_back = false;
   // kCustomString: rendered prompt (masked) and response (trained).
   std::string prompt;
   std::string response;
@@ -95,12 +108,16 @@ struct DataConfig {
   bool drop_long = false;
   BadLinePolicy on_bad_line = BadLinePolicy::kFail;
   int64_t max_bad_lines = 1000;
+  int64_t max_record_bytes = int64_t{4} << 20;  // a longer line / paragraph is a bad record (read past, never held)
   bool add_bos = true;
   bool add_eos = true;
   bool pad_to_max_seq_len = false;
 
   // Where relative paths are also looked up (the config file's folder); set by parse_data_config.
   fs::path base_dir;
+  // The model's chat template for data.template: auto; set by the caller from the model folder
+  // (load_model_chat_template), null or empty when the model has none.
+  std::shared_ptr<const ModelChatTemplate> chat_template;
 };
 
 // The schema of the `data:` section: one row per key (path "data.<key>"), in the order above. The whole section

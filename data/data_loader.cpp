@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/json_read.h"
 
 namespace qlora::data {
 
@@ -95,13 +96,14 @@ DataLoader::DataLoader(const DataConfig& cfg, const tokenizer::Tokenizer& tok, S
       world_size_(world_size),
       shuffle_capacity_(split == Split::kTrain ? cfg.shuffle_buffer : 0),
       pad_id_(choose_pad_id(tok)),
-      source_(split_files(cfg, split)),
+      source_(split_files(cfg, split), cfg.max_record_bytes),
       rng_(seed) {
   TORCH_CHECK(micro_batch_size > 0, "DataLoader: micro_batch_size must be > 0, got ", micro_batch_size);
   TORCH_CHECK(max_epochs >= 0, "DataLoader: max_epochs must be >= 0, got ", max_epochs);
   TORCH_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "DataLoader: bad rank ", rank, " of ", world_size);
+  if (cfg_.tmpl.kind == TemplateKind::kAuto) setup_chat_template();
   spdlog::info("data ({}): {} as {} with template {}; max_seq_len {}, packing {}, shuffle buffer {}", split_name(split),
-               list_files(files()), format_name(cfg.format), template_name(cfg.tmpl.kind), cfg.max_seq_len,
+               list_files(files()), format_name(cfg.format), template_name(cfg_.tmpl.kind), cfg.max_seq_len,
                cfg.packing ? "on" : "off", shuffle_capacity_);
   if (rank == 0 && split == Split::kTrain) {
     for (const auto& ex : preview(1)) {
@@ -133,33 +135,57 @@ void DataLoader::bad_record(const SourcePos& pos, const std::string& what) {
   }
 }
 
+// data.template: auto: the model's chat template, or chatml when the model has none and the template is the
+// default one.
+void DataLoader::setup_chat_template() {
+  if (cfg_.chat_template && !cfg_.chat_template->empty()) {
+    chat_ = std::make_shared<const ChatTemplateRenderer>(*cfg_.chat_template);  // syntax errors: JinjaError
+    spdlog::info("data: chat template of the model ({})", cfg_.chat_template->origin);
+    return;
+  }
+  if (!cfg_.tmpl.auto_falls_back) {
+    throw Error(
+        "data.template: auto needs the model's chat template, but the model folder has none (no "
+        "chat_template.jinja, no chat_template in tokenizer_config.json)\nHINT: pick a built-in template (chatml, "
+        "llama3, llama2-chat) or a custom one");
+  }
+  cfg_.tmpl.kind = TemplateKind::kChatml;
+}
+
 DataLoader::Processed DataLoader::process(const RawRecord& rec) const {
   Processed out;
-  std::vector<Segment> segments;
+  TokenizedExample ex;
   try {
     Record r;
+    bool done = false;
+    if (rec.too_long) {
+      throw BadRecord("longer than data.max_record_bytes = " + std::to_string(cfg_.max_record_bytes) +
+                      " bytes (read past, not parsed)");
+    }
     if (rec.plain_text) {
       if (cfg_.format != DataFormat::kText) {
         throw BadRecord(std::string(".txt files hold plain text; they need data.format: text, not ") +
                         format_name(cfg_.format));
       }
       r = parse_text_document(rec.text);
+    } else if (chat_ && cfg_.format == DataFormat::kChat) {
+      ex = tokenize_chat_record(*chat_, rec.text, tok_, cfg_.train_on_prompt);  // data.template: auto
+      done = true;
     } else {
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(rec.text);
-      } catch (const nlohmann::json::parse_error& e) {
-        throw BadRecord(std::string("malformed JSON (") + e.what() + ")");
-      }
-      r = parse_record(j, cfg_);
+      std::string why;
+      const std::optional<nlohmann::json> j = try_parse_json(rec.text, &why);
+      if (!j) throw BadRecord("malformed JSON (" + why + ")");
+      r = parse_record(*j, cfg_);
     }
-    segments = render_record(r, cfg_);
+    if (!done) {
+      ex = chat_ ? tokenize_chat_messages(*chat_, r.messages, tok_, cfg_.train_on_prompt)
+                 : tokenize_segments(render_record(r, cfg_), tok_, cfg_.train_on_prompt);
+    }
   } catch (const BadRecord& e) {
     out.outcome = Outcome::kBad;
     out.what = e.what();
     return out;
   }
-  TokenizedExample ex = tokenize_segments(segments, tok_, cfg_.train_on_prompt);
   out.original_len = ex.size();
   if (ex.num_label_tokens() == 0) {
     out.outcome = Outcome::kBad;
@@ -298,7 +324,7 @@ std::optional<Batch> DataLoader::next() {
 
 std::vector<TokenizedExample> DataLoader::preview(int64_t n) const {
   std::vector<TokenizedExample> out;
-  RecordSource src(source_.files());
+  RecordSource src(source_.files(), cfg_.max_record_bytes);
   while (static_cast<int64_t>(out.size()) < n) {
     auto rec = src.next();
     if (!rec) break;
@@ -341,21 +367,21 @@ void DataLoader::restore(const nlohmann::json& s) {
   };
   try {
     if (s.at("version").get<int>() != kStateVersion) {
-      mismatch("version", s.at("version").dump(), std::to_string(kStateVersion));
+      mismatch("version", json_excerpt(s.at("version")), std::to_string(kStateVersion));
     }
     if (s.at("split").get<std::string>() != split_name(split_))
       mismatch("split", s.at("split").get<std::string>(), split_name(split_));
     if (s.at("rank").get<int>() != rank_ || s.at("world_size").get<int>() != world_size_) {
-      mismatch("rank/world size", s.at("rank").dump() + "/" + s.at("world_size").dump(),
+      mismatch("rank/world size", json_excerpt(s.at("rank")) + "/" + json_excerpt(s.at("world_size")),
                std::to_string(rank_) + "/" + std::to_string(world_size_));
     }
     if (s.at("micro_batch_size").get<int64_t>() != micro_batch_size_) {
-      mismatch("micro batch size", s.at("micro_batch_size").dump(), std::to_string(micro_batch_size_));
+      mismatch("micro batch size", json_excerpt(s.at("micro_batch_size")), std::to_string(micro_batch_size_));
     }
     std::vector<std::string> files;
     for (const auto& f : source_.files()) files.push_back(f.string());
     if (s.at("files").get<std::vector<std::string>>() != files)
-      mismatch("files", s.at("files").dump(), nlohmann::json(files).dump());
+      mismatch("files", json_excerpt(s.at("files"), 400), nlohmann::json(files).dump());
 
     std::istringstream rng(s.at("rng").get<std::string>());
     std::mt19937_64 new_rng;

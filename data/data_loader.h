@@ -28,12 +28,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "data/chat_template.h"
 #include "data/collate.h"
 #include "data/data_config.h"
 #include "data/record_source.h"
@@ -105,6 +107,7 @@ class DataLoader {
   bool take_record(int64_t record_index) const;
   void bad_record(const SourcePos& pos, const std::string& what);
   uint64_t random_index(uint64_t n) { return rng_() % n; }
+  void setup_chat_template();
 
   DataConfig cfg_;
   const tokenizer::Tokenizer& tok_;
@@ -125,6 +128,7 @@ class DataLoader {
   int64_t epoch_ = 0;
   int64_t epoch_examples_ = 0;  // examples read from the source this epoch (0 at an epoch's end: no data)
   PackedRow pending_;
+  std::shared_ptr<const ChatTemplateRenderer> chat_;  // data.template: auto
   DataStats stats_;
   int64_t warnings_ = 0;
 };

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/error.h"
+
 namespace qlora::data {
 
 const char* const kAlpacaPromptWithInput =
@@ -300,6 +302,8 @@ std::vector<Segment> render_record(const Record& rec, const DataConfig& cfg) {
     case TemplateKind::kCustomRoles:
       render_roles(rec, cfg, out);
       break;
+    case TemplateKind::kAuto:  // the model's Jinja template renders whole conversations (data/chat_template.h)
+      throw Error("data.template: auto is rendered by the model's chat template, not render_record");
   }
   return out;
 }

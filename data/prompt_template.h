@@ -4,7 +4,9 @@
 //   alpaca      {"instruction": str, "input": str (optional), "output": str}
 //   chat        {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
 //               or ShareGPT {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}
-//               an optional first system message, then user/assistant alternating, ending with assistant.
+//               an optional first system message, then user/assistant alternating, ending with assistant
+//               (the built-in templates; data.template: auto takes any roles the model's template takes, with
+//               tool calls and tool turns: data/chat_template.h).
 //   completion  {prompt_field: str, completion_field: str}
 //   text        {text_field: str}, or a paragraph of a .txt file
 // A record that does not fit is a BadRecord (the loader adds file:line and applies on_bad_line).

@@ -84,7 +84,8 @@ std::vector<fs::path> resolve_data_files(const std::vector<std::string>& specs, 
   return out;
 }
 
-RecordSource::RecordSource(std::vector<fs::path> files) : files_(std::move(files)) {}
+RecordSource::RecordSource(std::vector<fs::path> files, int64_t max_record_bytes)
+    : files_(std::move(files)), max_record_bytes_(static_cast<size_t>(std::max<int64_t>(max_record_bytes, 1))) {}
 
 std::string RecordSource::where(const SourcePos& pos) const {
   const std::string name =
@@ -92,30 +93,58 @@ std::string RecordSource::where(const SourcePos& pos) const {
   return name + ":" + std::to_string(pos.line);
 }
 
-bool RecordSource::read_line(std::ifstream& in, std::string& line, int64_t& offset, int64_t& line_no) {
-  if (!std::getline(in, line)) return false;
-  const bool had_newline = !in.eof();
-  offset += static_cast<int64_t>(line.size()) + (had_newline ? 1 : 0);
+bool RecordSource::read_line(std::ifstream& in, std::string& line, int64_t& offset, int64_t& line_no, size_t limit,
+                             bool* cut) {
+  line.clear();
+  *cut = false;
+  std::streambuf* buf = in.rdbuf();
+  int64_t length = 0;  // bytes before the newline, kept or not
+  bool newline = false;
+  for (int c; (c = buf->sbumpc()) != std::char_traits<char>::eof();) {
+    if (c == '\n') {
+      newline = true;
+      break;
+    }
+    ++length;
+    if (line.size() <= limit) {  // one byte over: room for a "\r" that is not part of the record
+      line.push_back(static_cast<char>(c));
+    } else {
+      *cut = true;  // the rest of the line is read past, never stored
+    }
+  }
+  if (length == 0 && !newline) {
+    in.setstate(std::ios::eofbit | std::ios::failbit);
+    return false;
+  }
+  if (!newline) in.setstate(std::ios::eofbit);
+  offset += length + (newline ? 1 : 0);
   line_no += 1;
-  if (!line.empty() && line.back() == '\r') line.pop_back();
+  if (!*cut && !line.empty() && line.back() == '\r') line.pop_back();
+  if (line.size() > limit) *cut = true;
   return true;
 }
 
-std::optional<RawRecord> RecordSource::read_record(std::ifstream& in, bool plain_text, SourcePos& pos) {
+std::optional<RawRecord> RecordSource::read_record(std::ifstream& in, bool plain_text, SourcePos& pos) const {
   std::string line;
+  bool cut = false;
   // Skip blank lines up to the record's first line.
   for (;;) {
     const SourcePos start = pos;
-    if (!read_line(in, line, pos.offset, pos.line)) return std::nullopt;
-    if (is_blank(line)) continue;
+    if (!read_line(in, line, pos.offset, pos.line, max_record_bytes_, &cut)) return std::nullopt;
+    if (!cut && is_blank(line)) continue;
     RawRecord rec;
     rec.pos = start;
     rec.plain_text = plain_text;
     rec.text = std::move(line);
-    if (plain_text) {  // a paragraph: lines up to the next blank line
+    rec.too_long = cut;
+    if (plain_text) {  // a paragraph: lines up to the next blank line, bounded as a whole
       std::string more;
-      while (read_line(in, more, pos.offset, pos.line) && !is_blank(more)) rec.text += "\n" + more;
+      while (read_line(in, more, pos.offset, pos.line, max_record_bytes_, &cut) && (cut || !is_blank(more))) {
+        rec.too_long = rec.too_long || cut || rec.text.size() + 1 + more.size() > max_record_bytes_;
+        if (!rec.too_long) rec.text += "\n" + more;
+      }
     }
+    if (rec.too_long) rec.text = std::string();  // release what was read
     pos.record += 1;
     return rec;
   }

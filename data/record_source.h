@@ -35,15 +35,21 @@ struct SourcePos {
 };
 
 struct RawRecord {
-  std::string text;
+  std::string text;  // empty when too_long
   SourcePos pos;
   bool plain_text = false;  // from a .txt file (the text itself is the document)
+  bool too_long = false;    // longer than the source's max_record_bytes: skipped over, never held whole
 };
 
-// Reads records from a list of files in order; seekable to any SourcePos it produced.
+// The default bound on one record (data.max_record_bytes): far above any real training example, far below what
+// would strain memory (a 300 MB line must not be read whole).
+inline constexpr int64_t kDefaultMaxRecordBytes = int64_t{4} << 20;
+
+// Reads records from a list of files in order; seekable to any SourcePos it produced. A record longer than
+// max_record_bytes comes back as too_long (its position kept, its text not), having held at most that many bytes.
 class RecordSource {
  public:
-  explicit RecordSource(std::vector<fs::path> files);
+  explicit RecordSource(std::vector<fs::path> files, int64_t max_record_bytes = kDefaultMaxRecordBytes);
 
   // The next record, or nullopt at the end of the last file.
   std::optional<RawRecord> next();
@@ -58,11 +64,14 @@ class RecordSource {
 
  private:
   bool open_current();
-  // Reads one line (without "\n" or "\r\n") from `in`; advances offset/line; false at EOF.
-  static bool read_line(std::ifstream& in, std::string& line, int64_t& offset, int64_t& line_no);
-  static std::optional<RawRecord> read_record(std::ifstream& in, bool plain_text, SourcePos& pos);
+  // Reads one line (without "\n" or "\r\n") from `in`, keeping at most `limit` bytes of it (*cut: it was longer);
+  // advances offset/line; false at EOF.
+  static bool read_line(std::ifstream& in, std::string& line, int64_t& offset, int64_t& line_no, size_t limit,
+                        bool* cut);
+  std::optional<RawRecord> read_record(std::ifstream& in, bool plain_text, SourcePos& pos) const;
 
   std::vector<fs::path> files_;
+  size_t max_record_bytes_;
   SourcePos pos_;
   std::ifstream in_;
   bool open_ = false;

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/json_read.h"
 
 namespace qlora::io {
 namespace {
@@ -156,12 +157,7 @@ quant::QuantizedTensor bnb_read(const Checkpoint& ckpt, const std::string& prefi
   torch::Tensor qs_bytes = ckpt.get(qs_key);
   if (qs_bytes.scalar_type() != torch::kUInt8 || qs_bytes.dim() != 1) bnb_error(ckpt, qs_key, "must be a U8 vector");
   const std::string js(reinterpret_cast<const char*>(qs_bytes.data_ptr<uint8_t>()), qs_bytes.numel());
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(js);
-  } catch (const std::exception& e) {
-    bnb_error(ckpt, qs_key, std::string("invalid JSON: ") + e.what());
-  }
+  const nlohmann::json j = parse_json(js, ckpt.dir().string() + ": bnb-4bit tensor '" + qs_key + "'");
   quant::QuantizedTensor q;
   try {
     q.type = quant::parse_quant_type(j.at("quant_type").get<std::string>());
@@ -180,7 +176,8 @@ quant::QuantizedTensor bnb_read(const Checkpoint& ckpt, const std::string& prefi
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
-    bnb_error(ckpt, qs_key, std::string("bad quant_state field: ") + e.what() + " in " + js);
+    bnb_error(ckpt, qs_key,
+              std::string("bad quant_state field: ") + e.what() + " in " + js.substr(0, kJsonExcerptChars));
   }
   if (quant::quant_type_name(q.type) != (has_nf4 ? "nf4" : "fp4")) {
     bnb_error(ckpt, qs_key, "quant_type '" + quant::quant_type_name(q.type) + "' does not match the key suffix");
@@ -192,10 +189,10 @@ quant::QuantizedTensor bnb_read(const Checkpoint& ckpt, const std::string& prefi
   int64_t n = 1;
   for (int64_t d : q.shape) {
     if (d <= 0) bnb_error(ckpt, qs_key, "bad shape " + shape_str(q.shape));
-    n *= d;
+    if (__builtin_mul_overflow(n, d, &n)) bnb_error(ckpt, qs_key, "shape " + shape_str(q.shape) + " overflows");
   }
-  const int64_t nblocks = (n + q.blocksize - 1) / q.blocksize;
-  q.packed = read_part(ckpt, w, torch::kUInt8, {(n + 1) / 2, 1}).reshape({-1});
+  const int64_t nblocks = n / q.blocksize + (n % q.blocksize != 0);
+  q.packed = read_part(ckpt, w, torch::kUInt8, {n / 2 + n % 2, 1}).reshape({-1});
   q.absmax = read_part(ckpt, w + ".absmax", q.double_quant ? torch::kUInt8 : torch::kFloat32, {nblocks});
   q.code = read_part(ckpt, w + ".quant_map", torch::kFloat32, {16});
   if (q.double_quant) {

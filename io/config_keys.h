@@ -7,19 +7,15 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/json_read.h"
 
 namespace qlora::io::detail {
 
 using nlohmann::json;
 
-// A short description of a value for an error message: scalars as JSON (cut at 60 characters), lists and objects
-// by kind and size only (never dumped: a hostile document may nest deep enough to overflow a recursive dump).
+// A short description of a value for an error message (common/json_read.h: never a whole document).
 inline std::string describe(const json& v) {
-  if (v.is_array()) return "a list of " + std::to_string(v.size());
-  if (v.is_object()) return "an object of " + std::to_string(v.size()) + " keys";
-  std::string s = v.dump();
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return s;
+  return json_excerpt(v, 60);
 }
 
 // Reads typed keys of one JSON object, with errors "<source>: key '<path>': ...".

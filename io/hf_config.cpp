@@ -5,6 +5,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "io/config_keys.h"
 #include "io/hf_config_impl.h"
 
@@ -229,14 +230,7 @@ LlamaConfig parse_llama_config(const json& j, const std::string& source) {
 }
 
 LlamaConfig load_llama_config(const fs::path& config_json) {
-  const std::string text = read_file(config_json);
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw_file_error(config_json.string(), std::string("not valid JSON: ") + e.what());
-  }
-  return parse_llama_config(j, config_json.string());
+  return parse_llama_config(read_json_file(config_json), config_json.string());
 }
 
 namespace {

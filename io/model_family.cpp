@@ -11,8 +11,8 @@ namespace qlora::io {
 
 namespace {
 
-using nlohmann::json;
 using detail::KeyReader;
+using nlohmann::json;
 
 struct FamilyName {
   Family family;

@@ -13,6 +13,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 
 namespace qlora::io {
 
@@ -158,12 +159,7 @@ uint64_t read_header_length(const std::string& p, const unsigned char* bytes, ui
 }
 
 json parse_header(const std::string& p, const unsigned char* bytes, uint64_t n) {
-  json header;
-  try {
-    header = json::parse(reinterpret_cast<const char*>(bytes + 8), reinterpret_cast<const char*>(bytes + 8 + n));
-  } catch (const json::exception& e) {
-    throw_file_error(p, std::string("header is not valid JSON: ") + e.what());
-  }
+  const json header = parse_json(std::string_view(reinterpret_cast<const char*>(bytes + 8), n), p + ": header");
   if (!header.is_object()) {
     throw_file_error(p, std::string("header JSON is not an object (got ") + header.type_name() + ")");
   }
@@ -203,7 +199,7 @@ TensorInfo parse_tensor_entry(const fs::path& path, const std::string& name, con
   bool overflow = false;
   for (const auto& d : v["shape"]) {
     if (!json_is_nonneg_int(d))
-      tensor_error(path, name, "shape " + v["shape"].dump() + " has a negative or non-integer dimension");
+      tensor_error(path, name, "shape " + json_excerpt(v["shape"]) + " has a negative or non-integer dimension");
     const uint64_t du = d.get<uint64_t>();
     if (du > static_cast<uint64_t>(INT64_MAX)) tensor_error(path, name, "shape dimension too large");
     info.shape.push_back(static_cast<int64_t>(du));
@@ -215,22 +211,23 @@ TensorInfo parse_tensor_entry(const fs::path& path, const std::string& name, con
   if (!v.contains("data_offsets")) tensor_error(path, name, "missing data_offsets");
   const json& off = v["data_offsets"];
   if (!off.is_array() || off.size() != 2 || !json_is_nonneg_int(off[0]) || !json_is_nonneg_int(off[1])) {
-    tensor_error(path, name, "data_offsets must be [begin, end] with non-negative integers (got " + off.dump() + ")");
+    tensor_error(path, name,
+                 "data_offsets must be [begin, end] with non-negative integers (got " + json_excerpt(off) + ")");
   }
   info.begin = off[0].get<uint64_t>();
   info.end = off[1].get<uint64_t>();
   if (info.end < info.begin) {
-    tensor_error(path, name, "data_offsets " + off.dump() + " end before they begin");
+    tensor_error(path, name, "data_offsets " + json_excerpt(off) + " end before they begin");
   }
   if (overflow || nbytes != info.end - info.begin) {
     tensor_error(path, name,
-                 "shape " + v["shape"].dump() + " x " + info.dtype_name + " (" + std::to_string(de->size) +
+                 "shape " + json_excerpt(v["shape"]) + " x " + info.dtype_name + " (" + std::to_string(de->size) +
                      " bytes) does not match the data_offsets span of " + std::to_string(info.end - info.begin) +
                      " bytes (size mismatch)");
   }
   if (info.end > data_size) {
     tensor_error(path, name,
-                 "data_offsets " + off.dump() + " out of range: the data section has only " +
+                 "data_offsets " + json_excerpt(off) + " out of range: the data section has only " +
                      std::to_string(data_size) + " bytes (file truncated?)");
   }
   return info;

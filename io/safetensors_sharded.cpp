@@ -13,6 +13,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "io/safetensors.h"
 
 namespace qlora::io {
@@ -39,12 +40,7 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
   } else if (fs::exists(dir / kIndexFile)) {
     const fs::path index_path = dir / kIndexFile;
     const std::string ip = index_path.string();
-    json index;
-    try {
-      index = json::parse(read_file(index_path));
-    } catch (const json::exception& e) {
-      throw_file_error(ip, std::string("not valid JSON: ") + e.what());
-    }
+    const json index = read_json_file(index_path);
     if (!index.is_object()) throw_file_error(ip, "index is not a JSON object");
     if (!index.contains("weight_map") || !index["weight_map"].is_object()) {
       throw_file_error(ip, "missing or invalid \"weight_map\" (an object mapping tensor names to shard files)");

@@ -14,6 +14,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/threads.h"
@@ -149,7 +150,7 @@ MergeInputs prepare_merge(const MergeOptions& o, MergeReport& report) {
   // In this order, so that of several problems the same one is reported first every time.
   AdapterFile adapter = load_adapter(o.adapter_dir);
   io::LlamaConfig config = io::load_llama_config(config_path);
-  nlohmann::json config_json = nlohmann::json::parse(read_file(config_path));
+  nlohmann::json config_json = read_json_file(config_path);
   io::Checkpoint ckpt = io::Checkpoint::open(o.base_dir);
   MergeInputs in(std::move(adapter), std::move(config), std::move(config_json), std::move(ckpt));
   in.names = in.ckpt.names();

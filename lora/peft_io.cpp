@@ -9,6 +9,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "io/safetensors.h"
 
 namespace qlora::lora {
@@ -70,7 +71,7 @@ T get_or(const nlohmann::json& j, const char* key, T fallback, const std::string
   try {
     return j.at(key).get<T>();
   } catch (const nlohmann::json::exception& e) {
-    throw_file_error(source, fmt::format("key '{}' has the wrong type: {}", key, j.at(key).dump()));
+    throw_file_error(source, fmt::format("key '{}' has the wrong type: {}", key, json_excerpt(j.at(key))));
   }
 }
 
@@ -179,11 +180,11 @@ LoraConfig parse_adapter_config(const nlohmann::json& j, const std::string& sour
       }
     } else if (t.is_array()) {
       for (const auto& s : t) {
-        if (!s.is_string()) throw_file_error(source, "target_modules must hold strings, found " + s.dump());
+        if (!s.is_string()) throw_file_error(source, "target_modules must hold strings, found " + json_excerpt(s));
         c.targets.push_back(s.get<std::string>());
       }
     } else {
-      throw_file_error(source, "target_modules must be a list or a string, found " + t.dump());
+      throw_file_error(source, "target_modules must be a list or a string, found " + json_excerpt(t));
     }
   }
   if (c.targets.empty() && c.target_regex.empty()) c.targets = {kAllLinear};
@@ -224,11 +225,7 @@ AdapterFile load_adapter(const fs::path& dir) {
   }
   AdapterFile out;
   out.dir = dir;
-  try {
-    out.raw_config = nlohmann::json::parse(read_file(config_path));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw_file_error(config_path.string(), std::string("invalid JSON: ") + e.what());
-  }
+  out.raw_config = read_json_file(config_path);
   out.config = parse_adapter_config(out.raw_config, config_path.string());
   out.base_model_name_or_path =
       get_or<std::string>(out.raw_config, "base_model_name_or_path", "", config_path.string());

@@ -5,6 +5,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "common/progress.h"
 #include "io/bnb_format.h"
 #include "io/hf_config.h"
@@ -66,7 +67,7 @@ QuantizeCheckpointSummary quantize_checkpoint(const fs::path& in, const fs::path
     writer.finish();
     if (o.show_progress) progress.finish();
   }
-  nlohmann::json cfg = nlohmann::json::parse(read_file(in / "config.json"));
+  nlohmann::json cfg = read_json_file(in / "config.json");
   cfg["quantization_config"] = io::bnb_quantization_config(o.type, o.double_quant, config.torch_dtype);
   write_file_atomic(dir.path() / "config.json", cfg.dump(2) + "\n");
   for (const char* f : kSideFiles) {

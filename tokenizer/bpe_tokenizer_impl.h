@@ -68,10 +68,11 @@ struct BpeTokenizer::Impl {
 
   void load_model(const nlohmann::json& model);
   void load_added_tokens(const nlohmann::json& list);
-  void load_normalizer(const nlohmann::json& n);
-  void load_pre_tokenizer(const nlohmann::json& p, bool* has_byte_level);
-  void load_decoder(const nlohmann::json& d);
-  void load_post_processor(const nlohmann::json& p);
+  // `depth` counts the Sequence steps around this one (bounded by kMaxSequenceDepth).
+  void load_normalizer(const nlohmann::json& n, int depth = 0);
+  void load_pre_tokenizer(const nlohmann::json& p, bool* has_byte_level, int depth = 0);
+  void load_decoder(const nlohmann::json& d, int depth = 0);
+  void load_post_processor(const nlohmann::json& p, int depth = 0);
   void load_config(const fs::path& config_file);
 
   int32_t find(std::string_view piece) const { return piece_to_id.find(piece); }

@@ -3,11 +3,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "common/error.h"
+#include "common/json_read.h"
 #include "tokenizer/bpe_tokenizer_impl.h"
 
 namespace qlora::tokenizer {
@@ -17,14 +17,25 @@ using namespace detail;
 
 namespace {
 
-json read_json(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw_file_error(file.string(), "cannot open file");
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw_file_error(file.string(), std::string("not valid JSON: ") + e.what());
+// Sequence normalizers / pre-tokenizers / decoders / post-processors inside each other: real files use one level.
+constexpr int kMaxSequenceDepth = 8;
+
+void check_sequence_depth(const fs::path& file, const char* component, int depth) {
+  if (depth >= kMaxSequenceDepth) {
+    throw_file_error(file.string(),
+                     std::string(component) + ": Sequence nested deeper than " + std::to_string(kMaxSequenceDepth),
+                     "real tokenizer.json files nest Sequence steps one level deep; this file is corrupt or hostile");
   }
+}
+
+// A token id from the file: an integer in [0, limit), where limit is the count of tokens that can have ids.
+int32_t token_id_in_range(const fs::path& file, const std::string& where, const json& v, size_t limit) {
+  if (!v.is_number_integer() || v.get<int64_t>() < 0 || uint64_t(v.get<int64_t>()) >= limit) {
+    throw_file_error(file.string(),
+                     where + ": id " + json_excerpt(v) + " is not an integer in [0, " + std::to_string(limit) + ")",
+                     "token ids run from 0 to the number of tokens minus one; the file is corrupt");
+  }
+  return int32_t(v.get<int64_t>());
 }
 
 [[noreturn]] void unsupported(const fs::path& file, const std::string& component, const std::string& what) {
@@ -51,32 +62,32 @@ std::optional<std::string> config_token(const json& cfg, const char* key) {
 void BpeTokenizer::Impl::load_model(const json& model) {
   const std::string type = type_of(model);
   if (!model.is_object() || (!type.empty() && type != "BPE"))
-    unsupported(file, "model", "type " + (type.empty() ? model.dump().substr(0, 40) : type) + " (only BPE)");
+    unsupported(file, "model", "type " + (type.empty() ? json_excerpt(model, 40) : type) + " (only BPE)");
   if (!model.contains("vocab") || !model["vocab"].is_object() || !model.contains("merges") ||
       !model["merges"].is_array()) {
     throw_file_error(file.string(), "model: missing vocab (object) or merges (array)");
   }
   if (model.value("byte_fallback", false)) unsupported(file, "model.byte_fallback", "true (a sentencepiece-style BPE)");
   if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() != 0.0) {
-    unsupported(file, "model.dropout", model["dropout"].dump());
+    unsupported(file, "model.dropout", json_excerpt(model["dropout"]));
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty()) {
-      unsupported(file, std::string("model.") + key, model[key].dump());
+      unsupported(file, std::string("model.") + key, json_excerpt(model[key]));
     }
   }
   ignore_merges = model.value("ignore_merges", false);
 
   int32_t max_id = -1;
-  for (const auto& [piece, id_json] : model["vocab"].items()) max_id = std::max(max_id, id_json.get<int32_t>());
+  for (const auto& [piece, id_json] : model["vocab"].items())
+    max_id = std::max(max_id, token_id_in_range(file, "model.vocab[" + piece + "]", id_json, model["vocab"].size()));
   pieces.assign(size_t(max_id + 1), std::string());
   piece_to_id.reserve(model["vocab"].size() + 1024);
   bytes_to_id.reserve(model["vocab"].size());
   bytes.assign(size_t(max_id + 1), std::string());
   std::string raw;
   for (const auto& [piece, id_json] : model["vocab"].items()) {
-    const auto id = id_json.get<int32_t>();
-    if (id < 0) throw_file_error(file.string(), "model.vocab: negative id for " + piece);
+    const auto id = id_json.get<int32_t>();  // checked above
     pieces[id] = piece;
     piece_to_id.insert(piece, id);
     if (!bpe::byte_level_to_bytes(piece, &raw)) raw = piece;  // HF's ByteLevel decoder keeps such tokens as-is
@@ -121,12 +132,12 @@ void BpeTokenizer::Impl::load_added_tokens(const json& list) {
   for (const auto& t : list) {
     AddedToken a;
     a.content = t.at("content").get<std::string>();
-    a.id = t.at("id").get<int32_t>();
+    a.id = token_id_in_range(file, "added_tokens[\"" + a.content + "\"]", t.at("id"), pieces.size() + list.size());
     a.special = t.value("special", false);
     a.lstrip = t.value("lstrip", false);
     a.rstrip = t.value("rstrip", false);
     a.single_word = t.value("single_word", false);
-    if (a.content.empty() || a.id < 0) throw_file_error(file.string(), "added_tokens: empty content or negative id");
+    if (a.content.empty()) throw_file_error(file.string(), "added_tokens: empty content");
     if (size_t(a.id) >= pieces.size()) {
       pieces.resize(a.id + 1);
       bytes.resize(a.id + 1);
@@ -148,29 +159,31 @@ void BpeTokenizer::Impl::load_added_tokens(const json& list) {
   }
 }
 
-void BpeTokenizer::Impl::load_normalizer(const json& n) {
+void BpeTokenizer::Impl::load_normalizer(const json& n, int depth) {
   if (n.is_null()) return;
   const std::string type = type_of(n);
   if (type == "Sequence") {
-    for (const auto& s : n.at("normalizers")) load_normalizer(s);
+    check_sequence_depth(file, "normalizer", depth);
+    for (const auto& s : n.at("normalizers")) load_normalizer(s, depth + 1);
   } else if (type == "Prepend") {
     normalizer.push_back({NormalizerStep::Kind::kPrepend, n.at("prepend").get<std::string>(), ""});
   } else if (type == "Replace" && n.contains("pattern") && n["pattern"].contains("String")) {
     normalizer.push_back({NormalizerStep::Kind::kReplace, n["pattern"]["String"].get<std::string>(),
                           n.at("content").get<std::string>()});
   } else {
-    unsupported(file, "normalizer",
-                type.empty() ? n.dump().substr(0, 80)
-                             : type + " (supported: Sequence, Prepend, Replace with a String pattern)");
+    unsupported(
+        file, "normalizer",
+        type.empty() ? json_excerpt(n, 80) : type + " (supported: Sequence, Prepend, Replace with a String pattern)");
   }
 }
 
-void BpeTokenizer::Impl::load_pre_tokenizer(const json& p, bool* has_byte_level) {
+void BpeTokenizer::Impl::load_pre_tokenizer(const json& p, bool* has_byte_level, int depth) {
   if (p.is_null()) return;
   const std::string type = type_of(p);
   if (*has_byte_level) unsupported(file, "pre_tokenizer", type + " after ByteLevel (ByteLevel must come last)");
   if (type == "Sequence") {
-    for (const auto& s : p.at("pretokenizers")) load_pre_tokenizer(s, has_byte_level);
+    check_sequence_depth(file, "pre_tokenizer", depth);
+    for (const auto& s : p.at("pretokenizers")) load_pre_tokenizer(s, has_byte_level, depth + 1);
   } else if (type == "Split") {
     bpe::PreTokenizerStep step;
     const json& pat = p.at("pattern");
@@ -185,7 +198,7 @@ void BpeTokenizer::Impl::load_pre_tokenizer(const json& p, bool* has_byte_level)
       }
       step.regex = std::make_shared<bpe::Regex>(quoted + lit + "\\E", where);
     } else {
-      unsupported(file, "pre_tokenizer Split pattern", pat.dump());
+      unsupported(file, "pre_tokenizer Split pattern", json_excerpt(pat));
     }
     const std::string behavior = p.value("behavior", "Isolated");
     if (behavior == "Isolated")
@@ -216,26 +229,28 @@ void BpeTokenizer::Impl::load_pre_tokenizer(const json& p, bool* has_byte_level)
     *has_byte_level = true;
   } else {
     unsupported(file, "pre_tokenizer",
-                (type.empty() ? p.dump().substr(0, 80) : type) + " (supported: Sequence, Split, ByteLevel)");
+                (type.empty() ? json_excerpt(p, 80) : type) + " (supported: Sequence, Split, ByteLevel)");
   }
 }
 
-void BpeTokenizer::Impl::load_decoder(const json& d) {
+void BpeTokenizer::Impl::load_decoder(const json& d, int depth) {
   const std::string type = type_of(d);
   if (type == "ByteLevel") return;
   if (type == "Sequence") {
-    for (const auto& s : d.at("decoders")) load_decoder(s);
+    check_sequence_depth(file, "decoder", depth);
+    for (const auto& s : d.at("decoders")) load_decoder(s, depth + 1);
     return;
   }
   unsupported(file, "decoder", (d.is_null() ? std::string("null") : type) + " (only ByteLevel)");
 }
 
-void BpeTokenizer::Impl::load_post_processor(const json& p) {
+void BpeTokenizer::Impl::load_post_processor(const json& p, int depth) {
   if (p.is_null()) return;
   const std::string type = type_of(p);
   if (type == "ByteLevel") return;  // offsets only
   if (type == "Sequence") {
-    for (const auto& s : p.at("processors")) load_post_processor(s);
+    check_sequence_depth(file, "post_processor", depth);
+    for (const auto& s : p.at("processors")) load_post_processor(s, depth + 1);
     return;
   }
   if (type != "TemplateProcessing")
@@ -245,13 +260,14 @@ void BpeTokenizer::Impl::load_post_processor(const json& p) {
   for (const auto& item : p.at("single")) {
     if (item.contains("Sequence")) {
       if (item["Sequence"].value("id", "A") != "A" || seen_a)
-        unsupported(file, "post_processor single template", item.dump());
+        unsupported(file, "post_processor single template", json_excerpt(item));
       seen_a = true;
     } else if (item.contains("SpecialToken")) {
       const std::string name = item["SpecialToken"].at("id").get<std::string>();
       std::vector<int32_t> ids;
       if (specials.contains(name)) {
-        ids = specials[name].at("ids").get<std::vector<int32_t>>();
+        for (const json& id : specials[name].at("ids"))
+          ids.push_back(token_id_in_range(file, "post_processor special_tokens[" + name + "]", id, pieces.size()));
       } else if (find(name) >= 0) {
         ids = {find(name)};
       } else {
@@ -261,14 +277,14 @@ void BpeTokenizer::Impl::load_post_processor(const json& p) {
       auto& dst = seen_a ? template_suffix : template_prefix;
       dst.insert(dst.end(), ids.begin(), ids.end());
     } else {
-      unsupported(file, "post_processor single template item", item.dump());
+      unsupported(file, "post_processor single template item", json_excerpt(item));
     }
   }
 }
 
 void BpeTokenizer::Impl::load_config(const fs::path& config_file) {
   if (fs::exists(config_file)) {
-    const json cfg = read_json(config_file);
+    const json cfg = read_json_file(config_file);
     auto token_id = [&](const char* key) -> int32_t {
       const auto t = config_token(cfg, key);
       if (!t) return -1;
@@ -311,7 +327,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::load(const fs::path& model_dir) {
   std::unique_ptr<BpeTokenizer> tok(new BpeTokenizer());
   Impl& m = *tok->impl_;
   m.file = file;
-  const json j = read_json(file);
+  const json j = read_json_file(file);
   try {
     if (!j.contains("model")) throw_file_error(file.string(), "no \"model\" section (not an HF tokenizers file?)");
     m.load_model(j["model"]);

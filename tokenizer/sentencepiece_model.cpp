@@ -94,6 +94,20 @@ size_t utf8_char_len(const std::string& s, size_t i) {
   return n;
 }
 
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// The byte of a byte piece, which reads exactly "<0xHH>" (two hex digits), or -1 when it does not.
+int byte_piece_value(const std::string& piece) {
+  if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>') return -1;
+  const int hi = hex_digit(piece[3]), lo = hex_digit(piece[4]);
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
 // Bytes as text: valid UTF-8 kept, each malformed byte replaced by U+FFFD (as sentencepiece's decoder does).
 std::string bytes_to_text(const std::string& bytes) {
   std::string out;
@@ -217,7 +231,8 @@ SentencePieceModel SentencePieceModel::parse(const std::string& data, const std:
   if (m.pieces.empty() || !has_trainer_spec) r.fail("no vocabulary or trainer spec");
   const auto n = static_cast<int32_t>(m.pieces.size());
   for (int32_t id : {m.unk_id, m.bos_id, m.eos_id, m.pad_id}) {
-    if (id >= n) r.fail("special token id " + std::to_string(id) + " outside the vocabulary of " + std::to_string(n));
+    if (id < -1 || id >= n)  // -1: the model has no such token
+      r.fail("special token id " + std::to_string(id) + " outside the vocabulary of " + std::to_string(n));
   }
   return m;
 }
@@ -248,8 +263,15 @@ SentencePieceBpe::SentencePieceBpe(SentencePieceModel model, std::string source)
     using T = SentencePieceModel::PieceType;
     if (p.type == T::kNormal || p.type == T::kUserDefined || p.type == T::kUnused) mergeable_.emplace(p.piece, id);
     if (p.type == T::kUserDefined) user_defined_.push_back(p.piece);
-    if (p.type == T::kByte && p.piece.size() == 6 && p.piece.compare(0, 3, "<0x") == 0) {
-      byte_ids_[std::stoi(p.piece.substr(3, 2), nullptr, 16)] = id;
+    if (p.type == T::kByte) {
+      const int b = byte_piece_value(p.piece);
+      if (b < 0) {
+        throw_file_error(source_,
+                         "byte piece " + std::to_string(id) + " reads '" + p.piece.substr(0, 16) +
+                             "', expected <0xHH> with two hex digits",
+                         "the tokenizer.model is corrupt; copy it again from the base model's folder");
+      }
+      byte_ids_[b] = id;
     }
   }
   if (model_.byte_fallback) {
@@ -395,7 +417,7 @@ std::string SentencePieceBpe::decode(const std::vector<int32_t>& ids) const {
     }
     const auto& p = model_.pieces[id];
     if (p.type == T::kByte) {
-      pending_bytes.push_back(static_cast<char>(std::stoi(p.piece.substr(3, 2), nullptr, 16)));
+      pending_bytes.push_back(static_cast<char>(byte_piece_value(p.piece)));  // checked by the constructor
       continue;
     }
     if (!pending_bytes.empty()) {

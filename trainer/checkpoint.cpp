@@ -1,20 +1,25 @@
 #include "trainer/checkpoint.h"
 
 #include <ATen/Context.h>
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <regex>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/hash.h"
+#include "common/json_read.h"
 #include "lora/peft_io.h"
+#include "trainer/checkpoint_manifest.h"
 #include "trainer/config.h"
 
 namespace qlora::trainer {
@@ -25,10 +30,59 @@ const std::regex& checkpoint_name_re() {
   static const std::regex re(R"(checkpoint-(\d+))");
   return re;
 }
+// checkpoint-<step>.tmp-<pid> (being written, or the old one after an exchange) and checkpoint-<step>.old-<pid> (the
+// old one moved aside where the filesystem cannot exchange).
 const std::regex& leftover_name_re() {
-  static const std::regex re(R"(checkpoint-\d+\.(tmp|old)-(\d+))");
+  static const std::regex re(R"(checkpoint-(\d+)\.(tmp|old)-(\d+))");
   return re;
 }
+
+fs::path sibling(const fs::path& path, const std::string& suffix) {
+  return path.parent_path() / (path.filename().string() + suffix);
+}
+
+std::string errno_text() {
+  return std::strerror(errno);
+}
+
+// fsync every file of `dir`, then `dir` itself, so that renaming it into place publishes only durable contents.
+void fsync_tree(const fs::path& dir) {
+  auto sync = [](const fs::path& p) {
+    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw_file_error(p.string(), "cannot open to fsync: " + errno_text());
+    const int rc = ::fsync(fd);
+    ::close(fd);
+    if (rc != 0) throw_file_error(p.string(), "fsync failed: " + errno_text());
+  };
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.is_regular_file()) sync(e.path());
+  }
+  sync(dir);
+}
+
+// The folder a checkpoint is built in: removed again unless keep() is called (an exception, a failed write).
+class TempCheckpointDir {
+ public:
+  explicit TempCheckpointDir(fs::path path) : path_(std::move(path)) {
+    std::error_code ec;
+    fs::remove_all(path_, ec);  // leftover of a crashed run with the same pid
+    if (!fs::create_directory(path_, ec) || ec) {
+      throw_file_error(path_.string(), "cannot create directory: " + ec.message());
+    }
+  }
+  ~TempCheckpointDir() {
+    std::error_code ec;
+    if (!kept_) fs::remove_all(path_, ec);
+  }
+  TempCheckpointDir(const TempCheckpointDir&) = delete;
+  TempCheckpointDir& operator=(const TempCheckpointDir&) = delete;
+  const fs::path& path() const { return path_; }
+  void keep() { kept_ = true; }
+
+ private:
+  fs::path path_;
+  bool kept_ = false;
+};
 
 bool process_alive(long pid) {
   return pid > 0 && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
@@ -85,13 +139,7 @@ TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string&
 
 TrainerState read_trainer_state(const fs::path& checkpoint_dir) {
   const fs::path file = checkpoint_dir / kTrainerStateFile;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(file));
-  } catch (const nlohmann::json::exception& e) {
-    throw_file_error(file.string(), std::string("invalid JSON: ") + e.what());
-  }
-  return trainer_state_from_json(j, file.string());
+  return trainer_state_from_json(read_json_file(file), file.string());
 }
 
 std::string model_fingerprint(const fs::path& model_dir) {
@@ -182,15 +230,82 @@ std::optional<fs::path> CheckpointManager::latest() const {
 void CheckpointManager::remove_stale_temp_dirs() const {
   std::error_code ec;
   if (!fs::is_directory(dir_, ec)) return;
-  for (const auto& e : fs::directory_iterator(dir_)) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
+  for (const std::string& name : names) {
     std::smatch m;
-    const std::string name = e.path().filename().string();
     if (!std::regex_match(name, m, leftover_name_re())) continue;
-    const long pid = std::stol(m[2].str());
+    const long pid = std::stol(m[3].str());
     if (pid != static_cast<long>(::getpid()) && process_alive(pid)) continue;  // another live writer
-    spdlog::info("removing the leftover of an interrupted checkpoint write: {}", e.path().string());
-    fs::remove_all(e.path(), ec);
+    const fs::path leftover = dir_ / name;
+    const fs::path final_path = dir_ / ("checkpoint-" + m[1].str());
+    if (m[2].str() == "old" && !fs::exists(final_path)) {
+      // The previous checkpoint of this step, moved aside by a replacement that never completed: put it back.
+      spdlog::warn("restoring {} from {} (its replacement was interrupted)", final_path.string(), leftover.string());
+      fs::rename(leftover, final_path);
+      fsync_dir(dir_);
+      continue;
+    }
+    if (m[2].str() == "old" && !fs::is_regular_file(final_path / kTrainerStateFile)) {
+      spdlog::warn("keeping {}: {} exists but is incomplete", leftover.string(), final_path.string());
+      continue;
+    }
+    spdlog::info("removing the leftover of an interrupted checkpoint write: {}", leftover.string());
+    fs::remove_all(leftover, ec);
   }
+}
+
+void CheckpointManager::lock() {
+  if (lock_fd_ >= 0) return;
+  fs::create_directories(dir_);
+  const fs::path file = dir_ / kCheckpointLockFile;
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw_file_error(file.string(), "cannot open the lock file: " + errno_text());
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    if (err != EWOULDBLOCK) throw_file_error(file.string(), std::string("cannot lock: ") + std::strerror(err));
+    std::string holder = read_file(file);
+    holder.erase(std::remove_if(holder.begin(), holder.end(), [](char c) { return c < '0' || c > '9'; }), holder.end());
+    throw_file_error(dir_.string(),
+                     "checkpoint.dir is in use by another training run" +
+                         (holder.empty() ? std::string() : " (pid " + holder.substr(0, 20) + ")"),
+                     "two runs writing one checkpoint.dir would overwrite each other's checkpoints; wait for the "
+                     "other run to finish (or stop it), or give this run another checkpoint.dir");
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
+    spdlog::debug("{}: could not record the pid: {}", file.string(), errno_text());  // the lock itself holds
+  }
+  lock_fd_ = fd;
+}
+
+CheckpointManager::~CheckpointManager() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
+
+std::optional<fs::path> CheckpointManager::latest_verified() const {
+  const auto all = list();
+  if (all.empty()) return std::nullopt;
+  std::string first_problem;
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    std::string why;
+    switch (verify_manifest(it->second, &why)) {
+      case ManifestCheck::kVerified:
+        return it->second;
+      case ManifestCheck::kNoManifest:
+        spdlog::warn("{}: no {} (written before checkpoints had one); resuming from it unverified", it->second.string(),
+                     kManifestFile);
+        return it->second;
+      case ManifestCheck::kCorrupt:
+        spdlog::warn("{} is damaged ({}); falling back to the next older checkpoint", it->second.string(), why);
+        if (first_problem.empty()) first_problem = why;
+        break;
+    }
+  }
+  throw_file_error(dir_.string(), "no checkpoint here verifies against its manifest (newest: " + first_problem + ")",
+                   "the folder is damaged: restore it from a backup, or start over (checkpoint.resume: none with "
+                   "--overwrite)");
 }
 
 void CheckpointManager::remove_all_checkpoints() const {
@@ -205,7 +320,7 @@ fs::path CheckpointManager::save(const TrainerState& state, const CheckpointCont
   TORCH_CHECK(c.adapters && c.optimizer, "CheckpointManager::save needs the adapters and the optimizer");
   const fs::path final_path = checkpoint_path(dir_, state.step);
   fs::create_directories(dir_);
-  AtomicDir out(final_path, /*overwrite=*/true);
+  TempCheckpointDir out(sibling(final_path, ".tmp-" + std::to_string(::getpid())));
   auto written = [&](const char* file) {
     if (after_file) after_file(state.step, file);
   };
@@ -226,7 +341,11 @@ fs::path CheckpointManager::save(const TrainerState& state, const CheckpointCont
   written(kEffectiveConfigFile);
   write_file_atomic(out.path() / kTrainerStateFile, trainer_state_to_json(state).dump(2) + "\n");
   written(kTrainerStateFile);
-  out.commit();
+  write_manifest(out.path());
+  written(kManifestFile);
+  fsync_tree(out.path());
+  detail::install_checkpoint_dir(out.path(), final_path);
+  out.keep();
 
   // Prune only now that the new checkpoint is durable.
   if (keep_ > 0) {
@@ -240,6 +359,49 @@ fs::path CheckpointManager::save(const TrainerState& state, const CheckpointCont
   }
   return final_path;
 }
+
+void verify_checkpoint(const fs::path& checkpoint_dir) {
+  std::string why;
+  switch (verify_manifest(checkpoint_dir, &why)) {
+    case ManifestCheck::kVerified:
+      return;
+    case ManifestCheck::kNoManifest:
+      spdlog::warn("{}: no {} (written before checkpoints had one); resuming from it unverified",
+                   checkpoint_dir.string(), kManifestFile);
+      return;
+    case ManifestCheck::kCorrupt:
+      throw_file_error(checkpoint_dir.string(), "the checkpoint is damaged: " + why,
+                       "resume from another checkpoint (checkpoint.resume: auto takes the newest that verifies)");
+  }
+}
+
+namespace detail {
+
+void install_checkpoint_dir(const fs::path& tmp, const fs::path& final_path, bool exchange) {
+  const fs::path parent = final_path.parent_path();
+  std::error_code ec;
+  if (!fs::exists(final_path)) {
+    fs::rename(tmp, final_path);
+  } else if (exchange && ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) == 0) {
+    fsync_dir(parent);        // the new one is in place for good ...
+    fs::remove_all(tmp, ec);  // ... before the old one, now at tmp, goes
+  } else {
+    if (exchange && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
+      throw_file_error(final_path.string(), "cannot exchange with " + tmp.string() + ": " + errno_text());
+    }
+    // No exchange on this filesystem: move the old one aside first; a crash before the second rename leaves it as
+    // <final>.old-<pid>, which the next start puts back (remove_stale_temp_dirs).
+    const fs::path old = sibling(final_path, ".old-" + std::to_string(::getpid()));
+    fs::remove_all(old, ec);
+    fs::rename(final_path, old);
+    fs::rename(tmp, final_path);
+    fsync_dir(parent);
+    fs::remove_all(old, ec);
+  }
+  fsync_dir(parent);
+}
+
+}  // namespace detail
 
 void load_adapter_weights(const fs::path& checkpoint_dir, const lora::LoraAdapters& adapters) {
   const lora::AdapterFile file = lora::load_adapter(checkpoint_dir);

@@ -6,11 +6,17 @@
 //     rng_state.pt                                     default CPU generator state (LoRA dropout), + CUDA's if used
 //     effective_config.yaml                            the run's configuration
 //     trainer_state.json                               step counters, schedule, data-loader cursor, config hash,
-//                                                      model fingerprint (written last)
+//                                                      model fingerprint
+//     manifest.json                                    size + CRC32C of every file above (written last;
+//                                                      trainer/checkpoint_manifest.h), checked before resuming
 //
-// A checkpoint is built in "checkpoint-<step>.tmp-<pid>" and renamed into place (AtomicDir), so a crash or
-// kill -9 at any moment leaves only complete checkpoint-<step> directories; leftovers of dead writers are
-// removed on the next start. Older checkpoints beyond `keep` are deleted only after the new one is committed.
+// A checkpoint is built in "checkpoint-<step>.tmp-<pid>" and renamed into place, so a crash or kill -9 at any
+// moment leaves only complete checkpoint-<step> directories. Replacing an existing checkpoint-<step> (a run resumed
+// from an earlier one reaches the same step again) swaps the two folders in one step (renameat2 RENAME_EXCHANGE), so
+// there is never a moment with neither. Leftovers of dead writers are removed on the next start, or put back when
+// no complete checkpoint of their step exists. Older checkpoints beyond `keep` are deleted only after the new one
+// is in place. `resume: auto` takes the newest checkpoint that verifies against its manifest, warning about each
+// newer one that does not. One run at a time holds checkpoint.dir (an flock on <dir>/.lock).
 #pragma once
 
 #include <torch/torch.h>
@@ -34,6 +40,7 @@ inline constexpr const char* kTrainerStateFile = "trainer_state.json";
 inline constexpr const char* kOptimizerFile = "optimizer.pt";
 inline constexpr const char* kRngFile = "rng_state.pt";
 inline constexpr const char* kEffectiveConfigFile = "effective_config.yaml";
+inline constexpr const char* kCheckpointLockFile = ".lock";
 
 // The counters and cursors of a run (trainer_state.json).
 struct TrainerState {
@@ -89,6 +96,14 @@ struct CheckpointContents {
 class CheckpointManager {
  public:
   CheckpointManager(fs::path dir, int64_t keep);
+  ~CheckpointManager();
+  CheckpointManager(const CheckpointManager&) = delete;
+  CheckpointManager& operator=(const CheckpointManager&) = delete;
+
+  // Takes an exclusive lock on the checkpoint folder (flock on <dir>/.lock, created with the folder) for the
+  // manager's lifetime; the kernel drops it when the process dies, kill -9 included. Another live holder is a
+  // qlora::Error naming its pid.
+  void lock();
 
   const fs::path& dir() const { return dir_; }
   static fs::path checkpoint_path(const fs::path& dir, int64_t step);
@@ -96,7 +111,13 @@ class CheckpointManager {
   // Complete checkpoints (a trainer_state.json inside), ascending by step.
   std::vector<std::pair<int64_t, fs::path>> list() const;
   std::optional<fs::path> latest() const;
-  // Removes "checkpoint-*.tmp-<pid>" / ".old-<pid>" leftovers whose writer is no longer running.
+  // The newest checkpoint that verifies against its manifest (one written before manifests is taken as it is, with
+  // a warning); each newer one that fails is a warning naming the file and what differs. None at all: nullopt.
+  // Checkpoints exist but none verifies: a qlora::Error.
+  std::optional<fs::path> latest_verified() const;
+  // Removes "checkpoint-*.tmp-<pid>" / ".old-<pid>" leftovers whose writer is no longer running; an ".old-<pid>"
+  // (the previous checkpoint of a step, moved aside by a replacement that was cut short) is put back instead when no
+  // complete checkpoint of its step exists.
   void remove_stale_temp_dirs() const;
   // Deletes every checkpoint-<step> (fresh start with --overwrite).
   void remove_all_checkpoints() const;
@@ -109,7 +130,18 @@ class CheckpointManager {
  private:
   fs::path dir_;
   int64_t keep_;
+  int lock_fd_ = -1;
 };
+
+// A clear qlora::Error when `checkpoint_dir` fails its manifest (a checkpoint named by checkpoint.resume: <path>).
+void verify_checkpoint(const fs::path& checkpoint_dir);
+
+namespace detail {
+// Puts the finished folder `tmp` at `final_path`: a plain rename when nothing is there; else the two are exchanged
+// (RENAME_EXCHANGE) and the old one, now at `tmp`, removed. Without `exchange` (or where the filesystem lacks it):
+// the old one is renamed to "<final>.old-<pid>" first, which remove_stale_temp_dirs puts back after a crash.
+void install_checkpoint_dir(const fs::path& tmp, const fs::path& final_path, bool exchange = true);
+}  // namespace detail
 
 // Restores what save() wrote into live objects (the adapters must be attached with the same modules and ranks).
 void load_adapter_weights(const fs::path& checkpoint_dir, const lora::LoraAdapters& adapters);

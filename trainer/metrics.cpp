@@ -7,6 +7,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "common/log.h"
 
 namespace qlora::trainer {
@@ -54,12 +55,11 @@ MetricsWriter::MetricsWriter(const fs::path& file, std::optional<int64_t> resume
     std::string kept;
     for (std::string line; std::getline(in, line);) {
       if (line.empty()) continue;
-      try {
-        auto j = nlohmann::json::parse(line);
-        if (j.value("step", int64_t{0}) <= *resume_step) kept += line + "\n";
-      } catch (const nlohmann::json::exception&) {
-        // A torn last line of a killed run: drop it.
-      }
+      std::string why;
+      const auto j = try_parse_json(line, &why);  // nullopt: a torn last line of a killed run, dropped
+      if (!j || !j->is_object()) continue;
+      const nlohmann::json step = j->value("step", nlohmann::json(0));
+      if (step.is_number() && step.get<int64_t>() <= *resume_step) kept += line + "\n";
     }
     write_file_atomic(path_, kept);
     out_.open(path_, std::ios::app);

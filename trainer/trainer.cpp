@@ -7,6 +7,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "common/log.h"
 #include "common/progress.h"
 #include "common/threads.h"
@@ -94,6 +95,7 @@ void Trainer::setup_start_point() {
   I.effective_config = effective_config_yaml(cfg_);
   I.checkpoints = std::make_unique<CheckpointManager>(cfg_.checkpoint.dir, cfg_.checkpoint.keep);
   if (I.env.rank == 0) {
+    I.checkpoints->lock();  // one run per checkpoint.dir, held until the run ends
     resolve_resume_point();
     check_output_dir();
     fs::create_directories(cfg_.checkpoint.dir);
@@ -109,6 +111,8 @@ void Trainer::setup_start_point() {
 void Trainer::setup_data() {
   auto& I = *impl_;
   I.tokenizer = tokenizer::load_tokenizer(cfg_.model.path);
+  cfg_.data_config.chat_template =  // for data.template: auto
+      std::make_shared<const data::ModelChatTemplate>(data::load_model_chat_template(cfg_.model.path));
   const int64_t max_epochs = cfg_.train.epochs > 0 ? cfg_.train.epochs : 0;  // 0 = loop for max_steps
   I.train_data.emplace(cfg_.data_config, *I.tokenizer, data::Split::kTrain, cfg_.train.micro_batch_size,
                        cfg_.train.seed, max_epochs);
@@ -224,7 +228,7 @@ void Trainer::resolve_resume_point() {
     return;
   }
   if (mode == "auto") {
-    resume_from_ = I.checkpoints->latest();
+    resume_from_ = I.checkpoints->latest_verified();
   } else {
     const fs::path p = mode;
     if (!fs::is_regular_file(p / kTrainerStateFile)) {
@@ -232,6 +236,7 @@ void Trainer::resolve_resume_point() {
                   " is not a complete checkpoint (no trainer_state.json)\nHINT: give a checkpoint-<step> directory, "
                   "auto or none");
     }
+    verify_checkpoint(p);
     resume_from_ = p;
   }
   if (resume_from_) {
@@ -247,13 +252,11 @@ void Trainer::check_output_dir() {
   // The final adapter of this same run (e.g. a finished run started again) may be replaced.
   const fs::path summary = cfg_.output_dir / kSummaryFile;
   if (fs::is_regular_file(summary)) {
-    try {
-      auto j = nlohmann::json::parse(read_file(summary));
-      if (j.value("config_hash", "") == impl_->config_hash) {
-        output_overwrite_ = true;
-        return;
-      }
-    } catch (const nlohmann::json::exception&) {
+    std::string why;
+    const auto j = try_parse_json(read_file(summary), &why);
+    if (j && j->is_object() && j->contains("config_hash") && j->at("config_hash") == impl_->config_hash) {
+      output_overwrite_ = true;
+      return;
     }
   }
   throw Error(cfg_.output_dir.string() +

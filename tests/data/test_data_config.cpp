@@ -75,7 +75,10 @@ pad_to_max_seq_len: true
 }
 
 TEST(DataConfig, TemplateDefaultsFollowFormat) {
-  EXPECT_EQ(make_config("train: t\nformat: chat\n").tmpl.kind, TemplateKind::kChatml);
+  // chat: the model's own chat template (data/chat_template.h), chatml when the model has none.
+  EXPECT_EQ(make_config("train: t\nformat: chat\n").tmpl.kind, TemplateKind::kAuto);
+  EXPECT_TRUE(make_config("train: t\nformat: chat\n").tmpl.auto_falls_back);
+  EXPECT_FALSE(make_config("train: t\nformat: chat\ntemplate: auto\n").tmpl.auto_falls_back);
   EXPECT_EQ(make_config("train: t\nformat: completion\n").tmpl.kind, TemplateKind::kRaw);
   EXPECT_EQ(make_config("train: t\nformat: text\n").tmpl.kind, TemplateKind::kRaw);
   EXPECT_EQ(make_config("train: t\nformat: chat\ntemplate: llama2-chat\n").tmpl.kind, TemplateKind::kLlama2Chat);
