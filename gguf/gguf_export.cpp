@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/progress.h"
+#include "gguf/gguf_families.h"
 #include "io/bnb_format.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
@@ -21,43 +22,12 @@ namespace qlora::gguf {
 
 namespace {
 
-// GGUF export writes llama.cpp's `llama` architecture (Llama, Mistral); the other families need their own
-// architecture names and tensor layouts there, which are not written yet.
-void require_llama_layout(const io::LlamaConfig& c, const fs::path& config_json) {
-  if (c.family == io::Family::kLlama || c.family == io::Family::kMistral) {
-    if (c.traits.qkv_bias || c.traits.mlp_bias) {
-      throw_file_error(config_json.string(),
-                       "GGUF export of Llama models with attention_bias / mlp_bias is not supported");
-    }
-    return;
-  }
-  throw_file_error(config_json.string(),
-                   std::string("GGUF export of ") + io::family_name(c.family) + " models is not supported yet",
-                   "GGUF export supports the llama and mistral families; the model trains, merges and runs here");
-}
-
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 std::string strip_weight(const std::string& name) {
   return ends_with(name, ".weight") ? name.substr(0, name.size() - 7) : name;
-}
-
-// HF tensor names of a LlamaForCausalLM in llama.cpp's natural order: embeddings, layers in numeric order, norm, head.
-std::vector<std::string> ordered_llama_names(const io::LlamaConfig& c) {
-  std::vector<std::string> out = {"model.embed_tokens.weight"};
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    for (const char* s :
-         {"input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-          "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {
-      out.push_back(p + s + ".weight");
-    }
-  }
-  out.push_back("model.norm.weight");
-  if (!c.tie_word_embeddings) out.push_back("lm_head.weight");
-  return out;
 }
 
 // Projection module -> {out, in} for adapter shape checks.
@@ -69,8 +39,9 @@ std::map<std::string, std::pair<int64_t, int64_t>> projection_shapes(const io::L
   return shapes;
 }
 
-void add_general(GgufWriter& w, const std::string& type, const std::string& name, OutType out, bool quantized) {
-  w.add_string("general.architecture", "llama");
+void add_general(GgufWriter& w, const std::string& arch, const std::string& type, const std::string& name, OutType out,
+                 bool quantized) {
+  w.add_string("general.architecture", arch);
   w.add_string("general.type", type);
   w.add_string("general.name", name);
   w.add_u32("general.alignment", w.alignment());
@@ -106,7 +77,7 @@ std::vector<Source> plan_sources(const fs::path& model_dir, const io::LlamaConfi
                                  const lora::AdapterFile* adapter) {
   std::vector<Source> sources;
   std::vector<std::string> problems;
-  for (const auto& name : ordered_llama_names(config)) {
+  for (const auto& name : ordered_tensor_names(config)) {
     Source src{name};
     const std::string module = strip_weight(name);
     if (io::bnb_is_quantized(ckpt, module)) {
@@ -150,7 +121,7 @@ int64_t check_adapter_modules(const lora::AdapterFile& adapter, const std::vecto
 ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, const ExportOptions& options) {
   check_output_path(out, options.overwrite);
   const auto config = io::load_llama_config(model_dir / "config.json");
-  require_llama_layout(config, model_dir / "config.json");
+  const std::string arch = gguf_architecture(config, model_dir / "config.json");
   const auto ckpt = io::Checkpoint::open(model_dir);
   const auto vocab = load_sentencepiece_vocab(model_dir, config.vocab_size, config);
 
@@ -171,13 +142,14 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
   std::vector<std::pair<std::string, GgmlType>> planned;  // gguf name, type (sources order, rope_freqs first)
   if (!rope_factors.empty()) planned.emplace_back("rope_freqs.weight", GgmlType::kF32);
   for (const auto& s : sources) {
-    const std::string gname = *gguf_tensor_name(s.hf_name);
+    const std::string gname = *family_tensor_name(s.hf_name, config);
     const GgmlType t = tensor_type_for(gname, expected.at(s.hf_name), options.out_type);
     quantized = quantized || t == GgmlType::kQ8_0 || t == GgmlType::kQ4_0;
     planned.emplace_back(gname, t);
   }
-  add_general(w, "model", options.name.empty() ? folder_name(model_dir) : options.name, options.out_type, quantized);
-  add_llama_hparams(w, config);
+  add_general(w, arch, "model", options.name.empty() ? folder_name(model_dir) : options.name, options.out_type,
+              quantized);
+  add_family_hparams(w, config);
   add_sentencepiece_vocab(w, vocab);
   size_t k = 0;
   if (!rope_factors.empty())
@@ -203,8 +175,7 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
           const auto delta = torch::matmul(s.lora->b.to(torch::kFloat32), s.lora->a.to(torch::kFloat32));
           t = t.to(torch::kFloat32) + delta * s.lora->scale();
         }
-        if (const int64_t heads = permute_heads_for(s.hf_name, config)) t = permute_qk(t, heads);
-        return t;
+        return family_tensor_data(s.hf_name, t, config);
       },
       [&](size_t i, const TensorSpec& spec) {
         if (i >= first_weight) {
@@ -275,7 +246,12 @@ ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& b
     }
   }
   const auto config = io::load_llama_config(base / "config.json");
-  require_llama_layout(config, base / "config.json");
+  if (gguf_architecture(config, base / "config.json") != "llama") {
+    throw_file_error(
+        (base / "config.json").string(),
+        std::string("GGUF LoRA adapters of ") + io::family_name(config.family) + " models are not supported",
+        "merge the adapter into the model instead: qlora-export-gguf --model BASE --adapter DIR --out F");
+  }
   lora::check_adapter_shapes(adapter, projection_shapes(config), base.string());
 
   // One alpha for the file; llama.cpp scales by alpha / r with r = lora_b's ne[0].
@@ -295,7 +271,7 @@ ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& b
     planned.emplace_back(it.gname + ".lora_b", b_shape, tensor_type_for(it.gname, b_shape, options.out_type));
   }
   for (const auto& [n, s, t] : planned) quantized = quantized || t == GgmlType::kQ8_0;
-  add_general(w, "adapter", options.name.empty() ? folder_name(adapter_dir) : options.name, options.out_type,
+  add_general(w, "llama", "adapter", options.name.empty() ? folder_name(adapter_dir) : options.name, options.out_type,
               quantized);
   w.add_string("adapter.type", "lora");
   w.add_f32("adapter.lora.alpha", static_cast<float>(alpha));

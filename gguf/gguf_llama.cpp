@@ -9,6 +9,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "tokenizer/sentencepiece_model.h"
 
 namespace qlora::gguf {
@@ -171,11 +172,22 @@ namespace {
 
 nlohmann::json read_json_if_exists(const fs::path& p) {
   if (!fs::exists(p)) return nlohmann::json();
-  try {
-    return nlohmann::json::parse(read_file(p));
-  } catch (const nlohmann::json::exception& e) {
-    throw_file_error(p.string(), std::string("invalid JSON: ") + e.what());
+  return read_json_file(p);
+}
+
+std::string read_chat_template(const fs::path& model_dir, const nlohmann::json& tok_config) {
+  if (fs::is_regular_file(model_dir / "chat_template.jinja")) return read_file(model_dir / "chat_template.jinja");
+  if (!tok_config.is_object() || !tok_config.contains("chat_template")) return "";
+  const auto& t = tok_config["chat_template"];
+  if (t.is_string()) return t.get<std::string>();
+  if (t.is_array()) {
+    for (const auto& e : t) {
+      if (e.is_object() && e.value("name", "") == "default" && e.contains("template") && e["template"].is_string()) {
+        return e["template"].get<std::string>();
+      }
+    }
   }
+  return "";
 }
 
 }  // namespace
@@ -237,6 +249,7 @@ SentencePieceVocab load_sentencepiece_vocab(const fs::path& model_dir, int64_t v
       v.tokens[id] = text;
     }
   }
+  v.chat_template = read_chat_template(model_dir, tok_config);
   v.bos_id = config.bos_token_id >= 0 ? static_cast<int32_t>(config.bos_token_id) : sp.bos_id;
   v.eos_id = !config.eos_token_ids.empty() ? static_cast<int32_t>(config.eos_token_ids.front()) : sp.eos_id;
   v.unk_id = sp.unk_id;
@@ -257,6 +270,7 @@ void add_sentencepiece_vocab(GgufWriter& w, const SentencePieceVocab& v) {
   if (v.pad_id >= 0 && v.pad_id < n) w.add_u32("tokenizer.ggml.padding_token_id", static_cast<uint32_t>(v.pad_id));
   w.add_bool("tokenizer.ggml.add_bos_token", true);
   w.add_bool("tokenizer.ggml.add_eos_token", false);
+  if (!v.chat_template.empty()) w.add_string("tokenizer.chat_template", v.chat_template);
 }
 
 }  // namespace qlora::gguf

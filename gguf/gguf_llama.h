@@ -60,6 +60,10 @@ struct SentencePieceVocab {
   std::vector<float> scores;
   std::vector<int32_t> types;  // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
   int32_t bos_id = -1, eos_id = -1, unk_id = -1, pad_id = -1;
+  // The model's chat template, as transformers finds it: chat_template.jinja beside the tokenizer, else
+  // tokenizer_config.json's chat_template (a string, or the "default" entry of a list of {name, template}).
+  // Written as tokenizer.chat_template, which llama.cpp uses to format chats. Empty: none.
+  std::string chat_template;
 };
 SentencePieceVocab load_sentencepiece_vocab(const fs::path& model_dir, int64_t vocab_size,
                                             const io::LlamaConfig& config);

@@ -13,6 +13,10 @@ Per family:
            against ours on the same folder: kFp32Rel.
   greedy   16 greedy tokens after a 20-token prompt (past the window, through the KV cache): ids identical to
            transformers' generate.
+  gguf     `qlora-export-gguf --outtype f32` run by llama.cpp (llama-cpp-python, tests/interop/check_gguf.py) for the
+           families it takes (Mistral as `llama`, Phi-3, Gemma 2 with query_pre_attn_scalar = head_dim): 8 greedy ids
+           equal ours and next-token probabilities within kGgufProbTol, within the window (llama.cpp applies none to
+           llama and phi3); the other families' export must be refused with exit 2.
   peft     a PEFT-written adapter (all linear layers, B non-zero) through `qlora-generate --adapter` against PEFT's
            logits; `qlora-merge --dtype bf16` output loaded by transformers against ours on it (kFp32Rel); an adapter
            trained by `qlora-train` (NF4 base, all-linear) loaded by PEFT on the fp32 base: every tensor held unchanged
@@ -42,6 +46,13 @@ kPromptLen = 40
 kGenPrompt = 20
 kGenTokens = 16
 kWindow = 16
+kGgufProbTol = 1e-4  # next-token probabilities of an F32 GGUF in llama.cpp vs ours (fp32 both)
+# llama.cpp (llama-cpp-python 0.3.36) applies no sliding window to `llama` (Mistral) and `phi3`: prompt + generated
+# tokens stay within the window (16) so that both sides compute the same thing.
+kGgufPrompt = 8
+kGgufTokens = 8
+# Families whose GGUF export llama.cpp runs (the others are refused by name, which is checked too).
+GGUF_FAMILIES = {"mistral": "llama", "gemma2-hd": "gemma2", "phi3": "phi3"}
 
 hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore", message=".*kernels.*")
@@ -55,6 +66,11 @@ FAMILIES = {
                dict(head_dim=16, num_hidden_layers=3, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
                     final_logit_softcapping=3.0, sliding_window=kWindow, hidden_activation="gelu_pytorch_tanh",
                     tie_word_embeddings=True)),
+    # llama.cpp scales Gemma 2 attention by head_dim^-0.5: the GGUF check needs query_pre_attn_scalar = head_dim.
+    "gemma2-hd": ("Gemma2Config", "Gemma2ForCausalLM",
+                  dict(head_dim=16, num_hidden_layers=3, query_pre_attn_scalar=16, attn_logit_softcapping=2.0,
+                       final_logit_softcapping=3.0, sliding_window=kWindow, hidden_activation="gelu_pytorch_tanh",
+                       tie_word_embeddings=True)),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(sliding_window=kWindow, pad_token_id=0)),
     "llama-bias": ("LlamaConfig", "LlamaForCausalLM", dict(attention_bias=True, mlp_bias=True)),
 }
@@ -118,17 +134,62 @@ def compare_bf16(checks, ours16, hf16, ref32, what):
                  f" (= {kBf16Rel:g} x logit scale {scale:.3g})")
 
 
+def our_greedy(args, folder, ids, n):
+    text = ic.run([ic.app(args.bin_dir, "qlora-generate"), "--model", folder, "--prompt-ids", " ".join(map(str, ids)),
+                   "--max-new-tokens", str(n), "--ignore-eos", "--print-ids", "--quant", "none", "--dtype", "fp32",
+                   "--threads", "2"])
+    lines = [ln for ln in text.strip().splitlines() if ln.strip() and all(c.isdigit() or c == " " for c in ln.strip())]
+    return [int(t) for t in lines[-1].split()] if lines else []
+
+
+def check_gguf(args, checks, family, folder, ids):
+    """qlora-export-gguf (F32) run by llama.cpp (tests/interop/check_gguf.py): greedy ids and next-token
+    probabilities against ours; families llama.cpp cannot take must be refused by name."""
+    import json
+    import subprocess
+    work = args.work_dir / family
+    out = work / "model-f32.gguf"
+    cmd = [str(ic.app(args.bin_dir, "qlora-export-gguf")), "--model", str(folder), "--out", str(out), "--outtype",
+           "f32"]
+    if family not in GGUF_FAMILIES:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        checks.check(r.returncode == 2 and "not supported" in r.stderr,
+                     f"{family} GGUF export refused with exit 2 and a reason", f"exit {r.returncode}: {last}")
+        return
+    # The model's chat template travels into the GGUF metadata (tokenizer.chat_template), as llama.cpp expects.
+    template = "{% for m in messages %}<|" + family + "|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    cfg_path = folder / "tokenizer_config.json"
+    tok_cfg = ic.read_json(cfg_path) if cfg_path.exists() else {}
+    tok_cfg["chat_template"] = template
+    ic.write_json(cfg_path, tok_cfg)
+    ic.run(cmd)
+    from gguf import GGUFReader
+    field = GGUFReader(str(out)).get_field("tokenizer.chat_template")
+    got = bytes(field.parts[field.data[0]]).decode() if field is not None else None
+    checks.check(got == template, f"{family} GGUF carries the model's chat_template", repr(got)[:80])
+    req = work / "gguf-request.json"
+    ic.write_json(req, {"model": str(out), "lora": [], "prompts": [ids], "n_predict": kGgufTokens})
+    script = Path(__file__).resolve().parent.parent / "interop" / "check_gguf.py"
+    res = json.loads(ic.run([sys.executable, script, req]).strip().splitlines()[-1])
+    ours = our_greedy(args, folder, ids, kGgufTokens)
+    checks.check(res["greedy"][0] == ours, f"{family} GGUF ({GGUF_FAMILIES[family]}) greedy ids in llama.cpp equal "
+                 "qlora-generate's", f"llama.cpp {res['greedy'][0]}, ours {ours}")
+    logits = ic.our_logits(args.bin_dir, folder, ids, work / "gguf-prompt.npy", quant="none", dtype="fp32")[-1]
+    p = np.exp(logits.astype(np.float64) - logits.max())
+    p /= p.sum()
+    d = float(np.abs(np.array(res["probs"][0]) - p).max())
+    checks.check(d <= kGgufProbTol, f"{family} GGUF next-token probabilities in llama.cpp equal ours",
+                 f"max diff {d:.2e} (tolerance {kGgufProbTol:g})")
+
+
 def greedy(args, checks, folder, model_name, ids, what):
     model = load_hf(checks, folder, model_name, torch.float32, what)
     with torch.no_grad():
         out = model.generate(torch.tensor([ids]), max_new_tokens=kGenTokens, min_new_tokens=kGenTokens,
                              do_sample=False, pad_token_id=0)
     ref = [int(t) for t in out[0, len(ids):]]
-    text = ic.run([ic.app(args.bin_dir, "qlora-generate"), "--model", folder, "--prompt-ids", " ".join(map(str, ids)),
-                   "--max-new-tokens", str(kGenTokens), "--ignore-eos", "--print-ids", "--quant", "none", "--dtype",
-                   "fp32", "--threads", "2"])
-    lines = [ln for ln in text.strip().splitlines() if ln.strip() and all(c.isdigit() or c == " " for c in ln.strip())]
-    ours = [int(t) for t in lines[-1].split()] if lines else []
+    ours = our_greedy(args, folder, ids, kGenTokens)
     checks.check(ours == ref, f"{what}: greedy ids equal transformers' generate", f"ours {ours}, transformers {ref}")
 
 
@@ -201,6 +262,7 @@ def check_family(args, checks, family, tiny_cfg):
     far(checks, ref_q, ref32, f"{family} nf4: the 4-bit logits differ from the 16-bit ones")
 
     greedy(args, checks, folder, model_name, ids[:kGenPrompt], f"{family} greedy")
+    check_gguf(args, checks, family, folder, ids[:kGgufPrompt])
 
     adapter = peft_adapter(args, folder, model_name, family)
     _, ref_a = peft_logits(checks, folder, model_name, adapter, ids, f"{family} peft base")
