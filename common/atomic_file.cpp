@@ -1,6 +1,7 @@
 #include "common/atomic_file.h"
 
 #include <fcntl.h>
+#include <stdio.h>  // renameat2, RENAME_EXCHANGE (glibc, _GNU_SOURCE)
 #include <unistd.h>
 
 #include <cerrno>
@@ -124,20 +125,33 @@ void AtomicDir::commit() {
     if (entry.is_regular_file()) fsync_path(entry.path());
   }
   fsync_path(tmp_);
-  std::error_code ec;
-  if (fs::exists(final_)) {
-    if (!overwrite_) throw_file_error(final_.string(), "output appeared while writing", "rerun with --overwrite");
-    // Move the old one aside first so there is never a moment with neither.
-    const fs::path old = final_.parent_path() / (final_.filename().string() + ".old-" + std::to_string(::getpid()));
-    fs::remove_all(old, ec);
-    fs::rename(final_, old);
-    fs::rename(tmp_, final_);
-    fs::remove_all(old, ec);
-  } else {
-    fs::rename(tmp_, final_);
+  if (fs::exists(final_) && !overwrite_) {
+    throw_file_error(final_.string(), "output appeared while writing", "rerun with --overwrite");
   }
-  fsync_dir(final_.parent_path());
+  install_dir(tmp_, final_);
   committed_ = true;
+}
+
+void install_dir(const fs::path& tmp, const fs::path& final_path, bool exchange) {
+  const fs::path parent = final_path.parent_path();
+  std::error_code ec;
+  if (!fs::exists(final_path)) {
+    fs::rename(tmp, final_path);
+  } else if (exchange && ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) == 0) {
+    fsync_dir(parent);        // the new one is in place for good ...
+    fs::remove_all(tmp, ec);  // ... before the old one, now at tmp, goes
+  } else {
+    if (exchange && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
+      throw_file_error(final_path.string(), "cannot exchange with " + tmp.string() + ": " + errno_text());
+    }
+    const fs::path old = parent / (final_path.filename().string() + ".old-" + std::to_string(::getpid()));
+    fs::remove_all(old, ec);
+    fs::rename(final_path, old);
+    fs::rename(tmp, final_path);
+    fsync_dir(parent);
+    fs::remove_all(old, ec);
+  }
+  fsync_dir(parent);
 }
 
 std::string read_file(const fs::path& path) {

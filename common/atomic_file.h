@@ -62,6 +62,12 @@ class AtomicDir {
   bool committed_ = false;
 };
 
+// Puts the finished directory `tmp` at `final_path`, replacing what is there without a moment with neither: one
+// renameat2(RENAME_EXCHANGE) (Linux), after which the old one (now at `tmp`) is removed. Where the filesystem
+// cannot exchange (or `exchange` is false, for tests), the old one is moved to "<final>.old-<pid>" first, the new one
+// renamed in, and the old one removed; a crash between the two renames leaves the old one there under that name.
+void install_dir(const fs::path& tmp, const fs::path& final_path, bool exchange = true);
+
 // Reads a whole (small) file; throws qlora::Error naming it if missing or unreadable.
 std::string read_file(const fs::path& path);
 

@@ -378,27 +378,9 @@ void verify_checkpoint(const fs::path& checkpoint_dir) {
 namespace detail {
 
 void install_checkpoint_dir(const fs::path& tmp, const fs::path& final_path, bool exchange) {
-  const fs::path parent = final_path.parent_path();
-  std::error_code ec;
-  if (!fs::exists(final_path)) {
-    fs::rename(tmp, final_path);
-  } else if (exchange && ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE) == 0) {
-    fsync_dir(parent);        // the new one is in place for good ...
-    fs::remove_all(tmp, ec);  // ... before the old one, now at tmp, goes
-  } else {
-    if (exchange && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) {
-      throw_file_error(final_path.string(), "cannot exchange with " + tmp.string() + ": " + errno_text());
-    }
-    // No exchange on this filesystem: move the old one aside first; a crash before the second rename leaves it as
-    // <final>.old-<pid>, which the next start puts back (remove_stale_temp_dirs).
-    const fs::path old = sibling(final_path, ".old-" + std::to_string(::getpid()));
-    fs::remove_all(old, ec);
-    fs::rename(final_path, old);
-    fs::rename(tmp, final_path);
-    fsync_dir(parent);
-    fs::remove_all(old, ec);
-  }
-  fsync_dir(parent);
+  // A crash between the fallback's two renames leaves the old checkpoint as <final>.old-<pid>, which the next start
+  // puts back (remove_stale_temp_dirs).
+  install_dir(tmp, final_path, exchange);
 }
 
 }  // namespace detail
