@@ -1,5 +1,5 @@
 // The native sentencepiece reader/encoder against ids produced by the real sentencepiece library
-// (tests/fixtures/make_spm_golden.py, python3-sentencepiece 0.1.97) for two models trained with spm_train.
+// (tests/fixtures/make_spm_golden.py, python3-sentencepiece 0.1.97) for three models trained with spm_train.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -40,7 +40,10 @@ TEST_P(SpmGolden, EncodeDecodeMatchSentencepiece) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, SpmGolden, ::testing::Values("llama_like.model", "identity_user_symbols.model"));
+// gemma_like.model has Gemma's tokenizer.model settings (no dummy prefix, byte fallback, turn markers as
+// user-defined pieces, pad/eos/bos/unk at 0..3); llama_like.model has Llama 2's, which Phi-3 and Mistral share.
+INSTANTIATE_TEST_SUITE_P(Models, SpmGolden,
+                         ::testing::Values("llama_like.model", "identity_user_symbols.model", "gemma_like.model"));
 
 TEST(SpmModel, ByteFallbackAndSpecialPieces) {
   const auto path = test::fixtures_dir() / "spm" / "llama_like.model";
