@@ -7,9 +7,23 @@
 #include <filesystem>
 #include <string>
 
+#include "common/error.h"
+
 namespace qlora::test {
 
 namespace fs = std::filesystem;
+
+// The message of the qlora::Error thrown by f (fails the test when none is thrown).
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no qlora::Error thrown";
+  return "";
+}
 
 inline fs::path source_dir() {
   return QLORA_SOURCE_DIR;
@@ -59,3 +73,6 @@ inline CommandResult run_app(const std::string& app, const std::string& args) {
 }
 
 }  // namespace qlora::test
+
+// EXPECT that `haystack` (a std::string) contains `needle`, printing the haystack when not.
+#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)

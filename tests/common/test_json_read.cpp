@@ -18,17 +18,7 @@ std::string nested_arrays(size_t depth) {
   return std::string(depth, '[') + std::string(depth, ']');
 }
 
-// The message of the qlora::Error thrown by f (fails the test when none is thrown).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no qlora::Error thrown";
-  return "";
-}
+using test::error_of;
 
 TEST(JsonRead, DepthAtTheLimitParses) {
   const json j = parse_json(nested_arrays(kJsonMaxDepth), "at_limit.json");

@@ -23,17 +23,7 @@ using test::make_config;
 using test::temp_dir;
 using test::write_text_file;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no qlora::Error thrown";
-  return "";
-}
-
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)
+using test::error_of;
 
 const std::string kGood = R"({"prompt": "a", "completion": "b"})";
 

@@ -18,19 +18,7 @@
 namespace qlora::tokenizer {
 namespace {
 
-// The message of the qlora::Error thrown by f (fails the test when none is thrown).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no qlora::Error thrown";
-  return "";
-}
-
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)
+using test::error_of;
 
 // `s` with the first `from` replaced by `to`.
 std::string replaced(std::string s, const std::string& from, const std::string& to) {

@@ -21,17 +21,7 @@
 namespace qlora::trainer {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no qlora::Error thrown";
-  return "";
-}
-
-#define EXPECT_CONTAINS(haystack, needle) EXPECT_NE((haystack).find(needle), std::string::npos) << (haystack)
+using test::error_of;
 
 // ---- CRC32C ----
 
