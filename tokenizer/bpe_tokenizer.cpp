@@ -16,6 +16,8 @@
 #include "common/error.h"
 #include "tokenizer/bpe_pretokenizer.h"
 #include "tokenizer/bpe_tokenizer_impl.h"
+#include "tokenizer/unicode_nfc.h"
+
 namespace qlora::tokenizer {
 
 using json = nlohmann::json;
@@ -88,12 +90,20 @@ void BpeTokenizer::Impl::merge_word(std::string_view word, std::vector<int32_t>*
     int32_t rank, pos, new_id;
     bool operator<(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
+  std::vector<int32_t> init;
+  init.reserve(word.size());
+  if (byte_level) {
+    for (unsigned char c : word) {
+      if (byte_ids[c] >= 0) init.push_back(byte_ids[c]);  // no unk and no byte fallback: HF drops the byte
+    }
+  } else {
+    char_symbols(word, &init);
+  }
   std::vector<Symbol> sym;
-  sym.reserve(word.size());
-  for (unsigned char c : word) {
-    if (byte_ids[c] < 0) continue;  // no unk and no byte fallback: HF drops the byte
+  sym.reserve(init.size());
+  for (int32_t id : init) {
     const auto n = int32_t(sym.size());
-    sym.push_back({byte_ids[c], n - 1, n + 1, 1});
+    sym.push_back({id, n - 1, n + 1, 1});
   }
   if (sym.empty()) return;
   sym.back().next = -1;
@@ -128,7 +138,41 @@ void BpeTokenizer::Impl::merge_word(std::string_view word, std::vector<int32_t>*
   for (int32_t i = 0; i >= 0; i = sym[i].next) out->push_back(sym[i].id);
 }
 
+void BpeTokenizer::Impl::char_symbols(std::string_view word, std::vector<int32_t>* ids) const {
+  bool last_unk = false;
+  for (size_t i = 0; i < word.size();) {
+    size_t len;
+    decode_cp(word, i, &len);
+    const std::string_view ch = word.substr(i, len);
+    i += len;
+    const int32_t id = find(ch);
+    if (id >= 0) {
+      ids->push_back(id);
+      last_unk = false;
+      continue;
+    }
+    if (byte_fallback && std::all_of(ch.begin(), ch.end(), [&](char b) { return fallback_ids[uint8_t(b)] >= 0; })) {
+      for (char b : ch) ids->push_back(fallback_ids[uint8_t(b)]);
+      last_unk = false;
+      continue;
+    }
+    if (unk < 0) continue;  // HF drops a character it cannot represent
+    if (!(fuse_unk && last_unk)) ids->push_back(unk);
+    last_unk = true;
+  }
+}
+
 void BpeTokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>* out) const {
+  if (!byte_level) {
+    if (ignore_merges) {
+      if (const int32_t id = find(word); id >= 0) {
+        out->push_back(id);
+        return;
+      }
+    }
+    merge_word(word, out);
+    return;
+  }
   if (ignore_merges) {
     const int32_t id = bytes_to_id.find(word);
     if (id >= 0) {
@@ -166,6 +210,8 @@ void BpeTokenizer::Impl::encode_text(std::string_view text, std::vector<int32_t>
     for (const auto& step : normalizer) {
       if (step.kind == NormalizerStep::Kind::kPrepend) {
         normalized.insert(0, step.a);
+      } else if (step.kind == NormalizerStep::Kind::kNfc) {
+        normalized = nfc(normalized);
       } else if (!step.a.empty()) {
         std::string r;
         for (size_t pos = 0;;) {
@@ -265,6 +311,17 @@ std::string BpeTokenizer::decode(const std::vector<int32_t>& ids) const {
   std::string out;
   out.reserve(ids.size() * 4);
   for (int32_t id : ids) out += token_bytes(id);
+  const CharDecoder& d = impl_->char_decoder;
+  if (!d.strip_content.empty()) {
+    // HF's Strip decoder after Fuse: up to `start` leading and `stop` trailing copies of the character.
+    const std::string& c = d.strip_content;
+    size_t begin = 0, end = out.size();
+    for (size_t k = 0; k < d.strip_start && out.compare(begin, c.size(), c) == 0; ++k) begin += c.size();
+    for (size_t k = 0; k < d.strip_stop && end >= begin + c.size() && out.compare(end - c.size(), c.size(), c) == 0;
+         ++k)
+      end -= c.size();
+    out = out.substr(begin, end - begin);
+  }
   return out;
 }
 

@@ -1,22 +1,26 @@
-// Byte-level BPE tokenizer read from an HF model folder's tokenizer.json (+ tokenizer_config.json), exact to
-// Hugging Face tokenizers for the Llama 3 / GPT-2 family (checked against golden ids of Meta's Llama 3 file).
+// BPE tokenizer read from an HF model folder's tokenizer.json (+ tokenizer_config.json), exact to Hugging Face
+// tokenizers for byte-level files (Llama 3, Qwen2/2.5/3, GPT-2: checked against golden ids of Meta's Llama 3 file and
+// of Qwen2-style files) and char-level files with byte fallback (Gemma, Llama 2 style: golden ids of a Gemma-style
+// file made by transformers' own converter).
 //
 // Supported tokenizer.json components (anything else is a qlora::Error naming the component and the file):
-//   model:          BPE (vocab; merges as "a b" strings or ["a", "b"] pairs; ignore_merges; byte_fallback false;
-//                   dropout null; no continuing_subword_prefix / end_of_word_suffix)
+//   model:          BPE (vocab; merges as "a b" strings or ["a", "b"] pairs; ignore_merges; dropout null; no
+//                   continuing_subword_prefix / end_of_word_suffix). Byte-level when the pre-tokenizer has a
+//                   ByteLevel step; otherwise char-level: symbols are UTF-8 characters, unknown ones become "<0xHH>"
+//                   byte tokens (byte_fallback) or unk (fused when fuse_unk)
 //   added_tokens:   matched in the raw text before normalization (leftmost-longest; lstrip / rstrip / single_word)
-//   normalizer:     null, Sequence, Prepend, Replace (String pattern)
-//   pre_tokenizer:  Sequence, Split (Regex or String pattern; any behaviour; invert), ByteLevel (required, as the
-//                   last step or alone)
-//   decoder:        ByteLevel (or null / Sequence containing only ByteLevel)
+//   normalizer:     null, Sequence, Prepend, Replace (String pattern), NFC (tokenizer/unicode_nfc.h)
+//   pre_tokenizer:  Sequence, Split (Regex or String pattern; any behaviour; invert), ByteLevel (last step or alone)
+//   decoder:        byte-level: ByteLevel (or null / Sequence containing only ByteLevel); char-level: Replace
+//                   (String), ByteFallback, Fuse, Strip, in that order (or a Sequence of them)
 //   post_processor: null, ByteLevel, TemplateProcessing (single template), Sequence of these
 //
 // Differences from HF worth knowing:
 //   * Invalid UTF-8 in the input (HF takes Rust Strings, so never sees any) is replaced by U+FFFD, one per maximal
 //     invalid subpart, before encoding (what Python's bytes.decode(errors="replace") gives).
 //   * decode() returns the exact bytes of the tokens (special tokens as their text); it does not apply
-//     clean_up_tokenization_spaces and does not replace a UTF-8 sequence cut by the end of `ids` with U+FFFD.
-//     For generation use BpeStreamDecoder, which holds back incomplete sequences.
+//     clean_up_tokenization_spaces and does not replace a UTF-8 sequence cut by the end of `ids` (or an invalid run of
+//     byte-fallback tokens) with U+FFFD. For generation use BpeStreamDecoder, which holds back incomplete sequences.
 #pragma once
 
 #include <cstdint>

@@ -29,8 +29,17 @@ struct AddedToken {
 };
 
 struct NormalizerStep {
-  enum class Kind { kPrepend, kReplace } kind;
+  enum class Kind { kPrepend, kReplace, kNfc } kind;
   std::string a, b;  // Prepend: a = prefix. Replace: a -> b.
+};
+
+// What the decoder does to the tokens of a char-level (sentencepiece-style) BPE: Replace steps on each token's
+// string, ByteFallback (a "<0xHH>" token is byte HH), then Fuse and an optional Strip of the joined text.
+struct CharDecoder {
+  std::vector<std::pair<std::string, std::string>> replace;  // in order
+  bool byte_fallback = false;
+  std::string strip_content;  // one character; empty: no Strip
+  size_t strip_start = 0, strip_stop = 0;
 };
 
 struct Merge {
@@ -52,6 +61,14 @@ struct BpeTokenizer::Impl {
   std::unordered_map<uint64_t, detail::Merge> merges;
   bool ignore_merges = false;
   int32_t unk = -1;
+  // Byte-level BPE (a ByteLevel pre-tokenizer: vocab strings are GPT-2 byte-unicode) or char-level BPE (Gemma,
+  // Llama 2 style tokenizer.json: vocab strings are text with U+2581 for spaces, unknown characters fall back to
+  // "<0xHH>" byte tokens when model.byte_fallback is true, else to unk, fused when model.fuse_unk).
+  bool byte_level = true;
+  bool byte_fallback = false;
+  bool fuse_unk = false;
+  std::array<int32_t, 256> fallback_ids{};  // id of "<0xHH>", -1 when missing
+  detail::CharDecoder char_decoder;
   // Text pipeline.
   std::vector<detail::AddedToken> added;
   std::array<std::vector<int32_t>, 256> added_by_first_byte;  // indices into `added`, longest first
@@ -72,6 +89,8 @@ struct BpeTokenizer::Impl {
   void load_normalizer(const nlohmann::json& n, int depth = 0);
   void load_pre_tokenizer(const nlohmann::json& p, bool* has_byte_level, int depth = 0);
   void load_decoder(const nlohmann::json& d, int depth = 0);
+  // A token's decoded bytes in char-level mode (the CharDecoder applied to one vocab string).
+  std::string char_token_bytes(const std::string& piece) const;
   void load_post_processor(const nlohmann::json& p, int depth = 0);
   void load_config(const fs::path& config_file);
 
@@ -79,6 +98,9 @@ struct BpeTokenizer::Impl {
   void encode_text(std::string_view text, std::vector<int32_t>* out) const;
   void encode_word(std::string_view word, std::vector<int32_t>* out) const;
   void merge_word(std::string_view word, std::vector<int32_t>* out) const;
+  // The initial symbols of a char-level word: one per UTF-8 character (its vocab id, else its byte-fallback ids,
+  // else unk).
+  void char_symbols(std::string_view word, std::vector<int32_t>* ids) const;
 };
 
 }  // namespace qlora::tokenizer

@@ -40,8 +40,9 @@ int32_t token_id_in_range(const fs::path& file, const std::string& where, const 
 
 [[noreturn]] void unsupported(const fs::path& file, const std::string& component, const std::string& what) {
   throw_file_error(file.string(), "unsupported " + component + ": " + what,
-                   "qlora.cpp supports byte-level BPE tokenizers (Llama 3, GPT-2 family); a model that also ships "
-                   "tokenizer.model is read through sentencepiece instead");
+                   "qlora.cpp reads BPE tokenizer.json files: byte-level (Llama 3, Qwen, GPT-2) and char-level with "
+                   "byte fallback (Gemma, Llama 2); a model that also ships tokenizer.model is read through "
+                   "sentencepiece instead");
 }
 
 std::string type_of(const json& j) {
@@ -67,7 +68,11 @@ void BpeTokenizer::Impl::load_model(const json& model) {
       !model["merges"].is_array()) {
     throw_file_error(file.string(), "model: missing vocab (object) or merges (array)");
   }
-  if (model.value("byte_fallback", false)) unsupported(file, "model.byte_fallback", "true (a sentencepiece-style BPE)");
+  byte_fallback = model.value("byte_fallback", false);
+  fuse_unk = model.value("fuse_unk", false);
+  if (byte_fallback && byte_level) {
+    unsupported(file, "model.byte_fallback", "true together with a ByteLevel pre-tokenizer");
+  }
   if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() != 0.0) {
     unsupported(file, "model.dropout", json_excerpt(model["dropout"]));
   }
@@ -90,11 +95,19 @@ void BpeTokenizer::Impl::load_model(const json& model) {
     const auto id = id_json.get<int32_t>();  // checked above
     pieces[id] = piece;
     piece_to_id.insert(piece, id);
-    if (!bpe::byte_level_to_bytes(piece, &raw)) raw = piece;  // HF's ByteLevel decoder keeps such tokens as-is
+    if (byte_level) {
+      if (!bpe::byte_level_to_bytes(piece, &raw)) raw = piece;  // HF's ByteLevel decoder keeps such tokens as-is
+    } else {
+      raw = char_token_bytes(piece);
+    }
     bytes[id] = raw;
     bytes_to_id.insert(raw, id);
   }
-  for (int b = 0; b < 256; ++b) byte_ids[b] = find(bpe::byte_to_unicode(uint8_t(b)));
+  for (int b = 0; b < 256; ++b) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    byte_ids[b] = byte_level ? find(bpe::byte_to_unicode(uint8_t(b))) : -1;
+    fallback_ids[b] = find(std::string("<0x") + kHex[b >> 4] + kHex[b & 15] + ">");
+  }
 
   const json& list = model["merges"];
   merges.reserve(list.size() * 2);
@@ -144,7 +157,7 @@ void BpeTokenizer::Impl::load_added_tokens(const json& list) {
     }
     pieces[a.id] = a.content;
     std::string raw;
-    bytes[a.id] = bpe::byte_level_to_bytes(a.content, &raw) ? raw : a.content;
+    bytes[a.id] = byte_level ? (bpe::byte_level_to_bytes(a.content, &raw) ? raw : a.content) : a.content;
     piece_to_id.insert(a.content, a.id);  // a content already in the vocab keeps its vocab id
     added.push_back(a);
   }
@@ -170,10 +183,12 @@ void BpeTokenizer::Impl::load_normalizer(const json& n, int depth) {
   } else if (type == "Replace" && n.contains("pattern") && n["pattern"].contains("String")) {
     normalizer.push_back({NormalizerStep::Kind::kReplace, n["pattern"]["String"].get<std::string>(),
                           n.at("content").get<std::string>()});
+  } else if (type == "NFC") {
+    normalizer.push_back({NormalizerStep::Kind::kNfc, "", ""});
   } else {
-    unsupported(
-        file, "normalizer",
-        type.empty() ? json_excerpt(n, 80) : type + " (supported: Sequence, Prepend, Replace with a String pattern)");
+    unsupported(file, "normalizer",
+                type.empty() ? json_excerpt(n, 80)
+                             : type + " (supported: Sequence, Prepend, Replace with a String pattern, NFC)");
   }
 }
 
@@ -235,13 +250,63 @@ void BpeTokenizer::Impl::load_pre_tokenizer(const json& p, bool* has_byte_level,
 
 void BpeTokenizer::Impl::load_decoder(const json& d, int depth) {
   const std::string type = type_of(d);
-  if (type == "ByteLevel") return;
+  if (byte_level) {
+    if (type == "ByteLevel") return;
+    if (type == "Sequence") {
+      check_sequence_depth(file, "decoder", depth);
+      for (const auto& s : d.at("decoders")) load_decoder(s, depth + 1);
+      return;
+    }
+    unsupported(file, "decoder",
+                (d.is_null() ? std::string("null") : type) + " (a byte-level BPE decodes with ByteLevel only)");
+  }
+  // Char-level BPE: Replace* ByteFallback? Fuse? Strip? (the Llama 2 / Gemma decoders).
+  CharDecoder& c = char_decoder;
+  const bool after_strip = !c.strip_content.empty();
   if (type == "Sequence") {
     check_sequence_depth(file, "decoder", depth);
     for (const auto& s : d.at("decoders")) load_decoder(s, depth + 1);
-    return;
+  } else if (type == "Replace" && d.contains("pattern") && d["pattern"].contains("String") && !after_strip &&
+             !c.byte_fallback) {
+    c.replace.emplace_back(d["pattern"]["String"].get<std::string>(), d.at("content").get<std::string>());
+  } else if (type == "ByteFallback" && !after_strip) {
+    c.byte_fallback = true;
+  } else if (type == "Fuse" && !after_strip) {
+    // Joining the tokens is what decode() does.
+  } else if (type == "Strip" && !after_strip && d.value("content", "").size() >= 1) {
+    c.strip_content = d.at("content").get<std::string>();
+    c.strip_start = d.value("start", size_t(0));
+    c.strip_stop = d.value("stop", size_t(0));
+  } else {
+    unsupported(file, "decoder",
+                (d.is_null()    ? std::string("null")
+                 : type.empty() ? json_excerpt(d, 80)
+                                : type) +
+                    " here (a char-level BPE supports Replace, ByteFallback, Fuse, Strip, in that order)");
   }
-  unsupported(file, "decoder", (d.is_null() ? std::string("null") : type) + " (only ByteLevel)");
+}
+
+std::string BpeTokenizer::Impl::char_token_bytes(const std::string& piece) const {
+  const CharDecoder& c = char_decoder;
+  if (c.byte_fallback && piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece[5] == '>') {
+    auto hex = [](char h) { return h >= '0' && h <= '9' ? h - '0' : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1; };
+    const int hi = hex(piece[3]), lo = hex(piece[4]);
+    if (hi >= 0 && lo >= 0) return std::string(1, char(hi * 16 + lo));
+  }
+  std::string s = piece;
+  for (const auto& [from, to] : c.replace) {
+    if (from.empty()) continue;
+    std::string r;
+    for (size_t pos = 0;;) {
+      const size_t hit = s.find(from, pos);
+      r.append(s, pos, hit == std::string::npos ? std::string::npos : hit - pos);
+      if (hit == std::string::npos) break;
+      r += to;
+      pos = hit + from.size();
+    }
+    s.swap(r);
+  }
+  return s;
 }
 
 void BpeTokenizer::Impl::load_post_processor(const json& p, int depth) {
@@ -330,21 +395,22 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::load(const fs::path& model_dir) {
   const json j = read_json_file(file);
   try {
     if (!j.contains("model")) throw_file_error(file.string(), "no \"model\" section (not an HF tokenizers file?)");
+    // The pre-tokenizer says whether vocab strings are byte-level; the decoder says how char-level tokens read.
+    bool has_byte_level = false;
+    m.load_pre_tokenizer(j.value("pre_tokenizer", json()), &has_byte_level);
+    m.byte_level = has_byte_level;
+    m.load_decoder(j.value("decoder", json()));
     m.load_model(j["model"]);
     m.load_added_tokens(j.value("added_tokens", json()));
     m.load_normalizer(j.value("normalizer", json()));
-    bool has_byte_level = false;
-    m.load_pre_tokenizer(j.value("pre_tokenizer", json()), &has_byte_level);
-    if (!has_byte_level) unsupported(file, "pre_tokenizer", "no ByteLevel step (only byte-level BPE is supported)");
-    m.load_decoder(j.value("decoder", json()));
     m.load_post_processor(j.value("post_processor", json()));
   } catch (const json::exception& e) {
     throw_file_error(file.string(), std::string("unexpected structure: ") + e.what());
   }
   m.load_config(model_dir / "tokenizer_config.json");
   if (m.special.size() < m.pieces.size()) m.special.resize(m.pieces.size(), 0);
-  spdlog::debug("{}: byte-level BPE, {} tokens, {} merges, {} added tokens", file.string(), m.pieces.size(),
-                m.merges.size(), m.added.size());
+  spdlog::debug("{}: {} BPE, {} tokens, {} merges, {} added tokens", file.string(),
+                m.byte_level ? "byte-level" : "char-level", m.pieces.size(), m.merges.size(), m.added.size());
   return tok;
 }
 

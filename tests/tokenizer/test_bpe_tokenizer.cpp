@@ -286,7 +286,7 @@ void expect_unsupported(const json& j, const std::string& component) {
 
 TEST(BpeTiny, UnsupportedComponentsAreClearErrors) {
   json j = tiny_tokenizer_json();
-  j["normalizer"] = {{"type", "NFC"}};
+  j["normalizer"] = {{"type", "NFKC"}};
   expect_unsupported(j, "normalizer");
   j = tiny_tokenizer_json();
   j["model"]["type"] = "Unigram";
@@ -298,8 +298,9 @@ TEST(BpeTiny, UnsupportedComponentsAreClearErrors) {
   j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}};
   expect_unsupported(j, "pre_tokenizer");
   j = tiny_tokenizer_json();
+  // No ByteLevel step makes a char-level BPE, which cannot decode with ByteLevel.
   j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Isolated"}};
-  expect_unsupported(j, "ByteLevel");
+  expect_unsupported(j, "decoder: ByteLevel");
   j = tiny_tokenizer_json();
   j["decoder"] = {{"type", "Metaspace"}};
   expect_unsupported(j, "decoder");
