@@ -165,7 +165,7 @@ int run_generate(Args& a) {
   }
   if (!a.ignore_eos) {
     a.g.eos_token_ids = model->config().eos_token_ids;
-    a.g.eos_token_ids.push_back(tok->eos_id());
+    if (tok->eos_id() >= 0) a.g.eos_token_ids.push_back(tok->eos_id());
   }
   a.g.vocab_limit = tok->vocab_size();  // models may pad their vocabulary beyond the tokenizer's
   const auto r = stream_completion(model, *tok, ids, a);

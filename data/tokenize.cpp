@@ -31,9 +31,15 @@ TokenizedExample tokenize_segments(const std::vector<Segment>& segments, const t
     std::vector<int32_t> ids;
     switch (seg.kind) {
       case Segment::Kind::kBos:
-        ids = {tok.bos_id()};
+        // Tokenizers without a BOS token (Qwen2/2.5/3) start the text with nothing, as HF does.
+        if (tok.bos_id() >= 0) ids = {tok.bos_id()};
         break;
       case Segment::Kind::kEos:
+        if (tok.eos_id() < 0) {
+          throw Error(
+              "the tokenizer has no EOS token, which the template ends each example with\nHINT: set "
+              "eos_token in the model's tokenizer_config.json (the model learns to stop on it)");
+        }
         ids = {tok.eos_id()};
         break;
       case Segment::Kind::kText:
