@@ -169,6 +169,39 @@ TEST_F(DataParallel, EnvironmentParsing) {
   ::unsetenv("WORLD_SIZE");
 }
 
+// The kernel's view of who listens on `port` (/proc/net/tcp and tcp6, state 0A): the local addresses, in hex.
+std::vector<std::string> listening_addresses(int port) {
+  char want[8];
+  std::snprintf(want, sizeof(want), "%04X", port);
+  std::vector<std::string> out;
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::ifstream in(table);
+    std::string line;
+    std::getline(in, line);  // header
+    while (std::getline(in, line)) {
+      std::istringstream f(line);
+      std::string slot, local, remote, state;
+      f >> slot >> local >> remote >> state;
+      const size_t colon = local.rfind(':');
+      if (state == "0A" && colon != std::string::npos && local.substr(colon + 1) == want)
+        out.push_back(local.substr(0, colon));
+    }
+  }
+  return out;
+}
+
+TEST_F(DataParallel, StoreListensOnlyOnMasterAddr) {
+  // The rendezvous store is unauthenticated: rank 0 listens on MASTER_ADDR's address (loopback here), not on every
+  // interface as TCPStore's own server socket would.
+  dist::DistEnv env;
+  env.master_addr = "127.0.0.1";
+  env.master_port = free_port();
+  dist::DistGroup group(env, dist::DistOptions{});
+  const auto addrs = listening_addresses(env.master_port);
+  ASSERT_FALSE(addrs.empty()) << "nothing listens on port " << env.master_port;
+  for (const auto& a : addrs) EXPECT_EQ(a, "0100007F") << "listening on " << a << " (0100007F is 127.0.0.1)";
+}
+
 TEST_F(DataParallel, ConfigSection) {
   const fs::path cfg = make_run(test::temp_dir(), Spec{});
   const TrainConfig c = load_config(cfg);

@@ -14,9 +14,15 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <thread>
 
@@ -63,10 +69,43 @@ int env_int(const char* name, int def, int min, int max) {
 
 // No store connection waits for the others (TCPStoreOptions::waitWorkers = false): the process group's full-mesh
 // connect is the rendezvous, waiting (up to the rendezvous timeout) for every rank's address in the store.
+// The store's listening socket on rank 0, bound to the address MASTER_ADDR names (loopback for local runs) and never
+// to every interface, which is what TCPStore's own server would do: the store is unauthenticated (as torchrun's), so
+// it must only be reachable where the ranks are.
+int listen_on_master_addr(const DistEnv& env) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  const std::string port = std::to_string(env.master_port);
+  if (const int rc = ::getaddrinfo(env.master_addr.c_str(), port.c_str(), &hints, &res); rc != 0) {
+    throw Error("MASTER_ADDR " + env.master_addr + ": cannot resolve (" + ::gai_strerror(rc) +
+                ")\nHINT: set MASTER_ADDR to this machine's address on the network the ranks share");
+  }
+  std::string why = "no address";
+  for (addrinfo* a = res; a != nullptr; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, SOMAXCONN) == 0) {
+      ::freeaddrinfo(res);
+      return fd;
+    }
+    why = std::strerror(errno);
+    ::close(fd);
+  }
+  ::freeaddrinfo(res);
+  throw Error("cannot listen on MASTER_ADDR:MASTER_PORT " + env.master_addr + ":" + port + " (" + why +
+              ")\nHINT: MASTER_ADDR must be an address of rank 0's machine, and MASTER_PORT free there");
+}
+
 c10::intrusive_ptr<c10d::TCPStore> connect_store(const DistEnv& env, bool server, std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions so;
   so.port = static_cast<std::uint16_t>(env.master_port);
   so.isServer = server;
+  if (server) so.masterListenFd = listen_on_master_addr(env);
   so.numWorkers = server ? c10::optional<std::size_t>(env.world_size) : c10::nullopt;
   so.waitWorkers = false;
   so.timeout = timeout;
