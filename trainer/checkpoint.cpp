@@ -13,6 +13,7 @@
 #include <cstring>
 #include <mutex>
 #include <regex>
+#include <set>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -144,11 +145,21 @@ TrainerState read_trainer_state(const fs::path& checkpoint_dir) {
 
 std::string model_fingerprint(const fs::path& model_dir) {
   uint64_t h = fnv1a64(read_file(model_dir / "config.json"), kRunHashOffset);
+  // Weights by name and size (hashing gigabytes at every start would cost minutes); the tokenizer files, which
+  // decide every token id and (chat_template) what is trained, by content.
+  static const std::set<std::string> kTokenizerFiles = {"tokenizer.model",       "tokenizer.json",
+                                                        "tokenizer_config.json", "chat_template.jinja",
+                                                        "added_tokens.json",     "special_tokens_map.json"};
   std::vector<std::string> parts;
   for (const auto& e : fs::directory_iterator(model_dir)) {
     const std::string name = e.path().filename().string();
-    if (e.is_regular_file() && (e.path().extension() == ".safetensors" || name == "tokenizer.model")) {
+    if (!e.is_regular_file()) continue;
+    if (e.path().extension() == ".safetensors") {
       parts.push_back(name + ":" + std::to_string(e.file_size()));
+    } else if (kTokenizerFiles.count(name) != 0) {
+      char content[17];
+      std::snprintf(content, sizeof(content), "%016llx", static_cast<unsigned long long>(fnv1a64(read_file(e.path()))));
+      parts.push_back(name + ":" + content);
     }
   }
   std::sort(parts.begin(), parts.end());
@@ -183,7 +194,8 @@ void check_resume_compatible(const TrainerState& saved, const std::string& confi
     problems.push_back(what);
   }
   if (saved.model_fingerprint != fingerprint) {
-    problems.push_back("the base model differs (fingerprint " + saved.model_fingerprint + " vs " + fingerprint + ")");
+    problems.push_back("the base model or its tokenizer files differ (fingerprint " + saved.model_fingerprint + " vs " +
+                       fingerprint + ")");
   }
   if (problems.empty()) return;
   std::string msg = checkpoint_dir.string() + ": cannot resume: ";

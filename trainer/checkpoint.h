@@ -64,7 +64,9 @@ nlohmann::json trainer_state_to_json(const TrainerState& s);
 TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string& source);
 TrainerState read_trainer_state(const fs::path& checkpoint_dir);
 
-// A fingerprint of an HF model folder: config.json contents and the names and sizes of its weight files.
+// A fingerprint of an HF model folder: config.json contents, the names and sizes of its weight files, and the
+// contents of its tokenizer files (tokenizer.model / .json, tokenizer_config.json with the chat template,
+// chat_template.jinja, added_tokens.json, special_tokens_map.json).
 std::string model_fingerprint(const fs::path& model_dir);
 
 // Refuses (qlora::Error) a checkpoint whose config hash or model fingerprint differs, naming what changed,

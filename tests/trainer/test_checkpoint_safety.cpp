@@ -243,3 +243,30 @@ TEST(CheckpointLock, AnotherProcessHoldsItUntilKilled) {
 
 }  // namespace
 }  // namespace qlora::trainer
+
+namespace qlora::trainer {
+namespace {
+
+// The resume fingerprint sees a changed tokenizer or chat template (which change every id or what is trained),
+// not only config.json and the weight files' sizes.
+TEST(ModelFingerprint, CoversTokenizerFilesByContent) {
+  const fs::path dir = test::temp_dir();
+  write_file_atomic(dir / "config.json", R"({"model_type": "llama"})");
+  write_file_atomic(dir / "model.safetensors", std::string(64, 'w'));
+  write_file_atomic(dir / "tokenizer.json", R"({"model": {"type": "BPE"}})");
+  write_file_atomic(dir / "tokenizer_config.json", R"({"chat_template": "{{ a }}"})");
+  const std::string base = model_fingerprint(dir);
+  EXPECT_EQ(model_fingerprint(dir), base);
+  write_file_atomic(dir / "tokenizer_config.json", R"({"chat_template": "{{ b }}"})");  // same size, new template
+  const std::string templ = model_fingerprint(dir);
+  EXPECT_NE(templ, base);
+  write_file_atomic(dir / "tokenizer.json", R"({"model": {"type": "BPX"}})");
+  EXPECT_NE(model_fingerprint(dir), templ);
+  write_file_atomic(dir / "chat_template.jinja", "{{ c }}");
+  const std::string jinja = model_fingerprint(dir);
+  write_file_atomic(dir / "README.md", "not part of the model");
+  EXPECT_EQ(model_fingerprint(dir), jinja);
+}
+
+}  // namespace
+}  // namespace qlora::trainer
