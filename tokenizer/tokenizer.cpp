@@ -1,6 +1,8 @@
 #include "tokenizer/tokenizer.h"
 
+#include "common/atomic_file.h"
 #include "common/error.h"
+#include "common/json_read.h"
 #include "tokenizer/bpe_tokenizer.h"
 #include "tokenizer/sentencepiece_model.h"
 
@@ -46,12 +48,39 @@ std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const fs::path& model_fi
   return std::make_unique<SentencePieceTokenizer>(model_file);
 }
 
+namespace {
+
+// Every id the tokenizer can produce must index the model's embedding: config.json's vocab_size bounds them (a
+// larger model vocabulary is normal padding; a larger tokenizer would index past the embedding rows).
+std::unique_ptr<Tokenizer> checked_against_config(std::unique_ptr<Tokenizer> tok, const fs::path& model_dir,
+                                                  const fs::path& tokenizer_file) {
+  const fs::path config = model_dir / "config.json";
+  if (!fs::exists(config)) return tok;
+  std::string why;
+  const auto j = try_parse_json(read_file(config), &why);
+  if (!j || !j->is_object() || !j->contains("vocab_size") || !(*j)["vocab_size"].is_number_integer()) return tok;
+  const int64_t vocab = (*j)["vocab_size"].get<int64_t>();
+  if (tok->vocab_size() > vocab) {
+    throw_file_error(tokenizer_file.string(),
+                     std::to_string(tok->vocab_size()) + " tokens, but " + config.string() + " says vocab_size " +
+                         std::to_string(vocab) + ": ids from " + std::to_string(vocab) +
+                         " on would index past the model's embedding",
+                     "the tokenizer belongs to another model, or tokens were added without resizing the "
+                     "embeddings; use the tokenizer files the model was trained with");
+  }
+  return tok;
+}
+
+}  // namespace
+
 std::unique_ptr<Tokenizer> load_tokenizer(const fs::path& model_dir) {
   if (!fs::is_directory(model_dir)) throw_file_error(model_dir.string(), "model folder does not exist");
   const fs::path spm = model_dir / "tokenizer.model";
-  if (fs::exists(spm)) return load_sentencepiece_tokenizer(spm);
+  if (fs::exists(spm)) return checked_against_config(load_sentencepiece_tokenizer(spm), model_dir, spm);
   // Byte-level BPE (Llama 3 and others that ship only tokenizer.json): tokenizer/bpe_tokenizer.h.
-  if (fs::exists(model_dir / "tokenizer.json")) return load_bpe_tokenizer(model_dir);
+  if (fs::exists(model_dir / "tokenizer.json")) {
+    return checked_against_config(load_bpe_tokenizer(model_dir), model_dir, model_dir / "tokenizer.json");
+  }
   throw_file_error(model_dir.string(), "no tokenizer found (expected tokenizer.model or tokenizer.json)",
                    "copy tokenizer.model (or tokenizer.json) from the base model's folder");
 }

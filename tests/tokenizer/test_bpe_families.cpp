@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/atomic_file.h"
 #include "common/error.h"
 #include "test_util.h"
 #include "tokenizer/bpe_tokenizer.h"
@@ -106,6 +107,23 @@ TEST(Nfc, ComposesReordersAndKeepsExclusions) {
   // A blocked mark: a + U+0328 (ogonek, ccc 202) + U+0301 (230) -> U+0105 U+0301 (ogonek composes first).
   EXPECT_EQ(nfc("a\xCC\xA8\xCC\x81"), "\xC4\x85\xCC\x81");
   EXPECT_STREQ(nfc_unicode_version(), "14.0.0");
+}
+
+}  // namespace
+}  // namespace qlora::tokenizer
+
+namespace qlora::tokenizer {
+namespace {
+
+TEST(TokenizerVsConfig, MoreTokensThanTheEmbeddingIsAClearError) {
+  const fs::path dir = test::temp_dir();
+  fs::copy_file(test::fixtures_dir() / "bpe_families" / "qwen2" / "tokenizer.json", dir / "tokenizer.json");
+  write_file_atomic(dir / "config.json", R"({"vocab_size": 2048})");  // padding beyond the tokenizer: fine
+  EXPECT_EQ(load_tokenizer(dir)->vocab_size(), 1005);
+  write_file_atomic(dir / "config.json", R"({"vocab_size": 1000})");  // 5 added tokens past the embedding
+  const std::string msg = test::error_of([&] { load_tokenizer(dir); });
+  EXPECT_CONTAINS(msg, "tokenizer.json: 1005 tokens, but");
+  EXPECT_CONTAINS(msg, "says vocab_size 1000");
 }
 
 }  // namespace
