@@ -23,8 +23,10 @@ int main(int argc, char** argv) {
                  "base model folder of the adapter (--adapter-only; default: the adapter's "
                  "base_model_name_or_path)");
   cli.add_option("--out", out, "output .gguf file")->required();
-  cli.add_option("--outtype", outtype, "f32 | f16 | bf16 | q8_0 | q4_0 (default f16; adapters: f32)")
-      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
+  cli.add_option("--outtype", outtype,
+                 "f32 | f16 | bf16 | q8_0 | q4_0 | q4_k_m | q5_k_m | q6_k (default f16; adapters: f32, f16, bf16 "
+                 "or q8_0). The K-quant mixes match llama-quantize run on the f16 export, byte for byte")
+      ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"}));
   cli.add_option("--name", name, "general.name (default: the input folder's name)");
   cli.add_flag("--adapter-only", adapter_only, "write a GGUF LoRA adapter instead of a model");
   cli.add_flag("--overwrite", overwrite, "replace an existing output file");

@@ -7,8 +7,11 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
+
+#include "gguf/ggml_kquants.h"
 
 namespace qlora::gguf {
 
@@ -44,20 +47,39 @@ std::string ggml_type_name(GgmlType t) {
       return "F16";
     case GgmlType::kQ4_0:
       return "Q4_0";
+    case GgmlType::kQ5_0:
+      return "Q5_0";
+    case GgmlType::kQ5_1:
+      return "Q5_1";
     case GgmlType::kQ8_0:
       return "Q8_0";
+    case GgmlType::kQ4_K:
+      return "Q4_K";
+    case GgmlType::kQ5_K:
+      return "Q5_K";
+    case GgmlType::kQ6_K:
+      return "Q6_K";
     case GgmlType::kBF16:
       return "BF16";
   }
   return "type" + std::to_string(static_cast<uint32_t>(t));
 }
 
+bool ggml_is_quantized(GgmlType t) {
+  return ggml_block_size(t) > 1;
+}
+
 int64_t ggml_block_size(GgmlType t) {
   switch (t) {
     case GgmlType::kQ4_0:
-      return kQK4_0;
+    case GgmlType::kQ5_0:
+    case GgmlType::kQ5_1:
     case GgmlType::kQ8_0:
-      return kQK8_0;
+      return 32;
+    case GgmlType::kQ4_K:
+    case GgmlType::kQ5_K:
+    case GgmlType::kQ6_K:
+      return kQK_K;
     default:
       return 1;
   }
@@ -73,8 +95,18 @@ int64_t ggml_block_bytes(GgmlType t) {
       return 2;
     case GgmlType::kQ4_0:
       return sizeof(BlockQ4_0);
+    case GgmlType::kQ5_0:
+      return sizeof(BlockQ5_0);
+    case GgmlType::kQ5_1:
+      return sizeof(BlockQ5_1);
     case GgmlType::kQ8_0:
       return sizeof(BlockQ8_0);
+    case GgmlType::kQ4_K:
+      return sizeof(BlockQ4K);
+    case GgmlType::kQ5_K:
+      return sizeof(BlockQ5K);
+    case GgmlType::kQ6_K:
+      return sizeof(BlockQ6K);
   }
   TORCH_CHECK(false, "unknown ggml type ", static_cast<uint32_t>(t));
 }
@@ -183,6 +215,89 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, int64_t k) {
       y[i * kQK4_0 + j] = static_cast<float>((x[i].qs[j] & 0x0f) - 8) * d;
       y[i * kQK4_0 + j + kHalf] = static_cast<float>((x[i].qs[j] >> 4) - 8) * d;
     }
+  }
+}
+
+namespace {
+
+// The low nibbles of q[0..31] into qs (q[j] low, q[j + 16] high) and their fifth bits into qh (bit j of a
+// little-endian u32), the Q5_0 / Q5_1 layout.
+void pack_q5(const uint8_t* q, uint8_t* qs, uint8_t* qh) {
+  uint32_t high = 0;
+  for (int j = 0; j < 16; ++j) {
+    qs[j] = static_cast<uint8_t>((q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4));
+    high |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
+    high |= static_cast<uint32_t>((q[j + 16] >> 4) & 1) << (j + 16);
+  }
+  for (int b = 0; b < 4; ++b) qh[b] = static_cast<uint8_t>(high >> (8 * b));
+}
+
+// The 5-bit level of weight j (0..31) of a Q5_0 / Q5_1 block.
+int unpack_q5(const uint8_t* qs, const uint8_t* qh, int j) {
+  const int low = j < 16 ? (qs[j] & 0x0f) : (qs[j - 16] >> 4);
+  return low | (((qh[j / 8] >> (j % 8)) & 1) << 4);
+}
+
+}  // namespace
+
+void quantize_row_q5_0_ref(const float* x, BlockQ5_0* y, int64_t k) {
+  TORCH_CHECK(k % kQK5_0 == 0, "Q5_0 row length ", k, " is not a multiple of 32");
+  for (int64_t i = 0; i < k / kQK5_0; ++i) {
+    const float* xb = x + i * kQK5_0;
+    float amax = 0.0f;  // largest magnitude
+    float max = 0.0f;   // the signed value that has it (first one on ties)
+    for (int64_t j = 0; j < kQK5_0; ++j) {
+      if (amax < std::fabs(xb[j])) {
+        amax = std::fabs(xb[j]);
+        max = xb[j];
+      }
+    }
+    const float d = max / -16.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[i].d = fp32_to_fp16(d);
+    uint8_t q[kQK5_0];
+    // x * id + 16.5 lies in [0.5, 32.5]; the int8 cast truncates, 32 is clamped to 31.
+    for (int64_t j = 0; j < kQK5_0; ++j)
+      q[j] = static_cast<uint8_t>(std::min(31, static_cast<int>(static_cast<int8_t>(xb[j] * id + 16.5f))));
+    pack_q5(q, y[i].qs, y[i].qh);
+  }
+}
+
+void dequantize_row_q5_0(const BlockQ5_0* x, float* y, int64_t k) {
+  TORCH_CHECK(k % kQK5_0 == 0, "Q5_0 row length ", k, " is not a multiple of 32");
+  for (int64_t i = 0; i < k / kQK5_0; ++i) {
+    const float d = fp16_to_fp32(x[i].d);
+    for (int j = 0; j < kQK5_0; ++j) y[i * kQK5_0 + j] = static_cast<float>(unpack_q5(x[i].qs, x[i].qh, j) - 16) * d;
+  }
+}
+
+void quantize_row_q5_1_ref(const float* x, BlockQ5_1* y, int64_t k) {
+  TORCH_CHECK(k % kQK5_1 == 0, "Q5_1 row length ", k, " is not a multiple of 32");
+  for (int64_t i = 0; i < k / kQK5_1; ++i) {
+    const float* xb = x + i * kQK5_1;
+    float min = FLT_MAX;
+    float max = -FLT_MAX;
+    for (int64_t j = 0; j < kQK5_1; ++j) {
+      if (xb[j] < min) min = xb[j];
+      if (xb[j] > max) max = xb[j];
+    }
+    const float d = (max - min) / 31.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[i].d = fp32_to_fp16(d);
+    y[i].m = fp32_to_fp16(min);
+    uint8_t q[kQK5_1];
+    // (x - min) * id + 0.5 lies in [0.5, 31.5]: truncated to a byte.
+    for (int64_t j = 0; j < kQK5_1; ++j) q[j] = static_cast<uint8_t>((xb[j] - min) * id + 0.5f);
+    pack_q5(q, y[i].qs, y[i].qh);
+  }
+}
+
+void dequantize_row_q5_1(const BlockQ5_1* x, float* y, int64_t k) {
+  TORCH_CHECK(k % kQK5_1 == 0, "Q5_1 row length ", k, " is not a multiple of 32");
+  for (int64_t i = 0; i < k / kQK5_1; ++i) {
+    const float d = fp16_to_fp32(x[i].d);
+    const float m = fp16_to_fp32(x[i].m);
+    for (int j = 0; j < kQK5_1; ++j) y[i * kQK5_1 + j] = static_cast<float>(unpack_q5(x[i].qs, x[i].qh, j)) * d + m;
   }
 }
 

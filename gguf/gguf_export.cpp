@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/progress.h"
+#include "gguf/gguf_bpe_vocab.h"
 #include "gguf/gguf_families.h"
 #include "io/bnb_format.h"
 #include "io/hf_config.h"
@@ -116,6 +117,30 @@ int64_t check_adapter_modules(const lora::AdapterFile& adapter, const std::vecto
   return merged;
 }
 
+// The vocabulary as the converter picks it: tokenizer.model (sentencepiece) when present, else tokenizer.json's
+// byte-level BPE (Llama 3, Qwen).
+struct ModelVocab {
+  std::optional<SentencePieceVocab> sp;
+  std::optional<BpeVocab> bpe;
+  void add_to(GgufWriter& w) const {
+    if (sp) {
+      add_sentencepiece_vocab(w, *sp);
+    } else {
+      add_bpe_vocab(w, *bpe);
+    }
+  }
+};
+
+ModelVocab load_model_vocab(const fs::path& model_dir, const io::LlamaConfig& config) {
+  ModelVocab v;
+  if (fs::exists(model_dir / "tokenizer.model")) {
+    v.sp = load_sentencepiece_vocab(model_dir, config.vocab_size, config);
+  } else {
+    v.bpe = load_bpe_vocab(model_dir, config.vocab_size);
+  }
+  return v;
+}
+
 }  // namespace
 
 ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, const ExportOptions& options) {
@@ -123,7 +148,7 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
   const auto config = io::load_llama_config(model_dir / "config.json");
   const std::string arch = gguf_architecture(config, model_dir / "config.json");
   const auto ckpt = io::Checkpoint::open(model_dir);
-  const auto vocab = load_sentencepiece_vocab(model_dir, config.vocab_size, config);
+  const ModelVocab vocab = load_model_vocab(model_dir, config);
 
   // Optional adapter to merge.
   std::optional<lora::AdapterFile> adapter;
@@ -141,16 +166,18 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
   GgufWriter w;
   std::vector<std::pair<std::string, GgmlType>> planned;  // gguf name, type (sources order, rope_freqs first)
   if (!rope_factors.empty()) planned.emplace_back("rope_freqs.weight", GgmlType::kF32);
+  KQuantModel mix_model{config.num_hidden_layers, /*has_output=*/false};  // what the K-quant mixes depend on
+  for (const auto& s : sources) mix_model.has_output |= *family_tensor_name(s.hf_name, config) == "output.weight";
   for (const auto& s : sources) {
     const std::string gname = *family_tensor_name(s.hf_name, config);
-    const GgmlType t = tensor_type_for(gname, expected.at(s.hf_name), options.out_type);
-    quantized = quantized || t == GgmlType::kQ8_0 || t == GgmlType::kQ4_0;
+    const GgmlType t = tensor_type_for(gname, expected.at(s.hf_name), options.out_type, mix_model);
+    quantized = quantized || ggml_is_quantized(t);
     planned.emplace_back(gname, t);
   }
   add_general(w, arch, "model", options.name.empty() ? folder_name(model_dir) : options.name, options.out_type,
               quantized);
   add_family_hparams(w, config);
-  add_sentencepiece_vocab(w, vocab);
+  vocab.add_to(w);
   size_t k = 0;
   if (!rope_factors.empty())
     w.add_tensor("rope_freqs.weight", {static_cast<int64_t>(rope_factors.size())}, planned[k++].second);
@@ -160,7 +187,7 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
   Progress progress("export gguf", static_cast<double>(w.tensors().size()), "tensors");
   w.write_file(
       out,
-      [&](size_t i, const TensorSpec&) -> torch::Tensor {
+      [&](size_t i, const TensorSpec& spec) -> torch::Tensor {
         if (i < first_weight) return torch::tensor(rope_factors, torch::kFloat32);
         const Source& s = sources[i - first_weight];
         const std::string module = strip_weight(s.hf_name);
@@ -175,7 +202,10 @@ ExportSummary export_model_gguf(const fs::path& model_dir, const fs::path& out, 
           const auto delta = torch::matmul(s.lora->b.to(torch::kFloat32), s.lora->a.to(torch::kFloat32));
           t = t.to(torch::kFloat32) + delta * s.lora->scale();
         }
-        return family_tensor_data(s.hf_name, t, config);
+        t = family_tensor_data(s.hf_name, t, config);
+        // llama-quantize reads the weights from our f16 file, so a K-quant mix quantizes their fp16 values.
+        if (is_kquant_mix(options.out_type) && spec.type != GgmlType::kF32) t = t.to(torch::kHalf);
+        return t;
       },
       [&](size_t i, const TensorSpec& spec) {
         if (i >= first_weight) {
@@ -231,8 +261,9 @@ std::vector<AdapterItem> adapter_items(const lora::AdapterFile& adapter, const f
 
 ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& base_dir, const fs::path& out,
                                   const AdapterExportOptions& options) {
-  if (options.out_type == OutType::kQ4_0) {
-    throw Error("GGUF LoRA adapters cannot be written as q4_0\nHINT: use --outtype f32 (default), f16, bf16 or q8_0");
+  if (options.out_type == OutType::kQ4_0 || is_kquant_mix(options.out_type)) {
+    throw Error("GGUF LoRA adapters cannot be written as " + out_type_name(options.out_type) +
+                "\nHINT: use --outtype f32 (default), f16, bf16 or q8_0");
   }
   check_output_path(out, options.overwrite);
   const auto adapter = lora::load_adapter(adapter_dir);
@@ -270,7 +301,7 @@ ExportSummary export_adapter_gguf(const fs::path& adapter_dir, const fs::path& b
     planned.emplace_back(it.gname + ".lora_a", a_shape, tensor_type_for(it.gname, a_shape, options.out_type));
     planned.emplace_back(it.gname + ".lora_b", b_shape, tensor_type_for(it.gname, b_shape, options.out_type));
   }
-  for (const auto& [n, s, t] : planned) quantized = quantized || t == GgmlType::kQ8_0;
+  for (const auto& [n, s, t] : planned) quantized = quantized || ggml_is_quantized(t);
   add_general(w, "llama", "adapter", options.name.empty() ? folder_name(adapter_dir) : options.name, options.out_type,
               quantized);
   w.add_string("adapter.type", "lora");

@@ -54,11 +54,13 @@ std::string gguf_architecture(const io::LlamaConfig& c, const std::filesystem::p
     }
     case io::Family::kQwen2:
     case io::Family::kQwen3:
-      break;
+      if (c.sliding_window > 0) {
+        throw_file_error(where, "GGUF export of Qwen models with use_sliding_window is not supported",
+                         "llama.cpp's qwen2/qwen3 architectures attend to the whole context");
+      }
+      return c.family == io::Family::kQwen2 ? "qwen2" : "qwen3";
   }
-  throw_file_error(where, std::string("GGUF export of ") + io::family_name(c.family) + " models is not supported yet",
-                   "they need a byte-level BPE vocabulary in the GGUF file, which the export does not write yet; "
-                   "the model trains, merges and runs here");
+  throw_file_error(where, std::string("GGUF export of ") + io::family_name(c.family) + " models is not supported");
 }
 
 std::vector<std::string> ordered_tensor_names(const io::LlamaConfig& c) {
@@ -96,6 +98,21 @@ std::optional<std::string> family_tensor_name(const std::string& hf_name, const 
       map = {{"input_layernorm.weight", "attn_norm.weight"},    {"self_attn.qkv_proj.weight", "attn_qkv.weight"},
              {"self_attn.o_proj.weight", "attn_output.weight"}, {"post_attention_layernorm.weight", "ffn_norm.weight"},
              {"mlp.gate_up_proj.weight", "ffn_up.weight"},      {"mlp.down_proj.weight", "ffn_down.weight"}};
+    } else if (c.family == io::Family::kQwen2 || c.family == io::Family::kQwen3) {
+      map = {{"input_layernorm.weight", "attn_norm.weight"},
+             {"self_attn.q_proj.weight", "attn_q.weight"},
+             {"self_attn.k_proj.weight", "attn_k.weight"},
+             {"self_attn.v_proj.weight", "attn_v.weight"},
+             {"self_attn.q_proj.bias", "attn_q.bias"},
+             {"self_attn.k_proj.bias", "attn_k.bias"},
+             {"self_attn.v_proj.bias", "attn_v.bias"},
+             {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+             {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+             {"self_attn.o_proj.weight", "attn_output.weight"},
+             {"post_attention_layernorm.weight", "ffn_norm.weight"},
+             {"mlp.gate_proj.weight", "ffn_gate.weight"},
+             {"mlp.up_proj.weight", "ffn_up.weight"},
+             {"mlp.down_proj.weight", "ffn_down.weight"}};
     } else {  // Gemma 2
       map = {{"input_layernorm.weight", "attn_norm.weight"},
              {"self_attn.q_proj.weight", "attn_q.weight"},
@@ -134,7 +151,10 @@ void add_family_hparams(GgufWriter& w, const io::LlamaConfig& c) {
     add_llama_hparams(w, c);
     return;
   }
-  const std::string a = c.family == io::Family::kPhi3 ? "phi3" : "gemma2";
+  const std::string a = c.family == io::Family::kPhi3     ? "phi3"
+                        : c.family == io::Family::kGemma2 ? "gemma2"
+                        : c.family == io::Family::kQwen2  ? "qwen2"
+                                                          : "qwen3";
   if (!c.rope_scaling.type.empty()) {
     throw Error("rope_scaling type '" + c.rope_scaling.type + "' cannot be exported to GGUF for " + a);
   }
@@ -152,7 +172,7 @@ void add_family_hparams(GgufWriter& w, const io::LlamaConfig& c) {
   if (c.sliding_window > 0) w.add_u32(a + ".attention.sliding_window", static_cast<uint32_t>(c.sliding_window));
   if (c.family == io::Family::kPhi3) {
     w.add_u32(a + ".rope.scaling.original_context_length", static_cast<uint32_t>(c.max_position_embeddings));
-  } else {
+  } else if (c.family == io::Family::kGemma2) {
     if (c.traits.attn_softcap > 0) w.add_f32(a + ".attn_logit_softcapping", static_cast<float>(c.traits.attn_softcap));
     if (c.traits.final_softcap > 0) {
       w.add_f32(a + ".final_logit_softcapping", static_cast<float>(c.traits.final_softcap));

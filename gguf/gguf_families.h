@@ -4,7 +4,9 @@
 //   gemma2          "gemma2": norms stored as 1 + weight, post_attention_norm / ffn_norm / post_ffw_norm, soft-capping
 //                   and sliding-window keys (llama.cpp derives the attention scale from the head size, so
 //                   query_pre_attn_scalar must equal head_dim, or hidden/heads in the 46-layer 27B layout)
-// Qwen2/Qwen3 need a byte-level BPE vocabulary in the file, which the export does not write yet: refused by name.
+//   qwen2, qwen3    "qwen2" / "qwen3": NEOX rotary (no permutation), q/k/v biases (Qwen2), attn_q_norm / attn_k_norm
+//                   (Qwen3), output.weight left out when the embeddings are tied (llama.cpp reuses token_embd);
+//                   their byte-level BPE vocabulary is gguf_bpe_vocab.h's
 #pragma once
 
 #include <torch/torch.h>

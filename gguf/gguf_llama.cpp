@@ -20,7 +20,10 @@ OutType parse_out_type(const std::string& name) {
   if (name == "bf16") return OutType::kBF16;
   if (name == "q8_0") return OutType::kQ8_0;
   if (name == "q4_0") return OutType::kQ4_0;
-  throw Error("unknown GGUF outtype '" + name + "'\nHINT: use one of f32, f16, bf16, q8_0, q4_0");
+  if (name == "q4_k_m") return OutType::kQ4_K_M;
+  if (name == "q5_k_m") return OutType::kQ5_K_M;
+  if (name == "q6_k") return OutType::kQ6_K;
+  throw Error("unknown GGUF outtype '" + name + "'\nHINT: use one of f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k");
 }
 
 std::string out_type_name(OutType t) {
@@ -35,6 +38,12 @@ std::string out_type_name(OutType t) {
       return "q8_0";
     case OutType::kQ4_0:
       return "q4_0";
+    case OutType::kQ4_K_M:
+      return "q4_k_m";
+    case OutType::kQ5_K_M:
+      return "q5_k_m";
+    case OutType::kQ6_K:
+      return "q6_k";
   }
   return "?";
 }
@@ -49,10 +58,20 @@ uint32_t llama_file_type(OutType t) {
       return 2;
     case OutType::kQ8_0:
       return 7;
+    case OutType::kQ4_K_M:
+      return 15;
+    case OutType::kQ5_K_M:
+      return 17;
+    case OutType::kQ6_K:
+      return 18;
     case OutType::kBF16:
       return 32;
   }
   return 0;
+}
+
+bool is_kquant_mix(OutType t) {
+  return t == OutType::kQ4_K_M || t == OutType::kQ5_K_M || t == OutType::kQ6_K;
 }
 
 std::optional<std::string> gguf_tensor_name(const std::string& hf_name) {
@@ -99,7 +118,8 @@ int64_t permute_heads_for(const std::string& hf_name, const io::LlamaConfig& con
   return 0;
 }
 
-GgmlType tensor_type_for(const std::string& gguf_name, const std::vector<int64_t>& shape, OutType out) {
+GgmlType tensor_type_for(const std::string& gguf_name, const std::vector<int64_t>& shape, OutType out,
+                         const KQuantModel& model) {
   if (shape.size() <= 1) return GgmlType::kF32;
   const int64_t row = shape.back();
   switch (out) {
@@ -114,6 +134,12 @@ GgmlType tensor_type_for(const std::string& gguf_name, const std::vector<int64_t
     case OutType::kQ4_0:
       if (gguf_name == "output.weight") return row % kQK8_0 == 0 ? GgmlType::kQ8_0 : GgmlType::kF16;
       return row % kQK4_0 == 0 ? GgmlType::kQ4_0 : GgmlType::kF16;
+    case OutType::kQ4_K_M:
+      return kquant_tensor_type(KQuantMix::kQ4_K_M, gguf_name, shape, model);
+    case OutType::kQ5_K_M:
+      return kquant_tensor_type(KQuantMix::kQ5_K_M, gguf_name, shape, model);
+    case OutType::kQ6_K:
+      return kquant_tensor_type(KQuantMix::kQ6_K, gguf_name, shape, model);
   }
   return GgmlType::kF32;
 }
@@ -168,8 +194,6 @@ void add_llama_hparams(GgufWriter& w, const io::LlamaConfig& c) {
   }
 }
 
-namespace {
-
 nlohmann::json read_json_if_exists(const fs::path& p) {
   if (!fs::exists(p)) return nlohmann::json();
   return read_json_file(p);
@@ -189,8 +213,6 @@ std::string read_chat_template(const fs::path& model_dir, const nlohmann::json& 
   }
   return "";
 }
-
-}  // namespace
 
 SentencePieceVocab load_sentencepiece_vocab(const fs::path& model_dir, int64_t vocab_size,
                                             const io::LlamaConfig& config) {

@@ -9,6 +9,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "gguf/ggml_kquants.h"
 
 namespace qlora::gguf {
 
@@ -187,6 +188,18 @@ uint64_t GgufWriter::file_bytes() const {
   return header_bytes() + align_up(data_bytes_, alignment_);
 }
 
+namespace {
+
+// n floats -> n / block_size blocks with a row quantizer, `grain` blocks per parallel task (blocks are independent).
+template <typename Block>
+void quantize_blocks(const float* x, Block* y, int64_t n, int64_t block_size, int64_t grain,
+                     void (*quantize_row)(const float*, Block*, int64_t)) {
+  at::parallel_for(0, n / block_size, grain,
+                   [&](int64_t b, int64_t e) { quantize_row(x + b * block_size, y + b, (e - b) * block_size); });
+}
+
+}  // namespace
+
 std::vector<uint8_t> encode_tensor(const torch::Tensor& t, GgmlType type) {
   TORCH_CHECK(t.defined() && t.is_floating_point(), "encode_tensor: needs a floating-point tensor");
   const torch::Tensor src = t.device().is_cpu() ? t : t.cpu();
@@ -222,20 +235,27 @@ std::vector<uint8_t> encode_tensor(const torch::Tensor& t, GgmlType type) {
       });
       break;
     }
-    case GgmlType::kQ8_0: {
-      auto* y = reinterpret_cast<BlockQ8_0*>(out.data());
-      const int64_t nb = n / kQK8_0;
-      at::parallel_for(0, nb, 2048,
-                       [&](int64_t b, int64_t e) { quantize_row_q8_0_ref(x + b * kQK8_0, y + b, (e - b) * kQK8_0); });
+    case GgmlType::kQ8_0:
+      quantize_blocks(x, reinterpret_cast<BlockQ8_0*>(out.data()), n, kQK8_0, 2048, quantize_row_q8_0_ref);
       break;
-    }
-    case GgmlType::kQ4_0: {
-      auto* y = reinterpret_cast<BlockQ4_0*>(out.data());
-      const int64_t nb = n / kQK4_0;
-      at::parallel_for(0, nb, 2048,
-                       [&](int64_t b, int64_t e) { quantize_row_q4_0_ref(x + b * kQK4_0, y + b, (e - b) * kQK4_0); });
+    case GgmlType::kQ4_0:
+      quantize_blocks(x, reinterpret_cast<BlockQ4_0*>(out.data()), n, kQK4_0, 2048, quantize_row_q4_0_ref);
       break;
-    }
+    case GgmlType::kQ5_0:
+      quantize_blocks(x, reinterpret_cast<BlockQ5_0*>(out.data()), n, kQK5_0, 2048, quantize_row_q5_0_ref);
+      break;
+    case GgmlType::kQ5_1:
+      quantize_blocks(x, reinterpret_cast<BlockQ5_1*>(out.data()), n, kQK5_1, 2048, quantize_row_q5_1_ref);
+      break;
+    case GgmlType::kQ4_K:
+      quantize_blocks(x, reinterpret_cast<BlockQ4K*>(out.data()), n, kQK_K, 64, quantize_row_q4_K_ref);
+      break;
+    case GgmlType::kQ5_K:
+      quantize_blocks(x, reinterpret_cast<BlockQ5K*>(out.data()), n, kQK_K, 64, quantize_row_q5_K_ref);
+      break;
+    case GgmlType::kQ6_K:
+      quantize_blocks(x, reinterpret_cast<BlockQ6K*>(out.data()), n, kQK_K, 64, quantize_row_q6_K_ref);
+      break;
   }
   return out;
 }

@@ -98,8 +98,9 @@ class GgufWriter {
   uint64_t file_bytes() const;
 
   // Produces tensor `i` (in declaration order) as a CPU tensor of the declared torch shape, any float dtype;
-  // it is converted to the declared ggml type (F16/BF16 round to nearest even, Q8_0/Q4_0 with ggml's reference
-  // quantizers) and written. `produce` may return a view of mapped data; it is dropped right after encoding.
+  // it is converted to the declared ggml type (F16/BF16 round to nearest even, Q8_0/Q4_0/Q5_0/Q5_1 and
+  // Q4_K/Q5_K/Q6_K with ggml's reference quantizers) and written. `produce` may return a view of mapped data; it is
+  // dropped right after encoding.
   using TensorProducer = std::function<torch::Tensor(size_t index, const TensorSpec& spec)>;
   // Writes the file atomically; `on_tensor` (optional) is called after each tensor with its index.
   void write_file(const fs::path& path, const TensorProducer& produce,
@@ -119,8 +120,8 @@ class GgufWriter {
   uint64_t data_bytes_ = 0;  // data section size so far (aligned end of the last tensor)
 };
 
-// Encodes a tensor (any float dtype, any layout) into the bytes of ggml type `type`, row-major. For Q8_0/Q4_0 the
-// last dim must be a multiple of 32.
+// Encodes a tensor (any float dtype, any layout) into the bytes of ggml type `type`, row-major. The last dim must be
+// a multiple of the block size (32 for Q8_0/Q4_0/Q5_0/Q5_1, 256 for Q4_K/Q5_K/Q6_K).
 std::vector<uint8_t> encode_tensor(const torch::Tensor& t, GgmlType type);
 
 }  // namespace qlora::gguf

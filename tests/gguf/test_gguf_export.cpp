@@ -237,6 +237,9 @@ void expect_model_tensors(const rd::File& f, const MiniLlama& m, OutType out) {
         case OutType::kQ4_0:
           type = !div32 ? 1 : t.name == "output.weight" ? 8 : 2;
           break;
+        default:  // the K-quant mixes are checked in test_kquants.cpp and tests/interop/check_kquants.py
+          ADD_FAILURE() << "no expected types for " << out_type_name(out);
+          break;
       }
     }
     EXPECT_EQ(t.type, type);

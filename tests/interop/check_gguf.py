@@ -5,16 +5,19 @@ test_interop_gguf to compare against its own float64 reference and qlora-generat
     .venv/bin/python tests/interop/check_gguf.py REQUEST.json
 
 REQUEST: {"model": "m.gguf", "lora": [{"filePath": "a.gguf", "scale": 1.0}] | [],
-          "prompts": [[token ids incl. BOS], ...], "n_predict": 8, "text": "string to tokenize" (optional)}
+          "prompts": [[token ids incl. BOS], ...], "n_predict": 8, "text": "string to tokenize" (optional),
+          "chat": [{"role": str, "content": str}, ...] (optional)}
 OUTPUT (stdout, one line): {"greedy": [[ids], ...],
                             "probs": [[p(token 0), ..., p(token V-1)] per prompt],
-                            "tokenize": [ids], "n_vocab": V}
+                            "tokenize": [ids], "n_vocab": V, "chat_text": str}
 
 - probs: plain softmax (temperature 1, no top-k/top-p/min-p) of llama.cpp's logits for the token after the prompt,
   computed here in float64 from llama.cpp's float32 logits;
 - greedy: n_predict tokens, each the argmax of llama.cpp's logits (what llama.cpp's greedy sampler picks; the
   first index wins a tie in both), EOS not special-cased;
 - tokenize: llama.cpp's tokenizer on `text` (no BOS, special-token strings not parsed);
+- chat_text: llama.cpp's llama_chat_apply_template with the model's embedded tokenizer.chat_template on `chat`,
+  ending with the assistant prompt (llama.cpp recognizes known templates and formats them with its own code);
 - the KV cache is F32 and flash attention is off, so an F32 model is computed in F32 end to end;
 - LoRA adapters are loaded with llama_adapter_lora_init and applied with their scales by llama_set_adapters_lora
   (llama.cpp multiplies each scale by the adapter's alpha / rank itself).
@@ -70,6 +73,22 @@ def softmax(logits):
     return e / e.sum()
 
 
+def apply_chat_template(llm, messages):
+    """llama.cpp's chat formatting of `messages` with the GGUF's own tokenizer.chat_template."""
+    tmpl = llama_cpp.llama_model_chat_template(llm.model, None)
+    if not tmpl:
+        sys.exit("check_gguf.py: the GGUF carries no tokenizer.chat_template")
+    keep = [(m["role"].encode("utf-8"), m["content"].encode("utf-8")) for m in messages]
+    arr = (llama_cpp.llama_chat_message * len(keep))(*[llama_cpp.llama_chat_message(role=r, content=c)
+                                                        for r, c in keep])
+    size = 1 << 16
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_chat_apply_template(tmpl, arr, len(keep), True, buf, size)
+    if n < 0 or n > size:
+        sys.exit(f"check_gguf.py: llama_chat_apply_template returned {n} (template not recognized by llama.cpp?)")
+    return buf.raw[:n].decode("utf-8")
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -91,6 +110,8 @@ def main():
             llm.eval([greedy[-1]])
             greedy.append(int(np.argmax(logits_after(llm))))
         out["greedy"].append(greedy)
+    if req.get("chat"):
+        out["chat_text"] = apply_chat_template(llm, req["chat"])
     if req.get("text") is not None:
         out["tokenize"] = llm.tokenize(req["text"].encode("utf-8"), add_bos=False, special=False)
     llm.close()

@@ -3,7 +3,7 @@ transformers and PEFT (from the .venv), each on a tiny random model that transfo
 (`<Family>ForCausalLM(config)` + `save_pretrained`, fp32 safetensors; never downloaded). The qlora-make-tiny
 tokenizer is copied in (qlora-generate loads a tokenizer even for --prompt-ids); its vocabulary size is the models'.
 
-Per family:
+Per family (the qwen2/qwen3 models use a byte-level BPE tokenizer.json instead, see gguf below):
   fp32     `qlora-generate --logits-out` (dense, fp32) against transformers' fp32 logits (eager attention): within
            kFp32Rel = 1e-4 of the logit scale (same math in another order). The prompt (40 tokens) is longer than the
            sliding windows (16), so the window is exercised.
@@ -14,9 +14,12 @@ Per family:
   greedy   16 greedy tokens after a 20-token prompt (past the window, through the KV cache): ids identical to
            transformers' generate.
   gguf     `qlora-export-gguf --outtype f32` run by llama.cpp (llama-cpp-python, tests/interop/check_gguf.py) for the
-           families it takes (Mistral as `llama`, Phi-3, Gemma 2 with query_pre_attn_scalar = head_dim): 8 greedy ids
-           equal ours and next-token probabilities within kGgufProbTol, within the window (llama.cpp applies none to
-           llama and phi3); the other families' export must be refused with exit 2.
+           families it takes (Mistral as `llama`, Phi-3, Gemma 2 with query_pre_attn_scalar = head_dim, Qwen2, Qwen3):
+           8 greedy ids equal ours and next-token probabilities within kGgufProbTol, within the window (llama.cpp
+           applies none to llama and phi3); the other families' export must be refused with exit 2. Qwen2/Qwen3 carry
+           a Qwen-shaped byte-level BPE tokenizer.json (tests/fixtures/bpe_families/qwen2) and, GGUF only, a Llama 3
+           model carries Meta's real tokenizer.json: the GGUF's tokenizer.ggml.pre is the name llama.cpp needs and
+           llama.cpp tokenizes a text exactly as HF tokenizers does on the tokenizer.json.
   peft     a PEFT-written adapter (all linear layers, B non-zero) through `qlora-generate --adapter` against PEFT's
            logits; `qlora-merge --dtype bf16` output loaded by transformers against ours on it (kFp32Rel); an adapter
            trained by `qlora-train` (NF4 base, all-linear) loaded by PEFT on the fp32 base: every tensor held unchanged
@@ -52,7 +55,15 @@ kGgufProbTol = 1e-4  # next-token probabilities of an F32 GGUF in llama.cpp vs o
 kGgufPrompt = 8
 kGgufTokens = 8
 # Families whose GGUF export llama.cpp runs (the others are refused by name, which is checked too).
-GGUF_FAMILIES = {"mistral": "llama", "gemma2-hd": "gemma2", "phi3": "phi3"}
+GGUF_FAMILIES = {"mistral": "llama", "gemma2-hd": "gemma2", "phi3": "phi3", "qwen2": "qwen2", "qwen3": "qwen3",
+                 "llama3-bpe": "llama"}
+# Families that get a byte-level BPE tokenizer.json instead of the tiny model's tokenizer.model: Qwen's shape
+# (tests/fixtures/bpe_families/qwen2, made by transformers' Qwen2Tokenizer); llama3-bpe gets Meta's real Llama 3 file.
+BPE_TOKENIZERS = {"qwen2": "tests/fixtures/bpe_families/qwen2", "qwen3": "tests/fixtures/bpe_families/qwen2",
+                  "llama3-bpe": "assets/llama3-tokenizer"}
+BPE_PRE = {"qwen2": "qwen2", "qwen3": "qwen2", "llama3-bpe": "llama-bpe"}  # tokenizer.ggml.pre llama.cpp needs
+kTokenizeText = "Hello world, it's 12345 tokens!\n\n  def f(x):\n    return x ** 2  # don't\tDON'T caf\u00e9 \u4f60\u597d"
+kRoot = Path(__file__).resolve().parent.parent.parent
 
 hf_logging.set_verbosity_error()
 warnings.filterwarnings("ignore", message=".*kernels.*")
@@ -92,7 +103,11 @@ def make_model(args, family, tiny_cfg):
                 p.add_(torch.randn_like(p) * 0.2)
     out = args.work_dir / family / "fp32"
     model.save_pretrained(out)
-    shutil.copy(args.tiny / "tokenizer.model", out / "tokenizer.model")
+    if family in BPE_TOKENIZERS:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(kRoot / BPE_TOKENIZERS[family] / name, out / name)
+    else:
+        shutil.copy(args.tiny / "tokenizer.model", out / "tokenizer.model")
     return out, model_name
 
 
@@ -147,6 +162,7 @@ def check_gguf(args, checks, family, folder, ids):
     probabilities against ours; families llama.cpp cannot take must be refused by name."""
     import json
     import subprocess
+    from gguf import GGUFReader
     work = args.work_dir / family
     out = work / "model-f32.gguf"
     cmd = [str(ic.app(args.bin_dir, "qlora-export-gguf")), "--model", str(folder), "--out", str(out), "--outtype",
@@ -164,14 +180,23 @@ def check_gguf(args, checks, family, folder, ids):
     tok_cfg["chat_template"] = template
     ic.write_json(cfg_path, tok_cfg)
     ic.run(cmd)
-    from gguf import GGUFReader
     field = GGUFReader(str(out)).get_field("tokenizer.chat_template")
     got = bytes(field.parts[field.data[0]]).decode() if field is not None else None
     checks.check(got == template, f"{family} GGUF carries the model's chat_template", repr(got)[:80])
     req = work / "gguf-request.json"
-    ic.write_json(req, {"model": str(out), "lora": [], "prompts": [ids], "n_predict": kGgufTokens})
+    ic.write_json(req, {"model": str(out), "lora": [], "prompts": [ids], "n_predict": kGgufTokens,
+                        "text": kTokenizeText})
     script = Path(__file__).resolve().parent.parent / "interop" / "check_gguf.py"
     res = json.loads(ic.run([sys.executable, script, req]).strip().splitlines()[-1])
+    if family in BPE_TOKENIZERS:
+        # The byte-level BPE vocabulary (gpt2 model, pre-tokenizer name, merges) as llama.cpp tokenizes with it.
+        field = GGUFReader(str(out)).get_field("tokenizer.ggml.pre")
+        pre = bytes(field.parts[field.data[0]]).decode() if field is not None else None
+        checks.check(pre == BPE_PRE[family], f"{family} GGUF tokenizer.ggml.pre", f"{pre!r}")
+        from tokenizers import Tokenizer
+        want = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(kTokenizeText, add_special_tokens=False).ids
+        checks.check(res["tokenize"] == want, f"{family} GGUF vocabulary: llama.cpp tokenizes like HF tokenizers",
+                     f"llama.cpp {res['tokenize'][:12]}..., tokenizers {want[:12]}...")
     ours = our_greedy(args, folder, ids, kGgufTokens)
     checks.check(res["greedy"][0] == ours, f"{family} GGUF ({GGUF_FAMILIES[family]}) greedy ids in llama.cpp equal "
                  "qlora-generate's", f"llama.cpp {res['greedy'][0]}, ours {ours}")
@@ -292,6 +317,48 @@ def check_family(args, checks, family, tiny_cfg):
     far(checks, ref_t, ref32, f"{family} trained adapter moves the logits")
 
 
+def check_llama3_gguf(args, checks):
+    """A Llama 3 model with Meta's real tokenizer.json (byte-level BPE, 128256 tokens) through the GGUF export:
+    the vocabulary llama.cpp reads from it, and greedy ids / probabilities against qlora-generate."""
+    print("== llama3-bpe (GGUF only)", flush=True)
+    cfg = transformers.LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   rope_theta=500000.0, bos_token_id=128000, eos_token_id=128001)
+    torch.manual_seed(1234)
+    model = transformers.LlamaForCausalLM(cfg).float()
+    folder = args.work_dir / "llama3-bpe" / "fp32"
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(kRoot / BPE_TOKENIZERS["llama3-bpe"] / name, folder / name)
+    ids = ic.prompt_ids(128000, kGgufPrompt, seed=7)
+    ids[0] = 128000  # <|begin_of_text|>
+    check_llama3_chat(args, checks, folder, ids)
+    check_gguf(args, checks, "llama3-bpe", folder, ids)
+
+
+def check_llama3_chat(args, checks, folder, ids):
+    """Meta's chat template (from its tokenizer_config.json) travels into the GGUF, and llama.cpp's formatting of a
+    conversation with it equals ours (render_chat: data.template auto) after the BOS text, which llama.cpp's
+    tokenizer adds instead."""
+    import json
+    work = args.work_dir / "llama3-bpe"
+    out = work / "model-chat.gguf"
+    ic.run([ic.app(args.bin_dir, "qlora-export-gguf"), "--model", folder, "--out", out, "--outtype", "f16",
+            "--overwrite"])
+    chat = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there!"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "  What is 2+2? \n"}]
+    req = work / "chat-request.json"
+    ic.write_json(req, {"model": str(out), "lora": [], "prompts": [ids[:2]], "n_predict": 1, "chat": chat})
+    script = Path(__file__).resolve().parent.parent / "interop" / "check_gguf.py"
+    theirs = json.loads(ic.run([sys.executable, script, req]).strip().splitlines()[-1])["chat_text"]
+    cases = work / "chat-cases.jsonl"
+    cases.write_text(json.dumps({"messages": chat, "add_generation_prompt": True}) + "\n", encoding="utf-8")
+    ours = json.loads(ic.run([ic.app(args.bin_dir, "render_chat"), "chat", folder, cases]).strip().splitlines()[-1])
+    checks.check(ours.get("text") == "<|begin_of_text|>" + theirs,
+                 "llama3-bpe GGUF: llama.cpp formats a chat with the embedded template as we render it",
+                 f"llama.cpp {theirs[:60]!r}..., ours {str(ours)[:80]!r}...")
+
+
 def main():
     args = ic.parse_args(lambda p: p.add_argument("--families", default=",".join(FAMILIES)))
     if args.tiny is None:
@@ -300,6 +367,7 @@ def main():
     tiny_cfg = ic.read_json(args.tiny / "config.json")
     for family in args.families.split(","):
         check_family(args, checks, family, tiny_cfg)
+    check_llama3_gguf(args, checks)
     return checks.report()
 
 
