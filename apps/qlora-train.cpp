@@ -3,6 +3,7 @@
 //   qlora-train configs/tiny.yaml
 //   qlora-train configs/llama2-7b.yaml --set train.lr=1e-4 --set lora.r=32
 //   qlora-train --help-config          # every config key: type, default, allowed values (docs/config.md)
+//   qlora-train --plot runs/tiny       # the loss curve of a run, finished or not: runs/tiny/loss.svg
 //
 // Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and exits with code 130; running the
 // same command again resumes from it (checkpoint.resume: auto) and ends bitwise identical to an uninterrupted run.
@@ -18,6 +19,7 @@
 
 #include "app_main.h"
 #include "trainer/dist/launch.h"
+#include "trainer/loss_plot.h"
 #include "trainer/run_plan.h"
 #include "trainer/trainer.h"
 
@@ -31,6 +33,7 @@ int main(int argc, char** argv) {
   bool plan = false;
   std::string plan_config, device_memory;
   bool help_config = false;
+  std::string plot_run;
   cli.add_option("config", config_file, "training config (YAML), e.g. configs/tiny.yaml (required)");
   cli.add_option("--set", overrides,
                  "override a config key, e.g. --set train.lr=1e-4 --set lora.r=32 (typed and validated like the "
@@ -47,6 +50,9 @@ int main(int argc, char** argv) {
                  "start this many local data-parallel ranks (Gloo on CPU, NCCL on GPU; see dist: in the config)");
   cli.add_flag("--print-config", print_config, "print the effective config (after --set) and exit");
   cli.add_flag("--help-config", help_config, "print the reference of every config key (Markdown: docs/config.md)");
+  cli.add_option("--plot", plot_run,
+                 "write the loss curve (SVG) of a run from its metrics.jsonl and exit; RUN_DIR is its checkpoint.dir")
+      ->option_text("RUN_DIR");
   cli.add_flag("--plan", plan, "print the memory plan (from config.json alone, no weights read) and exit");
   cli.add_option("--plan-config", plan_config,
                  "config.json to plan with instead of model.path/config.json, e.g. configs/models/llama-2-70b.json");
@@ -54,12 +60,17 @@ int main(int argc, char** argv) {
                  "with --plan: the memory budget to check (e.g. 24GiB, 80GB); says what would make it fit");
   cli.footer(
       "Outputs: checkpoints in checkpoint.dir/checkpoint-<step>/, the final adapter (PEFT layout) in output_dir,\n"
-      "metrics in log.metrics (JSON lines). Exit codes: 0 done, 2 bad config/input, 1 internal error, 3 (--plan) does "
+      "metrics in log.metrics (JSON lines) and log.tensorboard, the loss curve in loss.svg. Exit codes: 0 done, 2 bad "
+      "config/input, 1 internal error, 3 (--plan) does "
       "not fit --device-memory, 130 stopped.");
 
   return qlora::app::run(cli, argc, argv, [&]() {
     if (help_config) {
       std::printf("%s", qlora::trainer::config_reference_markdown().c_str());
+      return 0;
+    }
+    if (!plot_run.empty()) {
+      std::printf("%s\n", qlora::trainer::plot_run(plot_run).string().c_str());
       return 0;
     }
     if (config_file.empty()) {

@@ -6,14 +6,40 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <string>
 
+#include "common/progress.h"
+
 namespace qlora {
+
+namespace {
+
+// The stderr sink, writing each line above the progress bar (common/progress.h) when one is drawn.
+class BelowProgressSink final : public spdlog::sinks::sink {
+ public:
+  explicit BelowProgressSink(std::shared_ptr<spdlog::sinks::sink> inner) : inner_(std::move(inner)) {}
+  void log(const spdlog::details::log_msg& msg) override {
+    write_above_progress([&] {
+      inner_->log(msg);
+      inner_->flush();
+    });
+  }
+  void flush() override { inner_->flush(); }
+  void set_pattern(const std::string& pattern) override { inner_->set_pattern(pattern); }
+  void set_formatter(std::unique_ptr<spdlog::formatter> f) override { inner_->set_formatter(std::move(f)); }
+
+ private:
+  std::shared_ptr<spdlog::sinks::sink> inner_;
+};
+
+}  // namespace
 
 void init_logging(const std::string& level) {
   std::string lvl = level;
   if (const char* env = std::getenv("QLORA_LOG_LEVEL")) lvl = env;
-  auto logger = spdlog::stderr_color_mt("qlora");
+  auto sink = std::make_shared<BelowProgressSink>(std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  auto logger = std::make_shared<spdlog::logger>("qlora", std::move(sink));
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
   spdlog::set_level(spdlog::level::from_str(lvl));

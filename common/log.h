@@ -5,7 +5,8 @@
 
 namespace qlora {
 
-// level: "trace" | "debug" | "info" | "warn" | "error"; also reads QLORA_LOG_LEVEL when set.
+// level: "trace" | "debug" | "info" | "warn" | "error"; also reads QLORA_LOG_LEVEL when set. Lines go to stderr,
+// above the progress bar when one is drawn (common/progress.h).
 void init_logging(const std::string& level = "info");
 
 // Human-readable byte count: "1.23 GiB".

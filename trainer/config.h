@@ -95,6 +95,8 @@ struct CheckpointSection {
 struct LogSection {
   int64_t every = 10;
   fs::path metrics;  // metrics.jsonl; empty = <checkpoint.dir>/metrics.jsonl
+  // TensorBoard events folder (trainer/tensorboard.h); `off` in the config (empty here) writes none.
+  fs::path tensorboard;
 };
 
 // Data-parallel runs (trainer/dist/distributed.h); ignored by a single process. Not part of the trajectory hash.

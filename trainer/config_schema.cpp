@@ -291,6 +291,18 @@ void add_run_keys(std::vector<K>& keys) {
        .field = path_member(&T::log, &LogSection::metrics),
        .default_doc = "<checkpoint.dir>/metrics.jsonl",
        .default_from = [](T& c) { c.log.metrics = resolve(c.checkpoint.dir / "metrics.jsonl"); }});
+  add({.path = "log.tensorboard",
+       .type = TextKey{},
+       .help = "TensorBoard events folder (the metrics.jsonl scalars; `tensorboard --logdir runs`), or off",
+       .field = {
+           .get = [](const T& c) { return YamlValue(c.log.tensorboard.empty() ? "off" : c.log.tensorboard.string()); },
+           .set =
+               [](T& c, const YamlValue& v) {
+                 const std::string& s = std::get<std::string>(v);
+                 c.log.tensorboard = s == "off" ? fs::path() : resolve(s);
+               }},
+       .default_doc = "<checkpoint.dir>/tensorboard",
+       .default_from = [](T& c) { c.log.tensorboard = resolve(c.checkpoint.dir / "tensorboard"); }});
   add({.path = "device",
        .type = TextKey{},
        .help = "cpu, cuda or cuda:N",

@@ -38,6 +38,7 @@ nlohmann::json metrics_record(const StepMetrics& m) {
                       {"tokens_per_s", m.tokens_per_s},
                       {"elapsed", m.elapsed_s},
                       {"rss_bytes", m.rss_bytes}};
+  if (m.device_peak_bytes) j["device_peak_bytes"] = *m.device_peak_bytes;
   if (m.eval_loss) {
     j["eval_loss"] = num(*m.eval_loss);
     j["eval_ppl"] = num(std::exp(*m.eval_loss));
@@ -46,7 +47,9 @@ nlohmann::json metrics_record(const StepMetrics& m) {
   return j;
 }
 
-MetricsWriter::MetricsWriter(const fs::path& file, std::optional<int64_t> resume_step) : path_(file) {
+MetricsWriter::MetricsWriter(const fs::path& file, std::optional<int64_t> resume_step, const fs::path& tensorboard_dir)
+    : path_(file) {
+  if (!tensorboard_dir.empty()) tensorboard_ = TensorBoardWriter(tensorboard_dir, resume_step.value_or(0));
   if (path_.empty()) return;
   if (!path_.parent_path().empty()) fs::create_directories(path_.parent_path());
   if (resume_step && fs::exists(path_)) {
@@ -70,6 +73,7 @@ MetricsWriter::MetricsWriter(const fs::path& file, std::optional<int64_t> resume
 }
 
 void MetricsWriter::write(const nlohmann::json& record) {
+  tensorboard_.write_record(record);
   if (!out_.is_open()) return;
   out_ << record.dump() << "\n";
   out_.flush();

@@ -1,4 +1,5 @@
-// Training metrics: the live progress line and metrics.jsonl (one JSON record per logged step).
+// Training metrics: the live progress line, metrics.jsonl (one JSON record per logged step) and the same records as
+// TensorBoard scalars (trainer/tensorboard.h).
 #pragma once
 
 #include <cstdint>
@@ -7,6 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+
+#include "trainer/tensorboard.h"
 
 namespace qlora::trainer {
 
@@ -24,6 +27,7 @@ struct StepMetrics {
   double elapsed_s = 0.0;  // training wall time so far
   double eta_s = -1.0;     // < 0: unknown
   size_t rss_bytes = 0;
+  std::optional<int64_t> device_peak_bytes;  // CUDA: the caching allocator's peak allocated bytes
   std::optional<double> eval_loss;
   bool skipped = false;  // non-finite step (no update)
 };
@@ -34,18 +38,22 @@ std::string format_progress_line(const StepMetrics& m);
 nlohmann::json metrics_record(const StepMetrics& m);
 
 // Appends records to metrics.jsonl. A fresh run truncates the file; a resumed run keeps the records up to the
-// resumed step and drops later ones (they belong to the interrupted segment that is being redone).
+// resumed step and drops later ones (they belong to the interrupted segment that is being redone). With a
+// tensorboard_dir, each record also goes to a new TensorBoard events file there (which hides those redone steps
+// from TensorBoard the same way).
 class MetricsWriter {
  public:
   MetricsWriter() = default;
-  MetricsWriter(const fs::path& file, std::optional<int64_t> resume_step);
-  void write(const nlohmann::json& record);  // one line, flushed
+  MetricsWriter(const fs::path& file, std::optional<int64_t> resume_step, const fs::path& tensorboard_dir = {});
+  void write(const nlohmann::json& record);  // one line, flushed; and its TensorBoard scalars
   const fs::path& path() const { return path_; }
   bool enabled() const { return !path_.empty(); }
+  const TensorBoardWriter& tensorboard() const { return tensorboard_; }
 
  private:
   fs::path path_;
   std::ofstream out_;
+  TensorBoardWriter tensorboard_;
 };
 
 }  // namespace qlora::trainer

@@ -7,19 +7,24 @@
 //   count_step()            counters and clocks; stop_if_diverged() after max_nonfinite_steps skipped in a row
 //   maybe_evaluate(), log_step(), maybe_checkpoint()
 //
-// then the final eval and checkpoint, the summary, and (rank 0) the final adapter. Data parallel hides behind
-// Impl::dp (trainer/data_parallel.h), which does nothing for a single process.
+// then the final eval and checkpoint, the loss plot, the summary, and (rank 0) the final adapter. Data parallel hides
+// behind Impl::dp (trainer/data_parallel.h), which does nothing for a single process. On a terminal (rank 0) a
+// progress bar moves with every micro-batch (common/progress.h); the step lines are logged above it.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/labels.h"
 #include "common/log.h"
+#include "common/progress.h"
 #include "lora/peft_io.h"
+#include "trainer/loss_plot.h"
 #include "trainer/run_plan.h"
 #include "trainer/trainer_impl.h"
 
@@ -46,14 +51,20 @@ std::pair<torch::Tensor, int64_t> batch_loss(model::LlamaModelImpl& model, const
   return model.causal_lm_loss(b.input_ids.to(device), b.labels.to(device), in, chunk_tokens);
 }
 
+// The loss plot beside metrics.jsonl (trainer/loss_plot.h).
+fs::path loss_plot_path(const TrainConfig& cfg) {
+  return cfg.log.metrics.parent_path() / kLossPlotFile;
+}
+
 }  // namespace
 
 struct Trainer::Update {
-  Clock::time_point started;       // the update's wall time includes reading its batches
-  std::vector<data::Batch> micro;  // this rank's micro-batches
-  int64_t micro_batches = 0;       // read from the stream for all ranks; 0: the data ran out
-  int64_t tokens = 0;              // non-padding tokens of all ranks' micro-batches
-  int64_t label_tokens = 0;        // loss tokens of all ranks' micro-batches: each loss is divided by this
+  Clock::time_point started;                    // the update's wall time includes reading its batches
+  std::vector<data::Batch> micro;               // this rank's micro-batches
+  int64_t micro_batches = 0;                    // read from the stream for all ranks; 0: the data ran out
+  int64_t tokens = 0;                           // non-padding tokens of all ranks' micro-batches
+  int64_t label_tokens = 0;                     // loss tokens of all ranks' micro-batches: each loss is divided by this
+  std::function<void(int64_t)> on_micro_batch;  // after each of this rank's micro-batches (the progress bar)
 };
 
 struct Trainer::StepResult {
@@ -75,6 +86,27 @@ struct Trainer::LoopState {
   int64_t window_tokens = 0;
   std::optional<double> last_eval_loss;
   int64_t last_checkpoint_step = -1;
+  std::optional<Progress> bar;  // rank 0 on a terminal: steps, moving with each micro-batch
+
+  // The bar at `st.step` updates plus `micro_done` of the current update's `micro_total` micro-batches (this
+  // process's throughput counts `tokens_done` of them), the last loss, and what else the loop is doing (`note`).
+  void show(const TrainerState& st, double tokens_done, int64_t micro_done, int64_t micro_total,
+            const std::string& note = "") {
+    if (!bar) return;
+    const double s = seconds_since(start);
+    std::string extra = st.step < st.total_steps
+                            ? fmt::format("step {} micro-batch {}/{} | ", st.step + 1, micro_done, micro_total)
+                            : std::string();
+    extra += fmt::format("{:.0f} tok/s", s > 0 ? (static_cast<double>(tokens) + tokens_done) / s : 0.0);
+    if (st.step > start_step && std::isfinite(st.last_loss)) extra += fmt::format(" | loss {:.4f}", st.last_loss);
+    if (!note.empty()) extra += " | " + note;
+    const double frac = micro_total > 0 ? static_cast<double>(micro_done) / static_cast<double>(micro_total) : 0.0;
+    if (note.empty()) {
+      bar->set(static_cast<double>(st.step) + frac, extra);
+    } else {
+      bar->set_now(static_cast<double>(st.step) + frac, extra);  // a new phase shows at once
+    }
+  }
 };
 
 TrainSummary Trainer::train() {
@@ -85,13 +117,23 @@ TrainSummary Trainer::train() {
 
   impl_->model->train();
   if (state_.step >= state_.total_steps) spdlog::info("the run is already complete at step {}", state_.step);
+  if (impl_->dp.rank() == 0 && progress_mode() == ProgressMode::kBar && state_.step < state_.total_steps) {
+    loop.bar.emplace("train", static_cast<double>(state_.total_steps), "steps");
+    loop.bar->start_at(static_cast<double>(state_.step));
+  }
+  const int64_t micro_total = cfg_.train.grad_accum;  // this rank's micro-batches per update
   while (state_.step < state_.total_steps) {
     stop_if_requested();
-    const Update update = next_update();
+    loop.show(state_, 0, 0, micro_total);
+    Update update = next_update();
     if (update.micro_batches == 0) {
       spdlog::warn("the training data ran out at step {} of {}", state_.step, state_.total_steps);
       break;
     }
+    update.on_micro_batch = [&](int64_t done) {
+      const double share = static_cast<double>(done) / static_cast<double>(std::max<size_t>(update.micro.size(), 1));
+      loop.show(state_, share * static_cast<double>(update.tokens), done, micro_total);
+    };
     const StepResult result = train_step(update);
     count_step(update, result, loop);
     stop_if_diverged();
@@ -100,6 +142,10 @@ TrainSummary Trainer::train() {
     maybe_checkpoint(loop);
   }
   evaluate_and_checkpoint_at_end(loop);
+  if (loop.bar) loop.bar->finish();
+  if (impl_->metrics.enabled()) {  // rank 0
+    write_loss_plot(cfg_.log.metrics, loss_plot_path(cfg_), cfg_.checkpoint.dir.filename().string() + ": loss");
+  }
 
   TrainSummary summary = summarize(loop);
   if (opts_.write_outputs && impl_->dp.rank() == 0) write_final_outputs(summary);
@@ -144,6 +190,7 @@ Trainer::StepResult Trainer::train_step(const Update& u) {
   impl_->optimizer->zero_grad();
   impl_->dp.seed_update(cfg_.train.seed, state_.step);
   double loss_sum = 0.0;
+  int64_t done = 0;
   for (const auto& b : u.micro) {
     if (u.label_tokens == 0) break;
     if (&b == &u.micro.back()) impl_->dp.before_last_backward();
@@ -152,6 +199,7 @@ Trainer::StepResult Trainer::train_step(const Update& u) {
     loss_sum += sum.item<double>();
     // bf16 adapters: the following micro-batches accumulate into fp32 gradients.
     if (&b == &u.micro.front() && u.micro.size() > 1) promote_grads_to_fp32(impl_->adapters.adapter_parameters());
+    if (u.on_micro_batch) u.on_micro_batch(++done);
   }
   loss_sum = impl_->dp.reduce_update(loss_sum, state_.step + 1);
   r.loss = u.label_tokens > 0 ? loss_sum / static_cast<double>(u.label_tokens) : std::nan("");
@@ -199,6 +247,7 @@ void Trainer::stop_if_diverged() {
 
 std::optional<double> Trainer::maybe_evaluate(LoopState& loop) {
   if (!impl_->eval_data || cfg_.eval.every <= 0 || state_.step % cfg_.eval.every != 0) return std::nullopt;
+  loop.show(state_, 0, 0, cfg_.train.grad_accum, "evaluating");
   loop.last_eval_loss = evaluate().mean_loss();
   return loop.last_eval_loss;
 }
@@ -222,6 +271,7 @@ void Trainer::log_step(const StepResult& r, std::optional<double> eval_loss, Loo
   m.eta_s = seconds_since(loop.start) / static_cast<double>(done_here) *
             static_cast<double>(state_.total_steps - state_.step);
   m.rss_bytes = current_rss_bytes();
+  m.device_peak_bytes = device_peak_allocated_bytes(impl_->device);
   m.eval_loss = eval_loss;
   m.skipped = !r.finite;
   if (logged) {
@@ -235,6 +285,7 @@ void Trainer::log_step(const StepResult& r, std::optional<double> eval_loss, Loo
 
 void Trainer::maybe_checkpoint(LoopState& loop) {
   if (cfg_.checkpoint.every <= 0 || state_.step % cfg_.checkpoint.every != 0) return;
+  loop.show(state_, 0, 0, cfg_.train.grad_accum, "saving a checkpoint");
   save_checkpoint();
   loop.last_checkpoint_step = state_.step;
 }
@@ -244,6 +295,7 @@ void Trainer::maybe_checkpoint(LoopState& loop) {
 void Trainer::evaluate_and_checkpoint_at_end(LoopState& loop) {
   const bool trained = state_.step > loop.start_step;
   if (impl_->eval_data && cfg_.eval.at_end && trained && !(cfg_.eval.every > 0 && state_.step % cfg_.eval.every == 0)) {
+    loop.show(state_, 0, 0, cfg_.train.grad_accum, "evaluating");
     const model::EvalResult ev = evaluate();
     loop.last_eval_loss = ev.mean_loss();
     spdlog::info("eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens)", state_.step, ev.mean_loss(),
@@ -350,6 +402,7 @@ void Trainer::write_final_outputs(TrainSummary& summary) {
   lora::write_adapter_files(out.path(), impl_->adapters, so);
   write_file_atomic(out.path() / kEffectiveConfigFile, impl_->effective_config);
   write_file_atomic(out.path() / kSummaryFile, j.dump(2) + "\n");
+  if (fs::is_regular_file(loss_plot_path(cfg_))) fs::copy_file(loss_plot_path(cfg_), out.path() / kLossPlotFile);
   out.commit();
   summary.adapter_dir = cfg_.output_dir;
   write_file_atomic(cfg_.checkpoint.dir / kSummaryFile, j.dump(2) + "\n");
@@ -381,6 +434,14 @@ void Trainer::log_summary(const TrainSummary& summary) const {
   if (!summary.adapter_dir.empty()) spdlog::info("adapter:     {}", summary.adapter_dir.string());
   spdlog::info("checkpoints: {}", summary.checkpoint_dir.string());
   if (impl_->metrics.enabled()) spdlog::info("metrics:     {}", summary.metrics_file.string());
+  const fs::path tb = impl_->metrics.tensorboard().dir();
+  if (impl_->metrics.tensorboard().enabled()) {
+    spdlog::info("tensorboard: {} (view: tensorboard --logdir {})", tb.string(), tb.string());
+  }
+  if (fs::is_regular_file(loss_plot_path(cfg_)) && impl_->metrics.enabled()) {
+    spdlog::info("loss plot:   {}{}", loss_plot_path(cfg_).string(),
+                 summary.adapter_dir.empty() ? "" : " (and in " + summary.adapter_dir.string() + ")");
+  }
   if (impl_->dp.enabled()) {
     spdlog::info("data parallel: {} ranks, all-reduce {:.1f} ms per step on rank 0 (time blocked after the backward)",
                  impl_->dp.world_size(), summary.allreduce_s_per_step * 1e3);

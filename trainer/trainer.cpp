@@ -178,7 +178,7 @@ void Trainer::restore_checkpoint(const fs::path& ck) {
   spdlog::info("resumed from {} at step {}/{}", ck.string(), state_.step, state_.total_steps);
 }
 
-// What checkpoints record about this run, the metrics file, and the ranks' common start.
+// What checkpoints record about this run, the metrics file and TensorBoard events, and the ranks' common start.
 void Trainer::setup_outputs() {
   auto& I = *impl_;
   state_.config_hash = I.config_hash;
@@ -188,7 +188,8 @@ void Trainer::setup_outputs() {
   state_.world_size = I.env.world_size;
 
   I.metrics = MetricsWriter(I.env.rank == 0 ? cfg_.log.metrics : fs::path(),
-                            resume_from_ ? std::optional<int64_t>(state_.step) : std::nullopt);
+                            resume_from_ ? std::optional<int64_t>(state_.step) : std::nullopt,
+                            I.env.rank == 0 ? cfg_.log.tensorboard : fs::path());
   if (I.dp.enabled()) {
     I.dp.start(I.adapters.adapter_parameters(), cfg_.dist.bucket_mb);  // rank 0's adapter everywhere, buckets
     spdlog::info(
