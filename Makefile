@@ -1,14 +1,15 @@
 # The two commands of the README:
 #   make demo  - install dependencies, build, make the tiny model and fine-tune it end to end
 #   make test  - install dependencies, build, run the test suite (unit + interop against the real Python tools)
-# Other targets: make cuda (the CUDA configuration: kernels and NCCL, in build-cuda/), make bench, make asan.
+# Other targets: make cuda (the CUDA configuration: kernels and NCCL, in build-cuda/), make bench, make asan,
+#   make fuzz (libFuzzer targets of every file reader under ASan + UBSan, in build-fuzz/; FUZZ_SECONDS per target).
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CMAKE := .venv/bin/cmake
 CTEST := .venv/bin/ctest
 
-.PHONY: all deps deps-interop configure build test demo cuda bench asan format check clean
+.PHONY: all deps deps-interop configure build test demo cuda bench asan fuzz format check clean
 
 all: build
 
@@ -36,6 +37,13 @@ cuda:
 
 bench: build
 	bash scripts/bench.sh $(BUILD)
+
+# libFuzzer (clang++-14) on every reader of an untrusted file, each target FUZZ_SECONDS (default 600) in turn, with
+# a summary table; FUZZ_TARGETS="jinja records" runs only those (scripts/fuzz.sh, fuzz/CMakeLists.txt).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) bash scripts/fuzz.sh $(FUZZ_TARGETS)
 
 # AddressSanitizer + UndefinedBehaviorSanitizer build and test run.
 asan:

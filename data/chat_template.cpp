@@ -257,37 +257,41 @@ RenderedChat ChatTemplateRenderer::render_for_training(const ojson& messages, co
 
 namespace qlora::data {
 
-ChatRecord parse_chat_record(const ojson& j) {
+ChatRecord parse_chat_record(const ojson& j, const std::map<std::string, std::string>& fields) {
   if (!j.is_object()) throw BadRecord(std::string("expected a JSON object, got ") + j.type_name());
-  const bool sharegpt = !j.contains("messages") && j.contains("conversations");
-  const char* list_key = sharegpt ? "conversations" : "messages";
-  if (!j.contains(list_key)) throw BadRecord("missing field \"messages\" (or ShareGPT \"conversations\")");
+  const ChatKeys keys = chat_keys(fields, j.contains("messages"), j.contains("conversations"));
+  const std::string& list_key = keys.list;
+  if (!j.contains(list_key)) {
+    throw BadRecord(fields.count("messages")
+                        ? "missing field \"" + list_key + "\" (data.fields.messages)"
+                        : std::string("missing field \"messages\" (or ShareGPT \"conversations\")"));
+  }
   const ojson& list = j[list_key];
-  if (!list.is_array()) throw BadRecord(std::string("field \"") + list_key + "\" must be an array");
+  if (!list.is_array()) throw BadRecord("field \"" + list_key + "\" must be an array");
   ChatRecord r;
   r.messages = ojson::array();
   bool trainable = false;
   for (size_t i = 0; i < list.size(); ++i) {
     const ojson& m = list[i];
-    const std::string where = std::string(list_key) + "[" + std::to_string(i) + "]";
+    const std::string where = list_key + "[" + std::to_string(i) + "]";
     if (!m.is_object()) throw BadRecord(where + " must be an object, got " + m.type_name());
-    ojson msg = m;
-    if (sharegpt) {
-      if (!m.contains("from") || !m["from"].is_string()) throw BadRecord(where + ": missing string field \"from\"");
-      std::string role = m["from"].get<std::string>();
-      role = role == "human" ? "user" : role == "gpt" ? "assistant" : role;
+    if (!m.contains(keys.role) || !m[keys.role].is_string()) {
+      throw BadRecord(where + ": missing string field \"" + keys.role + "\"");
+    }
+    ojson msg = m;  // as it is (key order kept: templates may tojson it), the role named as templates know it
+    if (keys.role != "role" || keys.content != "content") {  // renamed: role and content first, then the rest
       msg = ojson::object();
-      msg["role"] = role;
-      msg["content"] = m.contains("value") ? m["value"] : ojson();
+      msg["role"] = m[keys.role];
+      msg["content"] = m.contains(keys.content) ? m[keys.content] : ojson();
       for (const auto& [k, v] : m.items()) {
-        if (k != "from" && k != "value") msg[k] = v;
+        if (k != keys.role && k != keys.content) msg[k] = v;
       }
     }
-    if (!msg.contains("role") || !msg["role"].is_string()) throw BadRecord(where + ": missing string field \"role\"");
-    trainable = trainable || (msg["role"] == "assistant" && msg.contains("content") && msg["content"].is_string());
+    msg["role"] = canonical_role(m[keys.role].get<std::string>());
+    trainable = trainable || (msg["role"] == "assistant" && msg["content"].is_string());
     r.messages.push_back(std::move(msg));
   }
-  if (!trainable) throw BadRecord(std::string("\"") + list_key + "\" has no assistant message with text content");
+  if (!trainable) throw BadRecord("\"" + list_key + "\" has no assistant message with text content");
   r.tools = j.contains("tools") ? j["tools"] : ojson();
   return r;
 }
@@ -370,11 +374,12 @@ TokenizedExample tokenize_rendered(const RenderedChat& chat, const tokenizer::To
 namespace qlora::data {
 
 TokenizedExample tokenize_chat_record(const ChatTemplateRenderer& r, const std::string& json_text,
-                                      const tokenizer::Tokenizer& tok, bool train_on_prompt) {
+                                      const tokenizer::Tokenizer& tok, bool train_on_prompt,
+                                      const std::map<std::string, std::string>& fields) {
   std::string why;
   if (!try_parse_json(json_text, &why)) throw BadRecord("malformed JSON (" + why + ")");
   // ordered: tools and tool calls keep their key order (tojson writes them so), as Python's json.loads keeps it
-  const ChatRecord rec = parse_chat_record(parse_ordered_json(json_text, "record"));
+  const ChatRecord rec = parse_chat_record(parse_ordered_json(json_text, "record"), fields);
   return tokenize_rendered(r.render_for_training(rec.messages, rec.tools), tok, r.model_template(), train_on_prompt);
 }
 

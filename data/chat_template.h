@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -77,14 +78,17 @@ class ChatTemplateRenderer {
   JinjaTemplate jinja_;
 };
 
-// Chat records (data.format: chat) as the template sees them: "messages" (or ShareGPT "conversations", mapped to
-// role/content) as they are, with every other key of each message kept, and the record's "tools" when present.
-// At least one assistant message with string content is required (BadRecord otherwise).
+// Chat records (data.format: chat) as the template sees them: "messages" (or ShareGPT "conversations", or the names
+// data.fields maps: chat_keys()) as role/content messages, every other key of each message kept, roles named as
+// templates know them (canonical_role: human -> user, gpt -> assistant, observation -> tool, ...), and the record's
+// "tools" when present. Any roles in any order go to the template, which decides (a template that refuses a
+// conversation raises, and its message makes a bad record). At least one assistant message with string content is
+// required (BadRecord otherwise).
 struct ChatRecord {
   nlohmann::ordered_json messages;
   nlohmann::ordered_json tools;  // null when the record has none
 };
-ChatRecord parse_chat_record(const nlohmann::ordered_json& j);
+ChatRecord parse_chat_record(const nlohmann::ordered_json& j, const std::map<std::string, std::string>& fields = {});
 
 // Token ids as transformers gets them (the rendered text encoded whole with add_special_tokens=False, special
 // tokens as single ids) and labels: a token is trained when any of its bytes lies in a trained span (as
@@ -95,7 +99,8 @@ TokenizedExample tokenize_rendered(const RenderedChat& chat, const tokenizer::To
 // One example for data.template: auto: a chat record from its JSON line (BadRecord when malformed), or the
 // user/assistant turns an alpaca or completion record becomes.
 TokenizedExample tokenize_chat_record(const ChatTemplateRenderer& r, const std::string& json_text,
-                                      const tokenizer::Tokenizer& tok, bool train_on_prompt);
+                                      const tokenizer::Tokenizer& tok, bool train_on_prompt,
+                                      const std::map<std::string, std::string>& fields = {});
 TokenizedExample tokenize_chat_messages(const ChatTemplateRenderer& r, const std::vector<Message>& messages,
                                         const tokenizer::Tokenizer& tok, bool train_on_prompt);
 

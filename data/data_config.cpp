@@ -66,10 +66,10 @@ RoleAffixes read_affixes(const YamlMap& tmpl, const std::string& role) {
 
 // A custom template: {prompt, response} or per-role {system, user, assistant} affixes.
 TemplateSpec read_custom_template(const YamlContext& ctx, const YAML::Node& n) {
-  static const std::vector<std::string> kKeys = {"prompt", "response", "system", "user", "assistant"};
+  static const std::vector<std::string> kKeys = {"prompt", "response", "system", "user", "assistant", "tool"};
   const YamlMap m(ctx, n, "data.template", &kKeys);
   const bool string_form = m.has("prompt") || m.has("response");
-  const bool role_form = m.has("system") || m.has("user") || m.has("assistant");
+  const bool role_form = m.has("system") || m.has("user") || m.has("assistant") || m.has("tool");
   if (string_form == role_form) {
     ctx.fail("data.template", n, "a custom template uses either prompt/response or role keys", kTemplateHint);
   }
@@ -86,6 +86,7 @@ TemplateSpec read_custom_template(const YamlContext& ctx, const YAML::Node& n) {
   if (m.has("system")) t.system = read_affixes(m, "system");
   if (m.has("user")) t.user = read_affixes(m, "user");
   if (m.has("assistant")) t.assistant = read_affixes(m, "assistant");
+  if (m.has("tool")) t.tool = read_affixes(m, "tool");
   return t;
 }
 
@@ -141,6 +142,39 @@ void read_template(const YamlMap& m, const std::string& key, DataConfig& cfg) {
   }
 }
 
+// The legacy single-field keys that name the same thing as a data.fields entry.
+const std::map<std::string, std::string> kFieldKeys = {
+    {"prompt", "prompt_field"}, {"completion", "completion_field"}, {"text", "text_field"}};
+
+// data.fields: {field of the format: the records' name for it}, checked against data.format (read before it).
+void read_fields(const YamlMap& m, const std::string& key, DataConfig& cfg) {
+  const YAML::Node n = m.get(key);
+  const std::vector<std::string>& known = mappable_fields(cfg.format);
+  if (!n.IsMap()) {
+    std::string list;
+    for (const auto& f : known) list += (list.empty() ? "" : ", ") + f + ": NAME";
+    m.fail(key, "expected a mapping {field: name in the records}, got " + describe_node(n),
+           "for format " + std::string(format_name(cfg.format)) + ": {" + list + "}");
+  }
+  const YamlMap fields(m.ctx(), n, m.key_path(key), &known);  // a field the format does not have: did you mean
+  cfg.fields.clear();
+  for (const auto& field : known) {
+    if (!fields.has(field)) continue;
+    const auto legacy = kFieldKeys.find(field);
+    if (legacy != kFieldKeys.end() && m.has(legacy->second)) {
+      fields.fail(field, "give either data." + legacy->second + " or data.fields." + field + ", not both",
+                  "they name the same field; keep data.fields");
+    }
+    cfg.fields[field] = std::get<std::string>(fields.read(field, TextKey{}));
+  }
+}
+
+YamlValue fields_value(const DataConfig& c) {
+  YAML::Node n(YAML::NodeType::Map);
+  for (const auto& [field, name] : c.fields) n[field] = name;
+  return YamlValue(std::in_place_type<YAML::Node>, n);
+}
+
 const ListKey kPathList{.expected = "a path, a glob or a list of them",
                         .empty_hint = "name at least one file, glob or directory"};
 
@@ -155,7 +189,9 @@ const std::vector<ConfigKey<DataConfig>>& data_config_keys() {
     const auto add = [&keys](K key) { keys.push_back(std::move(key)); };
     add({.path = "data.train",
          .type = kPathList,
-         .help = "training examples: a JSONL file, a list of files, a glob (data/*.jsonl) or a directory",
+         .help = "training examples: a JSONL file, a JSON array file (.json), a .txt file, a list of them, a glob "
+                 "(data/*.jsonl) "
+                 "or a directory",
          .hash = "data",
          .field = member(&D::train),
          .required_hint = "add train: data/train.jsonl (a file, list, glob or directory)"});
@@ -176,7 +212,7 @@ const std::vector<ConfigKey<DataConfig>>& data_config_keys() {
          .nullable = true});
     add({.path = "data.format",
          .type = ChoiceKey{.options = enum_options(kFormats)},
-         .help = "record layout of the JSONL lines",
+         .help = "record layout of the JSONL lines / JSON array elements",
          .hash = "data",
          .field = enum_member(&D::format, kFormats)});
     add({.path = "data.template",
@@ -228,6 +264,17 @@ const std::vector<ConfigKey<DataConfig>>& data_config_keys() {
          .help = "text format: the field holding the document",
          .hash = "data",
          .field = member(&D::text_field)});
+    add({.path = "data.fields",
+         .type = MappingKey{.expected = "a mapping {field of the format: the records' name for it}"},
+         .help = "the records' own names for the format's fields, e.g. {instruction: question, output: answer} "
+                 "(alpaca: instruction, input, output; completion: prompt, completion; text: text; chat: messages, "
+                 "role, content)",
+         .hash = "data",
+         .field = {.get = fields_value, .set = {}},
+         .default_doc = "{} (the format's own names)",
+         .parse = read_fields,
+         .emit_if = [](const D& c) { return !c.fields.empty(); },
+         .hash_unless_default = true});
     add({.path = "data.drop_long",
          .type = BoolKey{},
          .help = "false: truncate an example longer than max_seq_len keeping its start; true: drop it",
@@ -245,7 +292,8 @@ const std::vector<ConfigKey<DataConfig>>& data_config_keys() {
          .field = member(&D::max_bad_lines)});
     add({.path = "data.max_record_bytes",
          .type = IntKey{.min = 1024, .max = int64_t{1} << 30},
-         .help = "a longer JSONL line (or .txt paragraph) is a bad record, handled per on_bad_line; it is read past, "
+         .help = "a longer JSONL line (JSON array element, .txt paragraph) is a bad record, handled per on_bad_line; "
+                 "it is read past, "
                  "never held whole in memory",
          .hash = "data",
          .field = member(&D::max_record_bytes)});
@@ -280,6 +328,43 @@ DataConfig parse_data_config(const YAML::Node& node, const std::string& file) {
   YamlContext ctx(file);
   register_keys(ctx, data_config_keys());
   return parse_data_config(node, ctx);
+}
+
+const std::vector<std::string>& mappable_fields(DataFormat format) {
+  static const std::vector<std::string> kAlpaca = {"instruction", "input", "output"};
+  static const std::vector<std::string> kCompletion = {"prompt", "completion"};
+  static const std::vector<std::string> kText = {"text"};
+  static const std::vector<std::string> kChat = {"messages", "role", "content"};
+  switch (format) {
+    case DataFormat::kAlpaca:
+      return kAlpaca;
+    case DataFormat::kCompletion:
+      return kCompletion;
+    case DataFormat::kText:
+      return kText;
+    case DataFormat::kChat:
+      return kChat;
+  }
+  return kText;
+}
+
+std::string record_field_name(const DataConfig& cfg, const std::string& field) {
+  if (auto it = cfg.fields.find(field); it != cfg.fields.end()) return it->second;
+  if (field == "prompt" && cfg.format == DataFormat::kCompletion) return cfg.prompt_field;
+  if (field == "completion" && cfg.format == DataFormat::kCompletion) return cfg.completion_field;
+  if (field == "text" && cfg.format == DataFormat::kText) return cfg.text_field;
+  return field;
+}
+
+std::string describe_record_field(const DataConfig& cfg, const std::string& field) {
+  const std::string name = record_field_name(cfg, field);
+  std::string key;
+  if (cfg.fields.count(field)) {
+    key = "data.fields." + field;
+  } else if (auto legacy = kFieldKeys.find(field); legacy != kFieldKeys.end() && name != field) {
+    key = "data." + legacy->second;
+  }
+  return "\"" + name + "\"" + (key.empty() ? "" : " (" + key + ")");
 }
 
 const char* format_name(DataFormat format) {

@@ -13,6 +13,7 @@
 //     prompt_field: prompt             # completion format field names
 //     completion_field: completion
 //     text_field: text                 # text format: the JSONL field holding the document
+//     fields: {instruction: question, output: answer}   # the records' own names for the format's fields (below)
 //     drop_long: false                 # false: truncate keeping the start; true: drop the example
 //     on_bad_line: fail                # fail | skip (skip counts and warns)
 //     max_bad_lines: 1000              # with skip: more bad lines than this is an error
@@ -49,16 +50,28 @@
 //              or the per-role form (formats chat, alpaca, completion):
 //                  template: {system: {prefix: "<sys>", suffix: "</sys>\n"},
 //                             user: {prefix: "User: ", suffix: "\n"}, assistant: {prefix: "Bot: ", suffix: "\n"}}
-//                each message renders prefix + content + suffix; the assistant's content + suffix are trained.
+//                each message renders prefix + content + suffix; the assistant's content + suffix are trained;
+//                an optional tool: {prefix, suffix} renders tool turns (a tool turn without it is a bad record).
 // Alpaca and completion records used with a chat template become one user turn (instruction, then
 // "\n\n" + input when non-empty) and one assistant turn (output).
+//
+// Field mapping (the `fields` key): a mapping from a field of the format to the name the records use for it, so a
+// dataset with other column names is read as it is. The fields a format has:
+//   alpaca      instruction, input, output
+//   completion  prompt, completion           (the same as prompt_field / completion_field; give one or the other)
+//   text        text                         (the same as text_field)
+//   chat        messages, role, content      (the list of turns and, in each turn, its role and its text; a mapped
+//                                             chat record is read as {messages: [{role, content}]} with these names)
+// A field not mapped keeps its own name. A record without a mapped field is a bad record naming both names.
 #pragma once
 
 #include <yaml-cpp/yaml.h>
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -90,6 +103,7 @@ struct TemplateSpec {
   RoleAffixes system;
   RoleAffixes user;
   RoleAffixes assistant;
+  std::optional<RoleAffixes> tool;  // absent: tool turns are bad records
 };
 
 struct DataConfig {
@@ -105,6 +119,7 @@ struct DataConfig {
   std::string prompt_field = "prompt";
   std::string completion_field = "completion";
   std::string text_field = "text";
+  std::map<std::string, std::string> fields;  // data.fields: format field -> the records' name for it
   bool drop_long = false;
   BadLinePolicy on_bad_line = BadLinePolicy::kFail;
   int64_t max_bad_lines = 1000;
@@ -129,6 +144,13 @@ const std::vector<ConfigKey<DataConfig>>& data_config_keys();
 DataConfig parse_data_config(const YAML::Node& node, const std::string& file);
 // Same inside a whole config: `ctx` carries its file, its --set overrides and every section's keys.
 DataConfig parse_data_config(const YAML::Node& node, const YamlContext& ctx);
+
+// The records' name for field `field` of the format (data.fields, prompt_field / completion_field / text_field, else
+// `field` itself), and how to describe it in an error: "\"question\" (data.fields.instruction)" when mapped.
+std::string record_field_name(const DataConfig& cfg, const std::string& field);
+std::string describe_record_field(const DataConfig& cfg, const std::string& field);
+// The fields data.fields may map for a format, in order.
+const std::vector<std::string>& mappable_fields(DataFormat format);
 
 const char* format_name(DataFormat format);
 const char* template_name(TemplateKind kind);

@@ -169,7 +169,7 @@ DataLoader::Processed DataLoader::process(const RawRecord& rec) const {
       }
       r = parse_text_document(rec.text);
     } else if (chat_ && cfg_.format == DataFormat::kChat) {
-      ex = tokenize_chat_record(*chat_, rec.text, tok_, cfg_.train_on_prompt);  // data.template: auto
+      ex = tokenize_chat_record(*chat_, rec.text, tok_, cfg_.train_on_prompt, cfg_.fields);  // data.template: auto
       done = true;
     } else {
       std::string why;
@@ -359,6 +359,28 @@ nlohmann::json DataLoader::state() const {
           {"stats", stats_.to_json()}};
 }
 
+// The row being packed, as a cursor saved it: what collation indexes by must agree (lengths summing to the ids, one
+// label per id, a row no longer than max_seq_len, ids in the vocabulary), or a damaged cursor writes out of bounds.
+void DataLoader::check_pending_row(const PackedRow& p) const {
+  int64_t total = 0;
+  bool ok = p.ids.size() == p.labels.size();
+  for (const int64_t n : p.lengths) {
+    ok = ok && n > 0 && n <= cfg_.max_seq_len;
+    total += ok ? n : 0;
+  }
+  ok = ok && total == static_cast<int64_t>(p.ids.size()) && total <= cfg_.max_seq_len;
+  for (size_t i = 0; ok && i < p.ids.size(); ++i) {
+    ok = p.ids[i] >= 0 && p.ids[i] < tok_.vocab_size() &&
+         (p.labels[i] == kIgnoreIndex || (p.labels[i] >= 0 && p.labels[i] < tok_.vocab_size()));
+  }
+  if (!ok) {
+    throw Error(
+        "data cursor: the row being packed is inconsistent (ids, labels and lengths disagree, or a token id "
+        "is outside the vocabulary)\nHINT: the checkpoint's data state is damaged; resume from an older "
+        "checkpoint");
+  }
+}
+
 void DataLoader::restore(const nlohmann::json& s) {
   const auto mismatch = [](const std::string& what, const std::string& saved, const std::string& now) {
     throw Error("data cursor: saved for " + what + " " + saved + ", but this run has " + now +
@@ -402,6 +424,7 @@ void DataLoader::restore(const nlohmann::json& s) {
     pending.ids = s.at("pending").at("ids").get<std::vector<int32_t>>();
     pending.labels = s.at("pending").at("labels").get<std::vector<int32_t>>();
     pending.lengths = s.at("pending").at("lengths").get<std::vector<int64_t>>();
+    check_pending_row(pending);
 
     rng_ = new_rng;
     buffer_ = std::move(buffer);

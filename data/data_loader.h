@@ -108,6 +108,7 @@ class DataLoader {
   void bad_record(const SourcePos& pos, const std::string& what);
   uint64_t random_index(uint64_t n) { return rng_() % n; }
   void setup_chat_template();
+  void check_pending_row(const PackedRow& p) const;  // restore(): a saved row collation can index safely
 
   DataConfig cfg_;
   const tokenizer::Tokenizer& tok_;

@@ -494,7 +494,12 @@ std::string JinjaTemplate::render(const nlohmann::ordered_json& context) const {
   if (!context.is_object()) in.fail("the context must be a JSON object");
   for (auto it = context.begin(); it != context.end(); ++it) in.frames[0].set(it.key(), jinja::from_json(it.value()));
   std::string out;
-  jinja::Eval{in}.exec(program_->body, out);
+  try {
+    jinja::Eval{in}.exec(program_->body, out);
+  } catch (const jinja::ValueTooDeep&) {
+    in.fail("a value nested deeper than " + std::to_string(jinja::kMaxValueNesting) +
+            " levels (a namespace that contains itself, or a loop that keeps wrapping a value)");
+  }
   return out;
 }
 

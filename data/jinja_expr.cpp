@@ -314,7 +314,11 @@ ExprPtr Parser::parse_subscript(ExprPtr e) {
     if (cur().kind == TK::kInt) {
       ExprPtr item = node(Expr::Kind::kItem, line);
       ExprPtr idx = node(Expr::Kind::kLiteral, line);
-      idx->value = Value(static_cast<int64_t>(std::stoll(cur().text)));
+      try {
+        idx->value = Value(static_cast<int64_t>(std::stoll(cur().text)));
+      } catch (const std::out_of_range&) {
+        fail("integer index ." + cur().text + " is out of range");
+      }
       next();
       item->args.push_back(std::move(e));
       item->args.push_back(std::move(idx));

@@ -21,6 +21,11 @@ namespace qlora::data::jinja {
 struct Value;
 struct Interp;
 using List = std::vector<Value>;
+struct Dict;
+// The deleters of every list and dict: freeing a value frees what it holds in a loop, not in a recursion as deep as
+// the value (a loop can wrap a list a million times), so a deep value never overflows the stack when it goes.
+void free_list(const List* l);
+void free_dict(Dict* d);
 
 struct Undefined {
   std::string name;  // what was looked up, for error messages
@@ -59,7 +64,7 @@ struct Value {
   Value(double d) : v(d) {}
   Value(std::string s) : v(std::move(s)) {}
   Value(const char* s) : v(std::string(s)) {}
-  Value(List l) : v(std::make_shared<const List>(std::move(l))) {}
+  Value(List l) : v(std::shared_ptr<const List>(new List(std::move(l)), free_list)) {}
   Value(std::shared_ptr<Dict> d) : v(std::move(d)) {}
   Value(std::shared_ptr<const Function> f) : v(std::move(f)) {}
 
@@ -90,7 +95,12 @@ bool truthy(const Value& v);
 double as_double(const Value& v);     // int, float or bool
 std::string to_str(const Value& v);   // Python str(); Undefined -> ""
 std::string to_repr(const Value& v);  // Python repr()
-std::string format_float(double d);   // Python repr of a float: 1.0, 0.1, 1e-05, inf
+// The recursive walks over a value (repr, ==, <, JSON) go at most this deep: deeper values come only from a loop
+// that keeps wrapping a value or a namespace that holds itself (Python: RecursionError, or "{...}"). Past it they
+// throw ValueTooDeep, which render() reports as a JinjaError at the current line (never a stack overflow).
+constexpr int kMaxValueNesting = 512;
+struct ValueTooDeep {};
+std::string format_float(double d);  // Python repr of a float: 1.0, 0.1, 1e-05, inf
 bool equal(const Value& a, const Value& b);
 // Python's <: numbers, strings (code point order), lists; anything else returns false with *ok = false.
 bool less(const Value& a, const Value& b, bool* ok);

@@ -2,6 +2,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <vector>
 
 #include "data/jinja_impl.h"
 
@@ -24,8 +25,46 @@ void Dict::set(const std::string& key, Value v) {
   items.emplace_back(key, std::move(v));
 }
 
+namespace {
+
+// Containers whose last reference went while another container was being freed: freed by the outermost call.
+thread_local bool freeing = false;
+thread_local std::vector<const List*> pending_lists;
+thread_local std::vector<Dict*> pending_dicts;
+
+template <typename T>
+void free_container(T* p, std::vector<T*>& pending) {
+  if (freeing) {
+    pending.push_back(p);
+    return;
+  }
+  freeing = true;
+  delete p;
+  while (!pending_lists.empty() || !pending_dicts.empty()) {
+    if (!pending_lists.empty()) {
+      const List* l = pending_lists.back();
+      pending_lists.pop_back();
+      delete l;
+    } else {
+      Dict* d = pending_dicts.back();
+      pending_dicts.pop_back();
+      delete d;
+    }
+  }
+  freeing = false;
+}
+
+}  // namespace
+
+void free_list(const List* l) {
+  free_container(l, pending_lists);
+}
+void free_dict(Dict* d) {
+  free_container(d, pending_dicts);
+}
+
 Value make_dict(std::vector<std::pair<std::string, Value>> items) {
-  auto d = std::make_shared<Dict>();
+  auto d = std::shared_ptr<Dict>(new Dict(), free_dict);
   d->items = std::move(items);
   return Value(std::move(d));
 }
@@ -158,8 +197,28 @@ std::string repr_string(const std::string& s) {
 
 }  // namespace
 
+namespace {
+
+thread_local int value_nesting = 0;
+
+// One level of a recursive walk over a value (kMaxValueNesting).
+struct NestingGuard {
+  NestingGuard() {
+    if (++value_nesting > kMaxValueNesting) {
+      --value_nesting;
+      throw ValueTooDeep{};
+    }
+  }
+  ~NestingGuard() { --value_nesting; }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+};
+
+}  // namespace
+
 std::string to_repr(const Value& v) {
   if (v.is_string()) return repr_string(v.str());
+  const NestingGuard guard;
   if (v.is_list()) {
     std::string out = v.tuple ? "(" : "[";
     for (size_t i = 0; i < v.list().size(); ++i) out += (i ? ", " : "") + to_repr(v.list()[i]);
@@ -199,6 +258,7 @@ bool equal(const Value& a, const Value& b) {
   }
   if (a.v.index() != b.v.index()) return false;
   if (a.is_undefined() || a.is_none()) return true;
+  const NestingGuard guard;
   if (a.is_string()) return a.str() == b.str();
   if (a.is_list()) {
     if (a.tuple != b.tuple || a.list().size() != b.list().size()) return false;
@@ -233,6 +293,7 @@ bool less(const Value& a, const Value& b, bool* ok) {
   }
   if (a.is_string() && b.is_string()) return a.str() < b.str();  // UTF-8 byte order is code point order
   if (a.is_list() && b.is_list()) {
+    const NestingGuard guard;
     const List& x = a.list();
     const List& y = b.list();
     for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
@@ -292,6 +353,7 @@ bool json_value(const Value& v, int indent, int level, std::string& out, std::st
     out.append(static_cast<size_t>(indent * lvl), ' ');
   };
   const char* item_sep = indent >= 0 ? "," : ", ";
+  const NestingGuard guard;
   if (v.is_none()) {
     out += "null";
   } else if (v.is_bool()) {

@@ -22,8 +22,30 @@ const char* role_name(Role r) {
       return "user";
     case Role::kAssistant:
       return "assistant";
+    case Role::kTool:
+      return "tool";
   }
   return "?";
+}
+
+std::string canonical_role(const std::string& role) {
+  if (role == "human") return "user";
+  if (role == "gpt" || role == "function_call") return "assistant";
+  if (role == "observation") return "tool";
+  return role;
+}
+
+ChatKeys chat_keys(const std::map<std::string, std::string>& fields, bool has_messages, bool has_conversations) {
+  const auto mapped = [&](const char* field) {
+    auto it = fields.find(field);
+    return it == fields.end() ? std::string() : it->second;
+  };
+  const bool sharegpt = mapped("messages").empty() && !has_messages && has_conversations;
+  ChatKeys k{mapped("messages"), mapped("role"), mapped("content")};
+  if (k.list.empty()) k.list = sharegpt ? "conversations" : "messages";
+  if (k.role.empty()) k.role = sharegpt ? "from" : "role";
+  if (k.content.empty()) k.content = sharegpt ? "value" : "content";
+  return k;
 }
 
 namespace {
@@ -32,64 +54,89 @@ const char* json_type_name(const nlohmann::json& v) {
   return v.type_name();
 }
 
-// A string field; `optional` fields may be absent or null (-> "").
-std::string get_field(const nlohmann::json& j, const std::string& name, bool optional = false) {
+// A string field named `name` in the records (`described`: how errors name it, e.g. with its data.fields key);
+// `optional` fields may be absent or null (-> "").
+std::string get_field(const nlohmann::json& j, const std::string& name, bool optional = false,
+                      const std::string& described = "") {
+  const std::string what = described.empty() ? "\"" + name + "\"" : described;
   auto it = j.find(name);
   if (it == j.end() || (optional && it->is_null())) {
     if (optional) return "";
     std::string have;
     for (auto k = j.begin(); k != j.end(); ++k) have += (have.empty() ? "" : ", ") + k.key();
-    throw BadRecord("missing field \"" + name + "\" (the record has: " + (have.empty() ? "nothing" : have) + ")");
+    throw BadRecord("missing field " + what + " (the record has: " + (have.empty() ? "nothing" : have) + ")");
   }
   if (!it->is_string()) {
-    throw BadRecord("field \"" + name + "\" must be a string, got " + json_type_name(*it));
+    throw BadRecord("field " + what + " must be a string, got " + json_type_name(*it));
   }
   return it->get<std::string>();
 }
 
-Role parse_role(const std::string& s, bool sharegpt, const std::string& where) {
-  if (s == "system") return Role::kSystem;
-  if (s == "user" || (sharegpt && s == "human")) return Role::kUser;
-  if (s == "assistant" || (sharegpt && s == "gpt")) return Role::kAssistant;
-  throw BadRecord(where + ": unknown role \"" + s +
-                  "\" (valid: " + (sharegpt ? "system, human, gpt" : "system, user, assistant") + ")");
+// Field `field` of the format, under the records' name for it (data.fields).
+std::string get_mapped(const nlohmann::json& j, const DataConfig& cfg, const std::string& field,
+                       bool optional = false) {
+  return get_field(j, record_field_name(cfg, field), optional, describe_record_field(cfg, field));
 }
 
-std::vector<Message> parse_messages(const nlohmann::json& j) {
-  const bool sharegpt = !j.contains("messages") && j.contains("conversations");
-  const char* list_key = sharegpt ? "conversations" : "messages";
-  const char* role_key = sharegpt ? "from" : "role";
-  const char* text_key = sharegpt ? "value" : "content";
+Role parse_role(const std::string& s, const std::string& where) {
+  const std::string role = canonical_role(s);
+  if (role == "system") return Role::kSystem;
+  if (role == "user") return Role::kUser;
+  if (role == "assistant") return Role::kAssistant;
+  if (role == "tool") return Role::kTool;
+  throw BadRecord(where + ": unknown role \"" + s +
+                  "\" (valid: system, user, assistant, tool; ShareGPT: human, gpt, observation, function_call)");
+}
+
+// llama2-chat's order: [system] user assistant (user assistant)*.
+void check_alternating(const std::vector<Message>& msgs, const std::string& list_key) {
+  size_t i = 0;
+  if (!msgs.empty() && msgs[0].role == Role::kSystem) i = 1;
+  if (i == msgs.size()) throw BadRecord("\"" + list_key + "\" has no user/assistant turns");
+  for (size_t k = i; k < msgs.size(); ++k) {
+    const Role want = (k - i) % 2 == 0 ? Role::kUser : Role::kAssistant;
+    if (msgs[k].role != want) {
+      throw BadRecord(list_key + "[" + std::to_string(k) + "]: expected role " + role_name(want) + ", got " +
+                      role_name(msgs[k].role) +
+                      " (an optional system message, then user and assistant alternating; templates chatml, llama3, "
+                      "auto and per-role custom ones also take tool turns and consecutive same-role turns)");
+    }
+  }
+  if (msgs.back().role != Role::kAssistant) {
+    throw BadRecord("\"" + list_key + "\" must end with an assistant message (nothing to train on)");
+  }
+}
+
+std::vector<Message> parse_messages(const nlohmann::json& j, const DataConfig& cfg) {
+  const ChatKeys keys = chat_keys(cfg.fields, j.contains("messages"), j.contains("conversations"));
+  const std::string list_key = keys.list;
   auto it = j.find(list_key);
-  if (it == j.end()) throw BadRecord("missing field \"messages\" (or ShareGPT \"conversations\")");
-  if (!it->is_array())
-    throw BadRecord(std::string("field \"") + list_key + "\" must be an array, got " + json_type_name(*it));
+  if (it == j.end()) {
+    throw BadRecord(cfg.fields.count("messages")
+                        ? "missing field " + describe_record_field(cfg, "messages")
+                        : std::string("missing field \"messages\" (or ShareGPT \"conversations\")"));
+  }
+  if (!it->is_array()) throw BadRecord("field \"" + list_key + "\" must be an array, got " + json_type_name(*it));
+  const auto describe = [&](const std::string& field, const std::string& name) {
+    return cfg.fields.count(field) ? describe_record_field(cfg, field) : "\"" + name + "\"";
+  };
   std::vector<Message> msgs;
   for (size_t i = 0; i < it->size(); ++i) {
     const auto& m = (*it)[i];
-    const std::string where = std::string(list_key) + "[" + std::to_string(i) + "]";
+    const std::string where = list_key + "[" + std::to_string(i) + "]";
     if (!m.is_object()) throw BadRecord(where + " must be an object, got " + json_type_name(m));
     try {
-      msgs.push_back({parse_role(get_field(m, role_key), sharegpt, where), get_field(m, text_key)});
+      const Role role = parse_role(get_field(m, keys.role, false, describe("role", keys.role)), where);
+      msgs.push_back({role, get_field(m, keys.content, false, describe("content", keys.content))});
     } catch (const BadRecord& e) {
       const std::string what = e.what();
       throw BadRecord(what.rfind(where, 0) == 0 ? what : where + ": " + what);
     }
   }
-  // Order: [system] user assistant (user assistant)*
-  size_t i = 0;
-  if (!msgs.empty() && msgs[0].role == Role::kSystem) i = 1;
-  if (i == msgs.size()) throw BadRecord(std::string("\"") + list_key + "\" has no user/assistant turns");
-  for (size_t k = i; k < msgs.size(); ++k) {
-    const Role want = (k - i) % 2 == 0 ? Role::kUser : Role::kAssistant;
-    if (msgs[k].role != want) {
-      throw BadRecord(std::string(list_key) + "[" + std::to_string(k) + "]: expected role " + role_name(want) +
-                      ", got " + role_name(msgs[k].role) +
-                      " (an optional system message, then user and assistant alternating)");
-    }
-  }
-  if (msgs.back().role != Role::kAssistant) {
-    throw BadRecord(std::string("\"") + list_key + "\" must end with an assistant message (nothing to train on)");
+  if (cfg.tmpl.kind == TemplateKind::kLlama2Chat) {
+    check_alternating(msgs, list_key);
+  } else if (std::none_of(msgs.begin(), msgs.end(), [](const Message& m) { return m.role == Role::kAssistant; })) {
+    throw BadRecord("\"" + list_key + "\" has no assistant message (nothing to train on)");
   }
   return msgs;
 }
@@ -188,11 +235,24 @@ void render_llama3(const Record& rec, const DataConfig& cfg, std::vector<Segment
   }
 }
 
+const RoleAffixes& role_affixes(const TemplateSpec& t, Role role) {
+  switch (role) {
+    case Role::kSystem:
+      return t.system;
+    case Role::kUser:
+      return t.user;
+    case Role::kAssistant:
+      return t.assistant;
+    case Role::kTool:
+      if (!t.tool) throw BadRecord("a tool turn, but data.template has no tool: {prefix, suffix}");
+      return *t.tool;
+  }
+  return t.user;
+}
+
 void render_roles(const Record& rec, const DataConfig& cfg, std::vector<Segment>& out) {
   for (const auto& msg : rec.messages) {
-    const RoleAffixes& a = msg.role == Role::kSystem ? cfg.tmpl.system
-                           : msg.role == Role::kUser ? cfg.tmpl.user
-                                                     : cfg.tmpl.assistant;
+    const RoleAffixes& a = role_affixes(cfg.tmpl, msg.role);
     const bool train = msg.role == Role::kAssistant;
     add_text(out, a.prefix, false);
     add_text(out, msg.content + a.suffix, train);
@@ -236,26 +296,26 @@ Record parse_record(const nlohmann::json& j, const DataConfig& cfg) {
   Record r;
   switch (cfg.format) {
     case DataFormat::kAlpaca: {
-      const std::string instruction = get_field(j, "instruction");
-      const std::string input = get_field(j, "input", /*optional=*/true);
-      const std::string output = get_field(j, "output");
+      const std::string instruction = get_mapped(j, cfg, "instruction");
+      const std::string input = get_mapped(j, cfg, "input", /*optional=*/true);
+      const std::string output = get_mapped(j, cfg, "output");
       r.fields = {{"instruction", instruction}, {"input", input}, {"output", output}};
       r.messages = {{Role::kUser, input.empty() ? instruction : instruction + "\n\n" + input},
                     {Role::kAssistant, output}};
       break;
     }
     case DataFormat::kCompletion: {
-      const std::string prompt = get_field(j, cfg.prompt_field);
-      const std::string completion = get_field(j, cfg.completion_field);
+      const std::string prompt = get_mapped(j, cfg, "prompt");
+      const std::string completion = get_mapped(j, cfg, "completion");
       r.fields = {{"prompt", prompt}, {"completion", completion}};
       r.messages = {{Role::kUser, prompt}, {Role::kAssistant, completion}};
       break;
     }
     case DataFormat::kChat:
-      r.messages = parse_messages(j);
+      r.messages = parse_messages(j, cfg);
       break;
     case DataFormat::kText:
-      r.fields["text"] = get_field(j, cfg.text_field);
+      r.fields["text"] = get_mapped(j, cfg, "text");
       break;
   }
   return r;

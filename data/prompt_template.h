@@ -2,11 +2,14 @@
 //
 // parse_record() turns one JSON record (or one plain-text document) into a Record:
 //   alpaca      {"instruction": str, "input": str (optional), "output": str}
-//   chat        {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
-//               or ShareGPT {"conversations": [{"from": "system"|"human"|"gpt", "value": str}, ...]}
-//               an optional first system message, then user/assistant alternating, ending with assistant
-//               (the built-in templates; data.template: auto takes any roles the model's template takes, with
-//               tool calls and tool turns: data/chat_template.h).
+//   chat        {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}
+//               or ShareGPT {"conversations": [{"from": "system"|"human"|"gpt"|"tool"|..., "value": str}, ...]}
+//               (ShareGPT's role names are mapped: canonical_role()). llama2-chat takes an optional first system
+//               message, then user/assistant alternating, ending with assistant; chatml, llama3 and per-role
+//               custom templates render each turn on its own, so they take tool turns and consecutive same-role
+//               turns, in any order with at least one assistant turn; data.template: auto takes whatever the
+//               model's template takes, with tool calls (data/chat_template.h).
+//   Any format: data.fields maps the format's field names to the records' own (data/data_config.h).
 //   completion  {prompt_field: str, completion_field: str}
 //   text        {text_field: str}, or a paragraph of a .txt file
 // A record that does not fit is a BadRecord (the loader adds file:line and applies on_bad_line).
@@ -29,8 +32,19 @@
 
 namespace qlora::data {
 
-enum class Role { kSystem, kUser, kAssistant };
+enum class Role { kSystem, kUser, kAssistant, kTool };
 const char* role_name(Role r);
+
+// Role names of common datasets as chat templates know them: ShareGPT's human -> user, gpt -> assistant,
+// observation -> tool, function_call -> assistant (the call's text is what the model writes); others unchanged.
+std::string canonical_role(const std::string& role);
+
+// Where a chat record keeps its turns: `fields` (data.fields messages / role / content) when mapped; else
+// "messages" of {role, content}, or ShareGPT "conversations" of {from, value} for a record without "messages".
+struct ChatKeys {
+  std::string list, role, content;
+};
+ChatKeys chat_keys(const std::map<std::string, std::string>& fields, bool has_messages, bool has_conversations);
 
 struct Message {
   Role role;

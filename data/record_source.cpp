@@ -3,6 +3,7 @@
 #include <glob.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <set>
 
 #include "common/error.h"
@@ -53,10 +54,146 @@ bool is_blank(const std::string& s) {
                      [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; });
 }
 
+constexpr int kEof = std::char_traits<char>::eof();
+
+bool is_json_space(int c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+const char* const kArrayHint =
+    "a .json file holds one JSON array of objects, [{...}, {...}], or one object per line (JSONL); "
+    "data.on_bad_line: skip cannot skip this, as the array structure itself is broken";
+
+// Reads a JSON array file byte by byte, keeping the byte offset and the 1-based line of the next byte.
+class ArrayScanner {
+ public:
+  ArrayScanner(std::streambuf* buf, SourcePos& pos, std::string file) : buf_(buf), pos_(pos), file_(std::move(file)) {}
+
+  int peek() const { return buf_->sgetc(); }
+  int get() {
+    const int c = buf_->sbumpc();
+    if (c == kEof) return c;
+    pos_.offset += 1;
+    if (c == '\n') pos_.line += 1;
+    return c;
+  }
+  void skip_space() {
+    while (is_json_space(peek())) get();
+  }
+  // Past the optional UTF-8 byte order mark at the start of the file.
+  void skip_bom() {
+    static const std::string kBom = "\xEF\xBB\xBF";
+    if (peek() != static_cast<unsigned char>(kBom[0])) return;
+    for (char b : kBom) {
+      if (get() != static_cast<unsigned char>(b)) fail("unexpected bytes at the start of the file", kArrayHint);
+    }
+  }
+  [[noreturn]] void fail(const std::string& what, const std::string& hint) const {
+    throw_file_error(file_ + ":" + std::to_string(pos_.line), what, hint);
+  }
+  static std::string describe(int c) {
+    if (c == kEof) return "the end of the file";
+    if (c >= 0x20 && c < 0x7F) return std::string("'") + static_cast<char>(c) + "'";
+    char buf[16];
+    std::snprintf(buf, sizeof(buf), "byte 0x%02X", c);
+    return buf;
+  }
+  // After the array's closing ']': only whitespace may follow.
+  void expect_end() {
+    skip_space();
+    if (peek() != kEof) fail("unexpected " + describe(peek()) + " after the array's closing ']'", kArrayHint);
+  }
+  // Reads one element starting at the next byte into `text` (at most `limit` bytes kept; *cut: it was longer).
+  void scan_element(std::string& text, size_t limit, bool* cut);
+
+ private:
+  std::streambuf* buf_;
+  SourcePos& pos_;
+  std::string file_;
+};
+
+// An element is an object or array (up to its matching bracket, outside strings), a string, or a bare scalar (up
+// to whitespace, ',' or ']'). Brackets are matched with a stack held up to `limit` deep (deeper ones are counted).
+void ArrayScanner::scan_element(std::string& text, size_t limit, bool* cut) {
+  text.clear();
+  *cut = false;
+  const int64_t start_line = pos_.line;
+  const int first = peek();
+  if (first == kEof || first == ',' || first == ']' || first == '}') {
+    fail("expected an array element, got " + describe(first), kArrayHint);
+  }
+  const bool bare = first != '{' && first != '[' && first != '"';
+  std::string closers;  // the expected closing brackets, innermost last
+  int64_t deep = 0;     // nesting beyond what `closers` holds
+  bool in_string = false, escaped = false;
+  for (;;) {
+    const int c = peek();
+    if (c == kEof) {
+      fail("the file ends inside the array element that starts at line " + std::to_string(start_line) +
+               (in_string ? " (an unclosed string)" : " (an unclosed '{' or '[')"),
+           kArrayHint);
+    }
+    if (bare && (is_json_space(c) || c == ',' || c == ']')) break;
+    get();
+    if (text.size() < limit) {
+      text.push_back(static_cast<char>(c));
+    } else {
+      *cut = true;  // read past, never stored
+    }
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (closers.size() < limit) {
+        closers.push_back(c == '{' ? '}' : ']');
+      } else {
+        ++deep;
+      }
+    } else if (c == '}' || c == ']') {
+      if (deep > 0) {
+        --deep;
+      } else if (closers.empty() || closers.back() != c) {
+        fail("unexpected '" + std::string(1, static_cast<char>(c)) + "' in the array element that starts at line " +
+                 std::to_string(start_line) +
+                 (closers.empty() ? std::string() : ", expected '" + std::string(1, closers.back()) + "'"),
+             kArrayHint);
+      } else {
+        closers.pop_back();
+      }
+    }
+    if (!bare && !in_string && closers.empty() && deep == 0) break;
+  }
+  const int next = peek();
+  if (!is_json_space(next) && next != ',' && next != ']' && next != kEof) {
+    fail("expected ',' or ']' after the array element that starts at line " + std::to_string(start_line) + ", got " +
+             describe(next),
+         kArrayHint);
+  }
+}
+
 }  // namespace
 
 bool is_plain_text_file(const fs::path& p) {
   return p.extension() == ".txt";
+}
+
+FileLayout file_layout(const fs::path& p) {
+  if (is_plain_text_file(p)) return FileLayout::kParagraphs;
+  if (p.extension() != ".json") return FileLayout::kLines;
+  std::ifstream in(p, std::ios::binary);
+  if (!in) throw_file_error(p.string(), "cannot open data file", "check the path and its permissions");
+  SourcePos pos;
+  ArrayScanner scan(in.rdbuf(), pos, p.string());
+  scan.skip_bom();
+  scan.skip_space();
+  return scan.peek() == '[' ? FileLayout::kJsonArray : FileLayout::kLines;
 }
 
 std::vector<fs::path> resolve_data_files(const std::vector<std::string>& specs, const fs::path& base_dir,
@@ -124,7 +261,51 @@ bool RecordSource::read_line(std::ifstream& in, std::string& line, int64_t& offs
   return true;
 }
 
-std::optional<RawRecord> RecordSource::read_record(std::ifstream& in, bool plain_text, SourcePos& pos) const {
+std::optional<RawRecord> RecordSource::read_array_element(std::ifstream& in, SourcePos& pos) const {
+  ArrayScanner scan(in.rdbuf(), pos, files_[pos.file].string());
+  if (pos.offset == 0) {  // the start of the file: past the '['
+    scan.skip_bom();
+    scan.skip_space();
+    if (scan.get() != '[') scan.fail("expected '[' (the start of a JSON array)", kArrayHint);
+    scan.skip_space();
+    if (scan.peek() == ']') {  // []
+      scan.get();
+      scan.expect_end();
+      return std::nullopt;
+    }
+  } else if (const int c = scan.peek(); is_json_space(c) || c == ',' || c == ']') {  // after an element
+    scan.skip_space();
+    const int sep = scan.get();
+    if (sep == ']') {
+      scan.expect_end();
+      return std::nullopt;
+    }
+    if (sep != ',') {
+      scan.fail(sep == kEof ? "the array is not closed: the file ends where ',' or ']' was expected"
+                            : "expected ',' or ']' between array elements, got " + ArrayScanner::describe(sep),
+                kArrayHint);
+    }
+    scan.skip_space();
+    const int after = scan.peek();
+    if (after == ']' || after == ',' || after == kEof) {
+      scan.fail("expected an array element after ',', got " + ArrayScanner::describe(after) +
+                    (after == ']' ? " (a trailing comma is not JSON)" : ""),
+                kArrayHint);
+    }
+  }
+  RawRecord rec;
+  rec.pos = pos;  // the element's first byte
+  bool cut = false;
+  scan.scan_element(rec.text, max_record_bytes_, &cut);
+  rec.too_long = cut;
+  if (cut) rec.text = std::string();  // release what was read
+  pos.record += 1;
+  return rec;
+}
+
+std::optional<RawRecord> RecordSource::read_record(std::ifstream& in, FileLayout layout, SourcePos& pos) const {
+  if (layout == FileLayout::kJsonArray) return read_array_element(in, pos);
+  const bool plain_text = layout == FileLayout::kParagraphs;
   std::string line;
   bool cut = false;
   // Skip blank lines up to the record's first line.
@@ -160,6 +341,7 @@ bool RecordSource::open_current() {
       if (!in_)
         throw_file_error(p.string(), "cannot seek to byte " + std::to_string(pos_.offset),
                          "the file changed since the cursor was saved");
+      layout_ = file_layout(p);
       open_ = true;
     }
     return true;
@@ -170,7 +352,7 @@ bool RecordSource::open_current() {
 std::optional<RawRecord> RecordSource::next() {
   while (open_current()) {
     SourcePos pos = pos_;
-    auto rec = read_record(in_, is_plain_text_file(files_[pos_.file]), pos);
+    auto rec = read_record(in_, layout_, pos);
     if (rec) {
       pos_ = pos;
       return rec;
@@ -203,7 +385,7 @@ RawRecord RecordSource::read_at(const SourcePos& pos) const {
   if (!in) throw_file_error(p.string(), "cannot open data file");
   in.seekg(pos.offset);
   SourcePos cur = pos;
-  auto rec = read_record(in, is_plain_text_file(p), cur);
+  auto rec = read_record(in, file_layout(p), cur);
   if (!rec || rec->pos.offset != pos.offset) {
     throw_file_error(where(pos), "no record at byte " + std::to_string(pos.offset),
                      "the data file changed since the cursor was saved; restart the data stream");

@@ -4,8 +4,14 @@
 //
 // A record is
 //   - in a JSONL file (.jsonl / .json / anything but .txt): one non-blank line;
+//   - in a JSON array file (a .json file whose first non-blank byte is '[', e.g. Stanford's alpaca_data.json):
+//     one top-level element of the array, cut out by a byte scanner that tracks strings, escapes and bracket
+//     depth (the file is never read whole; an element may span many lines); its position is its first byte;
 //   - in a plain text file (.txt, format text only): one paragraph, i.e. a run of non-blank lines joined with
 //     "\n"; blank (whitespace-only) lines separate documents.
+// A JSON array whose structure is broken (unclosed, junk between elements, a trailing comma) is a qlora::Error
+// naming FILE:LINE and what was expected; a well-formed element that is not a valid record (a number, a bad
+// object) is an ordinary bad record, subject to data.on_bad_line.
 // Record indices count records across all files of a split in order; they drive the eval_fraction split
 // and the rank sharding, so every loader over the same files agrees on them.
 #pragma once
@@ -33,6 +39,11 @@ struct SourcePos {
   int64_t line = 1;    // 1-based line number of that line
   int64_t record = 0;  // index of the record over the whole file list
 };
+
+// How a file's records are laid out (file_layout()).
+enum class FileLayout { kLines, kParagraphs, kJsonArray };
+// .txt: paragraphs; .json whose first non-blank byte (after an optional UTF-8 BOM) is '[': a JSON array; else lines.
+FileLayout file_layout(const fs::path& p);
 
 struct RawRecord {
   std::string text;  // empty when too_long
@@ -68,13 +79,17 @@ class RecordSource {
   // advances offset/line; false at EOF.
   static bool read_line(std::ifstream& in, std::string& line, int64_t& offset, int64_t& line_no, size_t limit,
                         bool* cut);
-  std::optional<RawRecord> read_record(std::ifstream& in, bool plain_text, SourcePos& pos) const;
+  std::optional<RawRecord> read_record(std::ifstream& in, FileLayout layout, SourcePos& pos) const;
+  // The next element of a JSON array file; `pos` is the file's start, an element's first byte or the byte after
+  // an element (the cursor after next()).
+  std::optional<RawRecord> read_array_element(std::ifstream& in, SourcePos& pos) const;
 
   std::vector<fs::path> files_;
   size_t max_record_bytes_;
   SourcePos pos_;
   std::ifstream in_;
   bool open_ = false;
+  FileLayout layout_ = FileLayout::kLines;  // of the open file
 };
 
 bool is_plain_text_file(const fs::path& p);

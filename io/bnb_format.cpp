@@ -159,6 +159,15 @@ quant::QuantizedTensor bnb_read(const Checkpoint& ckpt, const std::string& prefi
   const std::string js(reinterpret_cast<const char*>(qs_bytes.data_ptr<uint8_t>()), qs_bytes.numel());
   const nlohmann::json j = parse_json(js, ckpt.dir().string() + ": bnb-4bit tensor '" + qs_key + "'");
   quant::QuantizedTensor q;
+  // Integers must be JSON integers: nlohmann converts a float such as 1e300 to int64_t with undefined behaviour.
+  const auto check_int = [&](const nlohmann::json& v, const std::string& what) {
+    if (!v.is_number_integer()) bnb_error(ckpt, qs_key, what + " must be an integer");
+  };
+  if (j.is_object() && j.contains("blocksize")) check_int(j["blocksize"], "blocksize");
+  if (j.is_object() && j.contains("nested_blocksize")) check_int(j["nested_blocksize"], "nested_blocksize");
+  if (j.is_object() && j.contains("shape") && j["shape"].is_array()) {
+    for (const auto& d : j["shape"]) check_int(d, "shape");
+  }
   try {
     q.type = quant::parse_quant_type(j.at("quant_type").get<std::string>());
     q.blocksize = j.at("blocksize").get<int64_t>();

@@ -157,6 +157,11 @@ void parse_sizes(KeyReader& r, LlamaConfig& c) {
     r.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
                                       std::to_string(c.num_attention_heads));
   }
+  int64_t q_dim = 0;  // num_attention_heads x head_dim (q_dim(), the width of every attention projection)
+  if (__builtin_mul_overflow(c.num_attention_heads, c.head_dim, &q_dim)) {
+    r.fail("head_dim", "num_attention_heads x head_dim overflows (" + std::to_string(c.num_attention_heads) + " x " +
+                           std::to_string(c.head_dim) + ")");
+  }
   c.max_position_embeddings = r.get_positive("max_position_embeddings", d.max_positions);
   c.rms_norm_eps = r.get_double("rms_norm_eps", d.rms_norm_eps);
   if (c.rms_norm_eps <= 0) r.fail("rms_norm_eps", "must be positive");

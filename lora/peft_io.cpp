@@ -194,6 +194,7 @@ LoraConfig parse_adapter_config(const nlohmann::json& j, const std::string& sour
     for (const auto& [k, v] : j.at(key).items()) {
       if (!v.is_number()) throw_file_error(source, fmt::format("{}['{}'] must be a number", key, k));
       if (std::string(key) == "rank_pattern") {
+        if (!v.is_number_integer()) throw_file_error(source, fmt::format("rank_pattern['{}'] must be an integer", k));
         c.rank_pattern[k] = v.get<int64_t>();
       } else {
         c.alpha_pattern[k] = v.get<double>();

@@ -42,4 +42,23 @@ EvalResult evaluate_documents(LlamaModelImpl& model, const std::vector<std::vect
   return r;
 }
 
+EvalResult evaluate_batches(LlamaModelImpl& model, const std::function<std::optional<EvalBatch>()>& next,
+                            torch::Device device, bool show_progress) {
+  torch::NoGradGuard no_grad;
+  Progress progress("evaluating", 0.0, "tok");
+  EvalResult r;
+  while (auto b = next()) {
+    if (stop_requested()) return r;
+    ForwardInputs in{b->inputs.attention_mask.defined() ? b->inputs.attention_mask.to(device) : torch::Tensor(),
+                     b->inputs.position_ids.defined() ? b->inputs.position_ids.to(device) : torch::Tensor(),
+                     b->inputs.segment_ids.defined() ? b->inputs.segment_ids.to(device) : torch::Tensor()};
+    auto [loss, n] = model.causal_lm_loss(b->input_ids.to(device), b->labels.to(device), in);
+    r.loss_sum += loss.item<double>();
+    r.tokens += n;
+    if (show_progress) progress.advance(static_cast<double>(n), "loss " + std::to_string(r.mean_loss()));
+  }
+  if (show_progress) progress.finish();
+  return r;
+}
+
 }  // namespace qlora::model

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <vector>
 
 #include "model/llama.h"
@@ -21,5 +23,18 @@ struct EvalResult {
 // first of a window is predicted. Runs under NoGrad, one window at a time; progress when show_progress.
 EvalResult evaluate_documents(LlamaModelImpl& model, const std::vector<std::vector<int64_t>>& documents,
                               int64_t max_seq_len, bool show_progress = true);
+
+// One batch of already masked examples (the trainer's batches: data/collate.h): input_ids and labels (B, T),
+// label -100 where nothing is predicted, and the padding / packing inputs.
+struct EvalBatch {
+  torch::Tensor input_ids;
+  torch::Tensor labels;
+  ForwardInputs inputs;
+};
+
+// The causal-LM loss summed over every batch `next` yields (until nullopt), counted over the label tokens, exactly
+// as the trainer's eval computes it (model.causal_lm_loss). Runs under NoGrad on `device`.
+EvalResult evaluate_batches(LlamaModelImpl& model, const std::function<std::optional<EvalBatch>()>& next,
+                            torch::Device device, bool show_progress = true);
 
 }  // namespace qlora::model

@@ -34,7 +34,7 @@ DEPS = {
     "trainer": ["data", "lora", "plan", "trainer/dist"],
     "gguf": ["lora", "tokenizer"],
 }
-TOP = ["apps", "bench", "tests"]  # may include anything
+TOP = ["apps", "bench", "fuzz", "tests"]  # may include anything
 SOURCE_EXT = (".h", ".cpp", ".cu", ".cuh")
 
 

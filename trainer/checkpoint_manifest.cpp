@@ -121,7 +121,8 @@ ManifestCheck verify_manifest(const fs::path& dir, std::string* why) {
   std::string parse_why;
   const auto m = try_parse_json(read_file(mf), &parse_why);
   if (!m) return corrupt(mf.string() + ": " + parse_why);
-  if (!m->is_object() || m->value("format", "") != kManifestFormat || !m->contains("files") ||
+  // (json::value() throws on a "format" that is not a string: compared as a JSON value instead.)
+  if (!m->is_object() || !m->contains("format") || m->at("format") != kManifestFormat || !m->contains("files") ||
       !m->at("files").is_object()) {
     return corrupt(mf.string() + ": not a checkpoint manifest (" + json_excerpt(*m, 60) + ")");
   }

@@ -119,8 +119,29 @@ void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides
   }
 }
 
+namespace {
+
+// YAML is Unicode text. A config that is not UTF-8 would fail only much later, where its values are written out as
+// JSON (the run hash, trainer_state.json), with a bare nlohmann::json error: it is refused here, naming the line.
+void check_utf8(const std::string& text, const std::string& where) {
+  size_t line = 1;
+  for (size_t begin = 0; begin <= text.size(); ++line) {
+    const size_t end = std::min(text.find('\n', begin), text.size());
+    try {
+      (void)nlohmann::json(text.substr(begin, end - begin)).dump();  // nlohmann's own check, the one that matters
+    } catch (const nlohmann::json::type_error&) {
+      throw Error(where + ":" + std::to_string(line) + ": not UTF-8 text\nHINT: save the config as UTF-8");
+    }
+    begin = end + 1;
+  }
+}
+
+}  // namespace
+
 TrainConfig parse_config(const std::string& yaml_text, const std::string& source_name,
                          const std::vector<std::string>& overrides) {
+  check_utf8(yaml_text, source_name);
+  for (const auto& o : overrides) check_utf8(o, "--set");
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);

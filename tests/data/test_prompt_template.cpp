@@ -187,7 +187,7 @@ TEST(PromptTemplate, Text) {
 
 TEST(PromptTemplate, BadRecords) {
   const DataConfig alpaca = make_config("train: t\n");
-  const DataConfig chat = make_config("train: t\nformat: chat\n");
+  const DataConfig chat = make_config("train: t\nformat: chat\ntemplate: llama2-chat\n");
   const auto reason = [](const json& j, const DataConfig& cfg) -> std::string {
     try {
       parse_record(j, cfg);
