@@ -1,7 +1,9 @@
 #include "io/hf_config.h"
 
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "common/atomic_file.h"
 #include "common/error.h"
@@ -95,12 +97,17 @@ BnbQuantConfig parse_bnb(const json& q, const std::string& source) {
 }  // namespace
 
 int64_t LlamaConfig::num_parameters() const {
-  const int64_t h = hidden_size;
-  int64_t per_layer = 0;
-  for (const auto& p : layer_projections(*this)) per_layer += p.out * p.in + (p.bias ? p.out : 0);
+  // In 128 bits and saturated: a hostile config.json's sizes can each pass their bounds and still multiply past
+  // int64 (found by fuzz_hf_config).
+  using Wide = __int128;
+  const Wide h = hidden_size;
+  Wide per_layer = 0;
+  for (const auto& p : layer_projections(*this)) per_layer += Wide(p.out) * p.in + (p.bias ? p.out : 0);
   for (const auto& n : layer_norms(*this)) per_layer += n.size;
-  const int64_t embed = vocab_size * h;
-  return embed + (tie_word_embeddings ? 0 : embed) + num_hidden_layers * per_layer + h;
+  const Wide embed = Wide(vocab_size) * h;
+  const Wide total = embed + (tie_word_embeddings ? 0 : embed) + Wide(num_hidden_layers) * per_layer + h;
+  constexpr Wide kMax = std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(total > kMax ? kMax : total);
 }
 
 namespace {
@@ -156,6 +163,19 @@ void parse_sizes(KeyReader& r, LlamaConfig& c) {
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     r.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
                                       std::to_string(c.num_attention_heads));
+  }
+  // Sane maxima, far above any real model (Llama 3 405B: hidden 16384, intermediate 53248, 126 layers; vocabularies
+  // up to ~262k), so that no product of sizes below can overflow or ask for absurd memory.
+  constexpr int64_t kMaxSize = int64_t{1} << 24, kMaxLayers = int64_t{1} << 16;
+  for (const auto& [key, v] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
+                               {"hidden_size", c.hidden_size},
+                               {"intermediate_size", c.intermediate_size},
+                               {"num_attention_heads", c.num_attention_heads},
+                               {"num_key_value_heads", c.num_key_value_heads},
+                               {"head_dim", c.head_dim},
+                               {"num_hidden_layers", c.num_hidden_layers}}) {
+    const int64_t limit = std::string_view(key) == "num_hidden_layers" ? kMaxLayers : kMaxSize;
+    if (v > limit) r.fail(key, std::to_string(v) + " is beyond any real model (at most " + std::to_string(limit) + ")");
   }
   int64_t q_dim = 0;  // num_attention_heads x head_dim (q_dim(), the width of every attention projection)
   if (__builtin_mul_overflow(c.num_attention_heads, c.head_dim, &q_dim)) {

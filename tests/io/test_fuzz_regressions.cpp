@@ -30,7 +30,19 @@ TEST(FuzzRegressions, HeadsTimesHeadDimOverflowIsAnError) {
   const std::string e = test::error_of([] {
     parse_llama_config(parse_json(read_regression("hf_config", "q_dim_overflow.json"), "config.json"), "config.json");
   });
-  EXPECT_NE(e.find("num_attention_heads x head_dim overflows"), std::string::npos) << e;
+  // Since the sane maxima: refused earlier, by the size bound.
+  EXPECT_NE(e.find("head_dim"), std::string::npos) << e;
+  EXPECT_NE(e.find("is beyond any real model"), std::string::npos) << e;
+}
+
+// fuzz_hf_config, 2026-12-03 (session 7): a Gemma 2 head_dim of 2.4e17 passed the overflow check on heads x head_dim,
+// then num_parameters() overflowed multiplying it by hidden_size. Sizes are now bounded (and the count saturates).
+TEST(FuzzRegressions, ParameterCountOfHugeSizesIsRefusedAtParse) {
+  const std::string e = test::error_of([] {
+    parse_llama_config(parse_json(read_regression("hf_config", "num_parameters_overflow.json"), "config.json"),
+                       "config.json");
+  });
+  EXPECT_NE(e.find("key 'head_dim': 236893488147418254 is beyond any real model"), std::string::npos) << e;
 }
 
 // fuzz_bnb_quant_state, 2026-12-03: "nested_blocksize": 2E56 (a JSON float) went through get<int64_t>(), an
