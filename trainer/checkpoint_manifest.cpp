@@ -130,14 +130,17 @@ ManifestCheck verify_manifest(const fs::path& dir, std::string* why) {
   if (!files.contains(kTrainerStateFile)) return corrupt(mf.string() + ": does not list " + kTrainerStateFile);
   for (const auto& [name, entry] : files.items()) {
     const fs::path f = dir / name;
-    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
-      return corrupt(mf.string() + ": invalid file name '" + name + "'");
+    // NAME_MAX is 255 bytes: a longer name cannot be a file we wrote (and fs::status would throw on it).
+    if (name.empty() || name.size() > 255 || name.find('/') != std::string::npos ||
+        name.find('\0') != std::string::npos || name == "." || name == "..") {
+      return corrupt(mf.string() + ": invalid file name '" + json_excerpt(nlohmann::json(name), 60) + "'");
     }
     if (!entry.is_object() || !entry.contains("size") || !entry["size"].is_number_unsigned() ||
         !entry.contains("crc32c") || !entry["crc32c"].is_string()) {
       return corrupt(mf.string() + ": bad entry for " + name);
     }
-    if (!fs::is_regular_file(f)) return corrupt(f.string() + ": listed in the manifest but missing");
+    std::error_code ec;
+    if (!fs::is_regular_file(f, ec)) return corrupt(f.string() + ": listed in the manifest but missing");
     const FileDigest d = digest_file(f);
     const uint64_t want_size = entry["size"].get<uint64_t>();
     if (d.size != want_size) {
