@@ -10,10 +10,6 @@
 
 namespace qlora::tokenizer::bpe {
 
-const char* const kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-
-namespace {
-
 void append_utf8(uint32_t cp, std::string* out) {
   if (cp < 0x80) {
     out->push_back(char(cp));
@@ -31,6 +27,10 @@ void append_utf8(uint32_t cp, std::string* out) {
     out->push_back(char(0x80 | (cp & 0x3F)));
   }
 }
+
+const char* const kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+namespace {
 
 struct ByteTable {
   std::array<std::string, 256> to_unicode;

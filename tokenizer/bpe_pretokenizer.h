@@ -26,6 +26,8 @@ bool byte_level_to_bytes(std::string_view s, std::string* out);
 bool repair_utf8(std::string_view in, std::string* out);
 // Length of the longest prefix of s that does not end inside an incomplete (but so far valid) UTF-8 sequence.
 size_t complete_utf8_prefix(std::string_view s);
+// Appends code point cp as UTF-8.
+void append_utf8(uint32_t cp, std::string* out);
 
 // A PCRE2 regex compiled in UTF + UCP mode (JIT when available), with HF Oniguruma-compatible \s.
 class Regex {

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "tokenizer/bpe_pretokenizer.h"
+
 namespace qlora::tokenizer {
 
 namespace {
@@ -81,24 +83,6 @@ uint32_t next_cp(std::string_view s, size_t* i) {
   return cp;
 }
 
-void append_utf8(uint32_t cp, std::string* out) {
-  if (cp < 0x80) {
-    out->push_back(char(cp));
-  } else if (cp < 0x800) {
-    out->push_back(char(0xC0 | (cp >> 6)));
-    out->push_back(char(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(char(0xE0 | (cp >> 12)));
-    out->push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(char(0x80 | (cp & 0x3F)));
-  } else {
-    out->push_back(char(0xF0 | (cp >> 18)));
-    out->push_back(char(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(char(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(char(0x80 | (cp & 0x3F)));
-  }
-}
-
 }  // namespace
 
 std::string nfc(std::string_view utf8) {
@@ -148,7 +132,7 @@ std::string nfc(std::string_view utf8) {
   }
   std::string result;
   result.reserve(utf8.size());
-  for (uint32_t cp : out) append_utf8(cp, &result);
+  for (uint32_t cp : out) bpe::append_utf8(cp, &result);
   return result;
 }
 
