@@ -97,21 +97,26 @@ torch::Tensor generator_state(at::Generator gen) {
 }  // namespace
 
 nlohmann::json trainer_state_to_json(const TrainerState& s) {
-  return {{"step", s.step},
-          {"total_steps", s.total_steps},
-          {"tokens_seen", s.tokens_seen},
-          {"label_tokens_seen", s.label_tokens_seen},
-          {"nonfinite_in_row", s.nonfinite_in_row},
-          {"nonfinite_total", s.nonfinite_total},
-          {"elapsed_s", s.elapsed_s},
-          {"last_loss", s.last_loss},
-          {"config_hash", s.config_hash},
-          {"trajectory", s.trajectory},
-          {"model_fingerprint", s.model_fingerprint},
-          {"data_state", s.data_state},
-          {"threads", s.threads},
-          {"world_size", s.world_size},
-          {"format", "qlora.cpp trainer_state v1"}};
+  nlohmann::json j = {{"step", s.step},
+                      {"total_steps", s.total_steps},
+                      {"tokens_seen", s.tokens_seen},
+                      {"label_tokens_seen", s.label_tokens_seen},
+                      {"nonfinite_in_row", s.nonfinite_in_row},
+                      {"nonfinite_total", s.nonfinite_total},
+                      {"elapsed_s", s.elapsed_s},
+                      {"last_loss", s.last_loss},
+                      {"config_hash", s.config_hash},
+                      {"trajectory", s.trajectory},
+                      {"model_fingerprint", s.model_fingerprint},
+                      {"data_state", s.data_state},
+                      {"threads", s.threads},
+                      {"world_size", s.world_size},
+                      {"format", "qlora.cpp trainer_state v1"}};
+  if (s.best_step >= 0) {
+    j["best"] = {{"eval_loss", s.best_eval_loss}, {"step", s.best_step}, {"evals_since", s.evals_since_best}};
+  }
+  if (s.stopped_early) j["stopped_early"] = true;
+  return j;
 }
 
 TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string& source) {
@@ -131,6 +136,13 @@ TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string&
     s.data_state = j.at("data_state");
     s.threads = j.value("threads", 0);
     s.world_size = j.value("world_size", 1);
+    if (j.contains("best")) {
+      const nlohmann::json& b = j.at("best");
+      s.best_eval_loss = b.at("eval_loss").get<double>();
+      s.best_step = b.at("step").get<int64_t>();
+      s.evals_since_best = b.at("evals_since").get<int64_t>();
+    }
+    s.stopped_early = j.value("stopped_early", false);
   } catch (const nlohmann::json::exception& e) {
     throw_file_error(source, std::string("not a valid trainer state: ") + e.what(),
                      "the checkpoint is damaged; resume from an older one (checkpoint.resume: <path>)");

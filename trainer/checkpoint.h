@@ -58,6 +58,12 @@ struct TrainerState {
   nlohmann::json data_state;  // DataLoader::state()
   int threads = 0;            // intra-op threads (bitwise resume needs the same count)
   int world_size = 1;         // data-parallel ranks (the global batch is micro x accum x world_size)
+  // eval.keep_best / eval.early_stopping_patience: the lowest eval loss so far and its step (best_step < 0: none
+  // yet), evaluations since it improved, and whether the run ended on early stopping.
+  double best_eval_loss = 0.0;
+  int64_t best_step = -1;
+  int64_t evals_since_best = 0;
+  bool stopped_early = false;
 };
 
 nlohmann::json trainer_state_to_json(const TrainerState& s);

@@ -41,6 +41,11 @@ void check_cross_keys(const YamlContext& ctx, const YAML::Node& root, TrainConfi
                "use bf16 (the same memory and speed where the GPU has bf16: Ampere and newer) or fp32; fp16 stays "
                "available for inference (qlora-generate --dtype fp16)");
   }
+  if (cfg.eval.early_stopping_patience > 0 && cfg.eval.every == 0) {
+    const YamlMap eval(ctx, top.get("eval"), "eval");
+    eval.fail("early_stopping_patience", "early stopping needs evaluations during the run, and eval.every is 0",
+              "set eval.every (optimizer steps between evaluations), or early_stopping_patience: 0");
+  }
   // The line of model.path for later errors about the folder (none when --set gave it).
   if (ctx.override_for("model.path").empty()) {
     const YamlMap model(ctx, top.get("model"), "model");

@@ -83,6 +83,13 @@ struct EvalSection {
   int64_t every = 0;        // optimizer steps between evaluations; 0 = only at the end
   int64_t max_batches = 0;  // 0 = the whole eval split
   bool at_end = true;       // evaluate once more after the last step
+  // The adapter of the lowest eval loss so far is kept (in <checkpoint.dir>/best/ while training) and written to
+  // <output_dir>/best/ at the end (HF's load_best_model_at_end, keeping the last adapter as the main output).
+  bool keep_best = false;
+  // Stop after this many evaluations in a row without an improvement of more than early_stopping_threshold
+  // (HF's EarlyStoppingCallback); 0 = never. Needs eval.every.
+  int64_t early_stopping_patience = 0;
+  double early_stopping_threshold = 0.0;
 };
 
 struct CheckpointSection {

@@ -248,6 +248,18 @@ void add_run_keys(std::vector<K>& keys) {
        .type = BoolKey{},
        .help = "evaluate once more after the last step",
        .field = member(&T::eval, &EvalSection::at_end)});
+  add({.path = "eval.keep_best",
+       .type = BoolKey{},
+       .help = "keep the adapter of the lowest eval loss; written to <output_dir>/best/ at the end",
+       .field = member(&T::eval, &EvalSection::keep_best)});
+  add({.path = "eval.early_stopping_patience",
+       .type = IntKey{.min = 0, .max = kMax},
+       .help = "stop after this many evaluations in a row without improvement; 0 = never (needs eval.every)",
+       .field = member(&T::eval, &EvalSection::early_stopping_patience)});
+  add({.path = "eval.early_stopping_threshold",
+       .type = RealKey{.min = 0.0, .max = 1e9},
+       .help = "an evaluation improves when its loss is below the best by more than this",
+       .field = member(&T::eval, &EvalSection::early_stopping_threshold)});
   add({.path = "checkpoint.dir",
        .type = PathKey{},
        .help = "holds the checkpoint-N/ directories",

@@ -116,13 +116,19 @@ TrainSummary Trainer::train() {
   loop.elapsed_before = state_.elapsed_s;
 
   impl_->model->train();
-  if (state_.step >= state_.total_steps) spdlog::info("the run is already complete at step {}", state_.step);
+  if (state_.stopped_early) {
+    spdlog::info("the run already stopped early at step {} of {} (eval.early_stopping_patience)", state_.step,
+                 state_.total_steps);
+  } else if (state_.step >= state_.total_steps) {
+    spdlog::info("the run is already complete at step {}", state_.step);
+  }
+  if (cfg_.eval.keep_best && impl_->dp.rank() == 0) clean_best_dir(cfg_.checkpoint.dir, loop.start_step == 0);
   if (impl_->dp.rank() == 0 && progress_mode() == ProgressMode::kBar && state_.step < state_.total_steps) {
     loop.bar.emplace("train", static_cast<double>(state_.total_steps), "steps");
     loop.bar->start_at(static_cast<double>(state_.step));
   }
   const int64_t micro_total = cfg_.train.grad_accum;  // this rank's micro-batches per update
-  while (state_.step < state_.total_steps) {
+  while (state_.step < state_.total_steps && !state_.stopped_early) {
     stop_if_requested();
     loop.show(state_, 0, 0, micro_total);
     Update update = next_update();
@@ -249,6 +255,7 @@ std::optional<double> Trainer::maybe_evaluate(LoopState& loop) {
   if (!impl_->eval_data || cfg_.eval.every <= 0 || state_.step % cfg_.eval.every != 0) return std::nullopt;
   loop.show(state_, 0, 0, cfg_.train.grad_accum, "evaluating");
   loop.last_eval_loss = evaluate().mean_loss();
+  track_best(*loop.last_eval_loss);
   return loop.last_eval_loss;
 }
 
@@ -298,6 +305,7 @@ void Trainer::evaluate_and_checkpoint_at_end(LoopState& loop) {
     loop.show(state_, 0, 0, cfg_.train.grad_accum, "evaluating");
     const model::EvalResult ev = evaluate();
     loop.last_eval_loss = ev.mean_loss();
+    track_best(ev.mean_loss());
     spdlog::info("eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens)", state_.step, ev.mean_loss(),
                  ev.perplexity(), ev.tokens);
     nlohmann::json rec = {{"step", state_.step},
@@ -363,6 +371,11 @@ TrainSummary Trainer::summarize(const LoopState& loop) const {
   s.first_loss = loop.first_loss;
   s.final_loss = state_.last_loss;
   s.final_eval_loss = loop.last_eval_loss;
+  if (state_.best_step >= 0) {
+    s.best_eval_loss = state_.best_eval_loss;
+    s.best_step = state_.best_step;
+  }
+  s.stopped_early = state_.stopped_early;
   s.nonfinite_steps = state_.nonfinite_total;
   const int64_t steps_here = state_.step - loop.start_step;
   s.allreduce_s_per_step = steps_here > 0 ? impl_->dp.allreduce_seconds() / static_cast<double>(steps_here) : 0.0;
@@ -397,6 +410,13 @@ void Trainer::write_final_outputs(TrainSummary& summary) {
     j["final_eval_ppl"] = std::exp(*summary.final_eval_loss);
   }
   AtomicDir out(cfg_.output_dir, output_overwrite_);
+  write_best_outputs(out.path(), summary);
+  if (summary.best_eval_loss) {
+    j["best_eval_loss"] = *summary.best_eval_loss;
+    j["best_step"] = summary.best_step;
+    if (!summary.best_adapter_dir.empty()) j["best_adapter_dir"] = summary.best_adapter_dir.string();
+  }
+  if (summary.stopped_early) j["stopped_early"] = true;
   lora::SaveAdapterOptions so;
   so.base_model_name_or_path = cfg_.model.path.string();
   lora::write_adapter_files(out.path(), impl_->adapters, so);
@@ -431,7 +451,15 @@ void Trainer::log_summary(const TrainSummary& summary) const {
   const std::optional<double> eval = summary.final_eval_loss;
   spdlog::info("loss {:.4f} -> {:.4f}{}", summary.first_loss, summary.final_loss,
                eval ? fmt::format(", eval loss {:.4f} (ppl {:.2f})", *eval, std::exp(*eval)) : "");
+  if (summary.stopped_early) {
+    spdlog::info("stopped early at step {} of {} (eval loss did not improve for {} evaluations)", summary.steps,
+                 summary.total_steps, cfg_.eval.early_stopping_patience);
+  }
   if (!summary.adapter_dir.empty()) spdlog::info("adapter:     {}", summary.adapter_dir.string());
+  if (!summary.best_adapter_dir.empty()) {
+    spdlog::info("best:        {} (eval loss {:.4f} at step {})", summary.best_adapter_dir.string(),
+                 *summary.best_eval_loss, summary.best_step);
+  }
   spdlog::info("checkpoints: {}", summary.checkpoint_dir.string());
   if (impl_->metrics.enabled()) spdlog::info("metrics:     {}", summary.metrics_file.string());
   const fs::path tb = impl_->metrics.tensorboard().dir();

@@ -65,6 +65,10 @@ struct TrainSummary {
   double first_loss = 0.0;         // first update of this process
   double final_loss = 0.0;         // last update
   std::optional<double> final_eval_loss;
+  std::optional<double> best_eval_loss;  // eval.keep_best / early stopping: the lowest eval loss and its step
+  int64_t best_step = -1;
+  bool stopped_early = false;  // eval.early_stopping_patience ended the run before total_steps
+  fs::path best_adapter_dir;   // <output_dir>/best when eval.keep_best wrote it
   int64_t nonfinite_steps = 0;
   double allreduce_s_per_step = 0.0;  // data parallel: time blocked in the all-reduces per update (0 alone)
   fs::path adapter_dir;               // empty when outputs are off
@@ -120,6 +124,8 @@ class Trainer {
   void log_step(const StepResult& result, std::optional<double> eval_loss, LoopState& loop);
   void maybe_checkpoint(LoopState& loop);
   void evaluate_and_checkpoint_at_end(LoopState& loop);
+  void track_best(double eval_loss);
+  void write_best_outputs(const fs::path& out_dir, TrainSummary& summary) const;
   TrainSummary summarize(const LoopState& loop) const;
   void write_final_outputs(TrainSummary& summary);
   void log_summary(const TrainSummary& summary) const;

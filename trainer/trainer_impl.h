@@ -52,4 +52,8 @@ struct Trainer::Impl {
   int64_t planned_peak_bytes = 0;  // the memory plan's total (trainer/run_plan.h)
 };
 
+// eval.keep_best (trainer/best_adapter.cpp): removes leftovers of an interrupted best/ write in checkpoint.dir,
+// and (`fresh`: a run that did not resume) an earlier run's best/.
+void clean_best_dir(const fs::path& checkpoint_dir, bool fresh);
+
 }  // namespace qlora::trainer
