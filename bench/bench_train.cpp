@@ -31,6 +31,8 @@
 #include "common/log.h"
 #include "common/threads.h"
 #include "io/hf_config.h"
+#include "plan/time_plan.h"
+#include "trainer/run_plan.h"
 #include "trainer/trainer.h"
 
 namespace {
@@ -112,28 +114,14 @@ Args parse_args(int argc, char** argv) {
   return o;
 }
 
-// Model FLOPs per trained token (forward + backward): 4 N_mm for the frozen matmuls (no weight gradient),
-// 6 N_lora for the adapters, 12 L Dq T for attention.
-struct TokenFlops {
-  double per_token = 0, n_mm = 0, n_lora = 0, n_params = 0, seq = 0;
-};
-
-TokenFlops token_flops(const trainer::TrainConfig& cfg, const io::LlamaConfig& mc) {
-  const double L = static_cast<double>(mc.num_hidden_layers), H = static_cast<double>(mc.hidden_size);
-  const double I = static_cast<double>(mc.intermediate_size), V = static_cast<double>(mc.vocab_size);
-  const double q = static_cast<double>(mc.q_dim()), kv = static_cast<double>(mc.kv_dim());
-  TokenFlops f;
-  f.seq = static_cast<double>(cfg.data_config.max_seq_len);
-  const double n_layer = H * q + 2 * H * kv + q * H + 3 * H * I;
-  f.n_mm = L * n_layer + V * H;
-  const double r = static_cast<double>(cfg.lora.r);
-  f.n_lora = L * r * ((H + q) + 2 * (H + kv) + (q + H) + 2 * (H + I) + (I + H));  // all-linear
-  f.per_token = 4 * f.n_mm + 6 * f.n_lora + 12 * L * q * f.seq;
-  f.n_params = static_cast<double>(mc.num_parameters());
-  return f;
+// Model FLOPs per trained token (forward + backward), plan/time_plan.h's accounting (what `qlora-train --plan`
+// estimates run times with): 4 N_frozen + 6 N_lora + 12 L q T, recomputation not counted.
+plan::TokenFlops token_flops(const trainer::TrainConfig& cfg, const io::LlamaConfig& mc) {
+  return plan::token_flops(trainer::plan_inputs(cfg, mc));
 }
 
-void print_results(const std::vector<Result>& results, const TokenFlops& f, double peak_bf16, int steps) {
+void print_results(const std::vector<Result>& results, const plan::TokenFlops& f, double n_params, double peak_bf16,
+                   int steps) {
   std::printf("%-26s %12s %14s %10s %10s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s", "MFU(bf16)",
               "6N MFU", "peak RSS");
   for (const auto& res : results) {
@@ -142,7 +130,7 @@ void print_results(const std::vector<Result>& results, const TokenFlops& f, doub
       continue;
     }
     const double gflops = res.tokens_per_s * f.per_token / 1e9;
-    const double gflops_6n = res.tokens_per_s * 6 * f.n_params / 1e9;
+    const double gflops_6n = res.tokens_per_s * 6 * n_params / 1e9;
     std::printf("%-26s %12.1f %14.1f %9.1f%% %9.1f%% %12s\n", res.checkpointing ? "on" : "off", res.tokens_per_s,
                 gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16, format_bytes(res.peak_rss).c_str());
   }
@@ -167,9 +155,10 @@ int main(int argc, char** argv) {
   try {
     const auto cfg = trainer::load_config(config_file);
     const auto mc = io::load_llama_config(cfg.model.path / "config.json");
-    const TokenFlops f = token_flops(cfg, mc);
+    const plan::TokenFlops f = token_flops(cfg, mc);
+    const double n_params = static_cast<double>(mc.num_parameters());
     std::printf("bench_train: %s  (%s, %.1fM params, %lld layers, hidden %lld, seq %.0f, micro batch %lld, %s %s)\n",
-                config_file.c_str(), cfg.model.path.c_str(), f.n_params / 1e6,
+                config_file.c_str(), cfg.model.path.c_str(), n_params / 1e6,
                 static_cast<long long>(mc.num_hidden_layers), static_cast<long long>(mc.hidden_size), f.seq,
                 static_cast<long long>(cfg.train.micro_batch_size), cfg.model.quant_type.c_str(),
                 cfg.model.compute_dtype.c_str());
@@ -200,10 +189,10 @@ int main(int argc, char** argv) {
         "best of 5 each), fp32 %.1f GFLOP/s\n",
         nthreads, peak_bf16, bf16_before, bf16_after1, bf16_after2, static_cast<long long>(mm), peak_fp32);
     std::printf(
-        "model FLOPs/token: 4*N_mm + 6*N_lora + 12*L*H*T = %.3f GFLOP (N_mm %.1fM, N_lora %.2fM); "
+        "model FLOPs/token: 4*N_frozen + 6*N_lora + 12*L*q*T = %.3f GFLOP (N_frozen %.1fM, N_lora %.2fM); "
         "6*N_params = %.3f GFLOP\n",
-        f.per_token / 1e9, f.n_mm / 1e6, f.n_lora / 1e6, 6 * f.n_params / 1e9);
-    print_results(results, f, peak_bf16, steps);
+        f.per_token / 1e9, f.n_frozen / 1e6, f.n_lora / 1e6, 6 * n_params / 1e9);
+    print_results(results, f, n_params, peak_bf16, steps);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

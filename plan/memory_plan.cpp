@@ -8,6 +8,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "plan/time_plan.h"
 
 namespace qlora::plan {
 namespace {
@@ -458,11 +459,12 @@ StreamingPlan plan_streaming(const MemoryPlan& plan) {
   s.device_bytes = plan.total_bytes - layers * decoder + 2 * decoder - stored_inputs +
                    (in.gradient_checkpointing ? 2 * n * c.hidden_size * e : 0) - in.baseline_bytes;
   s.host_bytes = layers * decoder + stored_inputs;
-  int64_t proj_params = 0;
-  for (const auto& pr : plan_projections(c)) proj_params += pr.out * pr.in;
-  const double params = static_cast<double>(layers * proj_params + c.vocab_size * c.hidden_size);
-  // forward 2 N P, recompute 2 N P, backward (grad of x only: frozen W) 2 N P, LoRA terms are < 1% at r 64.
-  s.flops_per_micro_batch = 6.0 * static_cast<double>(n) * params;
+  // A streamed run recomputes each layer during backward (its inputs are all that stay): plan/time_plan.h's
+  // accounting with checkpointing, recomputation included.
+  MemoryPlanInputs recomputed = in;
+  recomputed.gradient_checkpointing = true;
+  const TokenFlops f = token_flops(recomputed);
+  s.flops_per_micro_batch = (f.per_token + f.recompute) * static_cast<double>(n);
   return s;
 }
 

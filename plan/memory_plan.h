@@ -119,7 +119,7 @@ struct StreamingPlan {
   int64_t bytes_per_micro_batch = 0;
   int64_t device_bytes = 0;          // device-resident total with 2 layers in flight, layer inputs on the host
   int64_t host_bytes = 0;            // pinned host: all decoder layers + checkpointed layer inputs
-  double flops_per_micro_batch = 0;  // 2*N*params forward + 2*N recompute + 4*N backward (x, LoRA grads)
+  double flops_per_micro_batch = 0;  // plan/time_plan.h's FLOPs of B*T tokens, the recomputed forward included
 };
 StreamingPlan plan_streaming(const MemoryPlan& plan);
 

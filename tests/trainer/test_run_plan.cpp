@@ -134,5 +134,24 @@ TEST(RunPlan, ModelPlanConfigStandsInWhileTheWeightsAreAbsent) {
   EXPECT_NE(bad.output.find("model.plan_config"), std::string::npos) << bad.output;
 }
 
+// --plan ends with the time plan: at a given rate the step time is the step's FLOPs over it; on the CPU without a rate
+// it measures the matmul rate; a rate that is not one is a clear error.
+TEST(RunPlan, PlanPrintsTheTimeOfAStepAndOfTheRun) {
+  const std::string train = "cd " + test::source_dir().string() + " && " + (test::bin_dir() / "qlora-train").string() +
+                            " configs/llama3-8b.yaml --plan --plan-config configs/models/llama-3.1-8b.json";
+  const auto given = test::run_command(train + " --plan-flops 40T");
+  ASSERT_EQ(given.exit_code, 0) << given.output;
+  EXPECT_NE(given.output.find("time plan"), std::string::npos) << given.output;
+  EXPECT_NE(given.output.find("40 TFLOP/s (--plan-flops)"), std::string::npos) << given.output;
+  EXPECT_NE(given.output.find("for the run's 1875 steps"), std::string::npos) << given.output;
+  EXPECT_NE(given.output.find("16384 tokens"), std::string::npos) << given.output;  // 1 x 1024 x grad_accum 16
+  const auto measured = test::run_command(train);
+  ASSERT_EQ(measured.exit_code, 0) << measured.output;
+  EXPECT_NE(measured.output.find("of the bf16 matmul rate measured now"), std::string::npos) << measured.output;
+  const auto bad = test::run_command(train + " --plan-flops fast");
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("FLOP rate 'fast'"), std::string::npos) << bad.output;
+}
+
 }  // namespace
 }  // namespace qlora::trainer
