@@ -3,6 +3,7 @@
 //   qlora-generate --model models/tiny --prompt "Once upon a time" [--max-new-tokens 64] [--temperature 0.8]
 //                  [--top-k 40] [--top-p 0.95] [--seed 1] [--quant nf4|fp4|none] [--threads N]
 //   qlora-generate --model DIR --chat --prompt "Hi!" [--system "Be brief."]   (the model's own chat template)
+//   qlora-generate --model DIR --chat                  (multi-turn: one user turn per line of stdin, history kept)
 //   qlora-generate --model DIR --prompt-ids "1 263 273" --temperature 0 --ignore-eos --print-ids
 //                  (token ids in and out, for comparing with other runtimes, e.g. llama.cpp on a GGUF export)
 //   qlora-generate --model DIR --prompt-ids "1 263 273" --max-new-tokens 0 --logits-out logits.npy
@@ -10,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -82,7 +84,9 @@ void add_options(CLI::App& cli, Args& a) {
   auto* pf = cli.add_option("--prompt-file", a.prompt_file, "file holding the prompt");
   auto* pi = cli.add_option("--prompt-ids", a.prompt_ids,
                             "the prompt as space-separated token ids, used as given (include BOS yourself)");
-  cli.add_flag("--chat", a.chat, "the prompt is a user turn, rendered with the model's chat template");
+  cli.add_flag("--chat", a.chat,
+               "the prompt is a user turn, rendered with the model's chat template; without a prompt, a "
+               "conversation: each line of stdin is a user turn");
   cli.add_option("--system", a.system, "with --chat: a system message before the user turn");
   cli.add_flag("--ignore-eos", a.ignore_eos, "keep generating past end-of-sequence tokens");
   cli.add_flag("--print-ids", a.print_ids, "print the generated token ids (one line, space-separated) instead of text");
@@ -109,11 +113,11 @@ void add_options(CLI::App& cli, Args& a) {
 
 // Streams the continuation to stdout as it is generated: decoded text (the whole continuation is decoded each
 // time, so pieces that join, such as spaces and multi-byte characters, print correctly) or, with --print-ids,
-// the ids on one line at the end.
-qlora::model::GenerateResult stream_completion(qlora::model::LlamaModel& model, const qlora::tokenizer::Tokenizer& tok,
-                                               const std::vector<int64_t>& ids, const Args& a) {
+// the ids on one line at the end. `echo` is printed first (the prompt text). Returns the continuation's text.
+std::string stream_completion(qlora::model::LlamaModel& model, const qlora::tokenizer::Tokenizer& tok,
+                              const std::vector<int64_t>& ids, const Args& a, const std::string& echo) {
   if (!a.print_ids) {
-    std::printf("%s", a.prompt.c_str());
+    std::printf("%s", echo.c_str());
     std::fflush(stdout);
   }
   std::vector<int32_t> out;
@@ -134,12 +138,37 @@ qlora::model::GenerateResult stream_completion(qlora::model::LlamaModel& model, 
     for (size_t i = 0; i < out.size(); ++i) std::printf("%s%d", i ? " " : "", out[i]);
   }
   std::printf("\n");
-  return r;
+  std::fflush(stdout);
+  const double n = static_cast<double>(r.tokens.size());
+  std::fprintf(stderr, "prompt %zu tokens in %.2fs (%.1f tok/s); generated %zu tokens in %.2fs (%.1f tok/s)%s\n",
+               ids.size(), r.prompt_seconds, static_cast<double>(ids.size()) / std::max(r.prompt_seconds, 1e-9),
+               r.tokens.size(), r.decode_seconds, n > 1 ? (n - 1) / std::max(r.decode_seconds, 1e-9) : 0.0,
+               r.stopped_on_eos ? ", stopped at eos" : "");
+  return tok.decode(out);
+}
+
+// --chat without a prompt: each line of stdin is a user turn; the conversation so far (with the model's replies)
+// is rendered with the model's chat template for every reply. Ends at end of input (or Ctrl-C).
+void chat_from_stdin(qlora::model::LlamaModel& model, const qlora::tokenizer::Tokenizer& tok, const Args& a) {
+  const auto t = qlora::data::load_model_chat_template(a.model_dir);
+  std::vector<qlora::data::Message> conversation;
+  if (!a.system.empty()) conversation.push_back({qlora::data::Role::kSystem, a.system});
+  std::fprintf(stderr, "chat: one user turn per line, end with Ctrl-D\n");
+  for (std::string line; !qlora::stop_requested() && std::getline(std::cin, line);) {
+    if (line.empty()) continue;
+    conversation.push_back({qlora::data::Role::kUser, line});
+    std::vector<int64_t> ids;
+    for (int32_t id : qlora::data::encode_chat_prompt(t, tok, conversation)) ids.push_back(id);
+    conversation.push_back({qlora::data::Role::kAssistant, stream_completion(model, tok, ids, a, "")});
+  }
 }
 
 int run_generate(Args& a) {
-  if (a.prompt.empty() && a.prompt_file.empty() && a.prompt_ids.empty()) {
-    throw qlora::Error("give --prompt TEXT, --prompt-file FILE or --prompt-ids \"ID ID ...\"");
+  const bool chat_stdin = a.chat && a.prompt.empty() && a.prompt_file.empty() && a.prompt_ids.empty();
+  if (a.prompt.empty() && a.prompt_file.empty() && a.prompt_ids.empty() && !chat_stdin) {
+    throw qlora::Error(
+        "give --prompt TEXT, --prompt-file FILE or --prompt-ids \"ID ID ...\" (or --chat to read turns "
+        "from stdin)");
   }
   if (!a.prompt_file.empty()) a.prompt = qlora::read_file(a.prompt_file);
   qlora::configure_threads(a.threads);
@@ -153,6 +182,9 @@ int run_generate(Args& a) {
   std::vector<int64_t> ids;
   if (!a.prompt_ids.empty()) {
     ids = parse_token_ids(a.prompt_ids, model->config().vocab_size);
+  } else if (chat_stdin) {
+    if (!a.logits_out.empty())
+      throw qlora::Error("--logits-out needs a prompt (--prompt, --prompt-file, --prompt-ids)");
   } else if (a.chat) {
     const auto t = qlora::data::load_model_chat_template(a.model_dir);
     for (int32_t id : qlora::data::encode_chat_prompt(t, *tok, a.system, a.prompt)) ids.push_back(id);
@@ -168,12 +200,11 @@ int run_generate(Args& a) {
     if (tok->eos_id() >= 0) a.g.eos_token_ids.push_back(tok->eos_id());
   }
   a.g.vocab_limit = tok->vocab_size();  // models may pad their vocabulary beyond the tokenizer's
-  const auto r = stream_completion(model, *tok, ids, a);
-  const double n = static_cast<double>(r.tokens.size());
-  std::fprintf(stderr, "prompt %zu tokens in %.2fs (%.1f tok/s); generated %zu tokens in %.2fs (%.1f tok/s)%s\n",
-               ids.size(), r.prompt_seconds, static_cast<double>(ids.size()) / std::max(r.prompt_seconds, 1e-9),
-               r.tokens.size(), r.decode_seconds, n > 1 ? (n - 1) / std::max(r.decode_seconds, 1e-9) : 0.0,
-               r.stopped_on_eos ? ", stopped at eos" : "");
+  if (chat_stdin) {
+    chat_from_stdin(model, *tok, a);
+    return 0;
+  }
+  stream_completion(model, *tok, ids, a, a.prompt);
   return 0;
 }
 

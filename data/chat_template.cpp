@@ -396,16 +396,23 @@ namespace qlora::data {
 
 std::vector<int32_t> encode_chat_prompt(const ModelChatTemplate& t, const tokenizer::Tokenizer& tok,
                                         const std::string& system, const std::string& user) {
+  std::vector<Message> messages;
+  if (!system.empty()) messages.push_back({Role::kSystem, system});
+  messages.push_back({Role::kUser, user});
+  return encode_chat_prompt(t, tok, messages);
+}
+
+std::vector<int32_t> encode_chat_prompt(const ModelChatTemplate& t, const tokenizer::Tokenizer& tok,
+                                        const std::vector<Message>& messages) {
   if (t.empty()) {
     throw Error(
         "the model has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json)"
         "\nHINT: give the prompt as plain text (without --chat)");
   }
-  ojson messages = ojson::array();
-  if (!system.empty()) messages.push_back({{"role", "system"}, {"content", system}});
-  messages.push_back({{"role", "user"}, {"content", user}});
+  ojson list = ojson::array();
+  for (const Message& m : messages) list.push_back({{"role", role_name(m.role)}, {"content", m.content}});
   RenderedChat chat;
-  chat.text = ChatTemplateRenderer(t).render(messages, ojson(), /*add_generation_prompt=*/true);
+  chat.text = ChatTemplateRenderer(t).render(list, ojson(), /*add_generation_prompt=*/true);
   return tokenize_rendered(chat, tok, t, /*train_on_prompt=*/false).ids;
 }
 

@@ -109,5 +109,9 @@ TokenizedExample tokenize_chat_messages(const ChatTemplateRenderer& r, const std
 // qlora::Error.
 std::vector<int32_t> encode_chat_prompt(const ModelChatTemplate& t, const tokenizer::Tokenizer& tok,
                                         const std::string& system, const std::string& user);
+// The same for a conversation so far (`qlora-generate --chat` reading turns from stdin): the messages in order,
+// ending with a user turn, then the generation prompt.
+std::vector<int32_t> encode_chat_prompt(const ModelChatTemplate& t, const tokenizer::Tokenizer& tok,
+                                        const std::vector<Message>& messages);
 
 }  // namespace qlora::data

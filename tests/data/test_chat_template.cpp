@@ -146,6 +146,30 @@ TEST(ChatTemplate, Llama3ChatPromptEqualsTransformersPrefix) {
   EXPECT_EQ(encode_chat_prompt(load_model_chat_template(dir), *tok, "", g["messages"][0]["content"]), want);
 }
 
+// A later turn of `qlora-generate --chat` (turns from stdin): the conversation so far, ending with the user's
+// second message, renders to transformers' ids up to and including the second assistant header.
+TEST(ChatTemplate, Llama3MultiTurnChatPromptEqualsTransformersPrefix) {
+  const fs::path dir = test::source_dir() / "assets" / "llama3-tokenizer";
+  const auto tok = tokenizer::BpeTokenizer::load(dir);
+  const auto golden = nlohmann::json::parse(read_file(test::fixtures_dir() / "llama3_chat_golden.json"));
+  const auto& g = golden[1];  // system, user, assistant, user, assistant
+  ASSERT_EQ(g["messages"].size(), 5u);
+  std::vector<Message> so_far;
+  for (size_t i = 0; i < 4; ++i) {
+    const std::string role = g["messages"][i]["role"];
+    so_far.push_back({role == "system" ? Role::kSystem
+                      : role == "user" ? Role::kUser
+                                       : Role::kAssistant,
+                      g["messages"][i]["content"]});
+  }
+  ASSERT_EQ(so_far.back().role, Role::kUser);
+  const auto ids = g["ids"].get<std::vector<int32_t>>();
+  const auto header = std::find(ids.rbegin(), ids.rend(), tok->piece_to_id("assistant"));
+  ASSERT_NE(header, ids.rend());
+  const std::vector<int32_t> want(ids.begin(), header.base() + 2);  // "assistant" <|end_header_id|> "\n\n"
+  EXPECT_EQ(encode_chat_prompt(load_model_chat_template(dir), *tok, so_far), want);
+}
+
 TEST(ChatTemplate, LoaderDefaultsToModelTemplateAndFallsBackToChatml) {
   const fs::path dir = test::temp_dir();
   test::write_jsonl(dir / "chat.jsonl", {nlohmann::json::parse(R"({"messages": [{"role": "user", "content": "hi"},
