@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -156,6 +157,10 @@ struct DistGroup::Impl {
 DistGroup::DistGroup(const DistEnv& env, const DistOptions& options)
     : env_(env), options_(options), impl_(std::make_unique<Impl>()) {
   auto& I = *impl_;
+  // A write to a dead peer's socket must be an error c10d reports (and diagnose_failure explains), not a SIGPIPE
+  // that kills this rank silently: seen when rank 0 was SIGKILLed mid-checkpoint. Python, which torchrun's ranks
+  // normally run in, ignores SIGPIPE from startup; so do we once a process joins a group.
+  std::signal(SIGPIPE, SIG_IGN);
   const std::string where = env.master_addr + ":" + std::to_string(env.master_port);
   const auto rendezvous_timeout = std::max(options.timeout, kMinRendezvousTimeout);
   try {
