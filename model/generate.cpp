@@ -1,6 +1,7 @@
 #include "model/generate.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
 
 #include <algorithm>
 #include <chrono>
@@ -34,19 +35,26 @@ int64_t sample_token(const torch::Tensor& logits, const GenerateOptions& o, torc
 GenerateResult generate(LlamaModelImpl& model, const std::vector<int64_t>& prompt, const GenerateOptions& o,
                         const TokenCallback& on_token) {
   if (prompt.empty()) throw Error("generate: the prompt is empty (no tokens)");
-  torch::NoGradGuard no_grad;
+  // No autograd anywhere (the CPU takes the 4-bit GEMV path for one-row projections: quant::gemv_4bit_applies).
+  c10::InferenceMode inference;
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
   GenerateResult r;
   std::vector<int64_t> seq = prompt;
   KVCache cache;
+  cache.reserve(static_cast<int64_t>(prompt.size()) + std::max<int64_t>(0, o.max_new_tokens));
   auto clock = std::chrono::steady_clock::now;
-  auto t0 = clock();
   auto to_ids = [&](const std::vector<int64_t>& ids) { return torch::tensor(ids, torch::kInt64).view({1, -1}); };
-  torch::Tensor logits = model.forward(to_ids(seq), {}, o.use_cache ? &cache : nullptr);  // (1, T, V)
+  // ids (1, T) -> fp32 logits (V) of the last position only: lm_head runs on one row, never on the whole prompt.
+  auto next_logits = [&](const std::vector<int64_t>& ids, KVCache* c) {
+    const torch::Tensor hidden = model.forward_hidden(to_ids(ids), {}, c);  // (1, T, H)
+    return model.logits(hidden.narrow(1, hidden.size(1) - 1, 1).contiguous()).view({-1});
+  };
+  auto t0 = clock();
+  torch::Tensor logits = next_logits(seq, o.use_cache ? &cache : nullptr);  // the prompt in one batched forward
   r.prompt_seconds = std::chrono::duration<double>(clock() - t0).count();
   auto t1 = clock();
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    const int64_t tok = sample_token(logits.select(1, logits.size(1) - 1).squeeze(0), o, gen);
+    const int64_t tok = sample_token(logits, o, gen);
     r.tokens.push_back(tok);
     seq.push_back(tok);
     const bool keep_going = !on_token || on_token(tok);
@@ -55,7 +63,7 @@ GenerateResult generate(LlamaModelImpl& model, const std::vector<int64_t>& promp
       break;
     }
     if (!keep_going || step + 1 == o.max_new_tokens) break;
-    logits = o.use_cache ? model.forward(to_ids({tok}), {}, &cache) : model.forward(to_ids(seq));
+    logits = o.use_cache ? next_logits({tok}, &cache) : next_logits(seq, nullptr);
   }
   r.decode_seconds = std::chrono::duration<double>(clock() - t1).count();
   return r;

@@ -1,4 +1,6 @@
-// Autoregressive generation with a KV cache: one forward over the prompt, then one token at a time.
+// Autoregressive generation with a KV cache: one batched forward over the prompt, then one token at a time; the cache
+// is allocated once for prompt + max_new_tokens positions and written in place, and lm_head runs on the last
+// position only.
 // Sampling: temperature 0 = greedy (argmax); else logits / T, top-k, top-p (nucleus), then a draw from a
 // generator seeded with `seed` (deterministic for a given seed, independent of the global RNG).
 #pragma once
@@ -35,7 +37,8 @@ struct GenerateResult {
   double decode_seconds = 0.0;  // the remaining steps
 };
 
-// prompt: token ids (non-empty). Runs under NoGrad.
+// prompt: token ids (non-empty). Runs under c10::InferenceMode (so one-row 4-bit projections on the CPU take the
+// GEMV kernel, quant::gemv_4bit_applies).
 GenerateResult generate(LlamaModelImpl& model, const std::vector<int64_t>& prompt, const GenerateOptions& options,
                         const TokenCallback& on_token = {});
 

@@ -1,8 +1,11 @@
 #include "model/llama.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <map>
+#include <tuple>
+#include <utility>
 
 #include "common/error.h"
 #include "common/labels.h"
@@ -32,6 +35,32 @@ torch::Tensor family_norm(const io::LlamaConfig& c, const torch::Tensor& x, cons
   torch::Tensor xf = x.to(torch::kFloat32);
   torch::Tensor n = xf * torch::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + c.rms_norm_eps);
   return (n * (1.0 + weight.to(torch::kFloat32))).to(x.scalar_type());
+}
+
+// Writes k / v (B, nKV, T, d) at positions [past, past + T) of layer `layer`'s cache buffers (allocated, or grown to
+// at least double, when too small) and returns views of positions [0, past + T) of them.
+std::pair<torch::Tensor, torch::Tensor> cache_append(KVCache& c, size_t layer, const torch::Tensor& k,
+                                                     const torch::Tensor& v) {
+  TORCH_CHECK(!torch::GradMode::is_enabled() || !(k.requires_grad() || v.requires_grad()),
+              "KVCache: no autograd through the cache (run generation under NoGradGuard or InferenceMode)");
+  const int64_t past = c.filled, t = k.size(2), need = past + t;
+  torch::Tensor& kb = c.k[layer];
+  torch::Tensor& vb = c.v[layer];
+  if (!kb.defined() || kb.size(2) < need) {
+    const int64_t cap = std::max({need, c.reserved, kb.defined() ? 2 * kb.size(2) : int64_t{0}});
+    auto grow = [&](torch::Tensor& buf, const torch::Tensor& like) {
+      torch::Tensor bigger = torch::empty({like.size(0), like.size(1), cap, like.size(3)}, like.options());
+      if (buf.defined() && past > 0) bigger.narrow(2, 0, past).copy_(buf.narrow(2, 0, past));
+      buf = bigger;
+    };
+    grow(kb, k);
+    grow(vb, v);
+  }
+  TORCH_CHECK(kb.size(0) == k.size(0) && kb.size(1) == k.size(1) && kb.size(3) == k.size(3), "KVCache: cached ",
+              kb.sizes(), " cannot take keys ", k.sizes(), " (a new batch needs a new cache)");
+  kb.narrow(2, past, t).copy_(k);
+  vb.narrow(2, past, t).copy_(v);
+  return {kb.narrow(2, 0, need), vb.narrow(2, 0, need)};
 }
 
 // One decoder layer; the module tree mirrors HF: self_attn.<projections> (and q_norm/k_norm), mlp.<projections>,
@@ -114,22 +143,16 @@ struct DecoderLayerImpl : torch::nn::Module {
     return linears.at("down_proj")->forward(act);
   }
 
-  // x: (B, T, H) -> (B, T, H). cos/sin: (B, T, d). mask: this layer's (full or sliding) mask. Cache slots
-  // (B, nKV, S, d) are appended to when given.
+  // x: (B, T, H) -> (B, T, H). cos/sin: (B, T, d). mask: this layer's (full or sliding) mask. With a cache, this
+  // layer's keys / values (B, nKV, T, d) are written at positions [cache->length(), + T) of its buffers (slot
+  // `index`) and attention reads positions [0, cache->length() + T).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& mask, torch::Tensor* k_cache, torch::Tensor* v_cache) {
+                        const torch::Tensor& mask, KVCache* cache, size_t index) {
     const int64_t b = x.size(0), t = x.size(1);
     auto [q, k, v] = project_qkv(norm("input_layernorm", x));
     q = ops::apply_rope(q, cos, sin);
     k = ops::apply_rope(k, cos, sin);
-    if (k_cache) {
-      if (k_cache->defined()) {
-        k = torch::cat({*k_cache, k}, 2);
-        v = torch::cat({*v_cache, v}, 2);
-      }
-      *k_cache = k;
-      *v_cache = v;
-    }
+    if (cache) std::tie(k, v) = cache_append(*cache, index, k, v);
     const auto& tr = config.traits;
     const double scale = tr.query_pre_attn_scalar > 0 ? 1.0 / std::sqrt(tr.query_pre_attn_scalar) : 0.0;
     torch::Tensor attn = ops::grouped_query_attention(q, k, v, mask, scale, tr.attn_softcap);  // (B, nH, T, d)
@@ -234,17 +257,18 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
             const LayerPass pass =
                 torch::GradMode::is_enabled() ? LayerPass::kRecompute : LayerPass::kForwardCheckpoint;
             if (hooks.before) hooks.before(idx, pass);
-            torch::Tensor out = layer->forward(xs[0], cos, sin, mask, nullptr, nullptr);
+            torch::Tensor out = layer->forward(xs[0], cos, sin, mask, nullptr, 0);
             if (hooks.after) hooks.after(idx, pass);
             return std::vector<torch::Tensor>{out};
           },
           {h})[0];
     } else {
       if (hooks.before) hooks.before(idx, LayerPass::kForward);
-      h = layer->forward(h, cos, sin, layer_mask, cache ? &cache->k[i] : nullptr, cache ? &cache->v[i] : nullptr);
+      h = layer->forward(h, cos, sin, layer_mask, cache, i);
       if (hooks.after) hooks.after(idx, LayerPass::kForward);
     }
   }
+  if (cache) cache->filled = past + t;
   return family_norm(config_, h, m.norm->weight);
 }
 

@@ -42,10 +42,18 @@ struct ForwardInputs {
   torch::Tensor segment_ids;     // int32/int64; tokens attend only within the same segment (packing)
 };
 
-// Key/value cache for generation: per layer (B, n_kv, T_cached, head_dim).
+// Key/value cache for generation (no autograd through it). Per layer a (B, n_kv, capacity, head_dim) buffer whose
+// first length() positions hold the keys / values so far: each forward writes its new positions in place, never
+// copying the past. reserve() before the first forward sizes the buffers for the whole generation (prompt +
+// max_new_tokens); a forward past the capacity grows them (at least doubling, copying what is filled).
 struct KVCache {
-  std::vector<torch::Tensor> k, v;
-  int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+  std::vector<torch::Tensor> k, v;  // per layer: the buffers (undefined before the first forward)
+  int64_t filled = 0;               // positions written
+  int64_t reserved = 0;             // capacity the first allocation makes room for
+
+  int64_t length() const { return filled; }
+  int64_t capacity() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+  void reserve(int64_t positions) { reserved = positions; }
 };
 
 // Which run of a decoder layer a LayerHooks call is about (see set_layer_hooks).

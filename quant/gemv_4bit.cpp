@@ -1,20 +1,73 @@
+// 4-bit GEMV on the CPU: gemv_4bit_ref, the specification (codec_4bit.h's order), and its SIMD twins
+// gemv_4bit_avx512 / gemv_4bit_avx2, which compute the same sums in the same order and so give the same bits
+// (tests/quant/test_gemv_4bit_cpu.cpp compares them byte for byte; tests/cuda compares the CUDA kernel with the ref).
+//
+// How the SIMD kernels keep the specification's order. Its 32 lanes are 32 independent running sums, lane l over
+// chunks l, l + 32, l + 64, ... (32 weights each). Call 32 consecutive chunks (1024 weights, 512 packed bytes) a
+// superchunk: each lane owns one chunk of every superchunk. A W-wide register (W = 16 for AVX-512, 8 for AVX2) holds
+// W of the lanes, and one step computes, for element j of each of those W chunks,
+//   acc = fma(code[nibble] * absmax, x, acc)
+// so every lane sees its products exactly in the specification's order (j = 0..31 within a chunk, chunks in
+// increasing order). The nibbles of element j of W chunks are the same bits of one 4-byte word per chunk: the W
+// chunks' bytes (chunk-major in memory) are transposed into four registers of words with unpack instructions, which
+// work within 128-bit lanes, so register lane p = 4 h + i holds chunk h + (W / 4) i of its group (lane_chunk below).
+// x is laid out once per call in that lane order (fp32, exact from bf16; layout_x), and each lane's absmax is
+// gathered from the row's decoded absmax. The 32 lane sums are then combined by the specification's butterfly in
+// the same scalar code the reference uses (finish_row).
 #include "quant/gemv_4bit.h"
 
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
 #include <array>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "quant/codec_4bit.h"
 
 namespace qlora::quant {
+namespace {
 
-void gemv_4bit_ref(const Gemv4bitArgs& a) {
+using Lanes = std::array<float, codec::kGemvLanes>;
+constexpr int64_t kChunkBytes = codec::kGemvChunk / codec::kCodesPerByte;  // 16 packed bytes per chunk
+constexpr int64_t kSuperElems = codec::kGemvLanes * codec::kGemvChunk;     // weights per superchunk (1024)
+constexpr int64_t kGrainWeights = int64_t{1} << 16;  // at least this many weights per thread (else one thread)
+
+void check_args(const Gemv4bitArgs& a) {
   if (a.in_features % codec::kGemvChunk != 0) {
     throw std::invalid_argument("gemv_4bit: in_features " + std::to_string(a.in_features) + " is not a multiple of 32");
   }
+  if (!codec::valid_blocksize(a.w.blocksize)) {
+    throw std::invalid_argument("gemv_4bit: blocksize " + std::to_string(a.w.blocksize) +
+                                " is not a power of two in [32, 4096]");
+  }
+}
+
+// Row o's output from its 32 lane sums (lane[l] = the sum over chunks l, l + 32, ...): the butterfly, then the cast.
+void finish_row(const Gemv4bitArgs& a, int64_t o, Lanes lane) {
+  for (int off = codec::kGemvLanes / 2; off >= 1; off /= 2) {
+    Lanes next{};
+    for (int l = 0; l < codec::kGemvLanes; ++l) {
+      next[static_cast<size_t>(l)] = lane[static_cast<size_t>(l)] + lane[static_cast<size_t>(l ^ off)];
+    }
+    lane = next;
+  }
+  if (a.out_bf16) {
+    static_cast<uint16_t*>(a.y)[o] = codec::bf16_bits_rne(lane[0]);
+  } else {
+    static_cast<float*>(a.y)[o] = lane[0];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// gemv_4bit_ref on rows [o0, o1).
+void gemv_rows_ref(const Gemv4bitArgs& a, int64_t o0, int64_t o1) {
   const int64_t chunks = a.in_features / codec::kGemvChunk;
-  for (int64_t o = 0; o < a.out_features; ++o) {
-    std::array<float, codec::kGemvLanes> lane{};
+  for (int64_t o = o0; o < o1; ++o) {
+    Lanes lane{};
     for (int l = 0; l < codec::kGemvLanes; ++l) {
       float acc = 0.0f;
       for (int64_t c = l; c < chunks; c += codec::kGemvLanes) {
@@ -24,19 +77,341 @@ void gemv_4bit_ref(const Gemv4bitArgs& a) {
       }
       lane[static_cast<size_t>(l)] = acc;
     }
-    for (int off = codec::kGemvLanes / 2; off >= 1; off /= 2) {
-      std::array<float, codec::kGemvLanes> next{};
-      for (int l = 0; l < codec::kGemvLanes; ++l) {
-        next[static_cast<size_t>(l)] = lane[static_cast<size_t>(l)] + lane[static_cast<size_t>(l ^ off)];
+    finish_row(a, o, lane);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Shared by the SIMD kernels.
+
+// The chunk (within its group of w) that register lane p of a w-lane kernel holds: the order the unpack transpose
+// leaves the words in (p = 4 h + i: 128-bit lane h, word i).
+constexpr int lane_chunk(int p, int w) {
+  return (p >> 2) + (w / 4) * (p & 3);
+}
+static_assert(lane_chunk(5, 16) == 1 + 4 * 1 && lane_chunk(7, 8) == 1 + 2 * 3, "the unpack transpose's lane order");
+
+// Shift that brings element j's nibble (j = 8 m + s: word m, byte s / 2, high nibble for even s) to the low bits.
+constexpr int nibble_shift(int j) {
+  return 8 * ((j % 8) / 2) + ((j % 2 == 0) ? 4 : 0);
+}
+
+// x (bf16 bits, in) -> xt (fp32), superchunk-major, lanes in the order of a w-lane kernel:
+//   xt[(k * 32 + j) * 32 + q] = x[(32 k + c(q)) * 32 + j],  c(q) = (q / w) * w + lane_chunk(q % w, w),
+// and 0 for chunks past the row.
+void layout_x(const Gemv4bitArgs& a, int w, std::vector<float>& xt) {
+  const int64_t chunks = a.in_features / codec::kGemvChunk;
+  const int64_t supers = (chunks + codec::kGemvLanes - 1) / codec::kGemvLanes;
+  xt.resize(static_cast<size_t>(supers * kSuperElems));
+  for (int64_t k = 0; k < supers; ++k) {
+    for (int q = 0; q < codec::kGemvLanes; ++q) {
+      const int64_t c = k * codec::kGemvLanes + (q / w) * w + lane_chunk(q % w, w);
+      for (int j = 0; j < codec::kGemvChunk; ++j) {
+        xt[static_cast<size_t>((k * codec::kGemvChunk + j) * codec::kGemvLanes + q)] =
+            c < chunks ? codec::bf16_bits_to_float(a.x[c * codec::kGemvChunk + j]) : 0.0f;
       }
-      lane = next;
-    }
-    if (a.out_bf16) {
-      static_cast<uint16_t*>(a.y)[o] = codec::bf16_bits_rne(lane[0]);
-    } else {
-      static_cast<float*>(a.y)[o] = lane[0];
     }
   }
+}
+
+// The blocks a batch of rows [o, o + rows) touches (blocks may straddle rows) and their fp32 absmax.
+struct RowBlocks {
+  int64_t first = 0;          // first block
+  const float* am = nullptr;  // am[b - first] = absmax of block b
+  int64_t row_offset(const Gemv4bitArgs& a, int64_t o) const { return o * a.in_features - first * a.w.blocksize; }
+};
+
+template <class DecodeFn>
+RowBlocks row_blocks(const Gemv4bitArgs& a, int64_t o, int rows, std::vector<float>& buf, DecodeFn decode) {
+  RowBlocks rb;
+  rb.first = o * a.in_features / a.w.blocksize;
+  const int64_t end = ((o + rows) * a.in_features - 1) / a.w.blocksize + 1;
+  if (a.w.qabsmax == nullptr) {
+    rb.am = a.w.absmax + rb.first;
+    return rb;
+  }
+  buf.resize(static_cast<size_t>(end - rb.first));
+  decode(a.w, rb.first, end, buf.data());
+  rb.am = buf.data();
+  return rb;
+}
+
+// Scalar decode of blocks [b0, b1) (the SIMD decoders' remainder): codec::absmax_from_dq, the reference's bits.
+void decode_absmax_scalar(const codec::Packed4bit& w, int64_t b0, int64_t b1, float* dst) {
+  for (int64_t b = b0; b < b1; ++b) dst[b - b0] = w.block_absmax(b, w.nested_code);
+}
+
+// The W-lane register kernels run rows in batches of R (R independent accumulator chains hide the FMA latency)
+// over the row range of one thread; the remainder runs one row at a time.
+template <int R, class RowsFn, class OneFn>
+void row_batches(int64_t o0, int64_t o1, const RowsFn& rows, const OneFn& one) {
+  int64_t o = o0;
+  for (; o + R <= o1; o += R) rows(o);
+  for (; o < o1; ++o) one(o);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// AVX-512: W = 16, two groups per superchunk. GCC 12 reports false "may be used uninitialized" warnings inside its
+// own AVX-512 intrinsic headers (see dequant_kernels.cpp): off for this section only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#define QLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define QLORA_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), always_inline)) inline
+
+constexpr int kW512 = 16;
+
+// absmax_from_dq for 16 blocks at a time; mul and add rounded separately (explicit-rounding forms never fuse).
+QLORA_AVX512 void decode_absmax_avx512(const codec::Packed4bit& w, int64_t b0, int64_t b1, float* dst) {
+  const __m512 offset = _mm512_set1_ps(w.offset);
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t b = b0;
+  for (; b + kW512 <= b1; b += kW512) {
+    const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qabsmax + b)));
+    const __m512 dm = _mm512_i32gather_ps(q, w.nested_code, 4);
+    const int64_t nb = b / codec::kNestedBlocksize;  // absmax2 index of block b; +1 for lanes past the next 256
+    const __m512i nidx = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(b % codec::kNestedBlocksize)), iota), 8);
+    const __m512 a2 = _mm512_i32gather_ps(nidx, w.absmax2 + nb, 4);
+    const __m512 p = _mm512_mul_round_ps(dm, a2, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm512_storeu_ps(dst + (b - b0), _mm512_add_round_ps(p, offset, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  decode_absmax_scalar(w, b, b1, dst + (b - b0));
+}
+static_assert(codec::kNestedBlocksize == 256, "decode_absmax_avx512 shifts by 8");
+
+// The words of 16 chunks (16 bytes each, 256 bytes from src; the first `valid` chunks are read, the rest are 0):
+// d[m] lane p = word m of chunk lane_chunk(p, 16).
+QLORA_AVX512_INLINE void load_words_avx512(const uint8_t* src, int valid, __m512i d[4]) {
+  __m512i r[4];
+  for (int i = 0; i < 4; ++i) {
+    const int bytes = std::clamp(valid - 4 * i, 0, 4) * static_cast<int>(kChunkBytes);
+    const __mmask64 m = bytes == 64 ? ~__mmask64{0} : ((__mmask64{1} << bytes) - 1);
+    r[i] = _mm512_maskz_loadu_epi8(m, src + 64 * i);  // chunks 4 i .. 4 i + 3, one per 128-bit lane
+  }
+  const __m512i t0 = _mm512_unpacklo_epi32(r[0], r[1]), t1 = _mm512_unpackhi_epi32(r[0], r[1]);
+  const __m512i t2 = _mm512_unpacklo_epi32(r[2], r[3]), t3 = _mm512_unpackhi_epi32(r[2], r[3]);
+  d[0] = _mm512_unpacklo_epi64(t0, t2);
+  d[1] = _mm512_unpackhi_epi64(t0, t2);
+  d[2] = _mm512_unpacklo_epi64(t1, t3);
+  d[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+// Element J of the group's chunks for R rows: acc[r] = fma(code[nibble] * absmax, x, acc[r]) on the valid lanes.
+template <int R, int J>
+QLORA_AVX512_INLINE void step_avx512(const __m512i (&d)[R][4], const __m512 (&am)[R], __m512 code, const float* xk,
+                                     __mmask16 lanes, __m512 (&acc)[R]) {
+  const __m512 xv = _mm512_loadu_ps(xk + J * codec::kGemvLanes);
+  for (int r = 0; r < R; ++r) {
+    const __m512i idx = _mm512_srli_epi32(d[r][J / 8], nibble_shift(J));  // vpermps reads the low 4 bits
+    const __m512 w = _mm512_mul_ps(_mm512_permutexvar_ps(idx, code), am[r]);
+    acc[r] = _mm512_mask3_fmadd_ps(w, xv, acc[r], lanes);
+  }
+}
+
+template <int R, int... J>
+QLORA_AVX512_INLINE void steps_avx512(const __m512i (&d)[R][4], const __m512 (&am)[R], __m512 code, const float* xk,
+                                      __mmask16 lanes, __m512 (&acc)[R], std::integer_sequence<int, J...>) {
+  (step_avx512<R, J>(d, am, code, xk, lanes, acc), ...);
+}
+
+// Rows [o, o + R): both 16-lane groups, each over every superchunk, then the butterfly.
+template <int R>
+QLORA_AVX512 void rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o, std::vector<float>& am_buf) {
+  const int64_t in = a.in_features, chunks = in / codec::kGemvChunk;
+  const RowBlocks rb = row_blocks(a, o, R, am_buf, decode_absmax_avx512);
+  const __m128i bs_shift = _mm_cvtsi32_si128(__builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize)));
+  const __m512 code = _mm512_loadu_ps(a.w.code);
+  // Element offset of each lane's chunk within its group: lane_chunk(p, 16) * 32.
+  const __m512i lane_elem =
+      _mm512_setr_epi32(0, 128, 256, 384, 32, 160, 288, 416, 64, 192, 320, 448, 96, 224, 352, 480);
+  std::array<Lanes, R> lanes_out{};
+  for (int g = 0; g < codec::kGemvLanes / kW512; ++g) {
+    __m512 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t c0 = g * kW512; c0 < chunks; c0 += codec::kGemvLanes) {
+      const int valid = static_cast<int>(std::min<int64_t>(kW512, chunks - c0));
+      const __mmask16 lanes =
+          _mm512_cmplt_epi32_mask(lane_elem, _mm512_set1_epi32(valid * static_cast<int>(codec::kGemvChunk)));
+      __m512i d[R][4];
+      __m512 am[R];
+      for (int r = 0; r < R; ++r) {
+        const int64_t e = (o + r) * in + c0 * codec::kGemvChunk;  // first element of the group's first chunk
+        load_words_avx512(a.w.packed + e / 2, valid, d[r]);
+        const int32_t base = static_cast<int32_t>(rb.row_offset(a, o + r) + c0 * codec::kGemvChunk);
+        const __m512i blk = _mm512_srl_epi32(_mm512_add_epi32(_mm512_set1_epi32(base), lane_elem), bs_shift);
+        am[r] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, blk, rb.am, 4);
+      }
+      const float* xk = xt + (c0 / codec::kGemvLanes) * kSuperElems + g * kW512;
+      steps_avx512<R>(d, am, code, xk, lanes, acc, std::make_integer_sequence<int, codec::kGemvChunk>{});
+    }
+    for (int r = 0; r < R; ++r) {
+      alignas(64) float s[kW512];
+      _mm512_store_ps(s, acc[r]);
+      for (int p = 0; p < kW512; ++p)
+        lanes_out[static_cast<size_t>(r)][static_cast<size_t>(g * kW512 + lane_chunk(p, kW512))] = s[p];
+    }
+  }
+  for (int r = 0; r < R; ++r) finish_row(a, o + r, lanes_out[static_cast<size_t>(r)]);
+}
+
+constexpr int kRows512 = 4;
+
+void gemv_rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o0, int64_t o1) {
+  std::vector<float> am_buf;
+  row_batches<kRows512>(
+      o0, o1, [&](int64_t o) { rows_avx512<kRows512>(a, xt, o, am_buf); },
+      [&](int64_t o) { rows_avx512<1>(a, xt, o, am_buf); });
+}
+
+#pragma GCC diagnostic pop
+
+// ---------------------------------------------------------------------------------------------------------------
+// AVX2: W = 8, four groups per superchunk; 16-entry lookups as two 8-entry permutes and a blend on the nibble's
+// bit 3; tail lanes (a row whose chunk count is not a multiple of 32) kept by a blend.
+#define QLORA_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define QLORA_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+
+constexpr int kW256 = 8;
+
+// absmax_from_dq for 8 blocks at a time; the empty asm keeps the product rounded before the add (no FMA contraction).
+QLORA_AVX2 void decode_absmax_avx2(const codec::Packed4bit& w, int64_t b0, int64_t b1, float* dst) {
+  const __m256 offset = _mm256_set1_ps(w.offset);
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int64_t b = b0;
+  for (; b + kW256 <= b1; b += kW256) {
+    const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.qabsmax + b)));
+    const __m256 dm = _mm256_i32gather_ps(w.nested_code, q, 4);
+    const int64_t nb = b / codec::kNestedBlocksize;
+    const __m256i nidx = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(b % codec::kNestedBlocksize)), iota), 8);
+    __m256 p = _mm256_mul_ps(dm, _mm256_i32gather_ps(w.absmax2 + nb, nidx, 4));
+    __asm__("" : "+x"(p));
+    _mm256_storeu_ps(dst + (b - b0), _mm256_add_ps(p, offset));
+  }
+  decode_absmax_scalar(w, b, b1, dst + (b - b0));
+}
+
+// The words of 8 chunks (128 bytes from src; the first `valid` are read, the rest are 0): d[m] lane p = word m of
+// chunk lane_chunk(p, 8).
+QLORA_AVX2_INLINE void load_words_avx2(const uint8_t* src, int valid, __m256i d[4]) {
+  __m256i r[4];
+  const __m256i half = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);  // chunk of each word within a register
+  for (int i = 0; i < 4; ++i) {
+    const auto* p = reinterpret_cast<const __m256i*>(src + 32 * i);  // chunks 2 i, 2 i + 1
+    if (valid >= 2 * i + 2) {
+      r[i] = _mm256_loadu_si256(p);
+    } else {
+      const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid - 2 * i), half);
+      r[i] = _mm256_maskload_epi32(reinterpret_cast<const int*>(p), m);
+    }
+  }
+  const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+  d[0] = _mm256_unpacklo_epi64(t0, t2);
+  d[1] = _mm256_unpackhi_epi64(t0, t2);
+  d[2] = _mm256_unpacklo_epi64(t1, t3);
+  d[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+template <bool kTail, int R, int J>
+QLORA_AVX2_INLINE void step_avx2(const __m256i (&d)[R][4], const __m256 (&am)[R], __m256 code_lo, __m256 code_hi,
+                                 const float* xk, __m256 lanes, __m256 (&acc)[R]) {
+  constexpr int kShift = nibble_shift(J);
+  const __m256 xv = _mm256_loadu_ps(xk + J * codec::kGemvLanes);
+  for (int r = 0; r < R; ++r) {
+    const __m256i word = d[r][J / 8];
+    const __m256i idx = _mm256_srli_epi32(word, kShift);      // vpermps reads the low 3 bits
+    const __m256i hi = _mm256_slli_epi32(word, 28 - kShift);  // nibble bit 3 -> sign bit
+    const __m256 c = _mm256_blendv_ps(_mm256_permutevar8x32_ps(code_lo, idx), _mm256_permutevar8x32_ps(code_hi, idx),
+                                      _mm256_castsi256_ps(hi));
+    const __m256 f = _mm256_fmadd_ps(_mm256_mul_ps(c, am[r]), xv, acc[r]);
+    acc[r] = kTail ? _mm256_blendv_ps(acc[r], f, lanes) : f;
+  }
+}
+
+template <bool kTail, int R, int... J>
+QLORA_AVX2_INLINE void steps_avx2(const __m256i (&d)[R][4], const __m256 (&am)[R], __m256 code_lo, __m256 code_hi,
+                                  const float* xk, __m256 lanes, __m256 (&acc)[R], std::integer_sequence<int, J...>) {
+  (step_avx2<kTail, R, J>(d, am, code_lo, code_hi, xk, lanes, acc), ...);
+}
+
+template <int R>
+QLORA_AVX2 void rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o, std::vector<float>& am_buf) {
+  const int64_t in = a.in_features, chunks = in / codec::kGemvChunk;
+  const RowBlocks rb = row_blocks(a, o, R, am_buf, decode_absmax_avx2);
+  const __m128i bs_shift = _mm_cvtsi32_si128(__builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize)));
+  const __m256 code_lo = _mm256_loadu_ps(a.w.code), code_hi = _mm256_loadu_ps(a.w.code + 8);
+  const __m256i lane_elem = _mm256_setr_epi32(0, 64, 128, 192, 32, 96, 160, 224);  // lane_chunk(p, 8) * 32
+  std::array<Lanes, R> lanes_out{};
+  for (int g = 0; g < codec::kGemvLanes / kW256; ++g) {
+    __m256 acc[R];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    for (int64_t c0 = g * kW256; c0 < chunks; c0 += codec::kGemvLanes) {
+      const int valid = static_cast<int>(std::min<int64_t>(kW256, chunks - c0));
+      const __m256 lanes = _mm256_castsi256_ps(
+          _mm256_cmpgt_epi32(_mm256_set1_epi32(valid * static_cast<int>(codec::kGemvChunk)), lane_elem));
+      __m256i d[R][4];
+      __m256 am[R];
+      for (int r = 0; r < R; ++r) {
+        const int64_t e = (o + r) * in + c0 * codec::kGemvChunk;
+        load_words_avx2(a.w.packed + e / 2, valid, d[r]);
+        const int32_t base = static_cast<int32_t>(rb.row_offset(a, o + r) + c0 * codec::kGemvChunk);
+        const __m256i blk = _mm256_srl_epi32(_mm256_add_epi32(_mm256_set1_epi32(base), lane_elem), bs_shift);
+        am[r] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), rb.am, blk, lanes, 4);
+      }
+      const float* xk = xt + (c0 / codec::kGemvLanes) * kSuperElems + g * kW256;
+      if (valid == kW256) {
+        steps_avx2<false, R>(d, am, code_lo, code_hi, xk, lanes, acc,
+                             std::make_integer_sequence<int, codec::kGemvChunk>{});
+      } else {
+        steps_avx2<true, R>(d, am, code_lo, code_hi, xk, lanes, acc,
+                            std::make_integer_sequence<int, codec::kGemvChunk>{});
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      alignas(32) float s[kW256];
+      _mm256_store_ps(s, acc[r]);
+      for (int p = 0; p < kW256; ++p)
+        lanes_out[static_cast<size_t>(r)][static_cast<size_t>(g * kW256 + lane_chunk(p, kW256))] = s[p];
+    }
+  }
+  for (int r = 0; r < R; ++r) finish_row(a, o + r, lanes_out[static_cast<size_t>(r)]);
+}
+
+constexpr int kRows256 = 2;
+
+void gemv_rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o0, int64_t o1) {
+  std::vector<float> am_buf;
+  row_batches<kRows256>(
+      o0, o1, [&](int64_t o) { rows_avx2<kRows256>(a, xt, o, am_buf); },
+      [&](int64_t o) { rows_avx2<1>(a, xt, o, am_buf); });
+}
+
+}  // namespace
+
+void gemv_4bit_ref(const Gemv4bitArgs& a) {
+  check_args(a);
+  gemv_rows_ref(a, 0, a.out_features);
+}
+
+void gemv_4bit_cpu(const Gemv4bitArgs& a, Isa isa) {
+  check_args(a);
+  if (!cpu_supports(isa)) isa = Isa::kScalar;
+  const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
+  if (isa == Isa::kScalar) {
+    at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) { gemv_rows_ref(a, o0, o1); });
+    return;
+  }
+  thread_local std::vector<float> xt;  // the caller's thread; the workers only read it until parallel_for returns
+  layout_x(a, isa == Isa::kAvx512 ? kW512 : kW256, xt);
+  const float* xp = xt.data();
+  at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) {
+    if (isa == Isa::kAvx512) {
+      gemv_rows_avx512(a, xp, o0, o1);
+    } else {
+      gemv_rows_avx2(a, xp, o0, o1);
+    }
+  });
 }
 
 }  // namespace qlora::quant

@@ -1,10 +1,12 @@
 // 4-bit GEMV for batch-1 decoding: y = W x, W (out, in) kept as packed NF4/FP4 codes (bitsandbytes layout), read
 // once, never dequantized into a buffer. The summation order is specified in quant/codec_4bit.h, so the CPU
-// reference below and the CUDA kernel (gemv_cuda.cu, CUDA builds) give the same bits.
+// reference below, the CPU SIMD kernels (gemv_4bit_cpu) and the CUDA kernel (gemv_cuda.cu, CUDA builds) all give
+// the same bits.
 #pragma once
 
 #include <cstdint>
 
+#include "common/cpu_isa.h"
 #include "quant/codec_4bit.h"
 
 namespace qlora::quant {
@@ -20,6 +22,12 @@ struct Gemv4bitArgs {
 
 // The specification: scalar CPU code following codec_4bit.h's order exactly (slow; tests and tiny layers).
 void gemv_4bit_ref(const Gemv4bitArgs& a);
+
+// The CPU kernels: gemv_4bit_avx512 / gemv_4bit_avx2 (gemv_4bit.cpp), which compute gemv_4bit_ref's sums in its
+// order and so give its bits, or gemv_4bit_ref itself for Isa::kScalar or an `isa` the CPU lacks. Rows are split
+// over LibTorch's thread pool; each row is summed by one thread, so the bits do not depend on the thread count.
+// Throws std::invalid_argument when in_features is not a multiple of 32.
+void gemv_4bit_cpu(const Gemv4bitArgs& a, Isa isa = active_isa());
 
 namespace cuda {
 // Enqueues the GEMV on `stream` (cudaStream_t). CUDA builds only. Throws std::runtime_error on a bad launch.

@@ -2,6 +2,7 @@
 // forward and again in the backward; nothing but the 4-bit parts is kept for backward.
 #include "quant/linear_4bit.h"
 
+#include <c10/core/InferenceMode.h>
 #include <torch/torch.h>
 
 #include <vector>
@@ -76,6 +77,15 @@ torch::Tensor dequantize_scratch(const QuantizedTensor& w, torch::ScalarType dty
   return out;
 }
 
+// x: (..., in) with one row -> (..., out) through the GEMV kernel (gemv_4bit_applies(w, x) holds).
+torch::Tensor gemv_forward(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias) {
+  torch::Tensor y = gemv_4bit(w, x.reshape({x.size(-1)}));
+  if (bias.defined()) y = y + bias.to(y.scalar_type());
+  auto shape = x.sizes().vec();
+  shape.back() = w.shape[0];
+  return y.view(shape);
+}
+
 }  // namespace
 
 torch::Tensor LinearNF4Function::forward(AutogradContext* ctx, const torch::Tensor& x,
@@ -86,13 +96,7 @@ torch::Tensor LinearNF4Function::forward(AutogradContext* ctx, const torch::Tens
               w.shape[1]);
   save_quantized(ctx, w);
   ctx->saved_data["has_bias"] = bias.defined();
-  if (gemv_4bit_applies(w, x)) {  // batch-1 decoding on a GPU: read the 4-bit codes once, no dequantized copy
-    torch::Tensor y = gemv_4bit(w, x.reshape({x.size(-1)}));
-    if (bias.defined()) y = y + bias.to(y.scalar_type());
-    auto shape = x.sizes().vec();
-    shape.back() = w.shape[0];
-    return y.view(shape);
-  }
+  if (gemv_4bit_applies(w, x)) return gemv_forward(x, w, bias);     // batch-1 decoding: the 4-bit codes read once
   const torch::Tensor wd = dequantize_scratch(w, x.scalar_type());  // (out, in), not kept past this call
   return torch::linear(x, wd, bias.defined() ? bias.to(x.scalar_type()) : bias);
 }
@@ -113,9 +117,13 @@ torch::autograd::variable_list LinearNF4Function::backward(AutogradContext* ctx,
 
 bool gemv_4bit_applies(const QuantizedTensor& w, const torch::Tensor& x) {
   const auto aligned16 = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-  return x.is_cuda() && w.device() == x.device() && x.scalar_type() == torch::kBFloat16 && x.is_contiguous() &&
-         w.shape.size() == 2 && x.numel() == w.shape[1] && w.shape[1] % 32 == 0 && w.packed.is_contiguous() &&
-         aligned16(x) && aligned16(w.packed);
+  const bool shapes = w.device() == x.device() && x.scalar_type() == torch::kBFloat16 && x.is_contiguous() &&
+                      w.shape.size() == 2 && x.numel() == w.shape[1] && w.shape[1] % 32 == 0 &&
+                      w.packed.is_contiguous();
+  if (x.is_cuda()) return shapes && aligned16(x) && aligned16(w.packed);
+  // CPU: only where no autograd can ever be needed (InferenceMode, as generation runs), so that training, including
+  // a checkpointed layer's no-grad forward and its recompute, keeps the dequant + matmul numerics.
+  return x.is_cpu() && shapes && c10::InferenceMode::is_enabled();
 }
 
 torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
@@ -134,7 +142,7 @@ torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
   a.out_bf16 = true;
   a.y = y.data_ptr();
   if (xc.is_cpu()) {
-    gemv_4bit_ref(a);
+    gemv_4bit_cpu(a);
     return y;
   }
 #if defined(QLORA_WITH_CUDA)
@@ -147,6 +155,8 @@ torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
 }
 
 torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias) {
+  // Inference on the CPU: no autograd node (nothing is saved, nothing can need a gradient).
+  if (x.is_cpu() && gemv_4bit_applies(w, x)) return gemv_forward(x, w, bias);
   c10::optional<torch::Tensor> bias_opt;
   if (bias.defined()) bias_opt = bias;
   return LinearNF4Function::apply(x, bias_opt, w);

@@ -20,15 +20,18 @@ struct LinearNF4Function : public torch::autograd::Function<LinearNF4Function> {
 };
 
 // x: (..., in) -> (..., out), computed in x's dtype. Differentiable w.r.t. x (and bias if it requires grad).
-// A single bf16 row on a CUDA device (batch-1 decoding) goes through the 4-bit GEMV kernel instead of dequant +
-// matmul (gemv_4bit below); everything else dequantizes into a reused per-thread, per-device buffer.
+// A single bf16 row (batch-1 decoding) on a CUDA device, or on the CPU under c10::InferenceMode, goes through the
+// 4-bit GEMV kernel instead of dequant + matmul (gemv_4bit below); everything else dequantizes into a reused
+// per-thread, per-device buffer.
 torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias = {});
 
 // y = W x for one bf16 row x: (in) or (1, in) -> (out) or (1, out), W read as 4-bit codes (quant/gemv_4bit.h; its
-// summation order is specified, so CPU and CUDA give the same bits). CPU: the scalar reference (slow: tests);
-// CUDA: the kernel (CUDA builds). Needs in % 32 == 0, a contiguous bf16 x on W's device; no autograd.
+// summation order is specified, so CPU and CUDA give the same bits). CPU: gemv_4bit_cpu (the SIMD kernel of the
+// active ISA, multithreaded); CUDA: the kernel (CUDA builds). Needs in % 32 == 0, a contiguous bf16 x on W's device;
+// no autograd.
 torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x);
-// Whether gemv_4bit can take this x for w (one row, bf16, CUDA, sizes and alignment as the kernel needs).
+// Whether linear_4bit takes the GEMV path for this x and w: one contiguous bf16 row, in % 32 == 0, and either a CUDA
+// device (16-byte aligned data) or the CPU under c10::InferenceMode (no autograd: training never takes it).
 bool gemv_4bit_applies(const QuantizedTensor& w, const torch::Tensor& x);
 
 // Module holding a frozen 4-bit weight (and optional bias). Built by quantizing a dense weight or from

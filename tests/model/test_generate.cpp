@@ -1,9 +1,13 @@
-// Generation: the KV cache gives the same tokens as full recomputation; sampling is seeded; eos stops.
+// Generation: the KV cache gives the same tokens as full recomputation (a random model, and the tiny 4-bit model in
+// bf16, whose one-row decode steps take the CPU GEMV kernel); the cache is written in place; sampling is seeded; eos
+// stops.
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
 #include "model/generate.h"
 #include "model/llama_test_util.h"
+#include "test_util.h"
 
 namespace qlora::test {
 namespace {
@@ -24,6 +28,92 @@ TEST(Generate, KvCacheMatchesFullRecomputationGreedyAndSampled) {
     EXPECT_EQ(cached.tokens, full.tokens) << "temperature " << temp;
     EXPECT_EQ(cached.tokens.size(), 12u);
   }
+}
+
+// The tiny model (NF4 + double quant, blocksize 64) with a prompt that ends in a sequence of near ties.
+std::vector<std::vector<int64_t>> tiny_prompts() {
+  return {{1, 15, 300, 7, 88}, {1, 999}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}};
+}
+
+model::LlamaModel load_tiny(torch::ScalarType dtype) {
+  model::LoadOptions lo;
+  lo.show_progress = false;
+  lo.compute_dtype = dtype;
+  return model::load_model(tiny_model_dir(), lo);
+}
+
+// fp32 compute: greedy decoding with the cache (the prompt in one forward, then one row per step, the cache written
+// in place) equals decoding that recomputes the whole sequence every step, token for token.
+TEST(Generate, TinyModelCachedGreedyEqualsFullRecomputation) {
+  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  auto m = load_tiny(torch::kFloat32);
+  for (const auto& prompt : tiny_prompts()) {
+    model::GenerateOptions o;
+    o.max_new_tokens = 24;
+    const auto cached = model::generate(*m, prompt, o);
+    o.use_cache = false;
+    const auto full = model::generate(*m, prompt, o);
+    EXPECT_EQ(cached.tokens, full.tokens) << "prompt of " << prompt.size();
+    EXPECT_EQ(cached.tokens.size(), 24u);
+  }
+}
+
+// bf16 compute, as qlora-generate runs: the cached decode's one-row steps take the 4-bit GEMV (fp32 products and
+// sums, one bf16 rounding) while a full recomputation runs every row through dequant-to-bf16 + matmul, so the two
+// round differently and may break a near tie differently (with or without the GEMV: dequant + matmul on one row
+// already rounds differently from the same row inside a longer matmul). Teacher-forced on the cached tokens, each
+// must be the full recomputation's argmax or within kBf16TieLogits of it, and most must be its argmax exactly.
+constexpr double kBf16TieLogits = 0.125;  // two bf16 ulps of a logit in [4, 8): the tiny model's top logits
+TEST(Generate, TinyModelBf16CachedGreedyIsFullRecomputationArgmaxUpToTies) {
+  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  auto m = load_tiny(torch::kBFloat16);
+  int exact = 0, total = 0;
+  double worst = 0.0;
+  for (const auto& prompt : tiny_prompts()) {
+    model::GenerateOptions o;
+    o.max_new_tokens = 24;
+    const auto cached = model::generate(*m, prompt, o);
+    ASSERT_EQ(cached.tokens.size(), 24u);
+    std::vector<int64_t> seq = prompt;
+    c10::InferenceMode inference;
+    for (int64_t tok : cached.tokens) {
+      const torch::Tensor lg = m->forward(ids_tensor({seq})).select(1, static_cast<int64_t>(seq.size()) - 1)[0];
+      const double gap = (lg.max() - lg[tok]).item<double>();
+      EXPECT_LE(gap, kBf16TieLogits) << "token " << tok << " after " << seq.size() << " tokens";
+      worst = std::max(worst, gap);
+      exact += lg.argmax().item<int64_t>() == tok;
+      ++total;
+      seq.push_back(tok);
+    }
+  }
+  std::printf("[ info ] bf16 cached greedy vs full recomputation: %d/%d tokens its argmax, worst gap %.4f logits\n",
+              exact, total, worst);
+  EXPECT_GE(exact * 10, total * 9);
+}
+
+TEST(Generate, KvCacheIsWrittenInPlaceWithinItsReservation) {
+  auto m = random_model(small_config(), torch::kFloat32, 25, 0.5);
+  c10::InferenceMode inference;
+  const torch::Tensor ids = ids_tensor({{5, 9, 13, 2, 40, 41, 7, 3}});
+  const torch::Tensor full = m->forward(ids);
+  model::KVCache cache;
+  cache.reserve(8);
+  std::vector<torch::Tensor> steps = {m->forward(ids.narrow(1, 0, 3), {}, &cache)};
+  ASSERT_EQ(cache.capacity(), 8);
+  const void* k0 = cache.k[0].data_ptr();
+  for (int64_t t = 3; t < 8; ++t) {
+    steps.push_back(m->forward(ids.narrow(1, t, 1), {}, &cache));
+    EXPECT_EQ(cache.k[0].data_ptr(), k0) << "reallocated at position " << t;
+  }
+  EXPECT_EQ(cache.length(), 8);
+  EXPECT_EQ(cache.capacity(), 8);
+  EXPECT_LT((torch::cat(steps, 1) - full).abs().max().item<double>(), 1e-4);
+  // Past the reservation it grows (at least doubling) and keeps what it held.
+  const torch::Tensor more = m->forward(ids_tensor({{11}}), {}, &cache);
+  EXPECT_EQ(cache.length(), 9);
+  EXPECT_GE(cache.capacity(), 16);
+  const torch::Tensor all = m->forward(ids_tensor({{5, 9, 13, 2, 40, 41, 7, 3, 11}}));
+  EXPECT_LT((more.select(1, 0) - all.select(1, 8)).abs().max().item<double>(), 1e-4);
 }
 
 TEST(Generate, GreedyEqualsArgmaxOfFullForward) {

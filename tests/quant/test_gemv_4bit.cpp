@@ -1,6 +1,7 @@
 // The 4-bit GEMV specification (quant/gemv_4bit.h, gemv_4bit_ref; the CUDA kernel is checked against it bit for bit
 // in tests/cuda): against a float64 product of the dequantized weight and x, for NF4/FP4, with and without double
 // quantization, several blocksizes and shapes.
+#include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -47,9 +48,11 @@ TEST(Gemv4bit, RejectsRowsThatAreNotAMultipleOf32) {
   EXPECT_THROW(gemv_4bit(q, torch::randn({48}).to(torch::kBFloat16)), c10::Error);
 }
 
-TEST(Gemv4bit, CpuTensorsDoNotTakeTheGemvPathOfLinear4bit) {
+TEST(Gemv4bit, CpuTensorsTakeTheGemvPathOfLinear4bitOnlyUnderInferenceMode) {
   const QuantizedTensor q = quantize_4bit(torch::randn({8, 64}), QuantType::kNF4, 64, true);
   EXPECT_FALSE(gemv_4bit_applies(q, torch::randn({1, 64}).to(torch::kBFloat16)));
+  c10::InferenceMode inference;
+  EXPECT_TRUE(gemv_4bit_applies(q, torch::randn({1, 64}).to(torch::kBFloat16)));
 }
 
 }  // namespace

@@ -1,0 +1,287 @@
+// Batch-1 decoding on the CPU, as qlora-generate runs it (model::generate: the prompt in one forward, then one token
+// per step with the preallocated KV cache, each 4-bit projection a GEMV that reads its codes once): decode tokens/s,
+// the bytes of weights one token reads, and that traffic per second against the copy bandwidth measured in the same
+// run. Before it, the GEMV kernel alone on each projection shape of the model, per CPU path, next to what the CPU
+// decode did before it had one (dequantize the projection to bf16, then a one-row matmul).
+//
+//   build/bin/bench_decode [--model models/bench] [--prompt 32] [--tokens 64] [--reps 3] [--threads 0]
+//   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench, as bench_train)
+//   build/bin/bench_decode --config configs/models/llama-3.1-8b.json --layers 2 --vocab 32000
+//   (a random model of a published shape, built in memory as bench_layer builds its layer: NF4 + double quant,
+//    blocksize 64, lm_head dense)
+//
+// Bytes per token: every projection's 4-bit parts (codes, absmax, nested absmax: QuantizedTensor::nbytes) plus the
+// dense lm_head (bf16; the embedding when tied); the KV cache read by attention is printed apart (it grows with the
+// position: given at the mean decode position). The copy bandwidth counts bytes read + written (machine_limits.h);
+// decoding only reads, so the ratio is a lower bound on how far from the memory limit it is. "no GEMV" runs the same
+// cached loop under NoGradGuard instead of InferenceMode, which keeps one-row projections on dequant + matmul (the
+// numerics of training), for the speed-up of the GEMV alone.
+#include <c10/core/InferenceMode.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bench/machine_limits.h"
+#include "common/cpu_isa.h"
+#include "common/error.h"
+#include "common/host_memory.h"
+#include "common/log.h"
+#include "common/threads.h"
+#include "io/hf_config.h"
+#include "model/generate.h"
+#include "model/llama.h"
+#include "quant/dequant_kernels.h"
+#include "quant/gemv_4bit.h"
+#include "quant/linear_4bit.h"
+
+namespace {
+
+using namespace qlora;
+using bench::time_best;
+
+constexpr int kExitBadArgs = 2;
+constexpr double kInitStd = 0.02;     // HF initializer_range (the --config model)
+constexpr int kKernelReps = 5;        // best-of for the kernel table
+constexpr int64_t kFirstTokenId = 3;  // prompt ids drawn above <unk> <s> </s>
+
+struct Options {
+  std::string model = "models/bench";
+  std::string config;  // non-empty: a random model of this config.json's shape instead of --model
+  std::optional<int64_t> layers, vocab;
+  int64_t prompt = 32;
+  int64_t tokens = 64;
+  int reps = 3;
+  int threads = 0;
+  bool kernels = true;
+};
+
+int64_t parse_int(const std::string& flag, const char* v, int64_t min) {
+  char* end = nullptr;
+  const long long x = v ? std::strtoll(v, &end, 10) : 0;
+  if (!v || *end != '\0' || end == v || x < min) {
+    throw Error(flag + ": expected an integer >= " + std::to_string(min) + ", got '" + (v ? v : "") + "'");
+  }
+  return x;
+}
+
+Options parse_args(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
+    if (a == "--no-kernels") {
+      o.kernels = false;
+      continue;
+    }
+    if (!v) throw Error(a + ": unknown option or missing value (see the usage at the top of bench/bench_decode.cpp)");
+    ++i;
+    if (a == "--model") {
+      o.model = v;
+    } else if (a == "--config") {
+      o.config = v;
+    } else if (a == "--layers") {
+      o.layers = parse_int(a, v, 1);
+    } else if (a == "--vocab") {
+      o.vocab = parse_int(a, v, kFirstTokenId + 1);
+    } else if (a == "--prompt") {
+      o.prompt = parse_int(a, v, 1);
+    } else if (a == "--tokens") {
+      o.tokens = parse_int(a, v, 2);
+    } else if (a == "--reps") {
+      o.reps = static_cast<int>(parse_int(a, v, 1));
+    } else if (a == "--threads") {
+      o.threads = static_cast<int>(parse_int(a, v, 0));
+    } else {
+      throw Error(a + ": unknown option (see the usage at the top of bench/bench_decode.cpp)");
+    }
+  }
+  return o;
+}
+
+// The model: an HF folder loaded as qlora-generate loads it, or random weights of a config's shape.
+model::LlamaModel build_model(const Options& o) {
+  if (o.config.empty()) {
+    if (!std::filesystem::exists(std::filesystem::path(o.model) / "config.json")) {
+      throw Error("--model " + o.model + ": no config.json\nHINT: build/bin/qlora-make-tiny --out " + o.model +
+                  " --preset bench, or pass --config configs/models/<name>.json");
+    }
+    model::LoadOptions lo;
+    lo.show_progress = false;
+    return model::load_model(o.model, lo);  // bf16, NF4 + double quant, blocksize 64, lm_head dense
+  }
+  io::LlamaConfig c = io::load_llama_config(o.config);
+  if (o.layers) c.num_hidden_layers = *o.layers;
+  if (o.vocab) c.vocab_size = *o.vocab;
+  torch::manual_seed(0);
+  model::LlamaModel m(c, torch::kBFloat16);
+  m->init_weights(kInitStd);
+  torch::NoGradGuard no_grad;
+  for (auto& [name, lin] : m->named_linears()) {
+    if (name == "lm_head") continue;  // dense, as the loader keeps it
+    m->replace_linear(name, model::FrozenLinearImpl::quantized(quant::quantize_4bit(
+                                lin->frozen_base()->dense_weight_ref(), quant::QuantType::kNF4, 64, true)));
+  }
+  return m;
+}
+
+struct WeightBytes {
+  double quant4 = 0, dense = 0;
+  std::set<std::pair<int64_t, int64_t>> shapes;  // (out, in) of the 4-bit projections
+};
+
+WeightBytes weight_bytes(model::LlamaModelImpl& m) {
+  WeightBytes b;
+  for (auto& [name, lin] : m.named_linears()) {
+    auto f = lin->frozen_base();
+    if (f->is_quantized()) {
+      b.quant4 += static_cast<double>(f->quantized_weight().nbytes());
+      b.shapes.insert({f->out_features(), f->in_features()});
+    } else {
+      b.dense += static_cast<double>(f->dense_weight_ref().nbytes());
+    }
+  }
+  if (m.config().tie_word_embeddings) {  // lm_head is the embedding
+    for (auto& [name, t] : m.named_dense_tensors()) {
+      if (name == "model.embed_tokens.weight") b.dense += static_cast<double>(t.nbytes());
+    }
+  }
+  return b;
+}
+
+// The GEMV per CPU path on one projection shape, and dequant-to-bf16 + one-row matmul (the CPU decode before it).
+void bench_kernels(int64_t out, int64_t in, double copy_gbs) {
+  torch::manual_seed(1);
+  const quant::QuantizedTensor q =
+      quant::quantize_4bit((torch::randn({out, in}) * kInitStd).to(torch::kBFloat16), quant::QuantType::kNF4, 64, true);
+  const torch::Tensor x = torch::randn({in}).to(torch::kBFloat16);
+  const double bytes = static_cast<double>(q.nbytes());
+  torch::Tensor y = torch::empty({out}, torch::kBFloat16);
+  quant::Gemv4bitArgs a;
+  a.w = quant::detail::packed_view(q);
+  a.out_features = out;
+  a.in_features = in;
+  a.x = static_cast<const uint16_t*>(x.data_ptr());
+  a.y = y.data_ptr();
+  auto row = [&](const char* what, double s) {
+    std::printf("  %5lld x %-5lld %-22s %9.3f ms %8.2f GB/s %6.1f%%\n", static_cast<long long>(out),
+                static_cast<long long>(in), what, s * 1e3, bytes / s / 1e9, 100.0 * bytes / s / 1e9 / copy_gbs);
+  };
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (!cpu_supports(isa)) continue;
+    quant::gemv_4bit_cpu(a, isa);  // warm-up
+    row((std::string("gemv ") + isa_name(isa)).c_str(), time_best([&] { quant::gemv_4bit_cpu(a, isa); }, kKernelReps));
+  }
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x2 = x.view({1, in});
+  auto dequant_matmul = [&] { torch::linear(x2, quant::dequantize_4bit(q, torch::kBFloat16)); };
+  dequant_matmul();
+  row("dequant bf16 + matmul", time_best(dequant_matmul, kKernelReps));
+}
+
+struct Decode {
+  double prompt_tok_s = 0, decode_tok_s = 0;
+};
+
+// Best of `reps` generations (greedy, no eos) of o.tokens tokens after a prompt of o.prompt random ids.
+Decode bench_generate(model::LlamaModelImpl& m, const Options& o, const std::vector<int64_t>& prompt) {
+  model::GenerateOptions g;
+  g.max_new_tokens = o.tokens;
+  Decode best;
+  for (int r = 0; r <= o.reps; ++r) {  // r == 0: warm-up
+    const auto res = model::generate(m, prompt, g);
+    const double n = static_cast<double>(res.tokens.size());
+    // As qlora-generate reports it: the first token comes with the prompt, the others cost one step each.
+    const Decode d{static_cast<double>(prompt.size()) / res.prompt_seconds, (n - 1) / res.decode_seconds};
+    if (r > 0 && d.decode_tok_s > best.decode_tok_s) best = d;
+  }
+  return best;
+}
+
+// The same cached greedy loop under NoGradGuard (no InferenceMode): one-row projections dequantize + matmul.
+double bench_no_gemv(model::LlamaModelImpl& m, const Options& o, const std::vector<int64_t>& prompt) {
+  torch::NoGradGuard no_grad;
+  double best = 0;
+  for (int r = 0; r <= o.reps; ++r) {
+    model::KVCache cache;
+    cache.reserve(static_cast<int64_t>(prompt.size()) + o.tokens);
+    torch::Tensor h = m.forward_hidden(torch::tensor(prompt).view({1, -1}), {}, &cache);
+    int64_t tok = m.logits(h.narrow(1, h.size(1) - 1, 1).contiguous()).argmax().item<int64_t>();
+    const double s = time_best(
+        [&] {
+          for (int64_t i = 1; i < o.tokens; ++i) {
+            h = m.forward_hidden(torch::tensor({tok}).view({1, 1}), {}, &cache);
+            tok = m.logits(h).argmax().item<int64_t>();
+          }
+        },
+        1);
+    if (r > 0) best = std::max(best, static_cast<double>(o.tokens - 1) / s);
+  }
+  return best;
+}
+
+int run(const Options& o) {
+  const int threads = configure_threads(o.threads);
+  const double copy_gbs = bench::measure_copy_bandwidth_gbs();
+  model::LlamaModel m = build_model(o);
+  m->eval();
+  const io::LlamaConfig& c = m->config();
+  const WeightBytes wb = weight_bytes(*m);
+  std::printf("threads %d, CPU path %s; memory copy bandwidth %.2f GB/s (read + write)\n", threads,
+              isa_name(active_isa()), copy_gbs);
+  std::printf("model %s: %lld layers, hidden %lld, intermediate %lld, heads %lld / kv %lld, vocab %lld; NF4 + DQ\n",
+              o.config.empty() ? o.model.c_str() : o.config.c_str(), static_cast<long long>(c.num_hidden_layers),
+              static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
+              static_cast<long long>(c.num_attention_heads), static_cast<long long>(c.num_key_value_heads),
+              static_cast<long long>(c.vocab_size));
+  if (o.kernels) {
+    std::printf(
+        "\n4-bit GEMV on one bf16 row (NF4 + DQ, blocksize 64); GB/s of 4-bit bytes read, %% of copy bandwidth\n");
+    for (const auto& [out, in] : wb.shapes) bench_kernels(out, in, copy_gbs);
+  }
+  std::vector<int64_t> prompt;
+  torch::manual_seed(2);
+  const torch::Tensor ids = torch::randint(kFirstTokenId, c.vocab_size, {o.prompt}, torch::kInt64);
+  for (int64_t i = 0; i < o.prompt; ++i) prompt.push_back(ids[i].item<int64_t>());
+  const Decode d = bench_generate(*m, o, prompt);
+  const double no_gemv = bench_no_gemv(*m, o, prompt);
+  const double per_token = wb.quant4 + wb.dense;
+  const double kv_per_token = 2.0 * static_cast<double>(c.num_hidden_layers * c.kv_dim()) *
+                              static_cast<double>(c10::elementSize(m->compute_dtype())) *
+                              (static_cast<double>(o.prompt) + static_cast<double>(o.tokens) / 2);
+  std::printf("\ndecode: prompt %lld tokens, %lld new tokens, greedy, best of %d\n", static_cast<long long>(o.prompt),
+              static_cast<long long>(o.tokens), o.reps);
+  std::printf("  weights read per token: %.2f MB 4-bit + %.2f MB dense (lm_head) = %.2f MB; KV cache %.2f MB\n",
+              wb.quant4 / 1e6, wb.dense / 1e6, per_token / 1e6, kv_per_token / 1e6);
+  std::printf("  prompt: %.1f tok/s\n", d.prompt_tok_s);
+  std::printf(
+      "  decode: %.2f tok/s (%.2f ms/token): 4-bit %.2f GB/s, all weights %.2f GB/s = %.1f%% of copy bandwidth\n",
+      d.decode_tok_s, 1e3 / d.decode_tok_s, wb.quant4 * d.decode_tok_s / 1e9, per_token * d.decode_tok_s / 1e9,
+      100.0 * per_token * d.decode_tok_s / 1e9 / copy_gbs);
+  std::printf("  decode without the GEMV (dequant + matmul per projection): %.2f tok/s; GEMV speed-up %.2fx\n", no_gemv,
+              d.decode_tok_s / no_gemv);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  init_logging("warn");
+  configure_host_allocator();  // as the apps do
+  try {
+    return run(parse_args(argc, argv));
+  } catch (const Error& e) {
+    std::fprintf(stderr, "bench_decode: %s\n", e.what());
+    return kExitBadArgs;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_decode: error: %s\n", e.what());
+    return 1;
+  }
+}
