@@ -5,6 +5,7 @@
 // decode did before it had one (dequantize the projection to bf16, then a one-row matmul).
 //
 //   build/bin/bench_decode [--model models/bench] [--prompt 32] [--tokens 64] [--reps 3] [--threads 0]
+//                          [--no-kernels | --kernels-only]
 //   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench, as bench_train)
 //   build/bin/bench_decode --config configs/models/llama-3.1-8b.json --layers 2 --vocab 32000
 //   (a random model of a published shape, built in memory as bench_layer builds its layer: NF4 + double quant,
@@ -61,6 +62,7 @@ struct Options {
   int reps = 3;
   int threads = 0;
   bool kernels = true;
+  bool decode = true;
 };
 
 int64_t parse_int(const std::string& flag, const char* v, int64_t min) {
@@ -77,8 +79,8 @@ Options parse_args(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
-    if (a == "--no-kernels") {
-      o.kernels = false;
+    if (a == "--no-kernels" || a == "--kernels-only") {
+      (a == "--no-kernels" ? o.kernels : o.decode) = false;
       continue;
     }
     if (!v) throw Error(a + ": unknown option or missing value (see the usage at the top of bench/bench_decode.cpp)");
@@ -180,8 +182,9 @@ void bench_kernels(int64_t out, int64_t in, double copy_gbs) {
     row((std::string("gemv ") + isa_name(isa)).c_str(), time_best([&] { quant::gemv_4bit_cpu(a, isa); }, kKernelReps));
   }
   torch::NoGradGuard no_grad;
-  const torch::Tensor x2 = x.view({1, in});
-  auto dequant_matmul = [&] { torch::linear(x2, quant::dequantize_4bit(q, torch::kBFloat16)); };
+  // linear_4bit outside InferenceMode: its dequant into a reused bf16 buffer + torch::linear on a (1, 1, in) row.
+  const torch::Tensor x3 = x.view({1, 1, in});
+  auto dequant_matmul = [&] { quant::linear_4bit(x3, q); };
   dequant_matmul();
   row("dequant bf16 + matmul", time_best(dequant_matmul, kKernelReps));
 }
@@ -246,6 +249,7 @@ int run(const Options& o) {
         "\n4-bit GEMV on one bf16 row (NF4 + DQ, blocksize 64); GB/s of 4-bit bytes read, %% of copy bandwidth\n");
     for (const auto& [out, in] : wb.shapes) bench_kernels(out, in, copy_gbs);
   }
+  if (!o.decode) return 0;
   std::vector<int64_t> prompt;
   torch::manual_seed(2);
   const torch::Tensor ids = torch::randint(kFirstTokenId, c.vocab_size, {o.prompt}, torch::kInt64);

@@ -46,14 +46,12 @@ void check_args(const Gemv4bitArgs& a) {
   }
 }
 
-// Row o's output from its 32 lane sums (lane[l] = the sum over chunks l, l + 32, ...): the butterfly, then the cast.
+// Row o's output from its 32 lane sums (lane[l] = the sum over chunks l, l + 32, ...): the specification's butterfly
+// (for off = 16, 8, 4, 2, 1: s[l] = s[l] + s[l ^ off]) on the lanes that lane 0's result depends on (l < off, where
+// l ^ off = l + off), then the cast.
 void finish_row(const Gemv4bitArgs& a, int64_t o, Lanes lane) {
-  for (int off = codec::kGemvLanes / 2; off >= 1; off /= 2) {
-    Lanes next{};
-    for (int l = 0; l < codec::kGemvLanes; ++l) {
-      next[static_cast<size_t>(l)] = lane[static_cast<size_t>(l)] + lane[static_cast<size_t>(l ^ off)];
-    }
-    lane = next;
+  for (size_t off = codec::kGemvLanes / 2; off >= 1; off /= 2) {
+    for (size_t l = 0; l < off; ++l) lane[l] = lane[l] + lane[l + off];
   }
   if (a.out_bf16) {
     static_cast<uint16_t*>(a.y)[o] = codec::bf16_bits_rne(lane[0]);
@@ -117,6 +115,7 @@ void layout_x(const Gemv4bitArgs& a, int w, std::vector<float>& xt) {
 // The blocks a batch of rows [o, o + rows) touches (blocks may straddle rows) and their fp32 absmax.
 struct RowBlocks {
   int64_t first = 0;          // first block
+  int64_t count = 0;          // blocks from `first` on
   const float* am = nullptr;  // am[b - first] = absmax of block b
   int64_t row_offset(const Gemv4bitArgs& a, int64_t o) const { return o * a.in_features - first * a.w.blocksize; }
 };
@@ -126,6 +125,7 @@ RowBlocks row_blocks(const Gemv4bitArgs& a, int64_t o, int rows, std::vector<flo
   RowBlocks rb;
   rb.first = o * a.in_features / a.w.blocksize;
   const int64_t end = ((o + rows) * a.in_features - 1) / a.w.blocksize + 1;
+  rb.count = end - rb.first;
   if (a.w.qabsmax == nullptr) {
     rb.am = a.w.absmax + rb.first;
     return rb;
@@ -168,16 +168,18 @@ QLORA_AVX512 void decode_absmax_avx512(const codec::Packed4bit& w, int64_t b0, i
   for (; b + kW512 <= b1; b += kW512) {
     const __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qabsmax + b)));
     const __m512 dm = _mm512_i32gather_ps(q, w.nested_code, 4);
-    const int64_t nb = b / codec::kNestedBlocksize;  // absmax2 index of block b; +1 for lanes past the next 256
-    const __m512i nidx = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(b % codec::kNestedBlocksize)), iota), 8);
-    const __m512 a2 = _mm512_i32gather_ps(nidx, w.absmax2 + nb, 4);
+    // absmax2 of each block: that of block b, or the next one for the lanes past a multiple of 256.
+    const int64_t nb = b / codec::kNestedBlocksize, past = (nb + 1) * codec::kNestedBlocksize - b;
+    __m512 a2 = _mm512_set1_ps(w.absmax2[nb]);
+    if (past < kW512) {
+      a2 = _mm512_mask_mov_ps(a2, _mm512_cmpge_epi32_mask(iota, _mm512_set1_epi32(static_cast<int32_t>(past))),
+                              _mm512_set1_ps(w.absmax2[nb + 1]));
+    }
     const __m512 p = _mm512_mul_round_ps(dm, a2, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm512_storeu_ps(dst + (b - b0), _mm512_add_round_ps(p, offset, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   }
   decode_absmax_scalar(w, b, b1, dst + (b - b0));
 }
-static_assert(codec::kNestedBlocksize == 256, "decode_absmax_avx512 shifts by 8");
 
 // The words of 16 chunks (16 bytes each, 256 bytes from src; the first `valid` chunks are read, the rest are 0):
 // d[m] lane p = word m of chunk lane_chunk(p, 16).
@@ -237,9 +239,14 @@ QLORA_AVX512 void rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o,
       for (int r = 0; r < R; ++r) {
         const int64_t e = (o + r) * in + c0 * codec::kGemvChunk;  // first element of the group's first chunk
         load_words_avx512(a.w.packed + e / 2, valid, d[r]);
-        const int32_t base = static_cast<int32_t>(rb.row_offset(a, o + r) + c0 * codec::kGemvChunk);
-        const __m512i blk = _mm512_srl_epi32(_mm512_add_epi32(_mm512_set1_epi32(base), lane_elem), bs_shift);
-        am[r] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, blk, rb.am, 4);
+        // The group's 512 elements span at most 16 blocks (blocksize >= 32, starts a multiple of 32): a 16-float
+        // window of am from the first one, permuted to the lanes.
+        const int64_t e_rel = rb.row_offset(a, o + r) + c0 * codec::kGemvChunk, fb = e_rel / a.w.blocksize;
+        const __m512i blk = _mm512_sub_epi32(
+            _mm512_srl_epi32(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(e_rel)), lane_elem), bs_shift),
+            _mm512_set1_epi32(static_cast<int32_t>(fb)));
+        const int64_t n = std::min<int64_t>(kW512, rb.count - fb);
+        am[r] = _mm512_permutexvar_ps(blk, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), rb.am + fb));
       }
       const float* xk = xt + (c0 / codec::kGemvLanes) * kSuperElems + g * kW512;
       steps_avx512<R>(d, am, code, xk, lanes, acc, std::make_integer_sequence<int, codec::kGemvChunk>{});
@@ -281,10 +288,14 @@ QLORA_AVX2 void decode_absmax_avx2(const codec::Packed4bit& w, int64_t b0, int64
   for (; b + kW256 <= b1; b += kW256) {
     const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w.qabsmax + b)));
     const __m256 dm = _mm256_i32gather_ps(w.nested_code, q, 4);
-    const int64_t nb = b / codec::kNestedBlocksize;
-    const __m256i nidx = _mm256_srli_epi32(
-        _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(b % codec::kNestedBlocksize)), iota), 8);
-    __m256 p = _mm256_mul_ps(dm, _mm256_i32gather_ps(w.absmax2 + nb, nidx, 4));
+    const int64_t nb = b / codec::kNestedBlocksize, past = (nb + 1) * codec::kNestedBlocksize - b;
+    __m256 a2 = _mm256_set1_ps(w.absmax2[nb]);
+    if (past < kW256) {
+      a2 = _mm256_blendv_ps(
+          a2, _mm256_set1_ps(w.absmax2[nb + 1]),
+          _mm256_castsi256_ps(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(static_cast<int32_t>(past - 1)))));
+    }
+    __m256 p = _mm256_mul_ps(dm, a2);
     __asm__("" : "+x"(p));
     _mm256_storeu_ps(dst + (b - b0), _mm256_add_ps(p, offset));
   }
@@ -342,6 +353,7 @@ QLORA_AVX2 void rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o, std
   const __m128i bs_shift = _mm_cvtsi32_si128(__builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize)));
   const __m256 code_lo = _mm256_loadu_ps(a.w.code), code_hi = _mm256_loadu_ps(a.w.code + 8);
   const __m256i lane_elem = _mm256_setr_epi32(0, 64, 128, 192, 32, 96, 160, 224);  // lane_chunk(p, 8) * 32
+  const __m256i iota8 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   std::array<Lanes, R> lanes_out{};
   for (int g = 0; g < codec::kGemvLanes / kW256; ++g) {
     __m256 acc[R];
@@ -355,9 +367,14 @@ QLORA_AVX2 void rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o, std
       for (int r = 0; r < R; ++r) {
         const int64_t e = (o + r) * in + c0 * codec::kGemvChunk;
         load_words_avx2(a.w.packed + e / 2, valid, d[r]);
-        const int32_t base = static_cast<int32_t>(rb.row_offset(a, o + r) + c0 * codec::kGemvChunk);
-        const __m256i blk = _mm256_srl_epi32(_mm256_add_epi32(_mm256_set1_epi32(base), lane_elem), bs_shift);
-        am[r] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), rb.am, blk, lanes, 4);
+        // The group's 256 elements span at most 8 blocks: an 8-float window of am, permuted to the lanes.
+        const int64_t e_rel = rb.row_offset(a, o + r) + c0 * codec::kGemvChunk, fb = e_rel / a.w.blocksize;
+        const __m256i blk = _mm256_sub_epi32(
+            _mm256_srl_epi32(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(e_rel)), lane_elem), bs_shift),
+            _mm256_set1_epi32(static_cast<int32_t>(fb)));
+        const int64_t n = std::min<int64_t>(kW256, rb.count - fb);
+        const __m256i in_range = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n)), iota8);
+        am[r] = _mm256_permutevar8x32_ps(_mm256_maskload_ps(rb.am + fb, in_range), blk);
       }
       const float* xk = xt + (c0 / codec::kGemvLanes) * kSuperElems + g * kW256;
       if (valid == kW256) {
