@@ -40,6 +40,15 @@ inline fs::path tiny_model_dir() {
   return fs::path(QLORA_TEST_WORK_DIR) / "tiny";
 }
 
+// Base fixture of the tests that train or load the tiny model: fails clearly when it was not made.
+class TinyModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(fs::exists(tiny_model_dir() / "config.json"))
+        << "no tiny model at " << tiny_model_dir() << ": run through ctest (fixture make_tiny_model)";
+  }
+};
+
 // A fresh, empty directory unique to the current test.
 inline fs::path temp_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();

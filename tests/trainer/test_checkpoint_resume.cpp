@@ -75,13 +75,7 @@ void flip_byte(const fs::path& file, size_t at) {
   write_file_atomic(file, bytes);
 }
 
-class CheckpointResume : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ASSERT_TRUE(fs::exists(test::tiny_model_dir() / "config.json"))
-        << "no tiny model at " << test::tiny_model_dir() << ": run through ctest (fixture make_tiny_model)";
-  }
-};
+class CheckpointResume : public test::TinyModelTest {};
 
 TEST_F(CheckpointResume, AFlippedByteInTheNewestCheckpointFallsBackAndEndsTheSame) {
   const fs::path dir = test::temp_dir();

@@ -144,13 +144,7 @@ bool wait_for_file(const fs::path& f, std::chrono::seconds limit) {
   return false;
 }
 
-class DataParallel : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ASSERT_TRUE(fs::exists(test::tiny_model_dir() / "config.json"))
-        << "no tiny model at " << test::tiny_model_dir() << ": run through ctest (fixture make_tiny_model)";
-  }
-};
+class DataParallel : public test::TinyModelTest {};
 
 TEST_F(DataParallel, EnvironmentParsing) {
   ::unsetenv("RANK");

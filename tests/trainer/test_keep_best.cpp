@@ -86,13 +86,7 @@ nlohmann::json summary_of(const fs::path& out) {
   return nlohmann::json::parse(read_file(out / "training_summary.json"));
 }
 
-class KeepBest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ASSERT_TRUE(fs::exists(test::tiny_model_dir() / "config.json"))
-        << "no tiny model at " << test::tiny_model_dir() << ": run through ctest (fixture make_tiny_model)";
-  }
-};
+class KeepBest : public test::TinyModelTest {};
 
 TEST_F(KeepBest, BestFolderHoldsTheAdapterOfTheLowestEvalLoss) {
   const fs::path dir = test::temp_dir();

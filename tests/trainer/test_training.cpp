@@ -162,13 +162,7 @@ double mean_loss(const std::vector<double>& losses, size_t begin, size_t end) {
   return sum / static_cast<double>(end - begin);
 }
 
-class TrainerRun : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ASSERT_TRUE(fs::exists(test::tiny_model_dir() / "config.json"))
-        << "no tiny model at " << test::tiny_model_dir() << ": run through ctest (fixture make_tiny_model)";
-  }
-};
+class TrainerRun : public test::TinyModelTest {};
 
 TEST_F(TrainerRun, LossFallsOnLearnableData) {
   const fs::path dir = test::temp_dir();
