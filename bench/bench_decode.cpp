@@ -166,12 +166,7 @@ void bench_kernels(int64_t out, int64_t in, double copy_gbs) {
   const torch::Tensor x = torch::randn({in}).to(torch::kBFloat16);
   const double bytes = static_cast<double>(q.nbytes());
   torch::Tensor y = torch::empty({out}, torch::kBFloat16);
-  quant::Gemv4bitArgs a;
-  a.w = quant::detail::packed_view(q);
-  a.out_features = out;
-  a.in_features = in;
-  a.x = static_cast<const uint16_t*>(x.data_ptr());
-  a.y = y.data_ptr();
+  const quant::Gemv4bitArgs a = quant::detail::gemv_args(q, x.data_ptr(), y.data_ptr(), /*out_bf16=*/true);
   auto row = [&](const char* what, double s) {
     std::printf("  %5lld x %-5lld %-22s %9.3f ms %8.2f GB/s %6.1f%%\n", static_cast<long long>(out),
                 static_cast<long long>(in), what, s * 1e3, bytes / s / 1e9, 100.0 * bytes / s / 1e9 / copy_gbs);

@@ -322,6 +322,18 @@ codec::Packed4bit packed_view(const QuantizedTensor& q) {
   return w;
 }
 
+Gemv4bitArgs gemv_args(const QuantizedTensor& w, const void* x, void* y, bool out_bf16) {
+  TORCH_CHECK(w.shape.size() == 2, "gemv_args: W must be 2-D, got ", w.shape);
+  Gemv4bitArgs a;
+  a.w = packed_view(w);
+  a.out_features = w.shape[0];
+  a.in_features = w.shape[1];
+  a.x = static_cast<const uint16_t*>(x);
+  a.out_bf16 = out_bf16;
+  a.y = y;
+  return a;
+}
+
 float torch_mean_f32(const float* x, int64_t n) {
   TORCH_CHECK(n > 0, "mean of an empty array");
   return cascade_sum<8>(x, n) / static_cast<float>(n);

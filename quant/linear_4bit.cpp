@@ -134,13 +134,7 @@ torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
   const torch::Tensor xc = x.contiguous();
   torch::Tensor y =
       torch::empty(x.dim() == 2 ? std::vector<int64_t>{1, w.shape[0]} : std::vector<int64_t>{w.shape[0]}, xc.options());
-  Gemv4bitArgs a;
-  a.w = detail::packed_view(w);
-  a.out_features = w.shape[0];
-  a.in_features = w.shape[1];
-  a.x = static_cast<const uint16_t*>(xc.data_ptr());
-  a.out_bf16 = true;
-  a.y = y.data_ptr();
+  const Gemv4bitArgs a = detail::gemv_args(w, xc.data_ptr(), y.data_ptr(), /*out_bf16=*/true);
   if (xc.is_cpu()) {
     gemv_4bit_cpu(a);
     return y;

@@ -53,13 +53,7 @@ torch::Tensor random_x(int64_t in) {
 // y = W x through the raw kernel interface, as bf16 bits or fp32.
 torch::Tensor run_gemv(const QuantizedTensor& q, const torch::Tensor& x, bool out_bf16, Isa isa, bool ref) {
   torch::Tensor y = torch::full({q.shape[0]}, 7.0, out_bf16 ? torch::kBFloat16 : torch::kFloat32);
-  Gemv4bitArgs a;
-  a.w = detail::packed_view(q);
-  a.out_features = q.shape[0];
-  a.in_features = q.shape[1];
-  a.x = static_cast<const uint16_t*>(x.data_ptr());
-  a.out_bf16 = out_bf16;
-  a.y = y.data_ptr();
+  const Gemv4bitArgs a = detail::gemv_args(q, x.data_ptr(), y.data_ptr(), out_bf16);
   if (ref) {
     gemv_4bit_ref(a);
   } else {
