@@ -39,7 +39,7 @@ qlora::plan::TimePlan time_plan(const qlora::trainer::TrainConfig& config, const
     source = "--plan-flops";
   } else if (p.inputs.device.rfind("cpu", 0) == 0) {
     const int threads = qlora::configure_threads(config.train.threads);
-    const double mm = qlora::plan::measure_cpu_bf16_matmul_flops();
+    const double mm = qlora::plan::measure_cpu_matmul_flops(torch::kBFloat16);
     rate = qlora::plan::kCpuStepEfficiency * mm;
     source = fmt::format(
         "{:.0f}% of the bf16 matmul rate measured now on {} threads, {:.0f} GFLOP/s; --plan-flops to "

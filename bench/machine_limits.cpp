@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "plan/time_plan.h"
+
 namespace qlora::bench {
 
 double measure_copy_bandwidth_gbs(size_t bytes, int reps) {
@@ -28,12 +30,7 @@ double measure_copy_bandwidth_gbs(size_t bytes, int reps) {
 }
 
 double measure_matmul_gflops(c10::ScalarType dtype, int64_t m, int64_t k, int64_t n, int reps) {
-  torch::NoGradGuard no_grad;
-  auto a = torch::randn({m, k}).to(dtype);
-  auto b = torch::randn({k, n}).to(dtype);
-  auto c = torch::matmul(a, b);  // warm-up
-  const double s = time_best([&] { c = torch::matmul(a, b); }, reps);
-  return 2.0 * m * k * n / s / 1e9;
+  return plan::measure_cpu_matmul_flops(dtype, m, k, n, reps) / 1e9;
 }
 
 nlohmann::json run_in_child(const std::function<nlohmann::json()>& fn) {

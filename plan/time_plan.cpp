@@ -121,19 +121,18 @@ double parse_flop_rate(const std::string& text) {
   return value * it->second;
 }
 
-double measure_cpu_bf16_matmul_flops() {
+double measure_cpu_matmul_flops(torch::ScalarType dtype, int64_t m, int64_t k, int64_t n, int reps) {
   torch::NoGradGuard no_grad;
-  constexpr int64_t n = 1024;
-  const auto a = torch::randn({n, n}).to(torch::kBFloat16);
-  const auto b = torch::randn({n, n}).to(torch::kBFloat16);
+  const auto a = torch::randn({m, k}).to(dtype);
+  const auto b = torch::randn({k, n}).to(dtype);
   auto c = torch::matmul(a, b);  // warm-up (oneDNN picks its kernel)
   double best = 1e30;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < std::max(1, reps); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     c = torch::matmul(a, b);
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  return 2.0 * n * n * n / best;
+  return 2.0 * static_cast<double>(m) * static_cast<double>(k) * static_cast<double>(n) / best;
 }
 
 }  // namespace qlora::plan

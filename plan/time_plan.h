@@ -54,8 +54,10 @@ std::string format_time_plan(const TimePlan& t);
 // "40T", "40 TFLOP/s", "680G", "6.8e11" -> FLOP/s (k, M, G, T, P are powers of 1000). qlora::Error on anything else.
 double parse_flop_rate(const std::string& text);
 
-// The bf16 matmul rate of this process's CPU threads now (best of a few 1024^3 products, ~0.1 s), FLOP/s.
-double measure_cpu_bf16_matmul_flops();
+// The CPU matmul rate of this process's threads now: (m, k) x (k, n) in `dtype`, best of `reps` after a warm-up,
+// FLOP/s. --plan takes bf16 at 1024^3 (~0.1 s); bench/machine_limits.h's limits call it with larger sizes.
+double measure_cpu_matmul_flops(torch::ScalarType dtype, int64_t m = 1024, int64_t k = 1024, int64_t n = 1024,
+                                int reps = 5);
 
 // "45 s", "12.5 min", "3.2 h", "9.1 days".
 std::string format_duration(double seconds);
