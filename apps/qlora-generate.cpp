@@ -170,6 +170,9 @@ int run_generate(Args& a) {
         "give --prompt TEXT, --prompt-file FILE or --prompt-ids \"ID ID ...\" (or --chat to read turns "
         "from stdin)");
   }
+  if (chat_stdin && !a.logits_out.empty()) {
+    throw qlora::Error("--logits-out needs a prompt (--prompt, --prompt-file, --prompt-ids)");
+  }
   if (!a.prompt_file.empty()) a.prompt = qlora::read_file(a.prompt_file);
   qlora::configure_threads(a.threads);
   qlora::model::LoadOptions lo;
@@ -182,10 +185,7 @@ int run_generate(Args& a) {
   std::vector<int64_t> ids;
   if (!a.prompt_ids.empty()) {
     ids = parse_token_ids(a.prompt_ids, model->config().vocab_size);
-  } else if (chat_stdin) {
-    if (!a.logits_out.empty())
-      throw qlora::Error("--logits-out needs a prompt (--prompt, --prompt-file, --prompt-ids)");
-  } else if (a.chat) {
+  } else if (a.chat && !chat_stdin) {
     const auto t = qlora::data::load_model_chat_template(a.model_dir);
     for (int32_t id : qlora::data::encode_chat_prompt(t, *tok, a.system, a.prompt)) ids.push_back(id);
   } else {
