@@ -19,7 +19,18 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr double kBarRedrawS = 0.2;  // at most 5 redraws a second
+// Seconds between bar redraws: 0.2 (at most 5 a second), or QLORA_PROGRESS_REDRAW_S (0..60; 0 redraws on every
+// update, which tests use to see every micro-batch whatever the machine's speed).
+double bar_redraw_s() {
+  static const double s = [] {
+    const char* v = std::getenv("QLORA_PROGRESS_REDRAW_S");
+    if (v == nullptr) return 0.2;
+    char* end = nullptr;
+    const double d = std::strtod(v, &end);
+    return end != v && *end == '\0' && d >= 0 && d <= 60 ? d : 0.2;
+  }();
+  return s;
+}
 constexpr int kBarCells = 24;
 constexpr int kDefaultColumns = 100;  // a stream, or a terminal that does not say
 constexpr const char* kClearLine = "\r\x1b[K";
@@ -191,7 +202,7 @@ void Progress::draw(const std::string& extra, bool immediately) {
   // The bar is info-level output: none where info lines are off (QLORA_LOG_LEVEL=warn, data-parallel ranks > 0).
   if (!spdlog::should_log(spdlog::level::info)) return;
   const auto now = Clock::now();
-  if (!immediately && drawn_ && std::chrono::duration<double>(now - last_log_).count() < kBarRedrawS) return;
+  if (!immediately && drawn_ && std::chrono::duration<double>(now - last_log_).count() < bar_redraw_s()) return;
   last_log_ = now;
   drawn_ = true;
   Terminal& t = terminal();

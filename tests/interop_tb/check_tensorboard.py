@@ -205,7 +205,8 @@ def main():
     for step in (4, 6, 8):  # a crash that lost every checkpoint after step 2, and the final adapter
         shutil.rmtree(run_dir / f"checkpoint-{step}")
     shutil.rmtree(run_dir / "final")
-    second = run([train, cfg], env={"QLORA_PROGRESS": "bar"})
+    # Every update redrawn (no 0.2 s throttle): a fast machine finishes a micro-batch between two throttled redraws.
+    second = run([train, cfg], env={"QLORA_PROGRESS": "bar", "QLORA_PROGRESS_REDRAW_S": "0"})
     check("resumed from" in second and "at step 2/8" in second, "the second run resumes at step 2")
     check("\rtrain [" in second and "micro-batch 1/2" in second,
           "QLORA_PROGRESS=bar draws the bar in place, per micro-batch", repr(second[second.find("\r"):][:160]))
