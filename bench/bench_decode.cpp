@@ -8,6 +8,9 @@
 //                          [--no-kernels | --kernels-only]
 //   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench, as bench_train)
 //   build/bin/bench_decode --config configs/models/llama-3.1-8b.json --layers 2 --vocab 32000
+//   build/bin/bench_decode --no-kernels --llama-cpp .venv/bin/python [--gguf-dir build/bench-decode-gguf]
+//   (side by side with llama.cpp: the same --model exported to Q4_0 and Q8_0 GGUF by our exporter, each decoded by
+//    llama-cpp-python's libllama with the same threads, prompt ids and token count: bench/llama_cpp_decode.py)
 //   (a random model of a published shape, built in memory as bench_layer builds its layer: NF4 + double quant,
 //    blocksize 64, lm_head dense)
 //
@@ -24,6 +27,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
@@ -36,6 +40,7 @@
 #include "common/host_memory.h"
 #include "common/log.h"
 #include "common/threads.h"
+#include "gguf/gguf_export.h"
 #include "io/hf_config.h"
 #include "model/generate.h"
 #include "model/llama.h"
@@ -63,6 +68,8 @@ struct Options {
   int threads = 0;
   bool kernels = true;
   bool decode = true;
+  std::string llama_cpp_python;  // non-empty: also run llama.cpp on Q4_0 / Q8_0 exports with this python
+  std::string gguf_dir = "build/bench-decode-gguf";
 };
 
 int64_t parse_int(const std::string& flag, const char* v, int64_t min) {
@@ -101,9 +108,16 @@ Options parse_args(int argc, char** argv) {
       o.reps = static_cast<int>(parse_int(a, v, 1));
     } else if (a == "--threads") {
       o.threads = static_cast<int>(parse_int(a, v, 0));
+    } else if (a == "--llama-cpp") {
+      o.llama_cpp_python = v;
+    } else if (a == "--gguf-dir") {
+      o.gguf_dir = v;
     } else {
       throw Error(a + ": unknown option (see the usage at the top of bench/bench_decode.cpp)");
     }
+  }
+  if (!o.llama_cpp_python.empty() && (!o.config.empty() || !o.decode)) {
+    throw Error("--llama-cpp: needs a --model folder (not --config) and the decode run (not --kernels-only)");
   }
   return o;
 }
@@ -225,6 +239,45 @@ double bench_no_gemv(model::LlamaModelImpl& m, const Options& o, const std::vect
   return best;
 }
 
+struct LlamaCpp {
+  double decode_tok_s = 0, decode_tok_s_internal = 0, prompt_tok_s = 0, weight_bytes = 0;
+  std::string version;
+};
+
+// Exports o.model to `type` ("q4_0" | "q8_0") with our exporter, then decodes it in llama.cpp
+// (bench/llama_cpp_decode.py, run by o.llama_cpp_python) with the same threads, prompt ids and token count.
+LlamaCpp run_llama_cpp(const Options& o, const std::string& type, int threads, const std::vector<int64_t>& prompt) {
+  namespace fs = std::filesystem;
+  fs::create_directories(o.gguf_dir);
+  const fs::path out = fs::path(o.gguf_dir) / ("bench-" + type + ".gguf");
+  gguf::ExportOptions eo;
+  eo.out_type = gguf::parse_out_type(type);
+  eo.overwrite = true;
+  eo.show_progress = false;
+  gguf::export_model_gguf(o.model, out, eo);
+  std::string ids;
+  for (int64_t id : prompt) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  const fs::path script = fs::path(__FILE__).parent_path() / "llama_cpp_decode.py";
+  const std::string cmd = "'" + o.llama_cpp_python + "' '" + script.string() + "' --model '" + out.string() +
+                          "' --threads " + std::to_string(threads) + " --prompt " + ids + " --tokens " +
+                          std::to_string(o.tokens) + " --reps " + std::to_string(o.reps);
+  const fs::path log = fs::path(o.gguf_dir) / ("llama_cpp-" + type + ".log");  // llama.cpp's own logging
+  FILE* pipe = ::popen((cmd + " 2>'" + log.string() + "'").c_str(), "r");
+  if (!pipe) throw Error("--llama-cpp: cannot start " + o.llama_cpp_python);
+  std::string text;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof buf, pipe)) text.append(buf, n);
+  const int status = ::pclose(pipe);
+  if (status != 0 || text.empty()) {
+    throw Error("--llama-cpp: " + script.string() + " failed on " + out.string() + " (exit status " +
+                std::to_string(status) + "); its messages are in " + log.string() + "\n  " + cmd);
+  }
+  const nlohmann::json j = nlohmann::json::parse(text);
+  return {j.at("decode_tok_s").get<double>(), j.at("decode_tok_s_internal").get<double>(),
+          j.at("prompt_tok_s").get<double>(), j.at("weight_bytes").get<double>(),
+          j.at("llama_cpp_python").get<std::string>()};
+}
+
 int run(const Options& o) {
   const int threads = configure_threads(o.threads);
   const double copy_gbs = bench::measure_copy_bandwidth_gbs();
@@ -266,6 +319,25 @@ int run(const Options& o) {
       100.0 * per_token * d.decode_tok_s / 1e9 / copy_gbs);
   std::printf("  decode without the GEMV (dequant + matmul per projection): %.2f tok/s; GEMV speed-up %.2fx\n", no_gemv,
               d.decode_tok_s / no_gemv);
+  if (o.llama_cpp_python.empty()) return 0;
+  std::vector<std::pair<std::string, LlamaCpp>> ref;
+  for (const char* type : {"q4_0", "q8_0"}) ref.emplace_back(type, run_llama_cpp(o, type, threads, prompt));
+  std::printf(
+      "\nllama.cpp (llama-cpp-python %s, CPU), our GGUF export of the same model; same threads, prompt ids, "
+      "tokens; greedy, best of %d\n",
+      ref[0].second.version.c_str(), o.reps);
+  for (const auto& [type, r] : ref) {
+    std::printf(
+        "  %s: weights read per token %.2f MB; prompt %.1f tok/s; decode %.2f tok/s (llama.cpp's own counters "
+        "%.2f tok/s) = %.2f GB/s, %.1f%% of copy bandwidth\n",
+        type.c_str(), r.weight_bytes / 1e6, r.prompt_tok_s, r.decode_tok_s, r.decode_tok_s_internal,
+        r.weight_bytes * r.decode_tok_s_internal / 1e9,
+        100.0 * r.weight_bytes * r.decode_tok_s_internal / 1e9 / copy_gbs);
+  }
+  for (const auto& [type, r] : ref) {
+    std::printf("  qlora decode / llama.cpp %s decode: %.2fx (%.2fx against llama.cpp's own counters)\n", type.c_str(),
+                d.decode_tok_s / r.decode_tok_s, d.decode_tok_s / r.decode_tok_s_internal);
+  }
   return 0;
 }
 
