@@ -79,6 +79,9 @@ class DataLoader {
   int64_t epoch() const { return epoch_; }  // epochs completed so far
   DataStats stats() const { return stats_; }
   const std::vector<fs::path>& files() const { return source_.files(); }
+  // Per file of files(), the longest prefix this loader has read of it and its hash (RecordSource::read_digests();
+  // the trainer's resume fingerprint). A restored loader counts from its cursor's file on.
+  std::vector<ReadDigest> read_digests() const { return source_.read_digests(); }
   int32_t pad_id() const { return pad_id_; }
 
   // The first n examples of this split and rank in file order (no shuffle); does not move the cursor or count

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <set>
+#include <string_view>
 
 #include "common/error.h"
 
@@ -221,8 +223,59 @@ std::vector<fs::path> resolve_data_files(const std::vector<std::string>& specs, 
   return out;
 }
 
+namespace detail {
+
+bool HashingFileBuf::open(const fs::path& file, int64_t offset) {
+  if (file_.is_open()) file_.close();
+  buf_.resize(kChunk);
+  setg(buf_.data(), buf_.data(), buf_.data());
+  hashed_ = buf_.data();
+  folded_ = ReadDigest{};
+  file_.pubsetbuf(nullptr, 0);  // unbuffered: chunks are read straight into buf_
+  if (!file_.open(file, std::ios::in | std::ios::binary)) return false;
+  for (int64_t left = offset; left > 0;) {  // consume the bytes before `offset`, hashing them
+    if (gptr() == egptr() && underflow() == traits_type::eof()) break;
+    const int64_t n = std::min<int64_t>(left, egptr() - gptr());
+    gbump(static_cast<int>(n));
+    left -= n;
+  }
+  return true;
+}
+
+ReadDigest HashingFileBuf::digest() const {
+  ReadDigest d = folded_;
+  if (hashed_ == nullptr) return d;
+  const auto n = static_cast<size_t>(gptr() - hashed_);
+  d.fnv1a64 = fnv1a64(std::string_view(hashed_, n), d.fnv1a64);
+  d.bytes += static_cast<int64_t>(n);
+  return d;
+}
+
+HashingFileBuf::int_type HashingFileBuf::underflow() {
+  if (gptr() < egptr()) return traits_type::to_int_type(*gptr());
+  folded_ = digest();  // every byte of the buffer was consumed
+  const std::streamsize n = file_.is_open() ? file_.sgetn(buf_.data(), static_cast<std::streamsize>(buf_.size())) : 0;
+  setg(buf_.data(), buf_.data(), buf_.data() + std::max<std::streamsize>(n, 0));
+  hashed_ = buf_.data();
+  return n > 0 ? traits_type::to_int_type(*gptr()) : traits_type::eof();
+}
+
+}  // namespace detail
+
+std::optional<uint64_t> hash_file_prefix(const fs::path& file, int64_t bytes) {
+  std::error_code ec;
+  if (bytes < 0 || !fs::is_regular_file(file, ec)) return std::nullopt;
+  detail::HashingFileBuf buf;
+  if (!buf.open(file, bytes)) return std::nullopt;
+  const ReadDigest d = buf.digest();
+  if (d.bytes != bytes) return std::nullopt;
+  return d.fnv1a64;
+}
+
 RecordSource::RecordSource(std::vector<fs::path> files, int64_t max_record_bytes)
-    : files_(std::move(files)), max_record_bytes_(static_cast<size_t>(std::max<int64_t>(max_record_bytes, 1))) {}
+    : files_(std::move(files)),
+      max_record_bytes_(static_cast<size_t>(std::max<int64_t>(max_record_bytes, 1))),
+      read_(files_.size()) {}
 
 std::string RecordSource::where(const SourcePos& pos) const {
   const std::string name =
@@ -230,7 +283,7 @@ std::string RecordSource::where(const SourcePos& pos) const {
   return name + ":" + std::to_string(pos.line);
 }
 
-bool RecordSource::read_line(std::ifstream& in, std::string& line, int64_t& offset, int64_t& line_no, size_t limit,
+bool RecordSource::read_line(std::istream& in, std::string& line, int64_t& offset, int64_t& line_no, size_t limit,
                              bool* cut) {
   line.clear();
   *cut = false;
@@ -261,7 +314,7 @@ bool RecordSource::read_line(std::ifstream& in, std::string& line, int64_t& offs
   return true;
 }
 
-std::optional<RawRecord> RecordSource::read_array_element(std::ifstream& in, SourcePos& pos) const {
+std::optional<RawRecord> RecordSource::read_array_element(std::istream& in, SourcePos& pos) const {
   ArrayScanner scan(in.rdbuf(), pos, files_[pos.file].string());
   if (pos.offset == 0) {  // the start of the file: past the '['
     scan.skip_bom();
@@ -303,7 +356,7 @@ std::optional<RawRecord> RecordSource::read_array_element(std::ifstream& in, Sou
   return rec;
 }
 
-std::optional<RawRecord> RecordSource::read_record(std::ifstream& in, FileLayout layout, SourcePos& pos) const {
+std::optional<RawRecord> RecordSource::read_record(std::istream& in, FileLayout layout, SourcePos& pos) const {
   if (layout == FileLayout::kJsonArray) return read_array_element(in, pos);
   const bool plain_text = layout == FileLayout::kParagraphs;
   std::string line;
@@ -332,35 +385,53 @@ std::optional<RawRecord> RecordSource::read_record(std::ifstream& in, FileLayout
 }
 
 bool RecordSource::open_current() {
-  while (pos_.file < static_cast<int64_t>(files_.size())) {
-    if (!open_) {
-      const fs::path& p = files_[pos_.file];
-      in_ = std::ifstream(p, std::ios::binary);
-      if (!in_) throw_file_error(p.string(), "cannot open data file", "check the path and its permissions");
-      in_.seekg(pos_.offset);
-      if (!in_)
-        throw_file_error(p.string(), "cannot seek to byte " + std::to_string(pos_.offset),
-                         "the file changed since the cursor was saved");
-      layout_ = file_layout(p);
-      open_ = true;
-    }
-    return true;
+  if (pos_.file >= static_cast<int64_t>(files_.size())) return false;
+  if (open_) return true;
+  const fs::path& p = files_[pos_.file];
+  auto f = std::make_unique<OpenFile>();
+  if (!f->buf.open(p, pos_.offset)) {
+    throw_file_error(p.string(), "cannot open data file", "check the path and its permissions");
   }
-  return false;
+  if (const int64_t size = f->buf.digest().bytes; size != pos_.offset) {
+    throw_file_error(p.string(),
+                     "cannot seek to byte " + std::to_string(pos_.offset) +
+                         (size < pos_.offset ? ": the file has only " + std::to_string(size) + " bytes" : ""),
+                     "the file changed since the cursor was saved");
+  }
+  layout_ = file_layout(p);
+  open_ = std::move(f);
+  return true;
+}
+
+void RecordSource::close_current() {
+  if (!open_) return;
+  const ReadDigest d = open_->buf.digest();
+  ReadDigest& longest = read_[static_cast<size_t>(pos_.file)];
+  if (d.bytes > longest.bytes) longest = d;
+  open_.reset();
+}
+
+std::vector<ReadDigest> RecordSource::read_digests() const {
+  std::vector<ReadDigest> out = read_;
+  if (open_) {
+    const ReadDigest d = open_->buf.digest();
+    ReadDigest& longest = out[static_cast<size_t>(pos_.file)];
+    if (d.bytes > longest.bytes) longest = d;
+  }
+  return out;
 }
 
 std::optional<RawRecord> RecordSource::next() {
   while (open_current()) {
     SourcePos pos = pos_;
-    auto rec = read_record(in_, layout_, pos);
+    auto rec = read_record(open_->in, layout_, pos);
     if (rec) {
       pos_ = pos;
       return rec;
     }
-    if (in_.bad()) throw_file_error(files_[pos_.file].string(), "read error");
+    if (open_->in.bad()) throw_file_error(files_[pos_.file].string(), "read error");
     // End of this file: on to the next one, keeping the record count.
-    open_ = false;
-    in_.close();
+    close_current();
     pos_ = SourcePos{pos_.file + 1, 0, 1, pos.record};
   }
   return std::nullopt;
@@ -371,8 +442,7 @@ void RecordSource::seek(const SourcePos& pos) {
     throw Error("data cursor: file index " + std::to_string(pos.file) + " out of range (" +
                 std::to_string(files_.size()) + " files)");
   }
-  open_ = false;
-  in_.close();
+  close_current();
   pos_ = pos;
 }
 

@@ -14,14 +14,23 @@
 // object) is an ordinary bad record, subject to data.on_bad_line.
 // Record indices count records across all files of a split in order; they drive the eval_fraction split
 // and the rank sharding, so every loader over the same files agrees on them.
+//
+// What was read: the source folds every byte its parser consumes into a running FNV-1a 64 (common/hash.h) as it
+// goes, so read_digests() says, per file, how many bytes from its start were read and their hash, at no second pass
+// over the data. The trainer puts them in its resume fingerprint (trainer/data_fingerprint.h).
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <istream>
+#include <memory>
 #include <optional>
+#include <streambuf>
 #include <string>
 #include <vector>
+
+#include "common/hash.h"
 
 namespace qlora::data {
 
@@ -56,6 +65,38 @@ struct RawRecord {
 // would strain memory (a 300 MB line must not be read whole).
 inline constexpr int64_t kDefaultMaxRecordBytes = int64_t{4} << 20;
 
+// The first `bytes` bytes of a file and their FNV-1a 64: what a reader consumed of it.
+struct ReadDigest {
+  int64_t bytes = 0;
+  uint64_t fnv1a64 = kFnv1a64Offset;  // fnv1a64() of those bytes (the offset basis for none)
+};
+
+// fnv1a64() of the first `bytes` bytes of `file` (read in chunks, never whole); nullopt when it is not a readable
+// regular file of at least that many bytes.
+std::optional<uint64_t> hash_file_prefix(const fs::path& file, int64_t bytes);
+
+namespace detail {
+// A read buffer over one file that folds each byte the reader consumes (moves past; a peek does not count) into a
+// running FNV-1a, in order from the file's start.
+class HashingFileBuf : public std::streambuf {
+ public:
+  // Opens `file` and consumes its first `offset` bytes, hashing them; false when it cannot be opened or is shorter.
+  bool open(const fs::path& file, int64_t offset);
+  // What was consumed so far.
+  ReadDigest digest() const;
+
+ protected:
+  int_type underflow() override;
+
+ private:
+  static constexpr size_t kChunk = size_t{1} << 16;
+  std::filebuf file_;
+  std::vector<char> buf_;
+  ReadDigest folded_;             // the bytes before hashed_
+  const char* hashed_ = nullptr;  // the first consumed byte of buf_ not yet in folded_
+};
+}  // namespace detail
+
 // Reads records from a list of files in order; seekable to any SourcePos it produced. A record longer than
 // max_record_bytes comes back as too_long (its position kept, its text not), having held at most that many bytes.
 class RecordSource {
@@ -73,23 +114,34 @@ class RecordSource {
   const std::vector<fs::path>& files() const { return files_; }
   std::string where(const SourcePos& pos) const;  // "FILE:LINE"
 
+  // Per file (as files()), the longest prefix next() has consumed of it since this source was made: the whole file
+  // once a pass went through it, up to the cursor in the file being read, nothing for a file not reached. Reopening
+  // a file at a saved cursor (seek, then next) reads and hashes the bytes before it once. read_at() does not count.
+  std::vector<ReadDigest> read_digests() const;
+
  private:
+  // The file next() reads, with the stream the parsers use over it.
+  struct OpenFile {
+    detail::HashingFileBuf buf;
+    std::istream in{&buf};
+  };
   bool open_current();
+  void close_current();  // records what was read of the open file first
   // Reads one line (without "\n" or "\r\n") from `in`, keeping at most `limit` bytes of it (*cut: it was longer);
   // advances offset/line; false at EOF.
-  static bool read_line(std::ifstream& in, std::string& line, int64_t& offset, int64_t& line_no, size_t limit,
+  static bool read_line(std::istream& in, std::string& line, int64_t& offset, int64_t& line_no, size_t limit,
                         bool* cut);
-  std::optional<RawRecord> read_record(std::ifstream& in, FileLayout layout, SourcePos& pos) const;
+  std::optional<RawRecord> read_record(std::istream& in, FileLayout layout, SourcePos& pos) const;
   // The next element of a JSON array file; `pos` is the file's start, an element's first byte or the byte after
   // an element (the cursor after next()).
-  std::optional<RawRecord> read_array_element(std::ifstream& in, SourcePos& pos) const;
+  std::optional<RawRecord> read_array_element(std::istream& in, SourcePos& pos) const;
 
   std::vector<fs::path> files_;
   size_t max_record_bytes_;
   SourcePos pos_;
-  std::ifstream in_;
-  bool open_ = false;
+  std::unique_ptr<OpenFile> open_;          // null: no file open
   FileLayout layout_ = FileLayout::kLines;  // of the open file
+  std::vector<ReadDigest> read_;            // per file: the longest prefix read (read_digests())
 };
 
 bool is_plain_text_file(const fs::path& p);

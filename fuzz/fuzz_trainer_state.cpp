@@ -1,7 +1,8 @@
 // Fuzz target: a checkpoint's trainer_state.json (counters, run hash fields, model fingerprint and the data
 // cursor), as a resume reads it: trainer_state_from_json, the compatibility checks (with force: they describe what
-// changed and go on), then the cursor restored into a DataLoader over a fixed data file and two batches read from
-// it. In "data_state" "files", the string "@TRAIN@" stands for that file's path (the cursor names its files by path).
+// changed and go on; the data files read are hashed again), then the cursor restored into a DataLoader over a fixed
+// data file and two batches read from it. In "data_state" "files" and "data_files" paths, the string "@TRAIN@" stands
+// for that file's path (the cursor names its files by path).
 #include <string>
 
 #include "common/json_read.h"
@@ -32,6 +33,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   fuzz::run_reader([&] {
     const nlohmann::json j = parse_json(fuzz::as_view(data, size), "trainer_state.json");
     trainer::TrainerState s = trainer::trainer_state_from_json(j, "trainer_state.json");
+    if (s.data_files) {
+      for (auto& f : *s.data_files) {
+        if (f.path == kTrainPlaceholder) f.path = kTrain.string();
+      }
+    }
+    (void)trainer::in_lineage(s.lineage, s.lineage, s.step);  // what prune() asks of every checkpoint
     trainer::check_resume_compatible(s, "0123456789abcdef", kTrajectory, "fedcba9876543210", fuzz::work_dir(),
                                      /*force=*/true);
     trainer::check_resume_world_size(s.world_size, 1, fuzz::work_dir(), /*force=*/true);

@@ -219,6 +219,8 @@ def checkpoint_seeds():
         if os.path.exists(path):
             s = json.load(open(path))
             s["data_state"]["files"] = ["@TRAIN@"]  # fuzz_trainer_state.cpp puts its data file's path there
+            for f in s.get("data_files", []):
+                f["path"] = "@TRAIN@"
             put("trainer_state", step + ".json", json.dumps(s, indent=2))
     effective = os.path.join(ckpt, "checkpoint-4", "effective_config.yaml")
     if os.path.exists(effective):

@@ -112,6 +112,8 @@ nlohmann::json trainer_state_to_json(const TrainerState& s) {
                       {"threads", s.threads},
                       {"world_size", s.world_size},
                       {"format", "qlora.cpp trainer_state v1"}};
+  if (s.data_files) j["data_files"] = data_files_to_json(*s.data_files);
+  lineage_to_json(s.lineage, j);
   if (s.best_step >= 0) {
     j["best"] = {{"eval_loss", s.best_eval_loss}, {"step", s.best_step}, {"evals_since", s.evals_since_best}};
   }
@@ -133,6 +135,8 @@ TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string&
     s.config_hash = j.at("config_hash").get<std::string>();
     s.trajectory = j.value("trajectory", nlohmann::json::object());
     s.model_fingerprint = j.at("model_fingerprint").get<std::string>();
+    if (j.contains("data_files")) s.data_files = data_files_from_json(j.at("data_files"), source);
+    s.lineage = lineage_from_json(j);
     s.data_state = j.at("data_state");
     s.threads = j.value("threads", 0);
     s.world_size = j.value("world_size", 1);
@@ -209,6 +213,14 @@ void check_resume_compatible(const TrainerState& saved, const std::string& confi
     problems.push_back("the base model or its tokenizer files differ (fingerprint " + saved.model_fingerprint + " vs " +
                        fingerprint + ")");
   }
+  std::vector<std::string> data_changes;
+  if (saved.data_files) {
+    data_changes = describe_data_file_changes(*saved.data_files);
+  } else {
+    spdlog::info("{}: written before checkpoints recorded the data files read; the data files are not checked",
+                 checkpoint_dir.string());
+  }
+  problems.insert(problems.end(), data_changes.begin(), data_changes.end());
   if (problems.empty()) return;
   std::string msg = checkpoint_dir.string() + ": cannot resume: ";
   for (size_t i = 0; i < problems.size(); ++i) msg += (i ? "; and " : "") + problems[i];
@@ -216,9 +228,12 @@ void check_resume_compatible(const TrainerState& saved, const std::string& confi
     spdlog::warn("{} (resuming anyway: --force-resume)", msg);
     return;
   }
-  throw Error(msg +
-              "\nHINT: resume with the original config, or start a new run (checkpoint.resume: none with another "
-              "checkpoint.dir, or --overwrite), or pass --force-resume to continue from these weights anyway");
+  throw Error(msg + "\nHINT: resume with the original config" +
+              (data_changes.empty() ? std::string()
+                                    : " and data files as the run read them (records appended after what was read "
+                                      "are fine)") +
+              ", or start a new run (checkpoint.resume: none with another checkpoint.dir, or --overwrite), or pass "
+              "--force-resume to continue from these weights anyway");
 }
 
 CheckpointManager::CheckpointManager(fs::path dir, int64_t keep) : dir_(std::move(dir)), keep_(keep) {}
@@ -371,17 +386,44 @@ fs::path CheckpointManager::save(const TrainerState& state, const CheckpointCont
   detail::install_checkpoint_dir(out.path(), final_path);
   out.keep();
 
-  // Prune only now that the new checkpoint is durable.
-  if (keep_ > 0) {
-    auto all = list();
-    for (size_t i = 0; i + static_cast<size_t>(keep_) < all.size(); ++i) {
-      if (all[i].second == final_path) continue;
-      std::error_code ec;
-      fs::remove_all(all[i].second, ec);
-      if (ec) spdlog::warn("could not remove old checkpoint {}: {}", all[i].second.string(), ec.message());
+  prune(state.lineage);  // only now that the new checkpoint is durable
+  return final_path;
+}
+
+void CheckpointManager::prune(const RunLineage& run) {
+  if (keep_ <= 0) return;
+  std::vector<fs::path> own;
+  std::string newly;  // others not reported yet
+  for (const auto& [step, path] : list()) {
+    bool mine = false;
+    const bool reported = reported_foreign_.count(path.string()) != 0;
+    try {
+      mine = in_lineage(run, lineage_from_json(read_json_file(path / kTrainerStateFile)), step);
+    } catch (const std::exception& e) {  // a damaged trainer_state.json: not counted, not deleted
+      if (!reported) spdlog::warn("checkpoint.keep: cannot read the lineage of {}: {}", path.string(), e.what());
+    }
+    if (mine) {
+      own.push_back(path);
+    } else if (!reported) {
+      reported_foreign_.insert(path.string());
+      newly += (newly.empty() ? "" : ", ") + path.filename().string();
     }
   }
-  return final_path;
+  if (!newly.empty()) {
+    spdlog::warn(
+        "checkpoint.keep: leaving {} in {} alone: not of this run's lineage (an earlier branch past the step this "
+        "run resumed from, or another run); they are neither counted nor deleted",
+        newly, dir_.string());
+  }
+  for (size_t i = 0; i + static_cast<size_t>(keep_) < own.size(); ++i) {
+    // Renamed to a leftover name first: a deletion cut short is finished by the next start (remove_stale_temp_dirs).
+    const fs::path doomed = sibling(own[i], ".tmp-" + std::to_string(::getpid()));
+    std::error_code ec;
+    fs::remove_all(doomed, ec);
+    fs::rename(own[i], doomed, ec);
+    if (!ec) fs::remove_all(doomed, ec);
+    if (ec) spdlog::warn("could not remove old checkpoint {}: {}", own[i].string(), ec.message());
+  }
 }
 
 void verify_checkpoint(const fs::path& checkpoint_dir) {

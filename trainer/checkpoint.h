@@ -6,7 +6,9 @@
 //     rng_state.pt                                     default CPU generator state (LoRA dropout), + CUDA's if used
 //     effective_config.yaml                            the run's configuration
 //     trainer_state.json                               step counters, schedule, data-loader cursor, config hash,
-//                                                      model fingerprint
+//                                                      model fingerprint, the data files read (size + FNV-1a of
+//                                                      the prefix read: trainer/data_fingerprint.h), run id and
+//                                                      lineage (trainer/run_lineage.h)
 //     manifest.json                                    size + CRC32C of every file above (written last;
 //                                                      trainer/checkpoint_manifest.h), checked before resuming
 //
@@ -15,8 +17,12 @@
 // from an earlier one reaches the same step again) swaps the two folders in one step (renameat2 RENAME_EXCHANGE), so
 // there is never a moment with neither. Leftovers of dead writers are removed on the next start, or put back when
 // no complete checkpoint of their step exists. Older checkpoints beyond `keep` are deleted only after the new one
-// is in place. `resume: auto` takes the newest checkpoint that verifies against its manifest, warning about each
-// newer one that does not. One run at a time holds checkpoint.dir (an flock on <dir>/.lock).
+// is in place, and only the run's own: `keep` counts the checkpoints of this run's lineage, and leaves others (an
+// abandoned branch past the step this run resumed from, another run's) alone, logging them once. A deletion renames
+// the folder to a leftover name first, so one cut short is finished on the next start. `resume: auto` takes the
+// newest checkpoint that verifies against its manifest, warning about each newer one that does not. Resuming also
+// checks the config hash, the base model's fingerprint and the data files read so far (check_resume_compatible).
+// One run at a time holds checkpoint.dir (an flock on <dir>/.lock).
 #pragma once
 
 #include <torch/torch.h>
@@ -26,11 +32,14 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "lora/lora_model.h"
+#include "trainer/data_fingerprint.h"
+#include "trainer/run_lineage.h"
 
 namespace qlora::trainer {
 
@@ -55,6 +64,9 @@ struct TrainerState {
   std::string config_hash;
   nlohmann::json trajectory;  // the fields behind config_hash
   std::string model_fingerprint;
+  // What the run had read of each data file; nullopt: a checkpoint written before they were recorded (not checked).
+  std::optional<std::vector<DataFileRead>> data_files;
+  RunLineage lineage;         // which checkpoints are this run's (empty: a checkpoint written before lineages)
   nlohmann::json data_state;  // DataLoader::state()
   int threads = 0;            // intra-op threads (bitwise resume needs the same count)
   int world_size = 1;         // data-parallel ranks (the global batch is micro x accum x world_size)
@@ -75,8 +87,9 @@ TrainerState read_trainer_state(const fs::path& checkpoint_dir);
 // chat_template.jinja, added_tokens.json, special_tokens_map.json).
 std::string model_fingerprint(const fs::path& model_dir);
 
-// Refuses (qlora::Error) a checkpoint whose config hash or model fingerprint differs, naming what changed,
-// unless `force` (then it only warns).
+// Refuses (qlora::Error) a checkpoint whose config hash or model fingerprint differs, or one of whose data files
+// changed in the part the run had read (describe_data_file_changes), naming what changed, unless `force` (then it
+// only warns).
 void check_resume_compatible(const TrainerState& saved, const std::string& config_hash,
                              const nlohmann::json& trajectory, const std::string& fingerprint,
                              const fs::path& checkpoint_dir, bool force);
@@ -134,11 +147,16 @@ class CheckpointManager {
   // `after_file` (tests) is called after each file is written.
   fs::path save(const TrainerState& state, const CheckpointContents& contents,
                 const CheckpointFileHook& after_file = {});
+  // Deletes the oldest checkpoints of `run`'s lineage beyond the newest `keep` (nothing with keep 0). Checkpoints
+  // of other lineages (or whose trainer_state.json cannot be read) are neither counted nor deleted: a warning names
+  // each the first time this manager sees it.
+  void prune(const RunLineage& run);
 
  private:
   fs::path dir_;
   int64_t keep_;
   int lock_fd_ = -1;
+  std::set<std::string> reported_foreign_;  // checkpoints prune() has already warned about
 };
 
 // A clear qlora::Error when `checkpoint_dir` fails its manifest (a checkpoint named by checkpoint.resume: <path>).

@@ -275,7 +275,8 @@ void add_run_keys(std::vector<K>& keys) {
        .field = member(&T::checkpoint, &CheckpointSection::every)});
   add({.path = "checkpoint.keep",
        .type = IntKey{.min = 0, .max = kMax},
-       .help = "keep the newest K checkpoints; 0 = keep all",
+       .help = "keep the newest K checkpoints of this run's lineage (others in the folder are left alone); "
+               "0 = keep all",
        .field = member(&T::checkpoint, &CheckpointSection::keep)});
   add({.path = "checkpoint.resume",
        .type = TextKey{},

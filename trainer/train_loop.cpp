@@ -341,6 +341,10 @@ fs::path Trainer::save_checkpoint() {
   state_.data_state = impl_->train_data->state();
   // Rank 0 writes; every rank's cursor is the same (all read the whole stream), so its checkpoint is everyone's.
   if (impl_->dp.rank() != 0) return CheckpointManager::checkpoint_path(cfg_.checkpoint.dir, state_.step);
+  merge_data_reads(impl_->data_files, impl_->train_data->files(), impl_->train_data->read_digests());
+  if (impl_->eval_data)
+    merge_data_reads(impl_->data_files, impl_->eval_data->files(), impl_->eval_data->read_digests());
+  state_.data_files = impl_->data_files;
   CheckpointContents c;
   c.adapters = &impl_->adapters;
   c.optimizer = impl_->optimizer.get();

@@ -167,6 +167,12 @@ void Trainer::restore_checkpoint(const fs::path& ck) {
   load_rng_state(ck, I.cuda_device);
   I.train_data->restore(saved.data_state);
   const int64_t total = state_.total_steps;
+  if (saved.total_steps != total) {
+    spdlog::warn(
+        "the run's step budget is now {} (the checkpoint was written with {}): train.max_steps changed, or "
+        "(train.epochs) the data did; the learning-rate schedule follows the new budget",
+        total, saved.total_steps);
+  }
   state_ = saved;
   state_.total_steps = total;
   if (saved.threads != 0 && saved.threads != I.threads) {
@@ -186,6 +192,7 @@ void Trainer::setup_outputs() {
   state_.model_fingerprint = I.fingerprint;
   state_.threads = I.threads;
   state_.world_size = I.env.world_size;
+  state_.lineage = resume_from_ ? continue_lineage(state_.lineage, state_.step) : start_lineage();
 
   I.metrics = MetricsWriter(I.env.rank == 0 ? cfg_.log.metrics : fs::path(),
                             resume_from_ ? std::optional<int64_t>(state_.step) : std::nullopt,
@@ -244,6 +251,9 @@ void Trainer::resolve_resume_point() {
     const TrainerState saved = read_trainer_state(*resume_from_);
     check_resume_compatible(saved, I.config_hash, I.trajectory, I.fingerprint, *resume_from_, opts_.force_resume);
     check_resume_world_size(saved.world_size, I.env.world_size, *resume_from_, opts_.force_resume);
+    if (saved.data_files) {  // carried on; after --force-resume, as the files are now
+      I.data_files = opts_.force_resume ? redigest_data_files(*saved.data_files) : *saved.data_files;
+    }
   }
 }
 

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "data/data_loader.h"
 #include "lora/lora_model.h"
@@ -42,6 +43,9 @@ struct Trainer::Impl {
   std::string config_hash;
   nlohmann::json trajectory;
   std::string fingerprint;
+  // What the run has read of its data files (trainer/data_fingerprint.h): the resumed checkpoint's record, to which
+  // each save adds what the loaders of this process have read (rank 0).
+  std::vector<DataFileRead> data_files;
   std::string effective_config;
   int threads = 0;
   // Where this process sits in a data-parallel job (trainer/dist/distributed.h); rank 0 of 1 alone.

@@ -2,19 +2,16 @@
 // checkpoint makes `resume: auto` warn and fall back, and the run still ends bitwise equal to an uninterrupted one
 // (the reference); a second qlora-train on the same checkpoint.dir exits 2 naming it; SIGTERM stops like SIGINT
 // (checkpoint, exit 130).
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
-#include <sstream>
 #include <string>
 #include <thread>
 
+#include "checkpoint_test_util.h"
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "lora/peft_io.h"
@@ -26,48 +23,8 @@
 namespace qlora::trainer {
 namespace {
 
-// A small alpaca run on the tiny model: `steps` updates, a checkpoint after each, all kept.
-std::string write_run(const fs::path& dir, int64_t steps, const std::string& resume = "auto") {
-  fs::create_directories(dir);
-  std::string data;
-  for (int i = 0; i < 24; ++i) {
-    data += R"({"instruction": "Say )" + std::to_string(i) + R"(.", "input": "", "output": "Number )" +
-            std::to_string(i * 7) + ".\"}\n";
-  }
-  write_file_atomic(dir / "train.jsonl", data);
-  const std::string yaml = "model:\n  path: " + test::tiny_model_dir().string() +
-                           "\n  compute_dtype: fp32\n  quant: {type: nf4, blocksize: 64, double_quant: true}\n"
-                           "lora: {r: 4, alpha: 8, dropout: 0.1, targets: all-linear, dtype: fp32}\n"
-                           "data:\n  train: " +
-                           (dir / "train.jsonl").string() +
-                           "\n  format: alpaca\n  max_seq_len: 48\n  shuffle_buffer: 8\n"
-                           "train:\n  seed: 3\n  max_steps: " +
-                           std::to_string(steps) +
-                           "\n  micro_batch_size: 2\n  grad_accum: 1\n  lr: 5.0e-3\n  threads: 2\n"
-                           "checkpoint: {dir: " +
-                           (dir / "ckpt").string() + ", every: 1, keep: 0, resume: " + resume +
-                           "}\noutput_dir: " + (dir / "out").string() +
-                           "\nlog: {every: 1, metrics: " + (dir / "metrics.jsonl").string() + "}\n";
-  write_file_atomic(dir / "config.yaml", yaml);
-  return (dir / "config.yaml").string();
-}
-
-// Collects what the logger prints while it lives.
-class LogCapture {
- public:
-  LogCapture() : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)) {
-    spdlog::default_logger()->sinks().push_back(sink_);
-  }
-  ~LogCapture() {
-    auto& sinks = spdlog::default_logger()->sinks();
-    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
-  }
-  std::string text() const { return out_.str(); }
-
- private:
-  std::ostringstream out_;
-  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
-};
+using test::LogCapture;
+using test::write_run;
 
 void flip_byte(const fs::path& file, size_t at) {
   std::string bytes = read_file(file);
@@ -152,25 +109,11 @@ TEST_F(CheckpointResume, KilledWhileReplacingACheckpointKeepsTheOldOne) {
   }
 }
 
-// Starts qlora-train on `config` in the background, output to `log`.
-pid_t start_train(const std::string& config, const std::string& log) {
-  const std::string app = (test::bin_dir() / "qlora-train").string();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    ::execl(app.c_str(), app.c_str(), config.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  return pid;
-}
-
 TEST_F(CheckpointResume, ASecondRunOnTheSameDirIsRefusedAndSigtermStopsLikeSigint) {
   const fs::path dir = test::temp_dir();
   const std::string cfg = write_run(dir, 100000);
   const std::string log = (dir / "first.log").string();
-  const pid_t first = start_train(cfg, log);
+  const pid_t first = test::start_app("qlora-train", {cfg}, log);
   ASSERT_GT(first, 0);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (std::chrono::steady_clock::now() < deadline &&
