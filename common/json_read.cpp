@@ -133,6 +133,14 @@ json read_json_file(const std::filesystem::path& path, int max_depth) {
   return parse_json(read_file(path), path.string(), max_depth);
 }
 
+int64_t json_int64(const json& v) {
+  if (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(INT64_MAX)) {
+    return static_cast<int64_t>(v.get<uint64_t>());
+  }
+  if (v.is_number_integer() && !v.is_number_unsigned()) return v.get<int64_t>();
+  throw json::type_error::create(302, "expected an integer, got " + json_excerpt(v), &v);
+}
+
 std::string json_excerpt(const json& j, size_t max_chars) {
   ExcerptWriter<json> w(max_chars);
   w.value(j, /*depth=*/0);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -34,6 +35,11 @@ std::optional<nlohmann::json> try_parse_json(std::string_view text, std::string*
 
 // read_file + parse_json, naming the path.
 nlohmann::json read_json_file(const std::filesystem::path& path, int max_depth = kJsonMaxDepth);
+
+// `v` as an int64_t: a JSON integer (an unsigned one only up to INT64_MAX), else nlohmann's type_error 302, which
+// the readers already turn into a message naming their file. Never a float converted: get<int64_t>() of 1e21 is
+// undefined behaviour (found by fuzz_trainer_state).
+int64_t json_int64(const nlohmann::json& v);
 
 // A compact JSON rendering of `j` cut to about `max_chars` characters ("..." marks the cut); walks at most a few
 // levels deep and never more than it prints, so it is safe on any document, however large or deep.

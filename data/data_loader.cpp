@@ -32,7 +32,7 @@ nlohmann::json pos_to_json(const SourcePos& p) {
   return {p.file, p.offset, p.line, p.record};
 }
 SourcePos pos_from_json(const nlohmann::json& j) {
-  return {j.at(0).get<int64_t>(), j.at(1).get<int64_t>(), j.at(2).get<int64_t>(), j.at(3).get<int64_t>()};
+  return {json_int64(j.at(0)), json_int64(j.at(1)), json_int64(j.at(2)), json_int64(j.at(3))};
 }
 
 std::string list_files(const std::vector<fs::path>& files) {
@@ -72,15 +72,15 @@ nlohmann::json DataStats::to_json() const {
 
 DataStats DataStats::from_json(const nlohmann::json& j) {
   DataStats s;
-  s.records_read = j.at("records_read").get<int64_t>();
-  s.examples = j.at("examples").get<int64_t>();
-  s.tokens = j.at("tokens").get<int64_t>();
-  s.label_tokens = j.at("label_tokens").get<int64_t>();
-  s.truncated = j.at("truncated").get<int64_t>();
-  s.dropped_long = j.at("dropped_long").get<int64_t>();
-  s.bad_lines_skipped = j.at("bad_lines_skipped").get<int64_t>();
-  s.fully_masked_skipped = j.at("fully_masked_skipped").get<int64_t>();
-  s.batches = j.at("batches").get<int64_t>();
+  s.records_read = json_int64(j.at("records_read"));
+  s.examples = json_int64(j.at("examples"));
+  s.tokens = json_int64(j.at("tokens"));
+  s.label_tokens = json_int64(j.at("label_tokens"));
+  s.truncated = json_int64(j.at("truncated"));
+  s.dropped_long = json_int64(j.at("dropped_long"));
+  s.bad_lines_skipped = json_int64(j.at("bad_lines_skipped"));
+  s.fully_masked_skipped = json_int64(j.at("fully_masked_skipped"));
+  s.batches = json_int64(j.at("batches"));
   return s;
 }
 
@@ -388,16 +388,16 @@ void DataLoader::restore(const nlohmann::json& s) {
                 "stream afresh");
   };
   try {
-    if (s.at("version").get<int>() != kStateVersion) {
+    if (json_int64(s.at("version")) != kStateVersion) {
       mismatch("version", json_excerpt(s.at("version")), std::to_string(kStateVersion));
     }
     if (s.at("split").get<std::string>() != split_name(split_))
       mismatch("split", s.at("split").get<std::string>(), split_name(split_));
-    if (s.at("rank").get<int>() != rank_ || s.at("world_size").get<int>() != world_size_) {
+    if (json_int64(s.at("rank")) != rank_ || json_int64(s.at("world_size")) != world_size_) {
       mismatch("rank/world size", json_excerpt(s.at("rank")) + "/" + json_excerpt(s.at("world_size")),
                std::to_string(rank_) + "/" + std::to_string(world_size_));
     }
-    if (s.at("micro_batch_size").get<int64_t>() != micro_batch_size_) {
+    if (json_int64(s.at("micro_batch_size")) != micro_batch_size_) {
       mismatch("micro batch size", json_excerpt(s.at("micro_batch_size")), std::to_string(micro_batch_size_));
     }
     std::vector<std::string> files;
@@ -429,8 +429,8 @@ void DataLoader::restore(const nlohmann::json& s) {
     rng_ = new_rng;
     buffer_ = std::move(buffer);
     pending_ = std::move(pending);
-    epoch_ = s.at("epoch").get<int64_t>();
-    epoch_examples_ = s.at("epoch_examples").get<int64_t>();
+    epoch_ = json_int64(s.at("epoch"));
+    epoch_examples_ = json_int64(s.at("epoch_examples"));
     draining_ = s.at("draining").get<bool>();
     finished_ = s.at("finished").get<bool>();
     stats_ = DataStats::from_json(s.at("stats"));

@@ -124,12 +124,12 @@ nlohmann::json trainer_state_to_json(const TrainerState& s) {
 TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string& source) {
   TrainerState s;
   try {
-    s.step = j.at("step").get<int64_t>();
-    s.total_steps = j.at("total_steps").get<int64_t>();
-    s.tokens_seen = j.at("tokens_seen").get<int64_t>();
-    s.label_tokens_seen = j.at("label_tokens_seen").get<int64_t>();
-    s.nonfinite_in_row = j.at("nonfinite_in_row").get<int64_t>();
-    s.nonfinite_total = j.at("nonfinite_total").get<int64_t>();
+    s.step = json_int64(j.at("step"));
+    s.total_steps = json_int64(j.at("total_steps"));
+    s.tokens_seen = json_int64(j.at("tokens_seen"));
+    s.label_tokens_seen = json_int64(j.at("label_tokens_seen"));
+    s.nonfinite_in_row = json_int64(j.at("nonfinite_in_row"));
+    s.nonfinite_total = json_int64(j.at("nonfinite_total"));
     s.elapsed_s = j.at("elapsed_s").get<double>();
     s.last_loss = j.value("last_loss", 0.0);
     s.config_hash = j.at("config_hash").get<std::string>();
@@ -138,13 +138,13 @@ TrainerState trainer_state_from_json(const nlohmann::json& j, const std::string&
     if (j.contains("data_files")) s.data_files = data_files_from_json(j.at("data_files"), source);
     s.lineage = lineage_from_json(j);
     s.data_state = j.at("data_state");
-    s.threads = j.value("threads", 0);
-    s.world_size = j.value("world_size", 1);
+    s.threads = j.contains("threads") ? static_cast<int>(json_int64(j.at("threads"))) : 0;
+    s.world_size = j.contains("world_size") ? static_cast<int>(json_int64(j.at("world_size"))) : 1;
     if (j.contains("best")) {
       const nlohmann::json& b = j.at("best");
       s.best_eval_loss = b.at("eval_loss").get<double>();
-      s.best_step = b.at("step").get<int64_t>();
-      s.evals_since_best = b.at("evals_since").get<int64_t>();
+      s.best_step = json_int64(b.at("step"));
+      s.evals_since_best = json_int64(b.at("evals_since"));
     }
     s.stopped_early = j.value("stopped_early", false);
   } catch (const nlohmann::json::exception& e) {

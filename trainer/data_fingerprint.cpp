@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "common/json_read.h"
 
 namespace qlora::trainer {
 
@@ -46,8 +47,8 @@ std::vector<DataFileRead> data_files_from_json(const nlohmann::json& j, const st
   for (const nlohmann::json& e : j.get_ref<const nlohmann::json::array_t&>()) {
     DataFileRead f;
     f.path = e.at("path").get<std::string>();
-    f.size = e.at("size").get<int64_t>();
-    f.read_bytes = e.at("read_bytes").get<int64_t>();
+    f.size = json_int64(e.at("size"));
+    f.read_bytes = json_int64(e.at("read_bytes"));
     if (f.size < 0 || f.read_bytes < 0 || !parse_hex64(e.at("fnv1a64").get<std::string>(), &f.fnv1a64)) {
       throw_file_error(source, "data_files: bad entry for " + f.path + " (negative size, or fnv1a64 not 16 hex digits)",
                        "the checkpoint is damaged; resume from an older one (checkpoint.resume: <path>)");

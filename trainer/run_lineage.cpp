@@ -4,6 +4,8 @@
 #include <limits>
 #include <random>
 
+#include "common/json_read.h"
+
 namespace qlora::trainer {
 
 std::string new_lineage_id() {
@@ -56,7 +58,7 @@ RunLineage lineage_from_json(const nlohmann::json& j) {
   if (!j.contains("lineage")) return l;
   l.run_id = j.at("run_id").get<std::string>();
   for (const nlohmann::json& s : j.at("lineage").get_ref<const nlohmann::json::array_t&>()) {
-    l.segments.push_back({s.at(0).get<std::string>(), s.at(1).get<int64_t>()});
+    l.segments.push_back({s.at(0).get<std::string>(), json_int64(s.at(1))});
   }
   return l;
 }

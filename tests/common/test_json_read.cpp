@@ -106,5 +106,18 @@ TEST(JsonRead, ExcerptCutInsideAMultiByteCharacterStaysValidText) {
   EXPECT_NO_THROW((void)json(e).dump());  // valid UTF-8 (a cut byte became U+FFFD)
 }
 
+// fuzz_trainer_state, 2026-12-04: a data cursor position of 1844674407370955161512 (parsed as a double) reached
+// get<int64_t>(), a float-to-integer conversion out of range (undefined behaviour; UBSan stopped the fuzzer).
+// json_int64 takes JSON integers only, the whole int64 range and no more.
+TEST(JsonRead, Int64TakesIntegersOnlyAndTheirWholeRange) {
+  EXPECT_EQ(json_int64(parse_json("-9223372036854775808", "t")), INT64_MIN);
+  EXPECT_EQ(json_int64(parse_json("9223372036854775807", "t")), INT64_MAX);
+  EXPECT_EQ(json_int64(parse_json("42", "t")), 42);
+  for (const char* bad : {"9223372036854775808", "18446744073709551615", "1844674407370955161512", "1e21", "1.0",
+                          "-0.5", "\"7\"", "true", "null", "[1]"}) {
+    EXPECT_THROW((void)json_int64(parse_json(bad, "t")), nlohmann::json::type_error) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace qlora
