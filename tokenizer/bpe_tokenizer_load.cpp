@@ -275,8 +275,20 @@ void BpeTokenizer::Impl::load_decoder(const json& d, int depth) {
     // Joining the tokens is what decode() does.
   } else if (type == "Strip" && !after_strip && d.value("content", "").size() >= 1) {
     c.strip_content = d.at("content").get<std::string>();
-    c.strip_start = d.value("start", size_t(0));
-    c.strip_stop = d.value("stop", size_t(0));
+    // start / stop are counts (usize in HF tokenizers): integers >= 0, never a float converted.
+    auto count = [&](const char* key) -> size_t {
+      if (!d.contains(key)) return 0;
+      const json& v = d.at(key);
+      if (!v.is_number_integer() || v.get<int64_t>() < 0) {
+        throw_file_error(
+            file.string(),
+            std::string("decoder Strip: ") + key + " " + json_excerpt(v) + " is not a count (an integer >= 0)",
+            "the file is corrupt");
+      }
+      return static_cast<size_t>(v.get<int64_t>());
+    };
+    c.strip_start = count("start");
+    c.strip_stop = count("stop");
   } else {
     unsupported(file, "decoder",
                 (d.is_null()    ? std::string("null")

@@ -126,5 +126,26 @@ TEST(TokenizerVsConfig, MoreTokensThanTheEmbeddingIsAClearError) {
   EXPECT_CONTAINS(msg, "says vocab_size 1000");
 }
 
+// Found by reading after fuzz_trainer_state's float-to-integer finding: a Strip decoder's start / stop went through
+// value(key, size_t(0)), so 1e30 was a float-to-integer conversion out of range (undefined behaviour). HF tokenizers
+// reads them as usize: integers >= 0 only.
+TEST(BpeFamilies, StripDecoderCountsMustBeNonNegativeIntegers) {
+  const fs::path dir = test::temp_dir();
+  json j = json::parse(read_file(test::fixtures_dir() / "bpe_families" / "gemma" / "tokenizer.json"));
+  auto with_strip = [&](const json& start) {
+    json t = j;
+    t["decoder"]["decoders"].push_back({{"type", "Strip"}, {"content", " "}, {"start", start}, {"stop", 0}});
+    write_file_atomic(dir / "tokenizer.json", t.dump());
+  };
+  with_strip(1);
+  EXPECT_NO_THROW((void)BpeTokenizer::load(dir));
+  for (const json& bad : {json(1e30), json(-1), json(1.5), json("1")}) {
+    with_strip(bad);
+    const std::string msg = test::error_of([&] { (void)BpeTokenizer::load(dir); });
+    EXPECT_CONTAINS(msg, "tokenizer.json");
+    EXPECT_CONTAINS(msg, "decoder Strip: start");
+  }
+}
+
 }  // namespace
 }  // namespace qlora::tokenizer
