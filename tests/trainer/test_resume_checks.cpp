@@ -173,6 +173,15 @@ TEST(Lineage, PruneCountsOnlyThisLineageAndLeavesTheOthers) {
 
 class ResumeChecks : public test::TinyModelTest {};
 
+// The tiny run of 3 steps in `dir`, stopped after step 2 (checkpoint-2 written); returns its config path.
+std::string run_two_of_three_steps(const fs::path& dir) {
+  const std::string cfg = write_run(dir, 3);
+  TrainerOptions stop_at_2;
+  stop_at_2.stop_after_steps = 2;
+  EXPECT_THROW(run_training(load_config(cfg), stop_at_2), Interrupted);
+  return cfg;
+}
+
 // The run's record of train.jsonl in checkpoint `ck`, checked against the file's bytes.
 DataFileRead expect_data_record(const fs::path& ck, const fs::path& train) {
   const TrainerState s = read_trainer_state(ck);
@@ -193,11 +202,8 @@ DataFileRead expect_data_record(const fs::path& ck, const fs::path& train) {
 
 TEST_F(ResumeChecks, AChangedDataFileRefusesTheResumeNamingItUnlessForced) {
   const fs::path dir = test::temp_dir();
-  const std::string cfg = write_run(dir, 3);
+  const std::string cfg = run_two_of_three_steps(dir);
   const fs::path train = dir / "train.jsonl";
-  TrainerOptions stop_at_2;
-  stop_at_2.stop_after_steps = 2;
-  EXPECT_THROW(run_training(load_config(cfg), stop_at_2), Interrupted);
   const DataFileRead read = expect_data_record(dir / "ckpt" / "checkpoint-2", train);
   const std::string original = read_file(train);
 
@@ -241,11 +247,8 @@ TEST_F(ResumeChecks, AChangedDataFileRefusesTheResumeNamingItUnlessForced) {
 
 TEST_F(ResumeChecks, RecordsAppendedAfterWhatWasReadResume) {
   const fs::path dir = test::temp_dir();
-  const std::string cfg = write_run(dir, 3);
+  const std::string cfg = run_two_of_three_steps(dir);
   const fs::path train = dir / "train.jsonl";
-  TrainerOptions stop_at_2;
-  stop_at_2.stop_after_steps = 2;
-  EXPECT_THROW(run_training(load_config(cfg), stop_at_2), Interrupted);
   const DataFileRead read = expect_data_record(dir / "ckpt" / "checkpoint-2", train);
   // Edit the last record (not read yet) and append two more.
   std::string bytes = read_file(train);
@@ -269,10 +272,7 @@ TEST_F(ResumeChecks, RecordsAppendedAfterWhatWasReadResume) {
 // A checkpoint written before data files were recorded (no "data_files"): resumes, saying the data is not checked.
 TEST_F(ResumeChecks, ACheckpointWithoutDataFilesResumesUnchecked) {
   const fs::path dir = test::temp_dir();
-  const std::string cfg = write_run(dir, 3);
-  TrainerOptions stop_at_2;
-  stop_at_2.stop_after_steps = 2;
-  EXPECT_THROW(run_training(load_config(cfg), stop_at_2), Interrupted);
+  const std::string cfg = run_two_of_three_steps(dir);
   const fs::path ck2 = dir / "ckpt" / "checkpoint-2";
   nlohmann::json j = read_json_file(ck2 / kTrainerStateFile);
   j.erase("data_files");
