@@ -45,9 +45,12 @@ FUZZ_TARGETS ?=
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) bash scripts/fuzz.sh $(FUZZ_TARGETS)
 
-# AddressSanitizer + UndefinedBehaviorSanitizer build and test run.
+# AddressSanitizer + UndefinedBehaviorSanitizer build and test run: the host code (the CUDA kernels cannot run under
+# ASan here and are left out), any UBSan finding fatal, leak detection off (LibTorch's process-lifetime singletons).
+ASAN_ENV := ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 asan:
-	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DQLORA_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo"
+	$(ASAN_ENV) $(MAKE) test BUILD=build-asan \
+	  CMAKE_FLAGS="-DQLORA_SANITIZE=ON -DQLORA_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo"
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.h' '*.cu' '*.cuh')

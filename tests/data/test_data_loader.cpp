@@ -561,6 +561,7 @@ TEST(DataLoader, StreamingKeepsMemoryBounded) {
     peak_growth = std::max(peak_growth, now > before ? now - before : 0);
   }
   EXPECT_EQ(examples, 150000);
+  if (test::kUnderAddressSanitizer) GTEST_SKIP() << "RSS bound not asserted under ASan (quarantine, shadow memory)";
   constexpr size_t kMaxGrowth = 24u << 20;  // the file is 40 MB; the buffer holds 1000 examples (~2 MB)
   EXPECT_LT(peak_growth, kMaxGrowth) << format_bytes(static_cast<double>(peak_growth));
 }

@@ -82,6 +82,7 @@ TEST_P(PlanVsRss, TinyRunPeakRssWithinBound) {
   const double planned = j.at("planned_peak_bytes").get<double>();
   std::printf("checkpointing %s: measured peak RSS %.1f MiB, planned %.1f MiB (%+.1f%%)\n",
               checkpointing ? "on" : "off", measured / 1048576, planned / 1048576, 100 * (measured / planned - 1));
+  if (test::kUnderAddressSanitizer) GTEST_SKIP() << "RSS vs plan not asserted under ASan (quarantine, shadow memory)";
   EXPECT_NEAR(measured / planned, 1.0, kTinyRssTolerance);
 }
 
