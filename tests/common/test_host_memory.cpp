@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common/host_memory.h"
+#include "test_util.h"
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -19,6 +20,7 @@ TEST(HostAllocator, LargeBlocksComeFromTheHeapAfterTuning) {
   if (std::getenv("QLORA_MALLOC_TUNING") != nullptr || std::getenv("MALLOC_MMAP_THRESHOLD_") != nullptr) {
     GTEST_SKIP() << "allocator tuning overridden by the environment";
   }
+  if (test::kUnderAddressSanitizer) GTEST_SKIP() << "ASan replaces glibc's malloc: mallopt has nothing to tune";
   ASSERT_TRUE(configure_host_allocator());
   const size_t before = mallinfo2().hblkhd;
   constexpr size_t kBytes = size_t{64} << 20;
