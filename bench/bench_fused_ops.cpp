@@ -1,16 +1,20 @@
 // bench_fused_ops [threads=2]: forward + backward time of each fused training op (ops/fused_ops.h, ops/rope.h) next to
 // the LibTorch composite it replaced (the ops fallbacks are the old code), at the shapes of configs/bench.yaml (micro
 // batch 4 x 512 tokens, hidden 768, intermediate 2048, 12 heads, vocab 32000, loss chunks of 1024 tokens, bf16), with
-// the machine's copy bandwidth.
+// the machine's copy bandwidth. Then one-query decode attention (forward, InferenceMode) against SDPA on the same
+// KV-cache view and mask, at the bench model's heads and at Llama 3 8B's; GB/s there counts the K and V bytes read.
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/torch.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <string>
 
 #include "bench/machine_limits.h"
 #include "common/host_memory.h"
+#include "ops/attention.h"
 #include "ops/fused_ops.h"
 #include "ops/rope.h"
 #include "quant/dequant_kernels.h"
@@ -38,6 +42,41 @@ double fwd_bwd_ms(const torch::Tensor& x0, const torch::Tensor& g,
 void row(const char* op, const char* shape, double old_ms, double new_ms, double bytes) {
   std::printf("%-22s %-26s %9.2f %9.2f %7.1fx %8.2f\n", op, shape, old_ms, new_ms, old_ms / new_ms,
               bytes / (new_ms * 1e-3) / 1e9);
+}
+
+// One-query decode attention (forward, InferenceMode): SDPA and ours on the same cache view and mask.
+void decode_attention_rows() {
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+  std::printf("%-22s %-26s %9s %9s %8s %8s\n", "decode attention", "heads/kv x keys x d", "sdpa ms", "ours ms",
+              "speedup", "GB/s");
+  struct DecodeShape {
+    int64_t heads, kv_heads, keys, d;
+  };
+  for (const DecodeShape& sh : {DecodeShape{12, 4, 96, 64}, DecodeShape{12, 4, 512, 64}, DecodeShape{12, 4, 2048, 64},
+                                DecodeShape{32, 8, 2048, 128}}) {
+    c10::InferenceMode inference;
+    const torch::Tensor q = torch::randn({1, sh.heads, 1, sh.d}, bf16);
+    // Views of a larger cache, as KVCache hands them to attention; the mask build_attention_mask makes for a step.
+    const torch::Tensor k = torch::randn({1, sh.kv_heads, sh.keys + 64, sh.d}, bf16).narrow(2, 0, sh.keys);
+    const torch::Tensor v = torch::randn({1, sh.kv_heads, sh.keys + 64, sh.d}, bf16).narrow(2, 0, sh.keys);
+    const torch::Tensor mask = ops::build_attention_mask(1, 1, sh.keys - 1, {}, {}, torch::kCPU);
+    constexpr int kCalls = 50;
+    auto per_call_ms = [&](auto&& fn) {
+      return 1e3 *
+             time_best(
+                 [&] {
+                   for (int i = 0; i < kCalls; ++i) fn();
+                 },
+                 kReps) /
+             kCalls;
+    };
+    const double old_ms = per_call_ms(
+        [&] { return at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt, /*enable_gqa=*/true); });
+    const double new_ms = per_call_ms([&] { return ops::grouped_query_attention(q, k, v, mask); });
+    const std::string shape = std::to_string(sh.heads) + "/" + std::to_string(sh.kv_heads) + " x " +
+                              std::to_string(sh.keys) + " x " + std::to_string(sh.d);
+    row("decode attention", shape.c_str(), old_ms, new_ms, 2.0 * 2 * sh.kv_heads * sh.keys * sh.d);
+  }
 }
 
 }  // namespace
@@ -100,5 +139,6 @@ int main(int argc, char** argv) {
     const std::string shape = "(4, 512, " + std::to_string(width) + ") bf16";
     row("dropout p=0.05", shape.c_str(), old_ms, new_ms, 4.0 * 2 * x.numel());
   }
+  decode_attention_rows();
   return 0;
 }

@@ -4,6 +4,9 @@
 #include <limits>
 #include <optional>
 
+#include "common/cpu_isa.h"
+#include "ops/fused_kernels.h"
+
 namespace qlora::ops {
 
 torch::Tensor build_attention_mask(int64_t batch, int64_t seq, int64_t past, const torch::Tensor& attention_mask,
@@ -67,12 +70,33 @@ torch::Tensor softcapped_attention(const torch::Tensor& q, const torch::Tensor& 
 
 }  // namespace
 
+bool decode_attention_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& mask,
+                              double softcap) {
+  if (!q.device().is_cpu() || q.dim() != 4 || q.size(2) != 1 || softcap > 0 || torch::GradMode::is_enabled()) {
+    return false;
+  }
+  if (!detail::fused_dtype_supported(q.scalar_type()) || k.scalar_type() != q.scalar_type() || k.size(2) == 0) {
+    return false;
+  }
+  if (!mask.defined()) return k.size(2) == 1;  // causal without a cache: the query sees itself only
+  return mask.scalar_type() == torch::kBool && mask.dim() == 4 && mask.size(1) == 1 && mask.size(2) == 1 &&
+         mask.size(3) == k.size(2) && (mask.size(0) == q.size(0) || mask.size(0) == 1);
+}
+
 torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                       const torch::Tensor& mask, double scale, double softcap) {
   const int64_t n_heads = q.size(1), n_kv = k.size(1);
   TORCH_CHECK(n_heads % n_kv == 0, "attention: heads ", n_heads, " not a multiple of kv heads ", n_kv);
   TORCH_CHECK(mask.defined() || k.size(2) == q.size(2), "attention: an undefined mask means causal with no cache");
   const std::optional<double> sdpa_scale = scale > 0 ? std::optional<double>(scale) : std::nullopt;
+  if (decode_attention_applies(q, k, mask, softcap)) {
+    torch::Tensor allowed;
+    if (mask.defined()) allowed = mask.select(2, 0).select(1, 0).expand({q.size(0), k.size(2)}).contiguous();
+    torch::Tensor out = torch::empty(q.sizes(), q.options());
+    detail::decode_attention_cpu(q, k, v, allowed, scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(q.size(3))),
+                                 out, active_isa());
+    return out;
+  }
   if (softcap > 0) {
     return softcapped_attention(q, k, v, mask, scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(q.size(3))),
                                 softcap);

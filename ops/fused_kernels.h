@@ -54,4 +54,13 @@ uint32_t dropout_threshold(double p);  // round(p * 2^32), p in [0, 1)
 // out = x * (keep ? 1 / (1 - p) : 0), the scale applied in fp32. out may not alias x.
 void dropout_cpu(const torch::Tensor& x, uint64_t seed, double p, torch::Tensor& out, Isa isa);
 
+// Attention of one query per sequence (batch-1 decoding with a KV cache; ops/decode_attention.cpp): q (B, nH, 1, d), k
+// and v (B, nKV, S, d) with any strides but a unit last one (views of the cache), allowed (B, S) contiguous bool or
+// undefined (all keys allowed), out (B, nH, 1, d) contiguous; query head h reads kv head h / (nH / nKV). The arithmetic
+// of LibTorch's CPU flash kernel (ops/attention.h): scores s_j = (q . k_j) * scale in fp32, masked keys left out, m =
+// max s, p_j = exp(s_j - m) and l = sum p_j in fp32, then out = (sum_j round(p_j) v_j) / l with p_j rounded to the
+// input dtype for the product and the output rounded once. NaN when no key is allowed. scale > 0.
+void decode_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& allowed, double scale, torch::Tensor& out, Isa isa);
+
 }  // namespace qlora::ops::detail

@@ -2,7 +2,10 @@
 // here head by head (query head h reads kv head h / (nH / nKV), scores scaled by d^-0.5, masked to -inf,
 // softmax, times v): the output and the gradients of q, k and v (k/v gradients summed over the query heads of
 // their group), causal without a mask, with padding and packing masks from build_attention_mask, with a KV-cache
-// shaped mask (T new queries over past + T keys), for GQA, MQA and MHA head counts, in fp32 and bf16.
+// shaped mask (T new queries over past + T keys), for GQA, MQA and MHA head counts, in fp32 and bf16. The one-query
+// decode kernel (ops/fused_kernels.h decode_attention_cpu, both paths) against the same reference, on strided cache
+// views with holes in the mask, and grouped_query_attention's decode route against SDPA itself.
+#include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -11,7 +14,9 @@
 #include <string>
 #include <vector>
 
+#include "common/cpu_isa.h"
 #include "ops/attention.h"
+#include "ops/fused_kernels.h"
 
 namespace qlora::ops {
 namespace {
@@ -118,6 +123,57 @@ TEST_F(Attention, CacheShapedMaskMatchesFloat64) {
   const torch::Tensor mask = build_attention_mask(b, t, past, am, {}, torch::kCPU);
   ASSERT_EQ(mask.sizes(), (std::vector<int64_t>{b, 1, t, past + t}));
   check_case(b, 8, 2, t, past + t, mask, "cache");
+}
+
+// One query per sequence over the S keys of a strided cache view (the layout KVCache hands attention), some keys
+// masked out: both kernel paths, three dtypes, two head dims (one not a multiple of 16), against float64.
+TEST_F(Attention, DecodeKernelsMatchFloat64OnEveryPath) {
+  std::vector<Isa> isas = {Isa::kScalar};
+  if (cpu_supports(Isa::kAvx512)) isas.push_back(Isa::kAvx512);
+  const int64_t b = 2, heads = 8, kv_heads = 2;
+  for (int64_t d : {64, 80}) {
+    for (int64_t s : {1, 17, 100}) {
+      torch::Tensor allowed = torch::rand({b, s}) > 0.3;
+      allowed.select(1, s - 1).fill_(true);  // the query's own key
+      const torch::Tensor keep = allowed.view({b, 1, 1, s});
+      for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kHalf}) {
+        const torch::Tensor q = torch::randn({b, heads, 1, d}).to(dt);
+        const torch::Tensor k = torch::randn({b, kv_heads, s + 7, d}).to(dt).narrow(2, 0, s);
+        const torch::Tensor v = torch::randn({b, kv_heads, s + 7, d}).to(dt).narrow(2, 0, s);
+        const Result ref = reference(q, k, v, keep, torch::ones_like(q));
+        const double tol = dt == torch::kFloat32 ? kFp32RelTol : dt == torch::kHalf ? 5e-3 : kBf16RelTol;
+        for (Isa isa : isas) {
+          SCOPED_TRACE("d " + std::to_string(d) + " S " + std::to_string(s) + " " + c10::toString(dt) + " " +
+                       (isa == Isa::kScalar ? "ref" : "avx512"));
+          torch::Tensor out = torch::empty_like(q);
+          detail::decode_attention_cpu(q, k, v, allowed, 1.0 / std::sqrt(static_cast<double>(d)), out, isa);
+          EXPECT_LT(rel_err(out, ref.out), tol);
+        }
+      }
+    }
+  }
+}
+
+// What generation runs: under InferenceMode a one-query step with a cache-shaped mask goes to the decode kernel, and
+// its output is SDPA's to within the bf16 rounding of the output (the two sum in different orders).
+TEST_F(Attention, DecodeRouteAgreesWithSdpa) {
+  const int64_t b = 2, past = 40, d = 64;
+  torch::Tensor am = torch::ones({b, past + 1}, torch::kInt64);
+  am.index_put_({1, torch::indexing::Slice(0, 6)}, 0);  // left padding in the second row
+  const torch::Tensor mask = build_attention_mask(b, 1, past, am, {}, torch::kCPU);
+  const torch::Tensor q = torch::randn({b, 12, 1, d}).to(torch::kBFloat16);
+  const torch::Tensor k = torch::randn({b, 4, past + 9, d}).to(torch::kBFloat16).narrow(2, 0, past + 1);
+  const torch::Tensor v = torch::randn({b, 4, past + 9, d}).to(torch::kBFloat16).narrow(2, 0, past + 1);
+  const Result ref = reference(q, k, v, mask, torch::ones_like(q));
+  EXPECT_FALSE(decode_attention_applies(q, k, mask));  // autograd on: SDPA keeps what backward needs
+  c10::InferenceMode inference;
+  ASSERT_TRUE(decode_attention_applies(q, k, mask));
+  EXPECT_FALSE(decode_attention_applies(q, k, mask, /*softcap=*/50.0));
+  EXPECT_FALSE(decode_attention_applies(torch::randn({b, 12, 2, d}).to(torch::kBFloat16), k, mask));
+  const torch::Tensor got = grouped_query_attention(q, k, v, mask);
+  const torch::Tensor sdpa = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt, true);
+  EXPECT_LT(rel_err(got, sdpa.to(torch::kFloat64)), 1e-2);
+  EXPECT_LT(rel_err(got, ref.out), kBf16RelTol);
 }
 
 TEST_F(Attention, HeadsNotAMultipleOfKvHeadsIsAnError) {
