@@ -49,15 +49,19 @@ void check_args(const Gemv4bitArgs& a) {
 // Row o's output from its 32 lane sums (lane[l] = the sum over chunks l, l + 32, ...): the specification's butterfly
 // (for off = 16, 8, 4, 2, 1: s[l] = s[l] + s[l ^ off]) on the lanes that lane 0's result depends on (l < off, where
 // l ^ off = l + off), then the cast.
+void store_out(const Gemv4bitArgs& a, int64_t o, float y) {
+  if (a.out_bf16) {
+    static_cast<uint16_t*>(a.y)[o] = codec::bf16_bits_rne(y);
+  } else {
+    static_cast<float*>(a.y)[o] = y;
+  }
+}
+
 void finish_row(const Gemv4bitArgs& a, int64_t o, Lanes lane) {
   for (size_t off = codec::kGemvLanes / 2; off >= 1; off /= 2) {
     for (size_t l = 0; l < off; ++l) lane[l] = lane[l] + lane[l + off];
   }
-  if (a.out_bf16) {
-    static_cast<uint16_t*>(a.y)[o] = codec::bf16_bits_rne(lane[0]);
-  } else {
-    static_cast<float*>(a.y)[o] = lane[0];
-  }
+  store_out(a, o, lane[0]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -198,6 +202,21 @@ QLORA_AVX512_INLINE void load_words_avx512(const uint8_t* src, int valid, __m512
   d[3] = _mm512_unpackhi_epi64(t1, t3);
 }
 
+// finish_row's butterfly on the two groups' lane sums (register lane p of either holds spec lane lane_chunk(p, 16),
+// plus 16 in group 1): off = 16 adds the groups lane by lane; then spec lane c + off sits at register lane p ^ 2
+// (off 8), p ^ 1 (4), p ^ 8 (2), p ^ 4 (1), so each step pairs the lanes the specification pairs (the other lanes
+// compute values nothing reads) and the result, spec lane 0, is register lane 0: the specification's bits.
+QLORA_AVX512_INLINE float butterfly_avx512(__m512 g0, __m512 g1) {
+  __m512 t = _mm512_add_ps(g0, g1);
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4E));        // p ^ 2 within 128 bits
+  t = _mm512_add_ps(t, _mm512_permute_ps(t, 0xB1));        // p ^ 1
+  t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0x4E));  // p ^ 8: the other 256-bit half
+  t = _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0xB1));  // p ^ 4: the neighbouring 128-bit lane
+  return _mm512_cvtss_f32(t);
+}
+static_assert(lane_chunk(2, 16) == 8 && lane_chunk(1, 16) == 4 && lane_chunk(8, 16) == 2 && lane_chunk(4, 16) == 1,
+              "the butterfly's partner lanes");
+
 // Element J of the group's chunks for R rows: acc[r] = fma(code[nibble] * absmax, x, acc[r]) on the valid lanes.
 template <int R, int J>
 QLORA_AVX512_INLINE void step_avx512(const __m512i (&d)[R][4], const __m512 (&am)[R], __m512 code, const float* xk,
@@ -226,7 +245,7 @@ QLORA_AVX512 void rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o,
   // Element offset of each lane's chunk within its group: lane_chunk(p, 16) * 32.
   const __m512i lane_elem =
       _mm512_setr_epi32(0, 128, 256, 384, 32, 160, 288, 416, 64, 192, 320, 448, 96, 224, 352, 480);
-  std::array<Lanes, R> lanes_out{};
+  alignas(64) float group0[R][kW512];  // group 0's lane sums, until group 1's are there
   for (int g = 0; g < codec::kGemvLanes / kW512; ++g) {
     __m512 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
@@ -252,13 +271,13 @@ QLORA_AVX512 void rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o,
       steps_avx512<R>(d, am, code, xk, lanes, acc, std::make_integer_sequence<int, codec::kGemvChunk>{});
     }
     for (int r = 0; r < R; ++r) {
-      alignas(64) float s[kW512];
-      _mm512_store_ps(s, acc[r]);
-      for (int p = 0; p < kW512; ++p)
-        lanes_out[static_cast<size_t>(r)][static_cast<size_t>(g * kW512 + lane_chunk(p, kW512))] = s[p];
+      if (g == 0) {
+        _mm512_store_ps(group0[r], acc[r]);
+      } else {
+        store_out(a, o + r, butterfly_avx512(_mm512_load_ps(group0[r]), acc[r]));
+      }
     }
   }
-  for (int r = 0; r < R; ++r) finish_row(a, o + r, lanes_out[static_cast<size_t>(r)]);
 }
 
 constexpr int kRows512 = 4;
