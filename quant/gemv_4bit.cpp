@@ -12,8 +12,8 @@
 // chunks' bytes (chunk-major in memory) are transposed into four registers of words with unpack instructions, which
 // work within 128-bit lanes, so register lane p = 4 h + i holds chunk h + (W / 4) i of its group (lane_chunk below).
 // x is laid out once per call in that lane order (fp32, exact from bf16; layout_x), and each lane's absmax is
-// gathered from the row's decoded absmax. The 32 lane sums are then combined by the specification's butterfly in
-// the same scalar code the reference uses (finish_row).
+// gathered from the row's decoded absmax. The 32 lane sums are then combined by the specification's butterfly: in
+// registers on AVX-512 (butterfly_avx512 pairs the same lanes), in the reference's scalar code on AVX2 (finish_row).
 #include "quant/gemv_4bit.h"
 
 #include <ATen/Parallel.h>
