@@ -89,18 +89,15 @@ torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tenso
   TORCH_CHECK(n_heads % n_kv == 0, "attention: heads ", n_heads, " not a multiple of kv heads ", n_kv);
   TORCH_CHECK(mask.defined() || k.size(2) == q.size(2), "attention: an undefined mask means causal with no cache");
   const std::optional<double> sdpa_scale = scale > 0 ? std::optional<double>(scale) : std::nullopt;
+  const double score_scale = scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));  // SDPA's default
   if (decode_attention_applies(q, k, mask, softcap)) {
     torch::Tensor allowed;
     if (mask.defined()) allowed = mask.select(2, 0).select(1, 0).expand({q.size(0), k.size(2)}).contiguous();
     torch::Tensor out = torch::empty(q.sizes(), q.options());
-    detail::decode_attention_cpu(q, k, v, allowed, scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(q.size(3))),
-                                 out, active_isa());
+    detail::decode_attention_cpu(q, k, v, allowed, score_scale, out, active_isa());
     return out;
   }
-  if (softcap > 0) {
-    return softcapped_attention(q, k, v, mask, scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(q.size(3))),
-                                softcap);
-  }
+  if (softcap > 0) return softcapped_attention(q, k, v, mask, score_scale, softcap);
   if (!mask.defined()) {
     return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
                                             sdpa_scale, /*enable_gqa=*/true);

@@ -5,8 +5,10 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "ops/fused_kernels.h"
@@ -75,6 +77,14 @@ QLORA_AVX512 void decode_pv_slab_avx512(const T* v, int64_t vs, const bool* allo
   }
 }
 
+// decode_pv_slab_avx512<NC> for NC = 1..8, by NC - 1.
+template <class T, int... I>
+constexpr auto pv_slab_table(std::integer_sequence<int, I...>) {
+  return std::array{&decode_pv_slab_avx512<I + 1, T>...};
+}
+template <class T>
+constexpr auto kPvSlabs = pv_slab_table<T>(std::make_integer_sequence<int, 8>{});
+
 template <class T>
 QLORA_AVX512 void decode_attention_row_avx512(const T* q, const T* k, const T* v, int64_t ks, int64_t vs,
                                               const bool* allowed, int64_t s_len, int64_t d, float scale,
@@ -106,34 +116,7 @@ QLORA_AVX512 void decode_attention_row_avx512(const T* q, const T* k, const T* v
   const float l = _mm512_reduce_add_ps(vl);
   for (int64_t c0 = 0; c0 < d; c0 += 128) {
     const int64_t cols = std::min<int64_t>(128, d - c0);
-    const T* vc = v + c0;
-    T* oc = out + c0;
-    switch ((cols + 15) / 16) {
-      case 1:
-        decode_pv_slab_avx512<1>(vc, vs, allowed, s_len, cols, scratch, l, oc);
-        break;
-      case 2:
-        decode_pv_slab_avx512<2>(vc, vs, allowed, s_len, cols, scratch, l, oc);
-        break;
-      case 3:
-        decode_pv_slab_avx512<3>(vc, vs, allowed, s_len, cols, scratch, l, oc);
-        break;
-      case 4:
-        decode_pv_slab_avx512<4>(vc, vs, allowed, s_len, cols, scratch, l, oc);
-        break;
-      case 5:
-        decode_pv_slab_avx512<5>(vc, vs, allowed, s_len, cols, scratch, l, oc);
-        break;
-      case 6:
-        decode_pv_slab_avx512<6>(vc, vs, allowed, s_len, cols, scratch, l, oc);
-        break;
-      case 7:
-        decode_pv_slab_avx512<7>(vc, vs, allowed, s_len, cols, scratch, l, oc);
-        break;
-      default:
-        decode_pv_slab_avx512<8>(vc, vs, allowed, s_len, cols, scratch, l, oc);
-        break;
-    }
+    kPvSlabs<T>[(cols + 15) / 16 - 1](v + c0, vs, allowed, s_len, cols, scratch, l, out + c0);
   }
 }
 

@@ -46,9 +46,7 @@ void check_args(const Gemv4bitArgs& a) {
   }
 }
 
-// Row o's output from its 32 lane sums (lane[l] = the sum over chunks l, l + 32, ...): the specification's butterfly
-// (for off = 16, 8, 4, 2, 1: s[l] = s[l] + s[l ^ off]) on the lanes that lane 0's result depends on (l < off, where
-// l ^ off = l + off), then the cast.
+// Row o's output y, cast to the output type.
 void store_out(const Gemv4bitArgs& a, int64_t o, float y) {
   if (a.out_bf16) {
     static_cast<uint16_t*>(a.y)[o] = codec::bf16_bits_rne(y);
@@ -57,6 +55,9 @@ void store_out(const Gemv4bitArgs& a, int64_t o, float y) {
   }
 }
 
+// Row o's output from its 32 lane sums (lane[l] = the sum over chunks l, l + 32, ...): the specification's butterfly
+// (for off = 16, 8, 4, 2, 1: s[l] = s[l] + s[l ^ off]) on the lanes that lane 0's result depends on (l < off, where
+// l ^ off = l + off), then the cast.
 void finish_row(const Gemv4bitArgs& a, int64_t o, Lanes lane) {
   for (size_t off = codec::kGemvLanes / 2; off >= 1; off /= 2) {
     for (size_t l = 0; l < off; ++l) lane[l] = lane[l] + lane[l + off];
