@@ -1,12 +1,15 @@
 // CPU kernels behind ops/fused_ops.h and ops/rope.h: causal-LM cross entropy, RMSNorm, RoPE, SwiGLU and
 // counter-based dropout (one-query decode attention: ops/decode_attention.cpp).
 //
-// Naming (ggml's rule): `<thing>_ref` is the scalar kernel and the specification (plain C++, std::exp, one row or
-// element range at a time); `<thing>_avx512` computes the same fp32 operations on 16 lanes with a Cephes-style exp
-// (about 2 ulp) and masked loads for the tails, and is tested against the float64 references next to `_ref`
-// (tests/ops/test_fused_ops.cpp runs every launcher with Isa::kScalar, i.e. the `_ref` kernels, and Isa::kAvx512).
-// `<op>_{forward,backward}_cpu` / `<op>_cpu` launchers check their tensors, pick the dtype and hand one kernel pair
-// to for_each_row / for_each_range (ops/kernel_loop.h).
+// Three kernel structs with the same static kernels (ggml's rule, one struct per path): `RefKernels`, the scalar
+// specification (plain C++, std::exp, one row or element range at a time), and `avx2::FusedKernels` /
+// `avx512::FusedKernels`, the same fp32 operations on 8 / 16 lanes with a Cephes-style exp (about 2 ulp). The vector
+// kernels are written once (ops/fused_kernels_simd.h, over ops/simd_math.h) and compiled twice below
+// (ops/simd_each_isa.h), in each ISA's namespace with its target attributes: the vector layer (ops/simd_avx2.h,
+// ops/simd_avx512.h) gives both ISAs the same names. tests/ops/test_fused_ops.cpp runs every launcher on every path
+// against float64 references, and the vector paths against `RefKernels`. `<op>_{forward,backward}_cpu` / `<op>_cpu`
+// launchers check their tensors, pick the dtype and hand the kernel set to for_each_row / for_each_range
+// (ops/kernel_loop.h), which picks the path.
 #include "ops/fused_kernels.h"
 
 #include <immintrin.h>
@@ -14,9 +17,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "ops/kernel_loop.h"
+#include "ops/simd_avx2.h"
 #include "ops/simd_avx512.h"
 
 namespace qlora::ops::detail {
@@ -30,80 +35,8 @@ void check_cpu_contiguous(const torch::Tensor& t, const char* what) {
   TORCH_CHECK(fused_dtype_supported(t.scalar_type()), what, ": unsupported dtype ", t.scalar_type());
 }
 
-// ---------------------------------------------------------------------------------------------------
-// _ref kernels: the specification.
-template <class T>
-float ce_row_lse_ref(const T* x, int64_t v) {
-  float m = -kInf;
-  bool nan = false;
-  for (int64_t j = 0; j < v; ++j) {
-    const float a = static_cast<float>(x[j]);
-    nan |= std::isnan(a);
-    m = std::max(m, a);
-  }
-  if (nan) return kNaN;
-  float sum = 0.0f;
-  for (int64_t j = 0; j < v; ++j) sum += std::exp(static_cast<float>(x[j]) - m);
-  return m + std::log(sum);
-}
-
-template <class T>
-void ce_row_grad_ref(const T* x, int64_t v, float lse, float g, T* out) {
-  for (int64_t j = 0; j < v; ++j) out[j] = static_cast<T>(std::exp(static_cast<float>(x[j]) - lse) * g);
-}
-
-// w: the weight already rounded to x's dtype, as fp32.
-template <class T>
-float rms_norm_row_ref(const T* x, const float* w, int64_t h, float eps, T* out) {
-  float ss = 0.0f;
-  for (int64_t j = 0; j < h; ++j) ss += static_cast<float>(x[j]) * static_cast<float>(x[j]);
-  const float r = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
-  for (int64_t j = 0; j < h; ++j)
-    out[j] = static_cast<T>(static_cast<float>(static_cast<T>(static_cast<float>(x[j]) * r)) * w[j]);
-  return r;
-}
-
-template <class T>
-void rms_norm_grad_row_ref(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
-  float dot = 0.0f;
-  for (int64_t j = 0; j < h; ++j) dot += static_cast<float>(g[j]) * w[j] * static_cast<float>(x[j]);
-  const float c = r * r * r * dot / static_cast<float>(h);
-  for (int64_t j = 0; j < h; ++j) {
-    out[j] = static_cast<T>(r * static_cast<float>(g[j]) * w[j] - static_cast<float>(x[j]) * c);
-  }
-}
-
-// One RoPE row: (p, q) = (-sin[:half], sin[half:]) forward, (sin[half:], -sin[:half]) backward.
-template <class T>
-void rope_row_ref(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
-  for (int64_t j = 0; j < half; ++j) {
-    const float a = static_cast<float>(x[j]), b = static_cast<float>(x[j + half]);
-    const float p = backward ? static_cast<float>(s[j + half]) : -static_cast<float>(s[j]);
-    const float q = backward ? -static_cast<float>(s[j]) : static_cast<float>(s[j + half]);
-    out[j] = static_cast<T>(a * static_cast<float>(c[j]) + b * p);
-    out[j + half] = static_cast<T>(b * static_cast<float>(c[j + half]) + a * q);
-  }
-}
-
 inline float sigmoid(float v) {
   return 1.0f / (1.0f + std::exp(-v));
-}
-
-template <class T>
-void swiglu_ref(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
-  for (int64_t e = e0; e < e1; ++e) {
-    const float a = static_cast<float>(g[e]);
-    out[e] = static_cast<T>(a * sigmoid(a) * static_cast<float>(u[e]));
-  }
-}
-
-template <class T>
-void swiglu_grad_ref(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
-  for (int64_t e = e0; e < e1; ++e) {
-    const float a = static_cast<float>(g[e]), sg = sigmoid(a), d = static_cast<float>(go[e]);
-    gg[e] = static_cast<T>(d * static_cast<float>(u[e]) * sg * (1.0f + a * (1.0f - sg)));
-    gu[e] = static_cast<T>(d * a * sg);
-  }
 }
 
 inline uint32_t lowbias32(uint32_t x) {
@@ -115,155 +48,99 @@ inline uint32_t lowbias32(uint32_t x) {
   return x;
 }
 
-template <class T>
-void dropout_ref(const T* x, int64_t e0, int64_t e1, uint64_t seed, uint32_t thr, float scale, T* out) {
-  for (int64_t e = e0; e < e1; ++e) {
-    const bool keep = dropout_bits(seed, static_cast<uint32_t>(e)) >= thr;
-    out[e] = static_cast<T>(keep ? static_cast<float>(x[e]) * scale : 0.0f);
+// The specification: scalar kernels, one row or element range at a time.
+struct RefKernels {
+  template <class T>
+  static float ce_row_lse(const T* x, int64_t v) {
+    float m = -kInf;
+    bool nan = false;
+    for (int64_t j = 0; j < v; ++j) {
+      const float a = static_cast<float>(x[j]);
+      nan |= std::isnan(a);
+      m = std::max(m, a);
+    }
+    if (nan) return kNaN;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < v; ++j) sum += std::exp(static_cast<float>(x[j]) - m);
+    return m + std::log(sum);
   }
-}
 
-// ---------------------------------------------------------------------------------------------------
-// _avx512 kernels: 16 fp32 lanes; tails through masked loads and stores.
-//
-// GCC 12 reports false "(maybe-)uninitialized" warnings inside its own AVX-512 intrinsic headers: many intrinsics
-// pass _mm512_undefined_ps() (`__m512 __Y = __Y;`) as the unused merge source, and the warning fires where they
-// are inlined. The warnings are off for this AVX-512 section only.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-
-template <class T>
-QLORA_AVX512 float ce_row_lse_avx512(const T* x, int64_t v) {
-  __m512 vmax = _mm512_set1_ps(-kInf);
-  __mmask16 nan = 0;
-  for (int64_t j = 0; j < v; j += 16) {
-    const __mmask16 m = lanes(v - j);
-    const __m512 a = load16(x + j, m);
-    nan |= _mm512_mask_cmp_ps_mask(m, a, a, _CMP_UNORD_Q);
-    vmax = _mm512_mask_max_ps(vmax, m, vmax, a);
+  template <class T>
+  static void ce_row_grad(const T* x, int64_t v, float lse, float g, T* out) {
+    for (int64_t j = 0; j < v; ++j) out[j] = static_cast<T>(std::exp(static_cast<float>(x[j]) - lse) * g);
   }
-  if (nan) return kNaN;
-  const float mx = _mm512_reduce_max_ps(vmax);
-  if (mx == -kInf) return -kInf;
-  const __m512 vm = _mm512_set1_ps(mx);
-  __m512 sum = _mm512_setzero_ps();
-  for (int64_t j = 0; j < v; j += 16) {
-    const __mmask16 m = lanes(v - j);
-    sum = _mm512_mask_add_ps(sum, m, sum, exp16(_mm512_sub_ps(load16(x + j, m), vm)));
+
+  // w: the weight already rounded to x's dtype, as fp32.
+  template <class T>
+  static float rms_norm_row(const T* x, const float* w, int64_t h, float eps, T* out) {
+    float ss = 0.0f;
+    for (int64_t j = 0; j < h; ++j) ss += static_cast<float>(x[j]) * static_cast<float>(x[j]);
+    const float r = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
+    for (int64_t j = 0; j < h; ++j)
+      out[j] = static_cast<T>(static_cast<float>(static_cast<T>(static_cast<float>(x[j]) * r)) * w[j]);
+    return r;
   }
-  return mx + std::log(_mm512_reduce_add_ps(sum));
-}
 
-template <class T>
-QLORA_AVX512 void ce_row_grad_avx512(const T* x, int64_t v, float lse, float g, T* out) {
-  const __m512 vl = _mm512_set1_ps(lse), vg = _mm512_set1_ps(g);
-  for (int64_t j = 0; j < v; j += 16) {
-    const __mmask16 m = lanes(v - j);
-    store16(out + j, m, _mm512_mul_ps(exp16(_mm512_sub_ps(load16(x + j, m), vl)), vg));
+  template <class T>
+  static void rms_norm_grad_row(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
+    float dot = 0.0f;
+    for (int64_t j = 0; j < h; ++j) dot += static_cast<float>(g[j]) * w[j] * static_cast<float>(x[j]);
+    const float c = r * r * r * dot / static_cast<float>(h);
+    for (int64_t j = 0; j < h; ++j) {
+      out[j] = static_cast<T>(r * static_cast<float>(g[j]) * w[j] - static_cast<float>(x[j]) * c);
+    }
   }
-}
 
-template <class T>
-QLORA_AVX512 float rms_norm_row_avx512(const T* x, const float* w, int64_t h, float eps, T* out) {
-  __m512 ss = _mm512_setzero_ps();
-  for (int64_t j = 0; j < h; j += 16) {
-    const __m512 a = load16(x + j, lanes(h - j));
-    ss = _mm512_fmadd_ps(a, a, ss);
+  // One RoPE row: (p, q) = (-sin[:half], sin[half:]) forward, (sin[half:], -sin[:half]) backward.
+  template <class T>
+  static void rope_row(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
+    for (int64_t j = 0; j < half; ++j) {
+      const float a = static_cast<float>(x[j]), b = static_cast<float>(x[j + half]);
+      const float p = backward ? static_cast<float>(s[j + half]) : -static_cast<float>(s[j]);
+      const float q = backward ? -static_cast<float>(s[j]) : static_cast<float>(s[j + half]);
+      out[j] = static_cast<T>(a * static_cast<float>(c[j]) + b * p);
+      out[j + half] = static_cast<T>(b * static_cast<float>(c[j + half]) + a * q);
+    }
   }
-  const float r = 1.0f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(h) + eps);
-  const __m512 vr = _mm512_set1_ps(r);
-  for (int64_t j = 0; j < h; j += 16) {
-    const __mmask16 m = lanes(h - j);
-    const __m512 n = round_to(static_cast<T*>(nullptr), _mm512_mul_ps(load16(x + j, m), vr));
-    store16(out + j, m, _mm512_mul_ps(n, _mm512_maskz_loadu_ps(m, w + j)));
+
+  template <class T>
+  static void swiglu(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const float a = static_cast<float>(g[e]);
+      out[e] = static_cast<T>(a * sigmoid(a) * static_cast<float>(u[e]));
+    }
   }
-  return r;
-}
 
-template <class T>
-QLORA_AVX512 void rms_norm_grad_row_avx512(const T* x, const float* w, const T* g, int64_t h, float r, T* out) {
-  __m512 dot = _mm512_setzero_ps();
-  for (int64_t j = 0; j < h; j += 16) {
-    const __mmask16 m = lanes(h - j);
-    const __m512 gn = _mm512_mul_ps(load16(g + j, m), _mm512_maskz_loadu_ps(m, w + j));
-    dot = _mm512_fmadd_ps(gn, load16(x + j, m), dot);
+  template <class T>
+  static void swiglu_grad(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const float a = static_cast<float>(g[e]), sg = sigmoid(a), d = static_cast<float>(go[e]);
+      gg[e] = static_cast<T>(d * static_cast<float>(u[e]) * sg * (1.0f + a * (1.0f - sg)));
+      gu[e] = static_cast<T>(d * a * sg);
+    }
   }
-  const __m512 c = _mm512_set1_ps(r * r * r * _mm512_reduce_add_ps(dot) / static_cast<float>(h));
-  const __m512 vr = _mm512_set1_ps(r);
-  for (int64_t j = 0; j < h; j += 16) {
-    const __mmask16 m = lanes(h - j);
-    const __m512 gn = _mm512_mul_ps(load16(g + j, m), _mm512_maskz_loadu_ps(m, w + j));
-    store16(out + j, m, _mm512_fnmadd_ps(load16(x + j, m), c, _mm512_mul_ps(vr, gn)));
+
+  template <class T>
+  static void dropout(const T* x, int64_t e0, int64_t e1, uint64_t seed, uint32_t thr, float scale, T* out) {
+    for (int64_t e = e0; e < e1; ++e) {
+      const bool keep = dropout_bits(seed, static_cast<uint32_t>(e)) >= thr;
+      out[e] = static_cast<T>(keep ? static_cast<float>(x[e]) * scale : 0.0f);
+    }
   }
-}
+};
 
-template <class T>
-QLORA_AVX512 void rope_row_avx512(const T* x, const T* c, const T* s, int64_t half, bool backward, T* out) {
-  const __m512 neg = _mm512_set1_ps(-1.0f);
-  for (int64_t j = 0; j < half; j += 16) {
-    const __mmask16 m = lanes(half - j);
-    const __m512 a = load16(x + j, m), b = load16(x + half + j, m);
-    const __m512 s0 = load16(s + j, m), s1 = load16(s + half + j, m);
-    const __m512 p = backward ? s1 : _mm512_mul_ps(s0, neg);
-    const __m512 q = backward ? _mm512_mul_ps(s0, neg) : s1;
-    store16(out + j, m, _mm512_add_ps(_mm512_mul_ps(a, load16(c + j, m)), _mm512_mul_ps(b, p)));
-    store16(out + half + j, m, _mm512_add_ps(_mm512_mul_ps(b, load16(c + half + j, m)), _mm512_mul_ps(a, q)));
-  }
-}
+}  // namespace
 
-QLORA_AVX512 inline __m512 sigmoid16(__m512 v) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
-}
+// The vector kernels, compiled once per ISA (see the head comment).
+#define QLORA_SIMD_KERNELS "ops/fused_kernels_simd.h"
+#include "ops/simd_each_isa.h"
 
-template <class T>
-QLORA_AVX512 void swiglu_avx512(const T* g, const T* u, int64_t e0, int64_t e1, T* out) {
-  for (int64_t e = e0; e < e1; e += 16) {
-    const __mmask16 m = lanes(e1 - e);
-    const __m512 a = load16(g + e, m);
-    store16(out + e, m, _mm512_mul_ps(_mm512_mul_ps(a, sigmoid16(a)), load16(u + e, m)));
-  }
-}
-
-template <class T>
-QLORA_AVX512 void swiglu_grad_avx512(const T* g, const T* u, const T* go, int64_t e0, int64_t e1, T* gg, T* gu) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (int64_t e = e0; e < e1; e += 16) {
-    const __mmask16 m = lanes(e1 - e);
-    const __m512 a = load16(g + e, m), sg = sigmoid16(a), d = load16(go + e, m);
-    const __m512 ds = _mm512_mul_ps(sg, _mm512_add_ps(one, _mm512_mul_ps(a, _mm512_sub_ps(one, sg))));
-    store16(gg + e, m, _mm512_mul_ps(_mm512_mul_ps(d, load16(u + e, m)), ds));
-    store16(gu + e, m, _mm512_mul_ps(d, _mm512_mul_ps(a, sg)));
-  }
-}
-
-QLORA_AVX512 inline __m512i lowbias32_16(__m512i x) {
-  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(0x7feb352d));
-  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 15));
-  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(static_cast<int>(0x846ca68bU)));
-  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
-}
-
-template <class T>
-QLORA_AVX512 void dropout_avx512(const T* x, int64_t e0, int64_t e1, uint64_t seed, uint32_t thr, float scale, T* out) {
-  const __m512i k0 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(seed)));
-  const __m512i k1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(seed >> 32)));
-  const __m512i vthr = _mm512_set1_epi32(static_cast<int>(thr));
-  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512 vs = _mm512_set1_ps(scale);
-  for (int64_t e = e0; e < e1; e += 16) {
-    const __mmask16 m = lanes(e1 - e);
-    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(e))), iota);
-    const __m512i h = lowbias32_16(_mm512_add_epi32(lowbias32_16(_mm512_xor_si512(idx, k0)), k1));
-    const __mmask16 keep = _mm512_cmpge_epu32_mask(h, vthr);
-    store16(out + e, m, _mm512_maskz_mul_ps(keep, load16(x + e, m), vs));
-  }
-}
-
-#pragma GCC diagnostic pop
-
+namespace {
+struct Fused {
+  using Ref = RefKernels;
+  using Avx2 = avx2::FusedKernels;
+  using Avx512 = avx512::FusedKernels;
+};
 }  // namespace
 
 bool fused_dtype_supported(torch::ScalarType dt) {
@@ -290,9 +167,7 @@ double cross_entropy_forward_cpu(const torch::Tensor& logits, const torch::Tenso
   dispatch_dtype(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     const T* x = data<T>(logits);
-    for_each_row(
-        n, kLongRowGrain, isa, [&](int64_t i) { out[i] = ce_row_lse_ref(x + i * v, v); },
-        [&](int64_t i) { out[i] = ce_row_lse_avx512(x + i * v, v); });
+    for_each_row<Fused>(n, kLongRowGrain, isa, [&](int64_t i, auto k) { out[i] = k.ce_row_lse(x + i * v, v); });
     for (int64_t i = 0; i < n; ++i) {
       if (y[i] != ignore_index) total += static_cast<double>(out[i]) - static_cast<double>(x[i * v + y[i]]);
     }
@@ -312,21 +187,18 @@ void cross_entropy_backward_cpu(const torch::Tensor& logits, const torch::Tensor
     using T = decltype(tag);
     const T* x = data<T>(logits);
     T* out = data<T>(grad);
-    // Row i with the kernel grad_row: zeros for an ignored label, else softmax * g with the label's entry fixed up
-    // from its fp32 softmax value (so the - 1 is not applied to a rounded number).
-    auto row = [&](int64_t i, auto grad_row) {
+    // Zeros for an ignored label, else softmax * g with the label's entry fixed up from its fp32 softmax value (so
+    // the - 1 is not applied to a rounded number).
+    for_each_row<Fused>(n, kLongRowGrain, isa, [&](int64_t i, auto k) {
       const T* xi = x + i * v;
       T* oi = out + i * v;
       if (y[i] == ignore_index) {
         std::fill(oi, oi + v, static_cast<T>(0.0f));
         return;
       }
-      grad_row(xi, v, l[i], g, oi);
+      k.ce_row_grad(xi, v, l[i], g, oi);
       oi[y[i]] = static_cast<T>((std::exp(static_cast<float>(xi[y[i]]) - l[i]) - 1.0f) * g);
-    };
-    for_each_row(
-        n, kLongRowGrain, isa, [&](int64_t i) { row(i, ce_row_grad_ref<T>); },
-        [&](int64_t i) { row(i, ce_row_grad_avx512<T>); });
+    });
   });
 }
 
@@ -348,9 +220,8 @@ void rms_norm_forward_cpu(const torch::Tensor& x, const torch::Tensor& weight, d
     using T = decltype(tag);
     const T* xp = data<T>(x);
     T* op = data<T>(out);
-    for_each_row(
-        rows, kShortRowGrain, isa, [&](int64_t r) { rp[r] = rms_norm_row_ref(xp + r * h, wp, h, e, op + r * h); },
-        [&](int64_t r) { rp[r] = rms_norm_row_avx512(xp + r * h, wp, h, e, op + r * h); });
+    for_each_row<Fused>(rows, kShortRowGrain, isa,
+                        [&](int64_t r, auto k) { rp[r] = k.rms_norm_row(xp + r * h, wp, h, e, op + r * h); });
   });
 }
 
@@ -370,10 +241,9 @@ void rms_norm_backward_cpu(const torch::Tensor& x, const torch::Tensor& weight, 
     const T* xp = data<T>(x);
     const T* gp = data<T>(grad);
     T* op = data<T>(grad_x);
-    for_each_row(
-        rows, kShortRowGrain, isa,
-        [&](int64_t r) { rms_norm_grad_row_ref(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h); },
-        [&](int64_t r) { rms_norm_grad_row_avx512(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h); });
+    for_each_row<Fused>(rows, kShortRowGrain, isa, [&](int64_t r, auto k) {
+      k.rms_norm_grad_row(xp + r * h, wp, gp + r * h, h, rp[r], op + r * h);
+    });
   });
 }
 
@@ -398,14 +268,11 @@ void rope_cpu(const torch::Tensor& x, const torch::Tensor& cos, const torch::Ten
     const T* sp = data<T>(sin);
     T* op = data<T>(out);
     // Row r = (bi, hi, ti) of the contiguous output, read from x through its strides; cos/sin row (bi, ti).
-    auto row = [&](int64_t r, auto rope_row) {
+    for_each_row<Fused>(b * h * t, kShortRowGrain, isa, [&](int64_t r, auto k) {
       const int64_t bi = r / (h * t), hi = (r / t) % h, ti = r % t;
       const int64_t cs = (bi * t + ti) * d;
-      rope_row(xp + bi * sb + hi * sh + ti * st, cp + cs, sp + cs, half, backward, op + r * d);
-    };
-    for_each_row(
-        b * h * t, kShortRowGrain, isa, [&](int64_t r) { row(r, rope_row_ref<T>); },
-        [&](int64_t r) { row(r, rope_row_avx512<T>); });
+      k.rope_row(xp + bi * sb + hi * sh + ti * st, cp + cs, sp + cs, half, backward, op + r * d);
+    });
   });
 }
 
@@ -420,9 +287,7 @@ void swiglu_forward_cpu(const torch::Tensor& gate, const torch::Tensor& up, torc
     const T* g = data<T>(gate);
     const T* u = data<T>(up);
     T* o = data<T>(out);
-    for_each_range(
-        gate.numel(), isa, [&](int64_t e0, int64_t e1) { swiglu_ref(g, u, e0, e1, o); },
-        [&](int64_t e0, int64_t e1) { swiglu_avx512(g, u, e0, e1, o); });
+    for_each_range<Fused>(gate.numel(), isa, [&](int64_t e0, int64_t e1, auto k) { k.swiglu(g, u, e0, e1, o); });
   });
 }
 
@@ -443,9 +308,8 @@ void swiglu_backward_cpu(const torch::Tensor& gate, const torch::Tensor& up, con
     const T* go = data<T>(grad);
     T* gg = data<T>(grad_gate);
     T* gu = data<T>(grad_up);
-    for_each_range(
-        gate.numel(), isa, [&](int64_t e0, int64_t e1) { swiglu_grad_ref(g, u, go, e0, e1, gg, gu); },
-        [&](int64_t e0, int64_t e1) { swiglu_grad_avx512(g, u, go, e0, e1, gg, gu); });
+    for_each_range<Fused>(gate.numel(), isa,
+                          [&](int64_t e0, int64_t e1, auto k) { k.swiglu_grad(g, u, go, e0, e1, gg, gu); });
   });
 }
 
@@ -470,9 +334,8 @@ void dropout_cpu(const torch::Tensor& x, uint64_t seed, double p, torch::Tensor&
     using T = decltype(tag);
     const T* xp = data<T>(x);
     T* op = data<T>(out);
-    for_each_range(
-        x.numel(), isa, [&](int64_t e0, int64_t e1) { dropout_ref(xp, e0, e1, seed, thr, scale, op); },
-        [&](int64_t e0, int64_t e1) { dropout_avx512(xp, e0, e1, seed, thr, scale, op); });
+    for_each_range<Fused>(x.numel(), isa,
+                          [&](int64_t e0, int64_t e1, auto k) { k.dropout(xp, e0, e1, seed, thr, scale, op); });
   });
 }
 

@@ -1,8 +1,9 @@
 // Internal CPU kernels behind ops/fused_ops.h and ops/rope.h (not part of the public API; tests and the benchmark
-// call them to force a path). Each launcher runs a kernel pair of ops/fused_kernels.cpp: `<thing>_ref`, the scalar
-// specification, or `<thing>_avx512`, tested against it and against float64 references. Tensors are contiguous CPU
-// tensors of fp32, bf16 or fp16 unless stated; all arithmetic is fp32 and every output is rounded once (round to
-// nearest even) into its dtype. An `isa` the CPU lacks, or one without kernels here (AVX2), runs the `_ref` kernels.
+// call them to force a path). Each launcher runs one kernel set of ops/fused_kernels.cpp: `RefKernels`, the scalar
+// specification, or the AVX2 / AVX-512 kernels (one body, ops/fused_kernels_simd.h), tested against it and against
+// float64 references. Tensors are contiguous CPU tensors of fp32, bf16 or fp16 unless stated; all arithmetic is fp32
+// and every output is rounded once (round to nearest even) into its dtype. `isa` picks the path (Isa::kScalar: the
+// reference); a vector ISA the CPU lacks falls back to the best one it has (ops/kernel_loop.h's kernel_path).
 #pragma once
 
 #include <torch/types.h>

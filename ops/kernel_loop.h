@@ -1,6 +1,8 @@
-// How the fused CPU kernels of ops/fused_kernels.cpp are launched (internal): the dtype switch, the row / element
-// split over LibTorch's thread pool and the choice between a kernel's `_ref` and `_avx512` version, written once.
-// Every row (or element range) is computed by one thread, so results do not depend on the thread count.
+// How the fused CPU kernels of ops/fused_kernels.cpp and ops/decode_attention.cpp are launched (internal): the dtype
+// switch, the row / element split over LibTorch's thread pool and the choice of kernel set, written once. A kernel
+// set is a type `Set` naming three structs of static kernels with the same names and signatures: `Set::Ref` (the
+// scalar specification), `Set::Avx2` and `Set::Avx512`. Every row (or element range) is computed by one thread, so
+// results do not depend on the thread count.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -42,37 +44,45 @@ T* data(const torch::Tensor& t) {
   return static_cast<T*>(t.data_ptr());
 }
 
-// Whether the `_avx512` kernels run for `isa`; anything else, or a CPU without AVX-512, runs the `_ref` kernels.
-inline bool use_avx512(Isa isa) {
-  return isa == Isa::kAvx512 && cpu_supports(Isa::kAvx512);
+// The kernels `isa` runs: the best of AVX-512 and AVX2 that both `isa` allows and the CPU has, else the `Ref` ones
+// (Isa::kScalar always runs `Ref`).
+inline Isa kernel_path(Isa isa) {
+  if (isa == Isa::kAvx512 && cpu_supports(Isa::kAvx512)) return Isa::kAvx512;
+  if (isa != Isa::kScalar && cpu_supports(Isa::kAvx2)) return Isa::kAvx2;
+  return Isa::kScalar;
 }
 
-// Rows [0, rows) in chunks of at least `grain` rows per thread: ref(r), or simd(r) on the AVX-512 path, for each.
-template <class Ref, class Simd>
-void for_each_row(int64_t rows, int64_t grain, Isa isa, const Ref& ref, const Simd& simd) {
-  const bool avx512 = use_avx512(isa);
-  at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      if (avx512) {
-        simd(r);
-      } else {
-        ref(r);
-      }
-    }
+// Calls f(K{}) with K the kernel struct of Set that kernel_path(isa) picks.
+template <class Set, class F>
+void with_kernels(Isa isa, F&& f) {
+  switch (kernel_path(isa)) {
+    case Isa::kAvx512:
+      f(typename Set::Avx512{});
+      return;
+    case Isa::kAvx2:
+      f(typename Set::Avx2{});
+      return;
+    case Isa::kScalar:
+      f(typename Set::Ref{});
+      return;
+  }
+}
+
+// Rows [0, rows) in chunks of at least `grain` rows per thread: f(r, K{}) for each, K as in with_kernels.
+template <class Set, class F>
+void for_each_row(int64_t rows, int64_t grain, Isa isa, const F& f) {
+  with_kernels<Set>(isa, [&](auto k) {
+    at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) f(r, k);
+    });
   });
 }
 
-// The element-wise twin: ref(e0, e1), or simd(e0, e1), on ranges of [0, n) of at least kElementGrain elements.
-template <class Ref, class Simd>
-void for_each_range(int64_t n, Isa isa, const Ref& ref, const Simd& simd) {
-  const bool avx512 = use_avx512(isa);
-  at::parallel_for(0, n, kElementGrain, [&](int64_t e0, int64_t e1) {
-    if (avx512) {
-      simd(e0, e1);
-    } else {
-      ref(e0, e1);
-    }
-  });
+// The element-wise twin: f(e0, e1, K{}) on ranges of [0, n) of at least kElementGrain elements.
+template <class Set, class F>
+void for_each_range(int64_t n, Isa isa, const F& f) {
+  with_kernels<Set>(
+      isa, [&](auto k) { at::parallel_for(0, n, kElementGrain, [&](int64_t e0, int64_t e1) { f(e0, e1, k); }); });
 }
 
 }  // namespace qlora::ops::detail

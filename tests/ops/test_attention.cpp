@@ -126,12 +126,15 @@ TEST_F(Attention, CacheShapedMaskMatchesFloat64) {
 }
 
 // One query per sequence over the S keys of a strided cache view (the layout KVCache hands attention), some keys
-// masked out: both kernel paths, three dtypes, two head dims (one not a multiple of 16), against float64.
+// masked out: every kernel path (Ref, AVX2, AVX-512 where the CPU has them), three dtypes, three head dims (80: not
+// a multiple of 16; 136: more than one P.V slab on both vector paths), against float64.
 TEST_F(Attention, DecodeKernelsMatchFloat64OnEveryPath) {
   std::vector<Isa> isas = {Isa::kScalar};
-  if (cpu_supports(Isa::kAvx512)) isas.push_back(Isa::kAvx512);
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (cpu_supports(isa)) isas.push_back(isa);
+  }
   const int64_t b = 2, heads = 8, kv_heads = 2;
-  for (int64_t d : {64, 80}) {
+  for (int64_t d : {64, 80, 136}) {
     for (int64_t s : {1, 17, 100}) {
       torch::Tensor allowed = torch::rand({b, s}) > 0.3;
       allowed.select(1, s - 1).fill_(true);  // the query's own key
@@ -144,7 +147,7 @@ TEST_F(Attention, DecodeKernelsMatchFloat64OnEveryPath) {
         const double tol = dt == torch::kFloat32 ? kFp32RelTol : dt == torch::kHalf ? 5e-3 : kBf16RelTol;
         for (Isa isa : isas) {
           SCOPED_TRACE("d " + std::to_string(d) + " S " + std::to_string(s) + " " + c10::toString(dt) + " " +
-                       (isa == Isa::kScalar ? "ref" : "avx512"));
+                       isa_name(isa));
           torch::Tensor out = torch::empty_like(q);
           detail::decode_attention_cpu(q, k, v, allowed, 1.0 / std::sqrt(static_cast<double>(d)), out, isa);
           EXPECT_LT(rel_err(out, ref.out), tol);

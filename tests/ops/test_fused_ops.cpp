@@ -1,8 +1,8 @@
 // Fused training ops (ops/fused_ops.h, ops/rope.h's apply_rope) against float64 references computed here with plain
-// LibTorch ops: values and gradients (the fp64 autograd gradient of the reference), on every CPU path (the `_ref`
-// kernels, the `_avx512` ones when the CPU has them, the public autograd op, the LibTorch-ops fallback), odd sizes,
-// bf16 and fp32; and the `_avx512` kernels against the `_ref` ones directly. Dropout: keep rate and
-// pair statistics, exact scale of kept elements, same mask in backward, reproducible from the generator state.
+// LibTorch ops: values and gradients (the fp64 autograd gradient of the reference), on every CPU path (the `Ref`
+// kernels, the AVX2 and AVX-512 ones when the CPU has them, the public autograd op, the LibTorch-ops fallback), odd
+// sizes, bf16 and fp32; and the vector kernels against the `Ref` ones directly. Dropout: keep rate and pair
+// statistics, exact scale of kept elements, same mask in backward, reproducible from the generator state.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
@@ -46,10 +46,18 @@ double excess(const torch::Tensor& a, const torch::Tensor& b, double rt, double 
   return ((ad - bd).abs() - (at + rt * bd.abs())).max().item<double>();
 }
 
-// Isa::kScalar runs the `_ref` kernels (the specification), Isa::kAvx512 the `_avx512` ones.
+// The vector paths this CPU runs: Isa::kAvx2 and Isa::kAvx512 run those kernels (ops/kernel_loop.h's kernel_path).
+std::vector<Isa> simd_paths() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (cpu_supports(isa)) out.push_back(isa);
+  }
+  return out;
+}
+// Isa::kScalar runs the `Ref` kernels (the specification), then every vector path.
 std::vector<Isa> cpu_paths() {
   std::vector<Isa> out = {Isa::kScalar};
-  if (cpu_supports(Isa::kAvx512)) out.push_back(Isa::kAvx512);
+  for (Isa isa : simd_paths()) out.push_back(isa);
   return out;
 }
 
@@ -247,20 +255,28 @@ TEST_F(FusedOps, SwigluMatchesFloat64OnEveryPath) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The `_avx512` kernels against the `_ref` ones on the same awkward sizes. Dropout does the same single fp32 multiply
+// The vector kernels against the `Ref` ones on the same awkward sizes. Dropout does the same single fp32 multiply
 // on both paths: equal bits. The others differ by the vector exp (about 2 ulp) and by fused multiply-adds (sums, and
 // the mul + add pairs the compiler contracts on the FMA-enabled path): within a few fp32 ulp, i.e. at most one ulp of
 // a bf16 output.
 constexpr double kSimdF32Rtol = 1e-5, kSimdF32Atol = 1e-6;    // atol: a few ulp of O(1) terms that cancel
 constexpr double kSimdBf16Rtol = 8e-3, kSimdBf16Atol = 1e-6;  // rtol 2^-7: one bf16 ulp
 
-TEST_F(FusedOps, Avx512KernelsMatchRef) {
-  if (!cpu_supports(Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
-  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
-    SCOPED_TRACE(c10::toString(dt));
+std::vector<std::pair<torch::ScalarType, Isa>> dtypes_by_paths() {
+  std::vector<std::pair<torch::ScalarType, Isa>> out;
+  for (auto dt : {torch::kFloat32, torch::kBFloat16, torch::kHalf}) {
+    for (Isa isa : simd_paths()) out.emplace_back(dt, isa);
+  }
+  return out;
+}
+
+TEST_F(FusedOps, SimdKernelsMatchRef) {
+  if (simd_paths().empty()) GTEST_SKIP() << "neither AVX2 nor AVX-512 on this CPU";
+  for (auto [dt, path] : dtypes_by_paths()) {
+    SCOPED_TRACE(std::string(c10::toString(dt)) + " " + isa_name(path));
     const double rt = dt == torch::kFloat32 ? kSimdF32Rtol : kSimdBf16Rtol;
     const double at = dt == torch::kFloat32 ? kSimdF32Atol : kSimdBf16Atol;
-    auto both = [](auto&& run) { return std::pair{run(Isa::kScalar), run(Isa::kAvx512)}; };
+    auto both = [path = path](auto&& run) { return std::pair{run(Isa::kScalar), run(path)}; };
     {  // cross entropy: lse and gradient
       const CeCase c = make_ce_case(6, 1003, dt, 3.0);
       const auto [ref, simd] = both([&](Isa isa) {
@@ -287,13 +303,21 @@ TEST_F(FusedOps, Avx512KernelsMatchRef) {
     {  // SwiGLU forward and backward
       const torch::Tensor gate = (torch::randn({1001}) * 6.0).to(dt), up = torch::randn({1001}).to(dt);
       const torch::Tensor g = torch::randn({1001}).to(dt);
+      // The outputs are the front of larger buffers: a tail store may not write past its last element.
+      constexpr float kSentinel = 7.0f;
       const auto [ref, simd] = both([&](Isa isa) {
-        torch::Tensor out = torch::empty_like(gate), gg = torch::empty_like(gate), gu = torch::empty_like(gate);
+        std::vector<torch::Tensor> bufs;
+        for (int i = 0; i < 3; ++i) bufs.push_back(torch::full({1001 + 40}, kSentinel, gate.options()));
+        torch::Tensor out = bufs[0].narrow(0, 0, 1001), gg = bufs[1].narrow(0, 0, 1001);
+        torch::Tensor gu = bufs[2].narrow(0, 0, 1001);
         detail::swiglu_forward_cpu(gate, up, out, isa);
         detail::swiglu_backward_cpu(gate, up, g, gg, gu, isa);
-        return std::vector<torch::Tensor>{out, gg, gu};
+        return bufs;
       });
-      for (size_t i = 0; i < 3; ++i) EXPECT_LE(excess(simd[i], ref[i], rt, at), 0.0) << "swiglu output " << i;
+      for (size_t i = 0; i < 3; ++i) {
+        EXPECT_LE(excess(simd[i].narrow(0, 0, 1001), ref[i].narrow(0, 0, 1001), rt, at), 0.0) << "swiglu output " << i;
+        EXPECT_TRUE(simd[i].narrow(0, 1001, 40).eq(kSentinel).all().item<bool>()) << "swiglu output " << i;
+      }
     }
     {  // RoPE, both directions
       const torch::Tensor x = torch::randn({2, 5, 3, 38}).to(dt).transpose(1, 2);
