@@ -13,7 +13,7 @@
 // work within 128-bit lanes, so register lane p = 4 h + i holds chunk h + (W / 4) i of its group (lane_chunk below).
 // x is laid out once per call in that lane order (fp32, exact from bf16; layout_x), and each lane's absmax is
 // gathered from the row's decoded absmax. The 32 lane sums are then combined by the specification's butterfly: in
-// registers on AVX-512 (butterfly_avx512 pairs the same lanes), in the reference's scalar code on AVX2 (finish_row).
+// registers (butterfly_avx512, butterfly_avx2 pair the same lanes).
 #include "quant/gemv_4bit.h"
 
 #include <ATen/Parallel.h>
@@ -344,6 +344,18 @@ QLORA_AVX2_INLINE void load_words_avx2(const uint8_t* src, int valid, __m256i d[
   d[3] = _mm256_unpackhi_epi64(t1, t3);
 }
 
+// finish_row's butterfly on the four groups' lane sums (register lane p of group g holds spec lane
+// g * 8 + lane_chunk(p, 8)): off = 16 and 8 add the groups lane by lane (0 + 2, 1 + 3, then the two sums); then spec
+// lane c + off sits at register lane p ^ 2 (off 4), p ^ 1 (2), p ^ 4 (1), so each step pairs the lanes the
+// specification pairs and the result, spec lane 0, is register lane 0: the specification's bits.
+QLORA_AVX2_INLINE float butterfly_avx2(__m256 g0, __m256 g1, __m256 g2, __m256 g3) {
+  __m256 t = _mm256_add_ps(_mm256_add_ps(g0, g2), _mm256_add_ps(g1, g3));
+  t = _mm256_add_ps(t, _mm256_permute_ps(t, 0x4E));                                          // p ^ 2 within 128 bits
+  t = _mm256_add_ps(t, _mm256_permute_ps(t, 0xB1));                                          // p ^ 1
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));  // p ^ 4
+}
+static_assert(lane_chunk(2, 8) == 4 && lane_chunk(1, 8) == 2 && lane_chunk(4, 8) == 1, "the butterfly's partner lanes");
+
 template <bool kTail, int R, int J>
 QLORA_AVX2_INLINE void step_avx2(const __m256i (&d)[R][4], const __m256 (&am)[R], __m256 code_lo, __m256 code_hi,
                                  const float* xk, __m256 lanes, __m256 (&acc)[R]) {
@@ -374,7 +386,7 @@ QLORA_AVX2 void rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o, std
   const __m256 code_lo = _mm256_loadu_ps(a.w.code), code_hi = _mm256_loadu_ps(a.w.code + 8);
   const __m256i lane_elem = _mm256_setr_epi32(0, 64, 128, 192, 32, 96, 160, 224);  // lane_chunk(p, 8) * 32
   const __m256i iota8 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  std::array<Lanes, R> lanes_out{};
+  alignas(32) float groups[3][R][kW256];  // groups 0-2's lane sums, until group 3's are there
   for (int g = 0; g < codec::kGemvLanes / kW256; ++g) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -406,13 +418,15 @@ QLORA_AVX2 void rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o, std
       }
     }
     for (int r = 0; r < R; ++r) {
-      alignas(32) float s[kW256];
-      _mm256_store_ps(s, acc[r]);
-      for (int p = 0; p < kW256; ++p)
-        lanes_out[static_cast<size_t>(r)][static_cast<size_t>(g * kW256 + lane_chunk(p, kW256))] = s[p];
+      if (g < 3) {
+        _mm256_store_ps(groups[g][r], acc[r]);
+      } else {
+        store_out(a, o + r,
+                  butterfly_avx2(_mm256_load_ps(groups[0][r]), _mm256_load_ps(groups[1][r]),
+                                 _mm256_load_ps(groups[2][r]), acc[r]));
+      }
     }
   }
-  for (int r = 0; r < R; ++r) finish_row(a, o + r, lanes_out[static_cast<size_t>(r)]);
 }
 
 constexpr int kRows256 = 2;
