@@ -5,7 +5,10 @@
 //   build/bin/bench_memory_plan [configs/bench.yaml] [--steps N=3] [--threads T=0]
 //   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench)
 //
-// Configurations: gradient checkpointing on/off x the config's micro batch and half of it.
+// Configurations: gradient checkpointing on/off x the config's micro batch and half of it. The host allocator is set
+// up as qlora-train sets it (common/host_memory.h: the caching CPU allocator by default; QLORA_MALLOC_TUNING=heap
+// keeps glibc's tuned heap without the cache, =rss returns freed tensors at once, =0 leaves glibc as is); tokens/s
+// shows what the setting costs in speed.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -14,6 +17,8 @@
 #include <vector>
 
 #include "bench/machine_limits.h"
+#include "common/caching_cpu_allocator.h"
+#include "common/host_memory.h"
 #include "common/log.h"
 #include "plan/memory_plan.h"
 #include "trainer/run_plan.h"
@@ -45,6 +50,9 @@ nlohmann::json run_forked(const std::string& config_file, const Case& c, int ste
     const auto plan = trainer::plan_run(cfg, {}, static_cast<int64_t>(baseline));
     return nlohmann::json{{"ok", true},
                           {"peak_rss", s.peak_rss_bytes},
+                          {"tokens_per_s", s.tokens_per_s},
+                          {"cache_hits", cpu_cache_stats().hits},
+                          {"cache_misses", cpu_cache_stats().misses},
                           {"planned", s.planned_peak_bytes},
                           {"baseline", baseline},
                           {"phase", plan.peak_phase},
@@ -72,13 +80,18 @@ int main(int argc, char** argv) {
     }
   }
   init_logging("warn");
+  configure_host_allocator();  // as every app does (apps/app_main.h)
+  const char* tuning = std::getenv("QLORA_MALLOC_TUNING");
+  std::printf("host allocator: %s (QLORA_MALLOC_TUNING=%s)\n",
+              caching_cpu_allocator_installed() ? "caching CPU allocator" : "no tensor cache",
+              tuning == nullptr ? "unset" : tuning);
   try {
     const auto cfg = trainer::load_config(config_file);
     std::printf("bench_memory_plan: %s (%s, seq %lld), %d steps per run, each run in its own process\n",
                 config_file.c_str(), cfg.model.path.c_str(), static_cast<long long>(cfg.data_config.max_seq_len),
                 steps);
-    std::printf("%-14s %6s %8s %12s %12s %12s %9s  %s\n", "checkpointing", "micro", "tokens", "baseline", "planned",
-                "measured", "error", "planned peak phase (activations)");
+    std::printf("%-14s %6s %8s %12s %12s %12s %9s %8s %13s  %s\n", "checkpointing", "micro", "tokens", "baseline",
+                "planned", "measured", "error", "tok/s", "cache hit/miss", "planned peak phase (activations)");
     const int64_t mb = cfg.train.micro_batch_size;
     int worst_ok = 1;
     double worst = 0;
@@ -94,12 +107,15 @@ int main(int argc, char** argv) {
         const double planned = j["planned"].get<double>(), measured = j["peak_rss"].get<double>();
         const double err = measured / planned - 1.0;
         worst = std::max(worst, std::abs(err));
-        std::printf("%-14s %6lld %8lld %12s %12s %12s %+8.1f%%  %s (%s)\n", ck ? "on" : "off",
+        const std::string cache =
+            std::to_string(j["cache_hits"].get<int64_t>()) + "/" + std::to_string(j["cache_misses"].get<int64_t>());
+        std::printf("%-14s %6lld %8lld %12s %12s %12s %+8.1f%% %8.0f %13s  %s (%s)\n", ck ? "on" : "off",
                     static_cast<long long>(b), static_cast<long long>(j["tokens"].get<int64_t>()),
                     plan::format_gib(j["baseline"].get<int64_t>()).c_str(),
                     plan::format_gib(static_cast<int64_t>(planned)).c_str(),
                     plan::format_gib(static_cast<int64_t>(measured)).c_str(), 100 * err,
-                    j["phase"].get<std::string>().c_str(), plan::format_gib(j["activations"].get<int64_t>()).c_str());
+                    j["tokens_per_s"].get<double>(), cache.c_str(), j["phase"].get<std::string>().c_str(),
+                    plan::format_gib(j["activations"].get<int64_t>()).c_str());
       }
     }
     std::printf("largest |measured / planned - 1|: %.1f%% (target: 10%%)\n", 100 * worst);

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <limits>
 
+#include "common/caching_cpu_allocator.h"
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -24,6 +26,7 @@ bool configure_host_allocator(size_t mmap_threshold) {
   const int threshold = static_cast<int>(std::min(mmap_threshold, kIntMax / 2));
   const bool ok = mallopt(M_MMAP_THRESHOLD, threshold) == 1 && mallopt(M_TRIM_THRESHOLD, 2 * threshold) == 1;
   if (!ok) spdlog::debug("mallopt refused the allocator thresholds; keeping glibc defaults");
+  install_caching_cpu_allocator();
   return ok;
 #else
   (void)mmap_threshold;

@@ -13,10 +13,12 @@
 namespace qlora {
 
 // Sets glibc's mmap threshold to `mmap_threshold` bytes (blocks above it are still mmap'ed) and the trim
-// threshold to twice that (both capped to what mallopt's int takes). No-op when the environment sets
-// QLORA_MALLOC_TUNING=0 or MALLOC_MMAP_THRESHOLD_ (the user's own glibc tuning wins). Returns true when the
-// thresholds were changed. With QLORA_MALLOC_TUNING=rss, qlora-train pins a 1 MiB threshold instead so that its
-// peak RSS follows the memory plan (trainer/run_plan.h), at a large speed cost.
+// threshold to twice that (both capped to what mallopt's int takes), and installs the caching CPU allocator for
+// tensors of 1 MiB and more (common/caching_cpu_allocator.h: reuse at full speed, resident bytes bounded by the peak
+// of live ones; QLORA_MALLOC_TUNING=heap leaves it out). No-op when the environment sets QLORA_MALLOC_TUNING=0 or
+// MALLOC_MMAP_THRESHOLD_ (the user's own glibc tuning wins). Returns true when the thresholds were changed. With
+// QLORA_MALLOC_TUNING=rss there is no cache and qlora-train pins a 1 MiB threshold instead (trainer/run_plan.h), at a
+// large speed cost.
 bool configure_host_allocator(size_t mmap_threshold = size_t{1} << 30);
 
 }  // namespace qlora

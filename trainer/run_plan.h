@@ -36,9 +36,9 @@ plan::MemoryPlan plan_run(const TrainConfig& cfg, const fs::path& plan_config = 
 // heap, and the peak RSS becomes the sum of the peaks of the run's phases rather than their maximum, which is what
 // the plan counts (measured on the bench model: +40% over the plan without this, within 6% with it;
 // bench/RESULTS.md). Trainer::setup calls it, and it acts only when the environment sets QLORA_MALLOC_TUNING=rss: the
-// small threshold page-faults every activation in anew, which made bench training ~8x slower; the default is the
-// apps' speed setting (common/host_memory.h), whose peak RSS exceeds the plan (+34-40% measured with glibc's own
-// default).
+// small threshold page-faults every activation in anew (~1.5-1.9x slower bench training than the default, 8x on an
+// earlier machine). The default is the caching CPU allocator (common/caching_cpu_allocator.h), which holds no more
+// than the peak of live tensor bytes at the heap's speed.
 constexpr size_t kMmapThresholdBytes = size_t{1} << 20;
 void return_freed_tensor_memory_to_os();
 // Whether return_freed_tensor_memory_to_os() is in effect (QLORA_MALLOC_TUNING=rss).

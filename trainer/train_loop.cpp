@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "common/atomic_file.h"
+#include "common/caching_cpu_allocator.h"
 #include "common/error.h"
 #include "common/labels.h"
 #include "common/log.h"
@@ -445,8 +446,8 @@ void Trainer::log_summary(const TrainSummary& summary) const {
     std::string why;
     if (device.is_cuda() && !device_peak) {
       why = "; host RSS: this build has no CUDA allocator statistics (QLORA_CUDA=OFF)";
-    } else if (!device.is_cuda() && !rss_tuning_requested()) {
-      why = "; glibc keeps freed memory for reuse (faster here); QLORA_MALLOC_TUNING=rss returns it at once";
+    } else if (!device.is_cuda() && !rss_tuning_requested() && !caching_cpu_allocator_installed()) {
+      why = "; QLORA_MALLOC_TUNING=0/heap: no tensor cache, glibc keeps freed memory beyond the plan";
     }
     spdlog::info("memory: measured peak {} {} vs planned {} ({:+.1f}%{})",
                  device_peak ? "CUDA allocated" : (device.is_cuda() ? "RSS (host)" : "RSS"), format_bytes(measured),

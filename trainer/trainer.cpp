@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "common/atomic_file.h"
+#include "common/caching_cpu_allocator.h"
 #include "common/error.h"
 #include "common/json_read.h"
 #include "common/log.h"
@@ -143,6 +144,10 @@ void Trainer::setup_model() {
   I.model = model::load_model(cfg_.model.path, lo);
   I.model->set_gradient_checkpointing(cfg_.model.gradient_checkpointing);
   I.adapters = lora::attach_lora(I.model, lora_config(cfg_), cfg_.train.seed);
+  // Loading's temporaries (full-precision weights before quantization) are in no training phase: give their cached
+  // blocks back so the tensor cache's bound is training's own peak (common/caching_cpu_allocator.h).
+  const int64_t trimmed = trim_cpu_cache();
+  if (trimmed > 0) spdlog::debug("tensor cache: {} of loading's freed blocks returned", format_bytes(double(trimmed)));
 }
 
 // AdamW over the adapter parameters only, fp32 states (trainer/optimizer.h); with optimizer_offload the states
