@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 try:
     import llama_cpp  # noqa: E402
+    import llama_cpp_no_repack  # noqa: E402,F401  (llama.cpp's AMX repack crashes: see the module)
 except ImportError as e:  # a clear message for the C++ test's failure output
     sys.exit(f"check_gguf.py: cannot import llama_cpp ({e}). HINT: `make deps-interop` installs "
              f"llama-cpp-python into {sys.prefix}")

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 try:
     import llama_cpp  # noqa: E402
+    import llama_cpp_no_repack  # noqa: E402,F401  (llama.cpp's AMX repack crashes: see the module)
     import transformers  # noqa: E402
     from gguf import GGUFReader  # noqa: E402
     from gguf.constants import GGMLQuantizationType  # noqa: E402
