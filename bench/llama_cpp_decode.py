@@ -13,10 +13,12 @@ after one warm-up. Two decode rates are printed:
   llama-bench report them; no Python in it, so it is the higher, llama.cpp-friendly figure.
 weight_bytes: the bytes of every tensor a token's forward reads (all but token_embd.weight, which is gathered
 one row at a time), from the GGUF's own tensor table (the `gguf` package's reader).
+QLORA_LLAMA_NO_REPACK=1 turns llama.cpp's weight repacking off (needed on AMX CPUs, where the repacked kernels crash).
 Output: one JSON line on stdout; llama.cpp's logging goes to stderr.
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -70,6 +72,10 @@ def main():
     llama_cpp.llama_backend_init()
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0
+    # QLORA_LLAMA_NO_REPACK=1: llama.cpp's plain CPU kernels, no weight repacking. On AMX CPUs its AMX repack of
+    # quantized weights segfaults on the first decode (ggml-org/llama.cpp#20824; tests/interop/llama_cpp_no_repack.py).
+    if os.environ.get("QLORA_LLAMA_NO_REPACK") == "1":
+        mparams.use_extra_bufts = False
     model = llama_cpp.llama_model_load_from_file(a.model.encode("utf-8"), mparams)
     if not model:
         sys.exit(f"llama_cpp_decode.py: llama.cpp could not load {a.model}")
