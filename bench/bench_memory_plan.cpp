@@ -48,11 +48,12 @@ nlohmann::json run_forked(const std::string& config_file, const Case& c, int ste
     const size_t baseline = current_rss_bytes();
     auto s = trainer::run_training(cfg, opts);
     const auto plan = trainer::plan_run(cfg, {}, static_cast<int64_t>(baseline));
+    const CpuCacheStats cache = cpu_cache_stats();
     return nlohmann::json{{"ok", true},
                           {"peak_rss", s.peak_rss_bytes},
                           {"tokens_per_s", s.tokens_per_s},
-                          {"cache_hits", cpu_cache_stats().hits},
-                          {"cache_misses", cpu_cache_stats().misses},
+                          {"cache_hits", cache.hits},
+                          {"cache_misses", cache.misses},
                           {"planned", s.planned_peak_bytes},
                           {"baseline", baseline},
                           {"phase", plan.peak_phase},

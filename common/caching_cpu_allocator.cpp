@@ -3,37 +3,26 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
-#include <spdlog/spdlog.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <iterator>
 #include <list>
 #include <mutex>
 #include <string>
 #include <unordered_map>
-#include <vector>
+
+#include "common/sanitizer.h"
 
 namespace qlora {
 namespace {
 
 constexpr size_t kPage = 4096;
 constexpr size_t kHugePage = size_t{2} << 20;
-
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
 
 // A fresh zero-filled block of `bytes` (a multiple of the page), or null when the OS refuses.
 void* map_block(size_t bytes) {
@@ -59,7 +48,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   // Frees blocks of either kind: ours by their record, the fallback's (small tensors) with its own deleter.
-  static void deleter(void* p) { instance()->release(p); }
+  static void deleter(void* p);
   c10::DeleterFnPtr raw_deleter() const override { return &CachingCpuAllocator::deleter; }
   void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
 
@@ -75,9 +64,6 @@ class CachingCpuAllocator final : public c10::Allocator {
     stats_.peak_live_bytes = stats_.live_bytes;
     return released;
   }
-
-  static CachingCpuAllocator* instance() { return instance_; }
-  static void set_instance(CachingCpuAllocator* a) { instance_ = a; }
 
  private:
   struct Cached {
@@ -133,16 +119,13 @@ class CachingCpuAllocator final : public c10::Allocator {
     fallback_delete_(p);  // a small tensor of the fallback, freed through raw_deleter()
   }
 
-  // Returns the least recently freed cached block to the OS.
+  // Returns the least recently freed cached block to the OS. It is also the oldest of its class: a class's list is
+  // in the order of freeing, and hits take its newest.
   void evict_oldest() {
     const Cached c = lru_.front();
     auto& free_list = free_[c.cls];
-    for (auto it = free_list.begin(); it != free_list.end(); ++it) {
-      if (*it == lru_.begin()) {
-        free_list.erase(it);
-        break;
-      }
-    }
+    TORCH_INTERNAL_ASSERT(!free_list.empty() && free_list.front() == lru_.begin());
+    free_list.pop_front();
     lru_.pop_front();
     munmap(c.p, c.cls);
     stats_.cached_bytes -= static_cast<int64_t>(c.cls);
@@ -154,13 +137,18 @@ class CachingCpuAllocator final : public c10::Allocator {
   std::mutex mu_;
   std::unordered_map<void*, size_t> live_;  // block -> size class
   std::list<Cached> lru_;                   // cached blocks, least recently freed first
-  std::unordered_map<size_t, std::vector<std::list<Cached>::iterator>> free_;  // size class -> its cached blocks
+  std::unordered_map<size_t, std::deque<std::list<Cached>::iterator>> free_;  // size class -> its blocks, oldest first
   CpuCacheStats stats_;
-  static inline CachingCpuAllocator* instance_ = nullptr;
 };
 
+// The installed allocator (null when not installed). Owned for the life of the process: LibTorch keeps the
+// pointer, and tensors may outlive main's locals.
+CachingCpuAllocator* g_allocator = nullptr;
 std::once_flag g_install_once;
-bool g_installed = false;
+
+void CachingCpuAllocator::deleter(void* p) {
+  g_allocator->release(p);
+}
 
 }  // namespace
 
@@ -176,25 +164,22 @@ bool install_caching_cpu_allocator() {
     const char* mode = std::getenv("QLORA_MALLOC_TUNING");
     const std::string m = mode == nullptr ? "" : mode;
     if (kAddressSanitizer || m == "0" || m == "rss" || m == "heap") return;
-    // Owned for the life of the process: LibTorch keeps the pointer, and tensors may outlive main's locals.
-    auto* a = new CachingCpuAllocator(c10::GetDefaultCPUAllocator());
-    CachingCpuAllocator::set_instance(a);
-    c10::SetCPUAllocator(a, /*priority=*/1);
-    g_installed = true;
+    g_allocator = new CachingCpuAllocator(c10::GetDefaultCPUAllocator());
+    c10::SetCPUAllocator(g_allocator, /*priority=*/1);
   });
-  return g_installed;
+  return caching_cpu_allocator_installed();
 }
 
 bool caching_cpu_allocator_installed() {
-  return g_installed;
+  return g_allocator != nullptr;
 }
 
 CpuCacheStats cpu_cache_stats() {
-  return g_installed ? CachingCpuAllocator::instance()->stats() : CpuCacheStats{};
+  return g_allocator != nullptr ? g_allocator->stats() : CpuCacheStats{};
 }
 
 int64_t trim_cpu_cache() {
-  return g_installed ? CachingCpuAllocator::instance()->trim() : 0;
+  return g_allocator != nullptr ? g_allocator->trim() : 0;
 }
 
 }  // namespace qlora

@@ -59,13 +59,7 @@ struct RefKernels {
 #define QLORA_SIMD_KERNELS "ops/decode_attention_simd.h"
 #include "ops/simd_each_isa.h"
 
-namespace {
-struct Decode {
-  using Ref = RefKernels;
-  using Avx2 = avx2::DecodeKernels;
-  using Avx512 = avx512::DecodeKernels;
-};
-}  // namespace
+using Decode = KernelSet<RefKernels, avx2::DecodeKernels, avx512::DecodeKernels>;
 
 void decode_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& allowed, double scale, torch::Tensor& out, Isa isa) {

@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 
 #include "ops/kernel_loop.h"
@@ -135,13 +134,7 @@ struct RefKernels {
 #define QLORA_SIMD_KERNELS "ops/fused_kernels_simd.h"
 #include "ops/simd_each_isa.h"
 
-namespace {
-struct Fused {
-  using Ref = RefKernels;
-  using Avx2 = avx2::FusedKernels;
-  using Avx512 = avx512::FusedKernels;
-};
-}  // namespace
+using Fused = KernelSet<RefKernels, avx2::FusedKernels, avx512::FusedKernels>;
 
 bool fused_dtype_supported(torch::ScalarType dt) {
   return dt == torch::kFloat32 || dt == torch::kBFloat16 || dt == torch::kHalf;

@@ -1,6 +1,6 @@
 // How the fused CPU kernels of ops/fused_kernels.cpp and ops/decode_attention.cpp are launched (internal): the dtype
 // switch, the row / element split over LibTorch's thread pool and the choice of kernel set, written once. A kernel
-// set is a type `Set` naming three structs of static kernels with the same names and signatures: `Set::Ref` (the
+// set (KernelSet below) names three structs of static kernels with the same names and signatures: `Set::Ref` (the
 // scalar specification), `Set::Avx2` and `Set::Avx512`. Every row (or element range) is computed by one thread, so
 // results do not depend on the thread count.
 #pragma once
@@ -51,6 +51,14 @@ inline Isa kernel_path(Isa isa) {
   if (isa != Isa::kScalar && cpu_supports(Isa::kAvx2)) return Isa::kAvx2;
   return Isa::kScalar;
 }
+
+// A kernel set from its three structs.
+template <class RefT, class Avx2T, class Avx512T>
+struct KernelSet {
+  using Ref = RefT;
+  using Avx2 = Avx2T;
+  using Avx512 = Avx512T;
+};
 
 // Calls f(K{}) with K the kernel struct of Set that kernel_path(isa) picks.
 template <class Set, class F>

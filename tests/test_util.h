@@ -8,25 +8,16 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/sanitizer.h"
 
 namespace qlora::test {
 
 namespace fs = std::filesystem;
 
-// True in an AddressSanitizer build (gcc defines __SANITIZE_ADDRESS__, clang has the feature test). ASan's shadow
-// memory and its quarantine of freed blocks are not in any of our memory bounds, so tests that bound RSS still run
-// their work there but assert the bound only in the plain builds.
-#if defined(__SANITIZE_ADDRESS__)
-inline constexpr bool kUnderAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-inline constexpr bool kUnderAddressSanitizer = true;
-#else
-inline constexpr bool kUnderAddressSanitizer = false;
-#endif
-#else
-inline constexpr bool kUnderAddressSanitizer = false;
-#endif
+// True in an AddressSanitizer build (common/sanitizer.h). ASan's shadow memory and its quarantine of freed blocks are
+// not in any of our memory bounds, so tests that bound RSS still run their work there but assert the bound only in
+// the plain builds.
+inline constexpr bool kUnderAddressSanitizer = kAddressSanitizer;
 
 // The message of the qlora::Error thrown by f (fails the test when none is thrown).
 template <typename F>
