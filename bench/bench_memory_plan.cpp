@@ -1,6 +1,8 @@
 // The memory plan (qlora-train --plan) against the measured peak RSS of real training runs: each configuration
-// runs in its own forked process (so its peak RSS, VmHWM, is its own), plans with its own measured baseline RSS,
-// trains a few steps and reports both. The target: within 10% on the bench model.
+// runs in a fresh process of its own, this program started again (so its peak RSS, VmHWM, is its own; a forked
+// child would start without the parent's library pages in its RSS and under-count its baseline by ~40 MiB), plans
+// with its own measured baseline RSS as qlora-train does, trains a few steps and reports both. The target:
+// within 10% on the bench model.
 //
 //   build/bin/bench_memory_plan [configs/bench.yaml] [--steps N=3] [--threads T=0]
 //   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench)
@@ -13,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,33 +36,32 @@ struct Case {
   int64_t micro_batch;
 };
 
-nlohmann::json run_forked(const std::string& config_file, const Case& c, int steps, int threads) {
-  return bench::run_in_child([&]() -> nlohmann::json {
-    const std::string dir = "runs/bench_memory_plan";
-    auto cfg = trainer::load_config(
-        config_file,
-        {"model.gradient_checkpointing=" + std::string(c.checkpointing ? "true" : "false"),
-         "train.micro_batch_size=" + std::to_string(c.micro_batch), "train.max_steps=" + std::to_string(steps),
-         "train.threads=" + std::to_string(threads), "checkpoint.dir=" + dir, "checkpoint.every=0",
-         "checkpoint.resume=none", "log.metrics=" + dir + "/metrics.jsonl", "eval.every=0", "eval.at_end=false"});
-    trainer::TrainerOptions opts;
-    opts.overwrite = true;
-    opts.write_outputs = false;
-    const size_t baseline = current_rss_bytes();
-    auto s = trainer::run_training(cfg, opts);
-    const auto plan = trainer::plan_run(cfg, {}, static_cast<int64_t>(baseline));
-    const CpuCacheStats cache = cpu_cache_stats();
-    return nlohmann::json{{"ok", true},
-                          {"peak_rss", s.peak_rss_bytes},
-                          {"tokens_per_s", s.tokens_per_s},
-                          {"cache_hits", cache.hits},
-                          {"cache_misses", cache.misses},
-                          {"planned", s.planned_peak_bytes},
-                          {"baseline", baseline},
-                          {"phase", plan.peak_phase},
-                          {"activations", plan.activation_bytes},
-                          {"tokens", cfg.train.micro_batch_size * cfg.data_config.max_seq_len}};
-  });
+// One configuration, in the process that bench::run_in_fresh_process started (main's --run-case).
+nlohmann::json run_case(const std::string& config_file, const Case& c, int steps, int threads) {
+  const std::string dir = "runs/bench_memory_plan";
+  auto cfg = trainer::load_config(
+      config_file,
+      {"model.gradient_checkpointing=" + std::string(c.checkpointing ? "true" : "false"),
+       "train.micro_batch_size=" + std::to_string(c.micro_batch), "train.max_steps=" + std::to_string(steps),
+       "train.threads=" + std::to_string(threads), "checkpoint.dir=" + dir, "checkpoint.every=0",
+       "checkpoint.resume=none", "log.metrics=" + dir + "/metrics.jsonl", "eval.every=0", "eval.at_end=false"});
+  trainer::TrainerOptions opts;
+  opts.overwrite = true;
+  opts.write_outputs = false;
+  const size_t baseline = current_rss_bytes();
+  auto s = trainer::run_training(cfg, opts);
+  const auto plan = trainer::plan_run(cfg, {}, static_cast<int64_t>(baseline));
+  const CpuCacheStats cache = cpu_cache_stats();
+  return nlohmann::json{{"ok", true},
+                        {"peak_rss", s.peak_rss_bytes},
+                        {"tokens_per_s", s.tokens_per_s},
+                        {"cache_hits", cache.hits},
+                        {"cache_misses", cache.misses},
+                        {"planned", s.planned_peak_bytes},
+                        {"baseline", baseline},
+                        {"phase", plan.peak_phase},
+                        {"activations", plan.activation_bytes},
+                        {"tokens", cfg.train.micro_batch_size * cfg.data_config.max_seq_len}};
 }
 
 }  // namespace
@@ -67,9 +69,13 @@ nlohmann::json run_forked(const std::string& config_file, const Case& c, int ste
 int main(int argc, char** argv) {
   std::string config_file = "configs/bench.yaml";
   int steps = 3, threads = 0;
+  std::optional<Case> run_one;  // --run-case ON MICRO: this process is one configuration's fresh process
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--steps" && i + 1 < argc) {
+    if (a == "--run-case" && i + 2 < argc) {
+      run_one = Case{std::string(argv[i + 1]) == "on", std::atoll(argv[i + 2])};
+      i += 2;
+    } else if (a == "--steps" && i + 1 < argc) {
       steps = std::atoi(argv[++i]);
     } else if (a == "--threads" && i + 1 < argc) {
       threads = std::atoi(argv[++i]);
@@ -82,6 +88,7 @@ int main(int argc, char** argv) {
   }
   init_logging("warn");
   configure_host_allocator();  // as every app does (apps/app_main.h)
+  if (run_one) return bench::print_child_answer([&] { return run_case(config_file, *run_one, steps, threads); });
   const char* tuning = std::getenv("QLORA_MALLOC_TUNING");
   std::printf("host allocator: %s (QLORA_MALLOC_TUNING=%s)\n",
               caching_cpu_allocator_installed() ? "caching CPU allocator" : "no tensor cache",
@@ -98,7 +105,9 @@ int main(int argc, char** argv) {
     double worst = 0;
     for (bool ck : {true, false}) {
       for (int64_t b : {mb, std::max<int64_t>(1, mb / 2)}) {
-        const auto j = run_forked(config_file, {ck, b}, steps, threads);
+        const auto j =
+            bench::run_in_fresh_process({config_file, "--run-case", ck ? "on" : "off", std::to_string(b), "--steps",
+                                         std::to_string(steps), "--threads", std::to_string(threads)});
         if (!j.value("ok", false)) {
           std::printf("%-14s %6lld failed: %s\n", ck ? "on" : "off", static_cast<long long>(b),
                       j.value("error", "").c_str());

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -33,36 +34,79 @@ double measure_matmul_gflops(c10::ScalarType dtype, int64_t m, int64_t k, int64_
   return plan::measure_cpu_matmul_flops(dtype, m, k, n, reps) / 1e9;
 }
 
+namespace {
+
+std::string answer_line(const std::function<nlohmann::json()>& fn) {
+  nlohmann::json out;
+  try {
+    out = fn();
+  } catch (const std::exception& e) {
+    out = {{"ok", false}, {"error", e.what()}};
+  }
+  return out.dump() + "\n";
+}
+
+// Reads the child's end of the pipe to EOF, reaps it and parses the last non-empty line as JSON.
+nlohmann::json collect_answer(int fd, pid_t pid) {
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  const size_t nl = text.rfind('\n');
+  try {
+    return nlohmann::json::parse(nl == std::string::npos ? text : text.substr(nl + 1));
+  } catch (const std::exception&) {
+    return {{"ok", false}, {"error", "child exited without a result (status " + std::to_string(status) + ")"}};
+  }
+}
+
+}  // namespace
+
 nlohmann::json run_in_child(const std::function<nlohmann::json()>& fn) {
   int fds[2];
   if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::close(fds[0]);
-    nlohmann::json out;
-    try {
-      out = fn();
-    } catch (const std::exception& e) {
-      out = {{"ok", false}, {"error", e.what()}};
-    }
-    const std::string line = out.dump() + "\n";
+    const std::string line = answer_line(fn);
     ssize_t w = ::write(fds[1], line.data(), line.size());
     (void)w;
     ::close(fds[1]);
     ::_exit(0);
   }
   ::close(fds[1]);
-  std::string text;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(fds[0], buf, sizeof(buf))) > 0;) text.append(buf, static_cast<size_t>(n));
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const std::exception&) {
-    return {{"ok", false}, {"error", "child exited without a result (status " + std::to_string(status) + ")"}};
+  return collect_answer(fds[0], pid);
+}
+
+nlohmann::json run_in_fresh_process(const std::vector<std::string>& args) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  std::fflush(nullptr);  // what this process buffered must not be printed twice
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::close(fds[1]);
+    std::vector<std::string> argv_s{"/proc/self/exe"};
+    argv_s.insert(argv_s.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv("/proc/self/exe", argv.data());
+    ::_exit(127);
   }
+  ::close(fds[1]);
+  return collect_answer(fds[0], pid);
+}
+
+int print_child_answer(const std::function<nlohmann::json()>& fn) {
+  const std::string line = answer_line(fn);
+  std::fwrite(line.data(), 1, line.size(), stdout);
+  std::fflush(stdout);
+  return 0;
 }
 
 }  // namespace qlora::bench

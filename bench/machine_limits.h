@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
 
 namespace qlora::bench {
 
@@ -21,6 +23,16 @@ double measure_matmul_gflops(c10::ScalarType dtype, int64_t m = 2048, int64_t k 
 // produced, sent back through a pipe; an exception in fn becomes {"ok": false, "error": what}, a child that dies
 // without answering {"ok": false, "error": "child exited ..."}.
 nlohmann::json run_in_child(const std::function<nlohmann::json()>& fn);
+
+// Runs this program again (/proc/self/exe) with `args`, a fresh process rather than a fork, and returns the JSON
+// object of the last line it printed (the program answers that mode with print_child_answer). Used where a fork
+// would distort what is measured: a forked child's resident set starts without the parent's shared-library pages
+// (fork does not copy their page tables), so its RSS at start under-counts what a real run holds.
+nlohmann::json run_in_fresh_process(const std::vector<std::string>& args);
+
+// The other side of run_in_fresh_process: prints fn's JSON object (or {"ok": false, "error": what}) as one line on
+// stdout and returns the exit code.
+int print_child_answer(const std::function<nlohmann::json()>& fn);
 
 // Best-of wall time of fn in seconds.
 template <class F>
