@@ -314,6 +314,9 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   add("process", "allocator slack", static_cast<int64_t>(kAllocatorSlackFraction * live_transient),
       fmt::format("{:.0f}% of the transient bytes", kAllocatorSlackFraction * 100));
   add("process", "baseline (runtime, libraries)", in.baseline_bytes, "");
+  if (in.baseline_bytes > 0) {
+    add("process", "library code paged in by training", kCpuTrainingCodeBytes, "measured, plan/memory_plan.h");
+  }
   return p;
 }
 

@@ -14,7 +14,8 @@
 //  - the causal-LM loss (model/llama.h causal_lm_loss): logits of one chunk of `loss_chunk_tokens` tokens in fp32,
 //    with the log-softmax and its gradient, instead of the whole (N, V);
 //  - the dequantized weight of the largest 4-bit projection (linear_4bit dequantizes on the fly);
-//  - the process baseline (runtime libraries, measured at start or a stated constant) and allocator slack.
+//  - the process baseline (runtime libraries, measured at start or a stated constant), the library code training
+//    pages in after it, and allocator slack.
 // The peak is baseline + persistent + max over phases (forward, loss, backward, optimizer) of that phase's live
 // transient bytes.
 #pragma once
@@ -36,6 +37,12 @@ namespace qlora::plan {
 // configs/bench.yaml and on the tiny model (the memory plan it prints at start). Used by --plan; a running trainer
 // measures its own baseline instead.
 constexpr int64_t kDefaultCpuBaselineBytes = 366ll << 20;
+// Library code and data that training touches only after that baseline is read (LibTorch's autograd and the
+// oneDNN / MKL kernels of the first forward, backward and optimizer step), counted whenever the process baseline is:
+// file-backed RSS (RssFile) grew by 23.6-23.8 MiB from the trainer's baseline to the end of training in all four
+// bench_memory_plan runs of 2026-12-05 (bench model, checkpointing on/off, micro batch 4/2; LibTorch 2.x on an
+// AVX-512 CPU), independent of the model's size.
+constexpr int64_t kCpuTrainingCodeBytes = 24ll << 20;
 // Slack the CPU allocator (glibc malloc) keeps on top of the live tensors: freed blocks under the mmap threshold
 // (1 MiB, set by trainer::return_freed_tensor_memory_to_os) that stay in the heap. A fraction of the transient bytes.
 constexpr double kAllocatorSlackFraction = 0.05;
