@@ -134,7 +134,9 @@ namespace qlora::quant::codec {
 // part of the specification, so the CPU reference and the CUDA kernel agree bit for bit:
 //   - row o is split into chunks of 32 elements (16 packed bytes; in % 32 == 0, so a chunk lies in one quantization
 //     block and has one absmax); lane l of 32 takes chunks l, l + 32, l + 64, ... in increasing order;
-//   - within a chunk, elements in order: acc = fma(code[nibble] * absmax, x[i], acc)  (the product rounded first);
+//   - within a chunk, elements in order from s = +0: s = fma(code[nibble], x[i], s); then the chunk joins its lane
+//     once, scaled by its absmax: acc = fma(s, absmax, acc). (One multiply by the absmax per 32 weights, not one
+//     per weight: the SIMD kernels' inner step is a lookup and an fma.)
 //   - the 32 lane sums are combined by a butterfly: for off = 16, 8, 4, 2, 1: s[l] = s[l] + s[l ^ off].
 constexpr int kGemvLanes = 32;
 constexpr int kGemvChunk = 32;
@@ -159,15 +161,16 @@ QLORA_HD float fma_rn(float a, float b, float c) {
 #endif
 }
 
-// One lane's partial sum over one 32-element chunk: `bytes` are its 16 packed bytes, x its 32 activations
-// (bf16 bits), starting from acc.
+// One lane's running sum after one more 32-element chunk: `bytes` are its 16 packed bytes, x its 32 activations
+// (bf16 bits); acc is the lane's sum before it.
 QLORA_HD float gemv_chunk(const uint8_t* bytes, const uint16_t* x, const float* code, float absmax, float acc) {
+  float s = 0.0f;
   for (int j = 0; j < kGemvChunk / 2; ++j) {
     const uint8_t byte = bytes[j];
-    acc = fma_rn(mul_rn(code[byte >> 4], absmax), bf16_bits_to_float(x[2 * j]), acc);
-    acc = fma_rn(mul_rn(code[byte & 0x0F], absmax), bf16_bits_to_float(x[2 * j + 1]), acc);
+    s = fma_rn(code[byte >> 4], bf16_bits_to_float(x[2 * j]), s);
+    s = fma_rn(code[byte & 0x0F], bf16_bits_to_float(x[2 * j + 1]), s);
   }
-  return acc;
+  return fma_rn(s, absmax, acc);
 }
 
 }  // namespace qlora::quant::codec

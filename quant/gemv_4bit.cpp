@@ -6,9 +6,9 @@
 // chunks l, l + 32, l + 64, ... (32 weights each). Call 32 consecutive chunks (1024 weights, 512 packed bytes) a
 // superchunk: each lane owns one chunk of every superchunk. A W-wide register (W = 16 for AVX-512, 8 for AVX2) holds
 // W of the lanes, and one step computes, for element j of each of those W chunks,
-//   acc = fma(code[nibble] * absmax, x, acc)
-// so every lane sees its products exactly in the specification's order (j = 0..31 within a chunk, chunks in
-// increasing order). The nibbles of element j of W chunks are the same bits of one 4-byte word per chunk: the W
+//   s = fma(code[nibble], x, s)
+// (s = +0 at each chunk's start), then acc = fma(s, absmax, acc) once the chunks' 32 elements are in, so every lane
+// sees its products exactly in the specification's order (j = 0..31 within a chunk, chunks in increasing order). The nibbles of element j of W chunks are the same bits of one 4-byte word per chunk: the W
 // chunks' bytes (chunk-major in memory) are transposed into four registers of words with unpack instructions, which
 // work within 128-bit lanes, so register lane p = 4 h + i holds chunk h + (W / 4) i of its group (lane_chunk below).
 // x is laid out once per call in that lane order (fp32, exact from bf16; layout_x), and each lane's absmax is
@@ -218,22 +218,21 @@ QLORA_AVX512_INLINE float butterfly_avx512(__m512 g0, __m512 g1) {
 static_assert(lane_chunk(2, 16) == 8 && lane_chunk(1, 16) == 4 && lane_chunk(8, 16) == 2 && lane_chunk(4, 16) == 1,
               "the butterfly's partner lanes");
 
-// Element J of the group's chunks for R rows: acc[r] = fma(code[nibble] * absmax, x, acc[r]) on the valid lanes.
+// Element J of the group's chunks for R rows: s[r] = fma(code[nibble], x, s[r]) (lanes past the row's last chunk
+// compute values nothing keeps: the chunk's end is masked).
 template <int R, int J>
-QLORA_AVX512_INLINE void step_avx512(const __m512i (&d)[R][4], const __m512 (&am)[R], __m512 code, const float* xk,
-                                     __mmask16 lanes, __m512 (&acc)[R]) {
+QLORA_AVX512_INLINE void step_avx512(const __m512i (&d)[R][4], __m512 code, const float* xk, __m512 (&s)[R]) {
   const __m512 xv = _mm512_loadu_ps(xk + J * codec::kGemvLanes);
   for (int r = 0; r < R; ++r) {
     const __m512i idx = _mm512_srli_epi32(d[r][J / 8], nibble_shift(J));  // vpermps reads the low 4 bits
-    const __m512 w = _mm512_mul_ps(_mm512_permutexvar_ps(idx, code), am[r]);
-    acc[r] = _mm512_mask3_fmadd_ps(w, xv, acc[r], lanes);
+    s[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, code), xv, s[r]);
   }
 }
 
 template <int R, int... J>
-QLORA_AVX512_INLINE void steps_avx512(const __m512i (&d)[R][4], const __m512 (&am)[R], __m512 code, const float* xk,
-                                      __mmask16 lanes, __m512 (&acc)[R], std::integer_sequence<int, J...>) {
-  (step_avx512<R, J>(d, am, code, xk, lanes, acc), ...);
+QLORA_AVX512_INLINE void steps_avx512(const __m512i (&d)[R][4], __m512 code, const float* xk, __m512 (&s)[R],
+                                      std::integer_sequence<int, J...>) {
+  (step_avx512<R, J>(d, code, xk, s), ...);
 }
 
 // Rows [o, o + R): both 16-lane groups, each over every superchunk, then the butterfly.
@@ -269,7 +268,10 @@ QLORA_AVX512 void rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o,
         am[r] = _mm512_permutexvar_ps(blk, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), rb.am + fb));
       }
       const float* xk = xt + (c0 / codec::kGemvLanes) * kSuperElems + g * kW512;
-      steps_avx512<R>(d, am, code, xk, lanes, acc, std::make_integer_sequence<int, codec::kGemvChunk>{});
+      __m512 sum[R];
+      for (int r = 0; r < R; ++r) sum[r] = _mm512_setzero_ps();
+      steps_avx512<R>(d, code, xk, sum, std::make_integer_sequence<int, codec::kGemvChunk>{});
+      for (int r = 0; r < R; ++r) acc[r] = _mm512_mask3_fmadd_ps(sum[r], am[r], acc[r], lanes);
     }
     for (int r = 0; r < R; ++r) {
       if (g == 0) {
@@ -294,7 +296,7 @@ void gemv_rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o0, int64_
 
 // ---------------------------------------------------------------------------------------------------------------
 // AVX2: W = 8, four groups per superchunk; 16-entry lookups as two 8-entry permutes and a blend on the nibble's
-// bit 3; tail lanes (a row whose chunk count is not a multiple of 32) kept by a blend.
+// bit 3; tail lanes (a row whose chunk count is not a multiple of 32) kept by a blend at each chunk's end.
 #define QLORA_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define QLORA_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 
@@ -356,9 +358,10 @@ QLORA_AVX2_INLINE float butterfly_avx2(__m256 g0, __m256 g1, __m256 g2, __m256 g
 }
 static_assert(lane_chunk(2, 8) == 4 && lane_chunk(1, 8) == 2 && lane_chunk(4, 8) == 1, "the butterfly's partner lanes");
 
-template <bool kTail, int R, int J>
-QLORA_AVX2_INLINE void step_avx2(const __m256i (&d)[R][4], const __m256 (&am)[R], __m256 code_lo, __m256 code_hi,
-                                 const float* xk, __m256 lanes, __m256 (&acc)[R]) {
+// Element J of the group's chunks for R rows: s[r] = fma(code[nibble], x, s[r]).
+template <int R, int J>
+QLORA_AVX2_INLINE void step_avx2(const __m256i (&d)[R][4], __m256 code_lo, __m256 code_hi, const float* xk,
+                                 __m256 (&s)[R]) {
   constexpr int kShift = nibble_shift(J);
   const __m256 xv = _mm256_loadu_ps(xk + J * codec::kGemvLanes);
   for (int r = 0; r < R; ++r) {
@@ -367,15 +370,14 @@ QLORA_AVX2_INLINE void step_avx2(const __m256i (&d)[R][4], const __m256 (&am)[R]
     const __m256i hi = _mm256_slli_epi32(word, 28 - kShift);  // nibble bit 3 -> sign bit
     const __m256 c = _mm256_blendv_ps(_mm256_permutevar8x32_ps(code_lo, idx), _mm256_permutevar8x32_ps(code_hi, idx),
                                       _mm256_castsi256_ps(hi));
-    const __m256 f = _mm256_fmadd_ps(_mm256_mul_ps(c, am[r]), xv, acc[r]);
-    acc[r] = kTail ? _mm256_blendv_ps(acc[r], f, lanes) : f;
+    s[r] = _mm256_fmadd_ps(c, xv, s[r]);
   }
 }
 
-template <bool kTail, int R, int... J>
-QLORA_AVX2_INLINE void steps_avx2(const __m256i (&d)[R][4], const __m256 (&am)[R], __m256 code_lo, __m256 code_hi,
-                                  const float* xk, __m256 lanes, __m256 (&acc)[R], std::integer_sequence<int, J...>) {
-  (step_avx2<kTail, R, J>(d, am, code_lo, code_hi, xk, lanes, acc), ...);
+template <int R, int... J>
+QLORA_AVX2_INLINE void steps_avx2(const __m256i (&d)[R][4], __m256 code_lo, __m256 code_hi, const float* xk,
+                                  __m256 (&s)[R], std::integer_sequence<int, J...>) {
+  (step_avx2<R, J>(d, code_lo, code_hi, xk, s), ...);
 }
 
 template <int R>
@@ -409,13 +411,10 @@ QLORA_AVX2 void rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o, std
         am[r] = _mm256_permutevar8x32_ps(_mm256_maskload_ps(rb.am + fb, in_range), blk);
       }
       const float* xk = xt + (c0 / codec::kGemvLanes) * kSuperElems + g * kW256;
-      if (valid == kW256) {
-        steps_avx2<false, R>(d, am, code_lo, code_hi, xk, lanes, acc,
-                             std::make_integer_sequence<int, codec::kGemvChunk>{});
-      } else {
-        steps_avx2<true, R>(d, am, code_lo, code_hi, xk, lanes, acc,
-                            std::make_integer_sequence<int, codec::kGemvChunk>{});
-      }
+      __m256 sum[R];
+      for (int r = 0; r < R; ++r) sum[r] = _mm256_setzero_ps();
+      steps_avx2<R>(d, code_lo, code_hi, xk, sum, std::make_integer_sequence<int, codec::kGemvChunk>{});
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_blendv_ps(acc[r], _mm256_fmadd_ps(sum[r], am[r], acc[r]), lanes);
     }
     for (int r = 0; r < R; ++r) {
       if (g < 3) {
