@@ -8,12 +8,13 @@
 // W of the lanes, and one step computes, for element j of each of those W chunks,
 //   s = fma(code[nibble], x, s)
 // (s = +0 at each chunk's start), then acc = fma(s, absmax, acc) once the chunks' 32 elements are in, so every lane
-// sees its products exactly in the specification's order (j = 0..31 within a chunk, chunks in increasing order). The nibbles of element j of W chunks are the same bits of one 4-byte word per chunk: the W
-// chunks' bytes (chunk-major in memory) are transposed into four registers of words with unpack instructions, which
-// work within 128-bit lanes, so register lane p = 4 h + i holds chunk h + (W / 4) i of its group (lane_chunk below).
-// x is laid out once per call in that lane order (fp32, exact from bf16; layout_x), and each lane's absmax is
-// gathered from the row's decoded absmax. The 32 lane sums are then combined by the specification's butterfly: in
-// registers (butterfly_avx512, butterfly_avx2 pair the same lanes).
+// sees its products exactly in the specification's order (j = 0..31 within a chunk, chunks in increasing order). The
+// nibbles of element j of W chunks are the same bits of one 4-byte word per chunk: the W chunks' bytes (chunk-major in
+// memory) are transposed into four registers of words with unpack instructions, which work within 128-bit lanes, so
+// register lane p = 4 h + i holds chunk h + (W / 4) i of its group (lane_chunk below). x is laid out once per call in
+// that lane order (fp32, exact from bf16; layout_x), and each lane's absmax is gathered from the row's decoded absmax.
+// The 32 lane sums are then combined by the specification's butterfly: in registers (butterfly_avx512, butterfly_avx2
+// pair the same lanes).
 #include "quant/gemv_4bit.h"
 
 #include <ATen/Parallel.h>
