@@ -1,17 +1,39 @@
 #include "common/threads.h"
 
 #include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <thread>
+#include <vector>
 
 namespace qlora {
 
 int configure_threads(int n) {
   if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
-  return at::get_num_threads();
+  const int got = at::get_num_threads();
+  if (got > 1 && parallel_for_threads() == 1) {
+    spdlog::warn(
+        "{} threads asked for, but this build's own kernels (dequantize, GEMV, fused ops) run on one: it was compiled "
+        "without OpenMP (see CMakeLists.txt, QLORA_OPENMP)",
+        got);
+  }
+  return got;
+}
+
+int parallel_for_threads() {
+  const int64_t n = at::get_num_threads();
+  std::vector<std::atomic<int>> seen(static_cast<size_t>(n));
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) {
+    const int t = at::get_thread_num();
+    if (t >= 0 && t < n) seen[static_cast<size_t>(t)].store(1);
+  });
+  int count = 0;
+  for (const auto& s : seen) count += s.load();
+  return std::max(count, 1);
 }
 
 namespace {
