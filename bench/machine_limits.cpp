@@ -82,6 +82,12 @@ nlohmann::json run_in_child(const std::function<nlohmann::json()>& fn) {
 }
 
 nlohmann::json run_in_fresh_process(const std::vector<std::string>& args) {
+  // argv is built before the fork: the child of a multithreaded process only calls async-signal-safe functions.
+  std::vector<std::string> argv_s{"/proc/self/exe"};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
   int fds[2];
   if (::pipe(fds) != 0) throw std::runtime_error("pipe failed");
   std::fflush(nullptr);  // what this process buffered must not be printed twice
@@ -90,11 +96,6 @@ nlohmann::json run_in_fresh_process(const std::vector<std::string>& args) {
     ::close(fds[0]);
     ::dup2(fds[1], STDOUT_FILENO);
     ::close(fds[1]);
-    std::vector<std::string> argv_s{"/proc/self/exe"};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : argv_s) argv.push_back(a.data());
-    argv.push_back(nullptr);
     ::execv("/proc/self/exe", argv.data());
     ::_exit(127);
   }
