@@ -13,6 +13,8 @@
 // where N_mm = matmul weights (all projections + lm_head; embedding lookups are free), L layers, H = heads *
 // head_dim, T = sequence length. Recomputation under gradient checkpointing is NOT counted (it is overhead),
 // so MFU drops when checkpointing is on. The 6 * N_params figure (full fine-tuning convention) is printed too.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
@@ -21,6 +23,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -120,10 +124,112 @@ plan::TokenFlops token_flops(const trainer::TrainConfig& cfg, const io::LlamaCon
   return plan::token_flops(trainer::plan_inputs(cfg, mc));
 }
 
+// The matmuls of one micro-batch alone, each at the rate this machine gives its shape on its own (best of 5, the
+// step's operands fresh in cache): the time a step cannot go below without faster matmuls, and so the MFU it
+// cannot exceed. The shapes are the step's: every frozen projection forward and input gradient, lm_head in the
+// loss's chunks, each adapter's forward and three backward products, and attention's six (B heads, T, T) products
+// at full T (the FLOP accounting's; causal skipping would beat it). Softmax, norms, dequantization, optimizer: none.
+struct MatmulFloor {
+  double layers_fwd = 0, lm_head_fwd = 0, frozen_bwd = 0;  // frozen weights
+  double lora_layers_fwd = 0, lora_lm_head_fwd = 0, lora_bwd = 0;
+  double attn_fwd = 0, attn_bwd = 0;
+  double tokens = 0;  // per micro-batch
+  double off() const {
+    return layers_fwd + lm_head_fwd + frozen_bwd + lora_layers_fwd + lora_lm_head_fwd + lora_bwd + attn_fwd + attn_bwd;
+  }
+  // Checkpointing recomputes each decoder layer's forward (not lm_head's) during backward.
+  double on() const { return off() + layers_fwd + lora_layers_fwd + attn_fwd; }
+};
+
+MatmulFloor measure_matmul_floor(const trainer::TrainConfig& cfg, const io::LlamaConfig& mc) {
+  const auto opts = torch::TensorOptions().dtype(torch::kBFloat16);
+  const int64_t seq = cfg.data_config.max_seq_len, batch = cfg.train.micro_batch_size, m = batch * seq;
+  std::map<std::string, double> memo;  // shape key -> seconds (the same shape recurs in every layer)
+  auto timed = [&](const std::string& key, const std::function<void()>& fn) {
+    auto it = memo.find(key);
+    if (it != memo.end()) return it->second;
+    fn();  // warm-up: the operands in cache, the kernel chosen
+    return memo[key] = bench::time_best(fn, 5);
+  };
+  auto key = [](const char* op, std::initializer_list<int64_t> dims) {
+    return fmt::format("{} {}", op, fmt::join(dims, " "));
+  };
+  // y = x W^T (forward) and dx = dy W (input gradient) of a frozen (out, in) weight, for `rows` tokens.
+  auto frozen_fwd = [&](int64_t rows, int64_t in, int64_t out) {
+    const auto x = torch::randn({rows, in}, opts), w = torch::randn({out, in}, opts);
+    return timed(key("fwd", {rows, in, out}), [&] { torch::mm(x, w.t()); });
+  };
+  auto frozen_bwd = [&](int64_t rows, int64_t in, int64_t out) {
+    const auto dy = torch::randn({rows, out}, opts), w = torch::randn({out, in}, opts);
+    return timed(key("bwd", {rows, in, out}), [&] { torch::mm(dy, w); });
+  };
+  // LoRA: low = x A^T, y + low B^T (one addmm); backward dlow = dy B, dB = dy^T low, dA = dlow^T x, dx = dlow A.
+  auto lora_fwd = [&](int64_t in, int64_t out, int64_t r) {
+    const auto x = torch::randn({m, in}, opts), a = torch::randn({r, in}, opts), b = torch::randn({out, r}, opts);
+    const auto low = torch::randn({m, r}, opts), y = torch::randn({m, out}, opts);
+    return timed(key("lora fwd", {in, out, r}), [&] { torch::mm(x, a.t()); }) +
+           timed(key("lora addmm", {in, out, r}), [&] { torch::addmm(y, low, b.t()); });
+  };
+  auto lora_bwd = [&](int64_t in, int64_t out, int64_t r) {
+    const auto x = torch::randn({m, in}, opts), a = torch::randn({r, in}, opts), b = torch::randn({out, r}, opts);
+    const auto low = torch::randn({m, r}, opts), dy = torch::randn({m, out}, opts), dlow = torch::randn({m, r}, opts);
+    return timed(key("lora bwd", {in, out, r}), [&] {
+      torch::mm(dy, b);
+      torch::mm(dy.t(), low);
+      torch::mm(dlow.t(), x);
+      torch::mm(dlow, a);
+    });
+  };
+  MatmulFloor f;
+  f.tokens = static_cast<double>(m);
+  const int64_t layers = mc.num_hidden_layers;
+  for (const auto& p : io::layer_projections(mc)) {
+    f.layers_fwd += layers * frozen_fwd(m, p.in, p.out);
+    f.frozen_bwd += layers * frozen_bwd(m, p.in, p.out);
+  }
+  // lm_head runs inside the loss, train.loss_chunk_tokens rows at a time.
+  const int64_t chunk = cfg.train.loss_chunk_tokens > 0 ? std::min(cfg.train.loss_chunk_tokens, m) : m;
+  for (int64_t done = 0; done < m; done += chunk) {
+    const int64_t rows = std::min(chunk, m - done);
+    f.lm_head_fwd += frozen_fwd(rows, mc.hidden_size, mc.vocab_size);
+    f.frozen_bwd += frozen_bwd(rows, mc.hidden_size, mc.vocab_size);
+  }
+  for (const auto& l : trainer::plan_inputs(cfg, mc).lora) {
+    (l.layer < 0 ? f.lora_lm_head_fwd : f.lora_layers_fwd) += lora_fwd(l.in, l.out, l.r);
+    f.lora_bwd += lora_bwd(l.in, l.out, l.r);
+  }
+  // Attention per layer on (batch x heads, T, head_dim): forward S = Q K^T, O = P V; backward dP = dO V^T,
+  // dV = P^T dO, dQ = dS K, dK = dS^T Q.
+  const int64_t bh = batch * mc.num_attention_heads, hd = mc.head_dim;
+  const auto q = torch::randn({bh, seq, hd}, opts), k = torch::randn({bh, seq, hd}, opts);
+  const auto p = torch::randn({bh, seq, seq}, opts);
+  const double qk = timed("attn qk", [&] { torch::bmm(q, k.transpose(1, 2)); });    // also dP = dO V^T
+  const double pv = timed("attn pv", [&] { torch::bmm(p, k); });                    // also dQ = dS K
+  const double ptq = timed("attn ptq", [&] { torch::bmm(p.transpose(1, 2), q); });  // dV = P^T dO, dK = dS^T Q
+  f.attn_fwd = layers * (qk + pv);
+  f.attn_bwd = layers * (qk + pv + 2 * ptq);
+  return f;
+}
+
+void print_floor(const MatmulFloor& fl, const plan::TokenFlops& f, double peak_bf16) {
+  const double per_step = f.per_token * fl.tokens;
+  std::printf(
+      "matmul floor per micro-batch (%.0f tokens; the step's matmuls alone, each shape at this machine's rate): "
+      "frozen forward %.1f ms (lm_head %.1f), frozen input gradients %.1f ms, LoRA %.1f + %.1f ms, attention %.1f + "
+      "%.1f ms\n",
+      fl.tokens, 1e3 * (fl.layers_fwd + fl.lm_head_fwd), 1e3 * fl.lm_head_fwd, 1e3 * fl.frozen_bwd,
+      1e3 * (fl.lora_layers_fwd + fl.lora_lm_head_fwd), 1e3 * fl.lora_bwd, 1e3 * fl.attn_fwd, 1e3 * fl.attn_bwd);
+  for (bool ck : {true, false}) {
+    const double s = ck ? fl.on() : fl.off();
+    std::printf("  checkpointing %-3s: %.1f ms = %.1f tokens/s at most, MFU ceiling %.1f%%\n", ck ? "on" : "off",
+                1e3 * s, fl.tokens / s, 100 * per_step / s / (peak_bf16 * 1e9));
+  }
+}
+
 void print_results(const std::vector<Result>& results, const plan::TokenFlops& f, double n_params, double peak_bf16,
-                   int steps) {
-  std::printf("%-26s %12s %14s %10s %10s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s", "MFU(bf16)",
-              "6N MFU", "peak RSS");
+                   int steps, const MatmulFloor& floor) {
+  std::printf("%-26s %12s %14s %10s %10s %12s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s",
+              "MFU(bf16)", "6N MFU", "of floor", "peak RSS");
   for (const auto& res : results) {
     if (!res.ok) {
       std::printf("%-26s failed: %s\n", res.checkpointing ? "on" : "off", res.error.c_str());
@@ -131,10 +237,15 @@ void print_results(const std::vector<Result>& results, const plan::TokenFlops& f
     }
     const double gflops = res.tokens_per_s * f.per_token / 1e9;
     const double gflops_6n = res.tokens_per_s * 6 * n_params / 1e9;
-    std::printf("%-26s %12.1f %14.1f %9.1f%% %9.1f%% %12s\n", res.checkpointing ? "on" : "off", res.tokens_per_s,
-                gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16, format_bytes(res.peak_rss).c_str());
+    const double floor_tps = floor.tokens / (res.checkpointing ? floor.on() : floor.off());
+    std::printf("%-26s %12.1f %14.1f %9.1f%% %9.1f%% %11.1f%% %12s\n", res.checkpointing ? "on" : "off",
+                res.tokens_per_s, gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16,
+                100 * res.tokens_per_s / floor_tps, format_bytes(res.peak_rss).c_str());
   }
-  std::printf("(tokens/s excludes the first step; %d steps per configuration)\n", steps);
+  std::printf(
+      "(tokens/s excludes the first step; %d steps per configuration; \"of floor\": tokens/s as a share of the "
+      "matmul floor's)\n",
+      steps);
 }
 
 }  // namespace
@@ -192,7 +303,9 @@ int main(int argc, char** argv) {
         "model FLOPs/token: 4*N_frozen + 6*N_lora + 12*L*q*T = %.3f GFLOP (N_frozen %.1fM, N_lora %.2fM); "
         "6*N_params = %.3f GFLOP\n",
         f.per_token / 1e9, f.n_frozen / 1e6, f.n_lora / 1e6, 6 * n_params / 1e9);
-    print_results(results, f, n_params, peak_bf16, steps);
+    const MatmulFloor floor = measure_matmul_floor(cfg, mc);
+    print_floor(floor, f, peak_bf16);
+    print_results(results, f, n_params, peak_bf16, steps, floor);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;
