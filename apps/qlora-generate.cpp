@@ -71,7 +71,7 @@ void write_npy(const std::string& path, const torch::Tensor& logits) {
 struct Args {
   std::string model_dir, adapter, prompt, prompt_file, quant = "nf4", dtype = "bf16", prompt_ids, logits_out;
   int threads = 0;
-  bool ignore_eos = false, print_ids = false, chat = false;
+  bool ignore_eos = false, print_ids = false, chat = false, quantize_lm_head = false;
   std::string system;
   qlora::model::GenerateOptions g;
 };
@@ -103,6 +103,10 @@ void add_options(CLI::App& cli, Args& a) {
   cli.add_option("--quant", a.quant, "base weights: 4-bit type or none (dense)")
       ->check(CLI::IsMember(qlora::quant::quant_option_names()))
       ->capture_default_str();
+  cli.add_flag("--quantize-lm-head", a.quantize_lm_head,
+               "quantize lm_head to the --quant type too: faster decoding (lm_head is the largest weight a token "
+               "reads) at some accuracy, as llama.cpp's quantized output tensor; by default it stays 16-bit, as "
+               "bitsandbytes keeps it");
   cli.add_option("--dtype", a.dtype, "compute dtype")
       ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
       ->capture_default_str();
@@ -178,6 +182,7 @@ int run_generate(Args& a) {
   qlora::model::LoadOptions lo;
   lo.compute_dtype = a.dtype == "fp32" ? torch::kFloat32 : a.dtype == "fp16" ? torch::kFloat16 : torch::kBFloat16;
   lo.quant = qlora::quant::parse_quant_option(a.quant);
+  lo.quantize_lm_head = a.quantize_lm_head;
   auto model = qlora::model::load_model(a.model_dir, lo);
   if (!a.adapter.empty()) qlora::lora::apply_adapter(model, qlora::lora::load_adapter(a.adapter));
   model->eval();

@@ -14,6 +14,8 @@
 //   (a random model of a published shape, built in memory as bench_layer builds its layer: NF4 + double quant,
 //    blocksize 64, lm_head dense)
 //
+// A second decode run loads lm_head in NF4 + DQ too (qlora-generate --quantize-lm-head; untied models only), as
+// llama.cpp's exports quantize their output tensor (Q8_0 in our Q4_0 and Q8_0 exports).
 // Bytes per token: every projection's 4-bit parts (codes, absmax, nested absmax: QuantizedTensor::nbytes) plus the
 // dense lm_head (bf16; the embedding when tied); the KV cache read by attention is printed apart (it grows with the
 // position: given at the mean decode position). The copy bandwidth counts bytes read + written (machine_limits.h);
@@ -123,7 +125,8 @@ Options parse_args(int argc, char** argv) {
 }
 
 // The model: an HF folder loaded as qlora-generate loads it, or random weights of a config's shape.
-model::LlamaModel build_model(const Options& o) {
+// quantize_lm_head: lm_head in NF4 + DQ too (qlora-generate --quantize-lm-head); dense (bf16) otherwise.
+model::LlamaModel build_model(const Options& o, bool quantize_lm_head) {
   if (o.config.empty()) {
     if (!std::filesystem::exists(std::filesystem::path(o.model) / "config.json")) {
       throw Error("--model " + o.model + ": no config.json\nHINT: build/bin/qlora-make-tiny --out " + o.model +
@@ -131,7 +134,8 @@ model::LlamaModel build_model(const Options& o) {
     }
     model::LoadOptions lo;
     lo.show_progress = false;
-    return model::load_model(o.model, lo);  // bf16, NF4 + double quant, blocksize 64, lm_head dense
+    lo.quantize_lm_head = quantize_lm_head;
+    return model::load_model(o.model, lo);  // bf16, NF4 + double quant, blocksize 64
   }
   io::LlamaConfig c = io::load_llama_config(o.config);
   if (o.layers) c.num_hidden_layers = *o.layers;
@@ -141,7 +145,7 @@ model::LlamaModel build_model(const Options& o) {
   m->init_weights(kInitStd);
   torch::NoGradGuard no_grad;
   for (auto& [name, lin] : m->named_linears()) {
-    if (name == "lm_head") continue;  // dense, as the loader keeps it
+    if (name == "lm_head" && !quantize_lm_head) continue;  // dense, as the loader keeps it by default
     m->replace_linear(name, model::FrozenLinearImpl::quantized(quant::quantize_4bit(
                                 lin->frozen_base()->dense_weight_ref(), quant::QuantType::kNF4, 64, true)));
   }
@@ -281,7 +285,7 @@ LlamaCpp run_llama_cpp(const Options& o, const std::string& type, int threads, c
 int run(const Options& o) {
   const int threads = configure_threads(o.threads);
   const double copy_gbs = bench::measure_copy_bandwidth_gbs();
-  model::LlamaModel m = build_model(o);
+  model::LlamaModel m = build_model(o, /*quantize_lm_head=*/false);
   m->eval();
   const io::LlamaConfig& c = m->config();
   const WeightBytes wb = weight_bytes(*m);
@@ -319,6 +323,20 @@ int run(const Options& o) {
       100.0 * per_token * d.decode_tok_s / 1e9 / copy_gbs);
   std::printf("  decode without the GEMV (dequant + matmul per projection): %.2f tok/s; GEMV speed-up %.2fx\n", no_gemv,
               d.decode_tok_s / no_gemv);
+  // The same with lm_head quantized too (qlora-generate --quantize-lm-head); not for a tied lm_head (the embedding).
+  std::optional<Decode> dq;
+  if (!c.tie_word_embeddings) {
+    model::LlamaModel mq = build_model(o, /*quantize_lm_head=*/true);
+    mq->eval();
+    const WeightBytes wq = weight_bytes(*mq);
+    dq = bench_generate(*mq, o, prompt);
+    const double bytes_q = wq.quant4 + wq.dense;
+    std::printf(
+        "  with lm_head in NF4 too (--quantize-lm-head): %.2f MB read per token; decode %.2f tok/s (%.2f ms/token) "
+        "= %.2f GB/s, %.1f%% of copy bandwidth; %.2fx the bf16-lm_head decode\n",
+        bytes_q / 1e6, dq->decode_tok_s, 1e3 / dq->decode_tok_s, bytes_q * dq->decode_tok_s / 1e9,
+        100.0 * bytes_q * dq->decode_tok_s / 1e9 / copy_gbs, dq->decode_tok_s / d.decode_tok_s);
+  }
   if (o.llama_cpp_python.empty()) return 0;
   std::vector<std::pair<std::string, LlamaCpp>> ref;
   for (const char* type : {"q4_0", "q8_0"}) ref.emplace_back(type, run_llama_cpp(o, type, threads, prompt));
@@ -337,6 +355,10 @@ int run(const Options& o) {
   for (const auto& [type, r] : ref) {
     std::printf("  qlora decode / llama.cpp %s decode: %.2fx (%.2fx against llama.cpp's own counters)\n", type.c_str(),
                 d.decode_tok_s / r.decode_tok_s, d.decode_tok_s / r.decode_tok_s_internal);
+    if (dq) {
+      std::printf("  qlora decode, lm_head NF4 / llama.cpp %s decode: %.2fx (%.2fx against its own counters)\n",
+                  type.c_str(), dq->decode_tok_s / r.decode_tok_s, dq->decode_tok_s / r.decode_tok_s_internal);
+    }
   }
   return 0;
 }

@@ -28,6 +28,8 @@ struct LoadOptions {
   std::optional<quant::QuantType> quant = quant::QuantType::kNF4;
   int64_t blocksize = quant::kDefaultBlocksize;
   bool double_quant = true;
+  // lm_head quantized like the projections (qlora-generate --quantize-lm-head: lm_head is the largest weight a decoded
+  // token reads). qlora::Error when quant is nullopt or lm_head is tied to the embedding.
   bool quantize_lm_head = false;
   // Which projections to quantize (suffixes); others stay dense.
   std::vector<std::string> quant_targets = io::llama_projection_names();

@@ -133,6 +133,16 @@ std::set<std::string> validate_checkpoint(const fs::path& dir, const io::LlamaCo
 
 LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
   const io::LlamaConfig config = io::load_llama_config(dir / "config.json");
+  if (options.quantize_lm_head && !options.quant) {
+    throw Error(dir.string() +
+                ": quantizing lm_head needs a 4-bit quant type, and quant is none (the projections load dense)\n"
+                "HINT: qlora-generate --quantize-lm-head goes with --quant nf4 (the default) or fp4");
+  }
+  if (options.quantize_lm_head && config.tie_word_embeddings) {
+    throw Error((dir / "config.json").string() +
+                ": tie_word_embeddings is true: lm_head is the token embedding, and there is no separate lm_head to "
+                "quantize");
+  }
   const io::Checkpoint ckpt = io::Checkpoint::open(dir);
   const auto expected = expected_llama_tensors(config);
 

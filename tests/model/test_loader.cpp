@@ -87,6 +87,65 @@ TEST(Loader, ShardedCheckpointAndQuantizedProjections) {
   EXPECT_EQ(n_quant, 14u);  // lm_head stays dense by default
 }
 
+// quantize_lm_head: lm_head becomes the same 4-bit tensor the projections' quantizer makes of its bf16 weight, and
+// the logits are the final hidden state times its dequantized weight (float64 reference).
+TEST(Loader, QuantizeLmHeadQuantizesItLikeTheProjections) {
+  auto cfg = small_config();
+  auto m = random_model(cfg);
+  const fs::path dir = temp_dir() / "m";
+  auto ts = model_tensors(*m);
+  const torch::Tensor head = m->named_linears().back().second->dense_weight(torch::kFloat32);
+  ASSERT_EQ(m->named_linears().back().first, "lm_head");  // in ts as a dense tensor
+  write_model_dir(dir, cfg, ts);
+  model::LoadOptions o;
+  o.show_progress = false;
+  o.compute_dtype = torch::kFloat32;
+  o.quantize_lm_head = true;
+  auto q = model::load_model(dir, o);
+  size_t n_quant = 0;
+  std::shared_ptr<model::FrozenLinearImpl> lm;
+  for (auto& [n, lin] : q->named_linears()) {
+    auto f = std::dynamic_pointer_cast<model::FrozenLinearImpl>(lin);
+    n_quant += f->is_quantized();
+    if (n == "lm_head") lm = f;
+  }
+  EXPECT_EQ(n_quant, 15u);  // 14 projections + lm_head
+  ASSERT_TRUE(lm && lm->is_quantized());
+  const auto expect = quant::quantize_4bit(head);  // the file holds it in fp32
+  EXPECT_TRUE(torch::equal(lm->quantized_weight().packed, expect.packed));
+  EXPECT_TRUE(torch::equal(lm->quantized_weight().absmax, expect.absmax));
+
+  torch::NoGradGuard ng;
+  const torch::Tensor ids = ids_tensor({{1, 5, 9, 33, 60}});
+  const torch::Tensor h = q->forward_hidden(ids, {}, nullptr);
+  const torch::Tensor w = quant::dequantize_4bit(expect, torch::kFloat32).to(torch::kFloat64);
+  const torch::Tensor ref = torch::matmul(h.to(torch::kFloat64), w.t());
+  const torch::Tensor got = q->forward(ids).to(torch::kFloat64);
+  EXPECT_LT(((got - ref).norm() / ref.norm()).item<double>(), 1e-5);
+
+  o.quant = std::nullopt;  // nothing to quantize it with
+  EXPECT_THROW(model::load_model(dir, o), Error);
+}
+
+TEST(Loader, QuantizeLmHeadOfATiedModelIsAnError) {
+  auto cfg = small_config(/*tied=*/true);
+  auto m = random_model(cfg);
+  const fs::path dir = temp_dir() / "m";
+  write_model_dir(dir, cfg, model_tensors(*m));
+  model::LoadOptions o;
+  o.show_progress = false;
+  o.quantize_lm_head = true;
+  try {
+    model::load_model(dir, o);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_CONTAINS(std::string(e.what()), "tie_word_embeddings");
+    EXPECT_CONTAINS(std::string(e.what()), "config.json");
+  }
+  o.quantize_lm_head = false;
+  EXPECT_NO_THROW(model::load_model(dir, o));
+}
+
 TEST(Loader, MalformedCheckpointListsEveryProblem) {
   auto cfg = small_config();
   auto m = random_model(cfg);
