@@ -145,9 +145,12 @@ MatmulFloor measure_matmul_floor(const trainer::TrainConfig& cfg, const io::Llam
   const auto opts = torch::TensorOptions().dtype(torch::kBFloat16);
   const int64_t seq = cfg.data_config.max_seq_len, batch = cfg.train.micro_batch_size, m = batch * seq;
   std::map<std::string, double> memo;  // shape key -> seconds (the same shape recurs in every layer)
-  auto timed = [&](const std::string& key, const std::function<void()>& fn) {
+  // make() builds the operands and returns the product to time; it runs only for a shape not timed yet.
+  using Product = std::function<void()>;
+  auto timed = [&](const std::string& key, const std::function<Product()>& make) {
     auto it = memo.find(key);
     if (it != memo.end()) return it->second;
+    const Product fn = make();
     fn();  // warm-up: the operands in cache, the kernel chosen
     return memo[key] = bench::time_best(fn, 5);
   };
@@ -156,28 +159,38 @@ MatmulFloor measure_matmul_floor(const trainer::TrainConfig& cfg, const io::Llam
   };
   // y = x W^T (forward) and dx = dy W (input gradient) of a frozen (out, in) weight, for `rows` tokens.
   auto frozen_fwd = [&](int64_t rows, int64_t in, int64_t out) {
-    const auto x = torch::randn({rows, in}, opts), w = torch::randn({out, in}, opts);
-    return timed(key("fwd", {rows, in, out}), [&] { torch::mm(x, w.t()); });
+    return timed(key("fwd", {rows, in, out}), [&] {
+      const auto x = torch::randn({rows, in}, opts), w = torch::randn({out, in}, opts);
+      return Product([x, w] { torch::mm(x, w.t()); });
+    });
   };
   auto frozen_bwd = [&](int64_t rows, int64_t in, int64_t out) {
-    const auto dy = torch::randn({rows, out}, opts), w = torch::randn({out, in}, opts);
-    return timed(key("bwd", {rows, in, out}), [&] { torch::mm(dy, w); });
+    return timed(key("bwd", {rows, in, out}), [&] {
+      const auto dy = torch::randn({rows, out}, opts), w = torch::randn({out, in}, opts);
+      return Product([dy, w] { torch::mm(dy, w); });
+    });
   };
   // LoRA: low = x A^T, y + low B^T (one addmm); backward dlow = dy B, dB = dy^T low, dA = dlow^T x, dx = dlow A.
   auto lora_fwd = [&](int64_t in, int64_t out, int64_t r) {
-    const auto x = torch::randn({m, in}, opts), a = torch::randn({r, in}, opts), b = torch::randn({out, r}, opts);
-    const auto low = torch::randn({m, r}, opts), y = torch::randn({m, out}, opts);
-    return timed(key("lora fwd", {in, out, r}), [&] { torch::mm(x, a.t()); }) +
-           timed(key("lora addmm", {in, out, r}), [&] { torch::addmm(y, low, b.t()); });
+    return timed(key("lora fwd", {in, out, r}), [&] {
+      const auto x = torch::randn({m, in}, opts), a = torch::randn({r, in}, opts);
+      const auto b = torch::randn({out, r}, opts), low = torch::randn({m, r}, opts), y = torch::randn({m, out}, opts);
+      return Product([x, a, b, low, y] {
+        torch::mm(x, a.t());
+        torch::addmm(y, low, b.t());
+      });
+    });
   };
   auto lora_bwd = [&](int64_t in, int64_t out, int64_t r) {
-    const auto x = torch::randn({m, in}, opts), a = torch::randn({r, in}, opts), b = torch::randn({out, r}, opts);
-    const auto low = torch::randn({m, r}, opts), dy = torch::randn({m, out}, opts), dlow = torch::randn({m, r}, opts);
     return timed(key("lora bwd", {in, out, r}), [&] {
-      torch::mm(dy, b);
-      torch::mm(dy.t(), low);
-      torch::mm(dlow.t(), x);
-      torch::mm(dlow, a);
+      const auto x = torch::randn({m, in}, opts), a = torch::randn({r, in}, opts), b = torch::randn({out, r}, opts);
+      const auto low = torch::randn({m, r}, opts), dy = torch::randn({m, out}, opts), dlow = torch::randn({m, r}, opts);
+      return Product([x, a, b, low, dy, dlow] {
+        torch::mm(dy, b);
+        torch::mm(dy.t(), low);
+        torch::mm(dlow.t(), x);
+        torch::mm(dlow, a);
+      });
     });
   };
   MatmulFloor f;
@@ -203,9 +216,9 @@ MatmulFloor measure_matmul_floor(const trainer::TrainConfig& cfg, const io::Llam
   const int64_t bh = batch * mc.num_attention_heads, hd = mc.head_dim;
   const auto q = torch::randn({bh, seq, hd}, opts), k = torch::randn({bh, seq, hd}, opts);
   const auto p = torch::randn({bh, seq, seq}, opts);
-  const double qk = timed("attn qk", [&] { torch::bmm(q, k.transpose(1, 2)); });    // also dP = dO V^T
-  const double pv = timed("attn pv", [&] { torch::bmm(p, k); });                    // also dQ = dS K
-  const double ptq = timed("attn ptq", [&] { torch::bmm(p.transpose(1, 2), q); });  // dV = P^T dO, dK = dS^T Q
+  const double qk = timed("attn qk", [&] { return Product([&] { torch::bmm(q, k.transpose(1, 2)); }); });  // dP too
+  const double pv = timed("attn pv", [&] { return Product([&] { torch::bmm(p, k); }); });  // also dQ = dS K
+  const double ptq = timed("attn ptq", [&] { return Product([&] { torch::bmm(p.transpose(1, 2), q); }); });  // dV, dK
   f.attn_fwd = layers * (qk + pv);
   f.attn_bwd = layers * (qk + pv + 2 * ptq);
   return f;
