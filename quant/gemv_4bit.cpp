@@ -36,6 +36,8 @@ using Lanes = std::array<float, codec::kGemvLanes>;
 constexpr int64_t kChunkBytes = codec::kGemvChunk / codec::kCodesPerByte;  // 16 packed bytes per chunk
 constexpr int64_t kSuperElems = codec::kGemvLanes * codec::kGemvChunk;     // weights per superchunk (1024)
 constexpr int64_t kGrainWeights = int64_t{1} << 16;  // at least this many weights per thread (else one thread)
+constexpr int kW512 = 16;                            // lanes of an AVX-512 register (fp32)
+constexpr int kW256 = 8;                             // and of an AVX2 one
 
 void check_args(const Gemv4bitArgs& a) {
   if (a.in_features % codec::kGemvChunk != 0) {
@@ -102,14 +104,18 @@ constexpr int nibble_shift(int j) {
 
 // x (bf16 bits, in) -> xt (fp32), superchunk-major, lanes in the order of a w-lane kernel:
 //   xt[(k * 32 + j) * 32 + q] = x[(32 k + c(q)) * 32 + j],  c(q) = (q / w) * w + lane_chunk(q % w, w),
-// and 0 for chunks past the row.
+// and for chunks past the row: with w = 16, in slots 8-15 of a group, the x of the chunk 8 slots before (a paired
+// step's second row: rows_avx512), else 0. Lanes past the row are masked out of every sum, so these values only
+// matter to the pairing.
 void layout_x(const Gemv4bitArgs& a, int w, std::vector<float>& xt) {
   const int64_t chunks = a.in_features / codec::kGemvChunk;
   const int64_t supers = (chunks + codec::kGemvLanes - 1) / codec::kGemvLanes;
   xt.resize(static_cast<size_t>(supers * kSuperElems));
   for (int64_t k = 0; k < supers; ++k) {
     for (int q = 0; q < codec::kGemvLanes; ++q) {
-      const int64_t c = k * codec::kGemvLanes + (q / w) * w + lane_chunk(q % w, w);
+      const int slot = lane_chunk(q % w, w);
+      int64_t c = k * codec::kGemvLanes + (q / w) * w + slot;
+      if (c >= chunks && w == kW512 && slot >= kW512 / 2) c -= kW512 / 2;
       for (int j = 0; j < codec::kGemvChunk; ++j) {
         xt[static_cast<size_t>((k * codec::kGemvChunk + j) * codec::kGemvLanes + q)] =
             c < chunks ? codec::bf16_bits_to_float(a.x[c * codec::kGemvChunk + j]) : 0.0f;
@@ -164,8 +170,6 @@ void row_batches(int64_t o0, int64_t o1, const RowsFn& rows, const OneFn& one) {
 #define QLORA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define QLORA_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), always_inline)) inline
 
-constexpr int kW512 = 16;
-
 // absmax_from_dq for 16 blocks at a time; mul and add rounded separately (explicit-rounding forms never fuse).
 QLORA_AVX512 void decode_absmax_avx512(const codec::Packed4bit& w, int64_t b0, int64_t b1, float* dst) {
   const __m512 offset = _mm512_set1_ps(w.offset);
@@ -187,14 +191,16 @@ QLORA_AVX512 void decode_absmax_avx512(const codec::Packed4bit& w, int64_t b0, i
   decode_absmax_scalar(w, b, b1, dst + (b - b0));
 }
 
-// The words of 16 chunks (16 bytes each, 256 bytes from src; the first `valid` chunks are read, the rest are 0):
-// d[m] lane p = word m of chunk lane_chunk(p, 16).
-QLORA_AVX512_INLINE void load_words_avx512(const uint8_t* src, int valid, __m512i d[4]) {
+// The words of 16 chunks in two halves of 8: slots 0-7 are the first lo_valid chunks at lo, slots 8-15 the first
+// hi_valid chunks at hi (16 bytes each; the rest read as 0). d[m] lane p = word m of the chunk in slot
+// lane_chunk(p, 16). 16 consecutive chunks of which `valid` are read: lo = src, hi = src + 128 bytes.
+QLORA_AVX512_INLINE void load_words_avx512(const uint8_t* lo, int lo_valid, const uint8_t* hi, int hi_valid,
+                                           __m512i d[4]) {
   __m512i r[4];
   for (int i = 0; i < 4; ++i) {
-    const int bytes = std::clamp(valid - 4 * i, 0, 4) * static_cast<int>(kChunkBytes);
+    const int bytes = std::clamp((i < 2 ? lo_valid : hi_valid) - 4 * (i % 2), 0, 4) * static_cast<int>(kChunkBytes);
     const __mmask64 m = bytes == 64 ? ~__mmask64{0} : ((__mmask64{1} << bytes) - 1);
-    r[i] = _mm512_maskz_loadu_epi8(m, src + 64 * i);  // chunks 4 i .. 4 i + 3, one per 128-bit lane
+    r[i] = _mm512_maskz_loadu_epi8(m, (i < 2 ? lo : hi) + 64 * (i % 2));  // slots 4 i .. 4 i + 3, one per 128 bits
   }
   const __m512i t0 = _mm512_unpacklo_epi32(r[0], r[1]), t1 = _mm512_unpackhi_epi32(r[0], r[1]);
   const __m512i t2 = _mm512_unpacklo_epi32(r[2], r[3]), t3 = _mm512_unpackhi_epi32(r[2], r[3]);
@@ -236,7 +242,11 @@ QLORA_AVX512_INLINE void steps_avx512(const __m512i (&d)[R][4], __m512 code, con
   (step_avx512<R, J>(d, code, xk, s), ...);
 }
 
-// Rows [o, o + R): both 16-lane groups, each over every superchunk, then the butterfly.
+// Rows [o, o + R): both 16-lane groups, each over every superchunk, then the butterfly. A group step over at most 8
+// chunks (the tail of a row whose chunk count is not a multiple of 32, as in = 768's 24 chunks) leaves slots 8-15
+// empty; with R even, rows 2i and 2i + 1 share one register there (row 2i + 1's chunks in slots 8-15, whose x
+// layout_x puts there), and row 2i + 1's sums move back to slots 0-7 before they join its accumulator: the step
+// costs half, and every lane still computes exactly the specification's operations.
 template <int R>
 QLORA_AVX512 void rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o, std::vector<float>& am_buf) {
   const int64_t in = a.in_features, chunks = in / codec::kGemvChunk;
@@ -254,11 +264,8 @@ QLORA_AVX512 void rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o,
       const int valid = static_cast<int>(std::min<int64_t>(kW512, chunks - c0));
       const __mmask16 lanes =
           _mm512_cmplt_epi32_mask(lane_elem, _mm512_set1_epi32(valid * static_cast<int>(codec::kGemvChunk)));
-      __m512i d[R][4];
       __m512 am[R];
       for (int r = 0; r < R; ++r) {
-        const int64_t e = (o + r) * in + c0 * codec::kGemvChunk;  // first element of the group's first chunk
-        load_words_avx512(a.w.packed + e / 2, valid, d[r]);
         // The group's 512 elements span at most 16 blocks (blocksize >= 32, starts a multiple of 32): a 16-float
         // window of am from the first one, permuted to the lanes.
         const int64_t e_rel = rb.row_offset(a, o + r) + c0 * codec::kGemvChunk, fb = e_rel / a.w.blocksize;
@@ -269,6 +276,31 @@ QLORA_AVX512 void rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o,
         am[r] = _mm512_permutexvar_ps(blk, _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), rb.am + fb));
       }
       const float* xk = xt + (c0 / codec::kGemvLanes) * kSuperElems + g * kW512;
+      // Group start of row o + r in the packed bytes.
+      auto row_bytes = [&](int r) { return a.w.packed + ((o + r) * in + c0 * codec::kGemvChunk) / 2; };
+      if constexpr (R % 2 == 0) {
+        if (valid <= kW512 / 2) {
+          constexpr int kPairs = R / 2;
+          __m512i d[kPairs][4];
+          for (int i = 0; i < kPairs; ++i)
+            load_words_avx512(row_bytes(2 * i), valid, row_bytes(2 * i + 1), valid, d[i]);
+          __m512 sum[kPairs];
+          for (int i = 0; i < kPairs; ++i) sum[i] = _mm512_setzero_ps();
+          steps_avx512<kPairs>(d, code, xk, sum, std::make_integer_sequence<int, codec::kGemvChunk>{});
+          for (int i = 0; i < kPairs; ++i) {
+            acc[2 * i] = _mm512_mask3_fmadd_ps(sum[i], am[2 * i], acc[2 * i], lanes);
+            // Slots 8 + s (lanes 4 h + 2, 4 h + 3) back to slots s (lanes 4 h, 4 h + 1).
+            acc[2 * i + 1] =
+                _mm512_mask3_fmadd_ps(_mm512_permute_ps(sum[i], 0x4E), am[2 * i + 1], acc[2 * i + 1], lanes);
+          }
+          continue;
+        }
+      }
+      __m512i d[R][4];
+      for (int r = 0; r < R; ++r) {
+        const int lo = std::min(valid, kW512 / 2);
+        load_words_avx512(row_bytes(r), lo, row_bytes(r) + kW512 / 2 * kChunkBytes, valid - lo, d[r]);
+      }
       __m512 sum[R];
       for (int r = 0; r < R; ++r) sum[r] = _mm512_setzero_ps();
       steps_avx512<R>(d, code, xk, sum, std::make_integer_sequence<int, codec::kGemvChunk>{});
@@ -300,8 +332,6 @@ void gemv_rows_avx512(const Gemv4bitArgs& a, const float* xt, int64_t o0, int64_
 // bit 3; tail lanes (a row whose chunk count is not a multiple of 32) kept by a blend at each chunk's end.
 #define QLORA_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define QLORA_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
-
-constexpr int kW256 = 8;
 
 // absmax_from_dq for 8 blocks at a time; the empty asm keeps the product rounded before the add (no FMA contraction).
 QLORA_AVX2 void decode_absmax_avx2(const codec::Packed4bit& w, int64_t b0, int64_t b1, float* dst) {
