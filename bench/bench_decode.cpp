@@ -15,7 +15,9 @@
 //    blocksize 64, lm_head dense)
 //
 // A second decode run loads lm_head in NF4 + DQ too (qlora-generate --quantize-lm-head; untied models only), as
-// llama.cpp's exports quantize their output tensor (Q8_0 in our Q4_0 and Q8_0 exports).
+// llama.cpp's exports quantize their output tensor (Q8_0 in our Q4_0 and Q8_0 exports), and on that model the decode
+// with each layer through model/decode_layer.h (the default) against through its LibTorch ops, generations of the two
+// alternated so that both see the same machine.
 // Bytes per token: every projection's 4-bit parts (codes, absmax, nested absmax: QuantizedTensor::nbytes) plus the
 // dense lm_head (bf16; the embedding when tied); the KV cache read by attention is printed apart (it grows with the
 // position: given at the mean decode position). The copy bandwidth counts bytes read + written (machine_limits.h);
@@ -221,6 +223,26 @@ Decode bench_generate(model::LlamaModelImpl& m, const Options& o, const std::vec
   return best;
 }
 
+// Prints decode tokens/s with each layer through model/decode_layer.h and through its LibTorch ops, generations of
+// the two alternated (2 x reps of each after a warm-up of each), best of each: both see the same machine.
+void print_fused_vs_layer_ops(model::LlamaModelImpl& m, const Options& o, const std::vector<int64_t>& prompt) {
+  model::GenerateOptions g;
+  g.max_new_tokens = o.tokens;
+  double best[2] = {0, 0};
+  for (int r = 0; r <= 2 * o.reps; ++r) {
+    for (int fused = 1; fused >= 0; --fused) {
+      g.fused_decode = fused == 1;
+      const auto res = model::generate(m, prompt, g);
+      const double tok_s = static_cast<double>(res.tokens.size() - 1) / res.decode_seconds;
+      if (r > 0) best[fused] = std::max(best[fused], tok_s);
+    }
+  }
+  std::printf(
+      "  layers through model/decode_layer.h vs through LibTorch ops (lm_head NF4, generations alternated, best of %d "
+      "each): %.2f vs %.2f tok/s, %.2fx\n",
+      2 * o.reps, best[1], best[0], best[1] / best[0]);
+}
+
 // The same cached greedy loop under NoGradGuard (no InferenceMode): one-row projections dequantize + matmul.
 double bench_no_gemv(model::LlamaModelImpl& m, const Options& o, const std::vector<int64_t>& prompt) {
   torch::NoGradGuard no_grad;
@@ -336,6 +358,7 @@ int run(const Options& o) {
         "= %.2f GB/s, %.1f%% of copy bandwidth; %.2fx the bf16-lm_head decode\n",
         bytes_q / 1e6, dq->decode_tok_s, 1e3 / dq->decode_tok_s, bytes_q * dq->decode_tok_s / 1e9,
         100.0 * bytes_q * dq->decode_tok_s / 1e9 / copy_gbs, dq->decode_tok_s / d.decode_tok_s);
+    print_fused_vs_layer_ops(*mq, o, prompt);
   }
   if (o.llama_cpp_python.empty()) return 0;
   std::vector<std::pair<std::string, LlamaCpp>> ref;

@@ -41,6 +41,7 @@ GenerateResult generate(LlamaModelImpl& model, const std::vector<int64_t>& promp
   GenerateResult r;
   std::vector<int64_t> seq = prompt;
   KVCache cache;
+  cache.fused_decode = o.fused_decode;
   cache.reserve(static_cast<int64_t>(prompt.size()) + std::max<int64_t>(0, o.max_new_tokens));
   auto clock = std::chrono::steady_clock::now;
   auto to_ids = [&](const std::vector<int64_t>& ids) { return torch::tensor(ids, torch::kInt64).view({1, -1}); };

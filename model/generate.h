@@ -23,6 +23,7 @@ struct GenerateOptions {
   uint64_t seed = 0;
   std::vector<int64_t> eos_token_ids;  // stop after emitting one of these (it is included in the output)
   bool use_cache = true;               // false: recompute the whole sequence each step (tests, debugging)
+  bool fused_decode = true;            // KVCache::fused_decode (false: decode steps through LibTorch ops)
   // Sample only ids below this (the tokenizer's vocabulary when the model pads its embedding rows); 0 = all.
   int64_t vocab_limit = 0;
 };

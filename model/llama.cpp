@@ -4,11 +4,13 @@
 #include <array>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <utility>
 
 #include "common/error.h"
 #include "common/labels.h"
+#include "model/decode_layer.h"
 #include "ops/activation_checkpoint.h"
 #include "ops/attention.h"
 #include "ops/fused_ops.h"
@@ -37,13 +39,10 @@ torch::Tensor family_norm(const io::LlamaConfig& c, const torch::Tensor& x, cons
   return (n * (1.0 + weight.to(torch::kFloat32))).to(x.scalar_type());
 }
 
-// Writes k / v (B, nKV, T, d) at positions [past, past + T) of layer `layer`'s cache buffers (allocated, or grown to
-// at least double, when too small) and returns views of positions [0, past + T) of them.
-std::pair<torch::Tensor, torch::Tensor> cache_append(KVCache& c, size_t layer, const torch::Tensor& k,
-                                                     const torch::Tensor& v) {
-  TORCH_CHECK(!torch::GradMode::is_enabled() || !(k.requires_grad() || v.requires_grad()),
-              "KVCache: no autograd through the cache (run generation under NoGradGuard or InferenceMode)");
-  const int64_t past = c.filled, t = k.size(2), need = past + t;
+// Makes layer `layer`'s cache buffers hold at least `need` positions of keys / values shaped (B, nKV, *, d) like k
+// and v (allocated, or grown to at least double, keeping the positions written) and checks that they take them.
+void cache_make_room(KVCache& c, size_t layer, const torch::Tensor& k, const torch::Tensor& v, int64_t need) {
+  const int64_t past = c.filled;
   torch::Tensor& kb = c.k[layer];
   torch::Tensor& vb = c.v[layer];
   if (!kb.defined() || kb.size(2) < need) {
@@ -56,8 +55,21 @@ std::pair<torch::Tensor, torch::Tensor> cache_append(KVCache& c, size_t layer, c
     grow(kb, k);
     grow(vb, v);
   }
-  TORCH_CHECK(kb.size(0) == k.size(0) && kb.size(1) == k.size(1) && kb.size(3) == k.size(3), "KVCache: cached ",
-              kb.sizes(), " cannot take keys ", k.sizes(), " (a new batch needs a new cache)");
+  TORCH_CHECK(kb.size(0) == k.size(0) && kb.size(1) == k.size(1) && kb.size(3) == k.size(3) &&
+                  kb.scalar_type() == k.scalar_type(),
+              "KVCache: cached ", kb.sizes(), " cannot take keys ", k.sizes(), " (a new batch needs a new cache)");
+}
+
+// Writes k / v (B, nKV, T, d) at positions [past, past + T) of layer `layer`'s cache buffers and returns views of
+// positions [0, past + T) of them.
+std::pair<torch::Tensor, torch::Tensor> cache_append(KVCache& c, size_t layer, const torch::Tensor& k,
+                                                     const torch::Tensor& v) {
+  TORCH_CHECK(!torch::GradMode::is_enabled() || !(k.requires_grad() || v.requires_grad()),
+              "KVCache: no autograd through the cache (run generation under NoGradGuard or InferenceMode)");
+  const int64_t past = c.filled, t = k.size(2), need = past + t;
+  cache_make_room(c, layer, k, v, need);
+  torch::Tensor& kb = c.k[layer];
+  torch::Tensor& vb = c.v[layer];
   kb.narrow(2, past, t).copy_(k);
   vb.narrow(2, past, t).copy_(v);
   return {kb.narrow(2, 0, need), vb.narrow(2, 0, need)};
@@ -99,6 +111,41 @@ struct DecoderLayerImpl : torch::nn::Module {
     TORCH_CHECK(it != linears.end(), "unknown projection ", proj);
     group(groups.at(proj))->replace_module(proj, layer);
     it->second = std::move(layer);
+    decode_checked = false;
+  }
+
+  // The layer as decode_layer_cpu takes it, or null: a family trait it does not compute, or a projection that is
+  // not a frozen 4-bit one without bias (dense, or with an adapter). Looked up once per set of projections.
+  const DecodeLayerWeights* decode_weights() {
+    if (!decode_checked) {
+      decode_checked = true;
+      decode.reset();
+      const auto& tr = config.traits;
+      if (tr.norm_one_plus || tr.qk_norm || tr.sandwich_norms || tr.fused_projections || tr.attn_softcap > 0 ||
+          config.hidden_act != "silu") {
+        return nullptr;
+      }
+      auto frozen_4bit = [&](const char* name) -> const quant::QuantizedTensor* {
+        auto f = std::dynamic_pointer_cast<FrozenLinearImpl>(linears.at(name));
+        return f && f->is_quantized() && !f->bias().defined() ? &f->quantized_weight() : nullptr;
+      };
+      DecodeLayerWeights w;
+      w.q = frozen_4bit("q_proj"), w.k = frozen_4bit("k_proj"), w.v = frozen_4bit("v_proj");
+      w.o = frozen_4bit("o_proj"), w.gate = frozen_4bit("gate_proj"), w.up = frozen_4bit("up_proj");
+      w.down = frozen_4bit("down_proj");
+      for (const auto* p : {w.q, w.k, w.v, w.o, w.gate, w.up, w.down}) {
+        if (p == nullptr) return nullptr;
+      }
+      w.eps = config.rms_norm_eps;
+      w.heads = config.num_attention_heads, w.kv_heads = config.num_key_value_heads, w.head_dim = config.head_dim;
+      w.scale = tr.query_pre_attn_scalar > 0 ? 1.0 / std::sqrt(tr.query_pre_attn_scalar)
+                                             : 1.0 / std::sqrt(static_cast<double>(config.head_dim));
+      decode = w;
+    }
+    if (!decode) return nullptr;
+    decode->input_norm = norms.at("input_layernorm")->weight;  // the current tensors (loading may swap them)
+    decode->post_attention_norm = norms.at("post_attention_layernorm")->weight;
+    return &*decode;
   }
 
   torch::Tensor norm(const std::string& path, const torch::Tensor& x) {
@@ -149,6 +196,17 @@ struct DecoderLayerImpl : torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, KVCache* cache, size_t index) {
     const int64_t b = x.size(0), t = x.size(1);
+    if (cache && t == 1 && (mask.defined() || cache->filled == 0)) {  // undefined: causal, no past
+      const DecodeLayerWeights* w = cache->fused_decode ? decode_weights() : nullptr;
+      if (w && decode_layer_applies(*w, x, cos, sin, mask)) {
+        if (!cache->k[index].defined() || cache->k[index].size(2) <= cache->filled) {
+          const auto like = torch::empty({1, w->kv_heads, 1, w->head_dim}, x.options());
+          cache_make_room(*cache, index, like, like, cache->filled + 1);
+        }
+        ++cache->fused_layer_steps;
+        return decode_layer_cpu(*w, x, cos, sin, mask, cache->k[index], cache->v[index], cache->filled);
+      }
+    }
     auto [q, k, v] = project_qkv(norm("input_layernorm", x));
     q = ops::apply_rope(q, cos, sin);
     k = ops::apply_rope(k, cos, sin);
@@ -171,6 +229,8 @@ struct DecoderLayerImpl : torch::nn::Module {
   std::map<std::string, std::shared_ptr<WeightHolderImpl>> norms;  // by path under the layer
   std::map<std::string, LinearLayerPtr> linears;                   // by projection name
   std::map<std::string, std::string> groups;                       // projection name -> "self_attn" | "mlp"
+  bool decode_checked = false;                                     // decode_weights() looked at the projections
+  std::optional<DecodeLayerWeights> decode;                        // what it found (none: the general path)
 };
 
 }  // namespace

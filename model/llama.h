@@ -52,6 +52,10 @@ struct KVCache {
   std::vector<torch::Tensor> k, v;  // per layer: the buffers (undefined before the first forward)
   int64_t filled = 0;               // positions written
   int64_t reserved = 0;             // capacity the first allocation makes room for
+  // Batch-1 decoding on the CPU runs plain Llama layers of 4-bit projections through model/decode_layer.h (same
+  // bits, less overhead); false: through LibTorch ops like any other forward (tests compare the two).
+  bool fused_decode = true;
+  int64_t fused_layer_steps = 0;  // layer runs that took it (tests and benchmarks check it was taken)
 
   int64_t length() const { return filled; }
   int64_t capacity() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }

@@ -127,22 +127,31 @@ bool gemv_4bit_applies(const QuantizedTensor& w, const torch::Tensor& x) {
 }
 
 torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
+  TORCH_CHECK(w.shape.size() == 2, "gemv_4bit: W must be 2-D, got ", w.shape);
+  torch::Tensor y =
+      torch::empty(x.dim() == 2 ? std::vector<int64_t>{1, w.shape[0]} : std::vector<int64_t>{w.shape[0]}, x.options());
+  gemv_4bit_out(w, x, y);
+  return y;
+}
+
+void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tensor& y) {
   TORCH_CHECK(w.shape.size() == 2 && x.numel() == w.shape[1] && w.shape[1] % 32 == 0, "gemv_4bit: x has ", x.numel(),
               " elements, W is ", w.shape, " (in must be a multiple of 32)");
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && x.device() == w.device(), "gemv_4bit: x must be bf16 on ",
               w.device());
+  TORCH_CHECK(
+      y.scalar_type() == torch::kBFloat16 && y.device() == w.device() && y.is_contiguous() && y.numel() == w.shape[0],
+      "gemv_4bit: y must be a contiguous bf16 tensor of ", w.shape[0], " elements on ", w.device());
   const torch::Tensor xc = x.contiguous();
-  torch::Tensor y =
-      torch::empty(x.dim() == 2 ? std::vector<int64_t>{1, w.shape[0]} : std::vector<int64_t>{w.shape[0]}, xc.options());
   const Gemv4bitArgs a = detail::gemv_args(w, xc.data_ptr(), y.data_ptr(), /*out_bf16=*/true);
   if (xc.is_cpu()) {
     gemv_4bit_cpu(a);
-    return y;
+    return;
   }
 #if defined(QLORA_WITH_CUDA)
   if (xc.is_cuda()) {
     cuda::gemv_4bit(a, c10::cuda::getCurrentCUDAStream(xc.device().index()).stream());
-    return y;
+    return;
   }
 #endif
   TORCH_CHECK(false, "gemv_4bit: no kernel for device ", xc.device(), " in this build");

@@ -30,6 +30,9 @@ torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, cons
 // active ISA, multithreaded); CUDA: the kernel (CUDA builds). Needs in % 32 == 0, a contiguous bf16 x on W's device;
 // no autograd.
 torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x);
+// The same into y, a contiguous bf16 tensor of w.shape[0] elements on W's device (batch-1 decoding's preallocated
+// buffers: no allocation, no dispatch).
+void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tensor& y);
 // Whether linear_4bit takes the GEMV path for this x and w: one contiguous bf16 row, in % 32 == 0, and either a CUDA
 // device (16-byte aligned data) or the CPU under c10::InferenceMode (no autograd: training never takes it).
 bool gemv_4bit_applies(const QuantizedTensor& w, const torch::Tensor& x);

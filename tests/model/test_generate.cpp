@@ -91,6 +91,37 @@ TEST(Generate, TinyModelBf16CachedGreedyIsFullRecomputationArgmaxUpToTies) {
   EXPECT_GE(exact * 10, total * 9);
 }
 
+// Batch-1 decode steps through model/decode_layer.h give the bits of the same steps through the layer's LibTorch ops
+// (every logit and every cached key and value), on the tiny 4-bit model in bf16 with a cache that grows mid-way.
+TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
+  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  auto m = load_tiny(torch::kBFloat16);
+  c10::InferenceMode inference;
+  const std::vector<int64_t> prompt = {1, 15, 300, 7, 88};
+  model::KVCache fused, ops;
+  fused.reserve(8);
+  ops.reserve(8);
+  ops.fused_decode = false;
+  torch::Tensor tok_f = m->forward(ids_tensor({prompt}), {}, &fused).select(1, 4).argmax(-1, true);
+  torch::Tensor tok_o = m->forward(ids_tensor({prompt}), {}, &ops).select(1, 4).argmax(-1, true);
+  EXPECT_EQ(fused.fused_layer_steps, 0) << "the prompt (5 positions) is not a decode step";
+  for (int step = 0; step < 12; ++step) {
+    const torch::Tensor lf = m->forward(tok_f, {}, &fused), lo = m->forward(tok_o, {}, &ops);
+    ASSERT_TRUE(torch::equal(lf, lo)) << "step " << step << ": max difference " << (lf - lo).abs().max().item<float>();
+    tok_f = lf.select(1, 0).argmax(-1, true);
+    tok_o = lo.select(1, 0).argmax(-1, true);
+  }
+  const int64_t layers = m->config().num_hidden_layers;
+  EXPECT_EQ(fused.fused_layer_steps, 12 * layers);
+  EXPECT_EQ(ops.fused_layer_steps, 0);
+  EXPECT_EQ(fused.capacity(), ops.capacity());
+  EXPECT_GE(fused.capacity(), 17) << "grew past its reservation";
+  for (int64_t l = 0; l < layers; ++l) {
+    EXPECT_TRUE(torch::equal(fused.k[l].narrow(2, 0, 17), ops.k[l].narrow(2, 0, 17))) << "keys of layer " << l;
+    EXPECT_TRUE(torch::equal(fused.v[l].narrow(2, 0, 17), ops.v[l].narrow(2, 0, 17))) << "values of layer " << l;
+  }
+}
+
 TEST(Generate, KvCacheIsWrittenInPlaceWithinItsReservation) {
   auto m = random_model(small_config(), torch::kFloat32, 25, 0.5);
   c10::InferenceMode inference;

@@ -1,0 +1,136 @@
+#include "model/decode_layer.h"
+
+#include <c10/util/BFloat16.h>
+
+#include <cstring>
+
+#include "common/cpu_isa.h"
+#include "ops/fused_kernels.h"
+#include "quant/linear_4bit.h"
+
+namespace qlora::model {
+namespace {
+
+// The buffers of one token through one layer, shaped once per model shape and reused (per thread).
+struct Scratch {
+  int64_t hidden = -1, heads = -1, kv_heads = -1, head_dim = -1, intermediate = -1;
+  torch::Tensor normed, rstd, q, k, v, q_rot, k_rot, attn, o, h, gate, up, act, down;
+  torch::Tensor out[2];
+  int next = 0;  // which of out[] the next call writes
+
+  void shape(const DecodeLayerWeights& w, int64_t hidden_size) {
+    const int64_t inter = w.gate->shape[0];
+    if (hidden == hidden_size && heads == w.heads && kv_heads == w.kv_heads && head_dim == w.head_dim &&
+        intermediate == inter) {
+      return;
+    }
+    hidden = hidden_size, heads = w.heads, kv_heads = w.kv_heads, head_dim = w.head_dim, intermediate = inter;
+    const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+    normed = torch::empty({1, 1, hidden}, bf16);
+    rstd = torch::empty({1}, bf16.dtype(torch::kFloat32));
+    q = torch::empty({1, heads, 1, head_dim}, bf16);
+    q_rot = torch::empty_like(q);
+    attn = torch::empty_like(q);
+    k = torch::empty({1, kv_heads, 1, head_dim}, bf16);
+    k_rot = torch::empty_like(k);
+    v = torch::empty_like(k);
+    o = torch::empty({1, 1, hidden}, bf16);
+    h = torch::empty_like(o);
+    gate = torch::empty({1, 1, inter}, bf16);
+    up = torch::empty_like(gate);
+    act = torch::empty_like(gate);
+    down = torch::empty_like(o);
+    out[0] = torch::empty_like(o);
+    out[1] = torch::empty_like(o);
+  }
+};
+
+// out = round(a + b) elementwise in bf16 (LibTorch's bf16 add: the fp32 sum rounded to nearest even).
+void add_bf16(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& out) {
+  const auto* pa = a.data_ptr<c10::BFloat16>();
+  const auto* pb = b.data_ptr<c10::BFloat16>();
+  auto* po = out.data_ptr<c10::BFloat16>();
+  for (int64_t i = 0, n = out.numel(); i < n; ++i) {
+    po[i] = c10::BFloat16(static_cast<float>(pa[i]) + static_cast<float>(pb[i]));
+  }
+}
+
+// Copies the (1, kv_heads, 1, d) rows of src to position `pos` of the (1, kv_heads, capacity, d) buffer dst.
+void write_position(const torch::Tensor& src, torch::Tensor& dst, int64_t pos) {
+  const int64_t heads = dst.size(1), cap = dst.size(2), d = dst.size(3);
+  const auto* s = src.data_ptr<c10::BFloat16>();
+  auto* t = dst.data_ptr<c10::BFloat16>();
+  for (int64_t hd = 0; hd < heads; ++hd) {
+    std::memcpy(t + (hd * cap + pos) * d, s + hd * d, sizeof(c10::BFloat16) * static_cast<size_t>(d));
+  }
+}
+
+bool resident_on_cpu(const quant::QuantizedTensor* w) {
+  return w != nullptr && w->packed.defined() && w->packed.is_cpu() && w->shape.size() == 2 && w->shape[1] % 32 == 0;
+}
+
+bool bf16_cpu(const torch::Tensor& t) {
+  return t.defined() && t.is_cpu() && t.scalar_type() == torch::kBFloat16 && t.is_contiguous();
+}
+
+}  // namespace
+
+bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
+                          const torch::Tensor& sin, const torch::Tensor& mask) {
+  if (!c10::InferenceMode::is_enabled() || !bf16_cpu(x) || x.dim() != 3 || x.size(0) != 1 || x.size(1) != 1) {
+    return false;
+  }
+  for (const auto* p : {w.q, w.k, w.v, w.o, w.gate, w.up, w.down}) {
+    if (!resident_on_cpu(p)) return false;
+  }
+  const int64_t d = w.head_dim;
+  if (!bf16_cpu(cos) || !bf16_cpu(sin) || cos.dim() != 3 || cos.numel() != d || sin.sizes() != cos.sizes() ||
+      d % 2 != 0) {
+    return false;
+  }
+  if (!w.input_norm.is_cpu() || !w.post_attention_norm.is_cpu()) return false;
+  if (!mask.defined()) return true;
+  return mask.scalar_type() == torch::kBool && mask.is_cpu() && mask.is_contiguous() && mask.dim() == 4 &&
+         mask.size(0) == 1 && mask.size(1) == 1 && mask.size(2) == 1;
+}
+
+torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin, const torch::Tensor& mask, torch::Tensor& kb,
+                               torch::Tensor& vb, int64_t past) {
+  TORCH_CHECK(bf16_cpu(kb) && bf16_cpu(vb) && kb.dim() == 4 && kb.size(0) == 1 && kb.size(1) == w.kv_heads &&
+                  kb.size(2) > past && kb.size(3) == w.head_dim && vb.sizes() == kb.sizes(),
+              "decode_layer_cpu: cache buffers ", kb.sizes(), " / ", vb.sizes(), " cannot take position ", past);
+  thread_local Scratch s;
+  s.shape(w, x.size(-1));
+  const Isa isa = active_isa();
+
+  ops::detail::rms_norm_forward_cpu(x, w.input_norm, w.eps, s.normed, s.rstd, isa);
+  quant::gemv_4bit_out(*w.q, s.normed, s.q);
+  quant::gemv_4bit_out(*w.k, s.normed, s.k);
+  quant::gemv_4bit_out(*w.v, s.normed, s.v);
+  ops::detail::rope_cpu(s.q, cos, sin, /*backward=*/false, s.q_rot, isa);
+  ops::detail::rope_cpu(s.k, cos, sin, /*backward=*/false, s.k_rot, isa);
+  write_position(s.k_rot, kb, past);
+  write_position(s.v, vb, past);
+  const int64_t len = past + 1;
+  torch::Tensor allowed;
+  if (mask.defined()) {
+    TORCH_CHECK(mask.size(3) == len, "decode_layer_cpu: mask of ", mask.size(3), " keys for ", len, " positions");
+    allowed = mask.view({1, len});
+  }
+  ops::detail::decode_attention_cpu(s.q_rot, kb.narrow(2, 0, len), vb.narrow(2, 0, len), allowed, w.scale, s.attn, isa);
+  quant::gemv_4bit_out(*w.o, s.attn, s.o);
+  add_bf16(x, s.o, s.h);
+
+  ops::detail::rms_norm_forward_cpu(s.h, w.post_attention_norm, w.eps, s.normed, s.rstd, isa);
+  quant::gemv_4bit_out(*w.gate, s.normed, s.gate);
+  quant::gemv_4bit_out(*w.up, s.normed, s.up);
+  ops::detail::swiglu_forward_cpu(s.gate, s.up, s.act, isa);
+  quant::gemv_4bit_out(*w.down, s.act, s.down);
+  torch::Tensor& out = s.out[s.next];
+  s.next ^= 1;
+  add_bf16(s.h, s.down, out);
+  return out;
+}
+
+}  // namespace qlora::model

@@ -1,0 +1,35 @@
+// One decoder layer for one token of batch-1 decoding on the CPU, straight through the kernels: the same kernels and
+// roundings as the layer's LibTorch-op forward (model/llama.cpp), without the per-op dispatch, allocation and views,
+// which took ~20% of a decoded token on the bench model (bench/RESULTS.md). Buffers are per thread and reused.
+#pragma once
+
+#include <torch/torch.h>
+
+#include "quant/quantized_tensor.h"
+
+namespace qlora::model {
+
+// A plain Llama layer (pre-norms, no biases, SwiGLU, separate q/k/v and gate/up), every projection frozen 4-bit.
+struct DecodeLayerWeights {
+  const quant::QuantizedTensor *q = nullptr, *k = nullptr, *v = nullptr, *o = nullptr;
+  const quant::QuantizedTensor *gate = nullptr, *up = nullptr, *down = nullptr;
+  torch::Tensor input_norm, post_attention_norm;  // (H)
+  double eps = 1e-6;
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  double scale = 0.0;  // the score scale, > 0
+};
+
+// Whether decode_layer_cpu computes this call: x (1, 1, H) contiguous bf16 on the CPU under c10::InferenceMode,
+// cos / sin (1, 1, head_dim) contiguous bf16, every 4-bit part resident on the CPU, in_features multiples of 32, and
+// a mask that is undefined (the first position: all keys, one) or a contiguous (1, 1, 1, S) bool one.
+bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
+                          const torch::Tensor& sin, const torch::Tensor& mask);
+
+// x (1, 1, H) -> (1, 1, H): writes this position's keys and values (after RoPE) at `past` of the cache buffers kb, vb
+// (1, kv_heads, capacity > past, head_dim), contiguous, and attends over positions [0, past]. The result is a
+// per-thread buffer that the second call after this one overwrites (a layer's input is never its output).
+torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
+                               const torch::Tensor& sin, const torch::Tensor& mask, torch::Tensor& kb,
+                               torch::Tensor& vb, int64_t past);
+
+}  // namespace qlora::model
