@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "app_main.h"
-#include "common/cpu_isa.h"
 #include "common/threads.h"
 #include "plan/time_plan.h"
 #include "trainer/dist/launch.h"
@@ -41,13 +40,11 @@ qlora::plan::TimePlan time_plan(const qlora::trainer::TrainConfig& config, const
   } else if (p.inputs.device.rfind("cpu", 0) == 0) {
     const int threads = qlora::configure_threads(config.train.threads);
     const double mm = qlora::plan::measure_cpu_matmul_flops(torch::kBFloat16);
-    const bool amx = qlora::cpu_has_amx_bf16();
-    const double efficiency = qlora::plan::cpu_step_efficiency(amx);
-    rate = efficiency * mm;
-    source =
-        fmt::format("{:.0f}% of the bf16 matmul rate measured now on {} threads, {:.0f} GFLOP/s{}; --plan-flops to set",
-                    100 * efficiency, threads, mm / 1e9,
-                    amx ? " (AMX: matmuls are a smaller share of a step than on the vector units)" : "");
+    rate = qlora::plan::kCpuStepEfficiency * mm;
+    source = fmt::format(
+        "{:.0f}% of the bf16 matmul rate measured now on {} threads, {:.0f} GFLOP/s; --plan-flops to "
+        "set",
+        100 * qlora::plan::kCpuStepEfficiency, threads, mm / 1e9);
   } else {
     rate = qlora::plan::kStreamGpuFlopsPerS;
     source = "assumed for a 24 GB RTX 4090-class GPU, not measured; --plan-flops to set";

@@ -1,6 +1,5 @@
 #include "common/cpu_isa.h"
 
-#include <cpuid.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
@@ -48,17 +47,6 @@ bool cpu_supports(Isa isa) {
     default:
       return true;
   }
-}
-
-bool cpu_has_amx_bf16() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (__get_cpuid_count(1, 0, &a, &b, &c, &d) == 0 || (c & (1u << 27)) == 0) return false;  // OSXSAVE
-  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
-  const bool amx = (d & (1u << 22)) != 0 && (d & (1u << 24)) != 0;  // AMX-BF16, AMX-TILE
-  if (!amx) return false;
-  unsigned lo = 0, hi = 0;
-  asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  return (lo & (3u << 17)) == (3u << 17);  // XTILECFG and XTILEDATA state enabled
 }
 
 Isa active_isa() {

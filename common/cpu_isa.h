@@ -11,8 +11,4 @@ const char* isa_name(Isa isa);
 bool cpu_supports(Isa isa);
 Isa active_isa();
 
-// Whether the CPU has AMX with bf16 tiles and the OS enabled their state (CPUID and XCR0): oneDNN then runs
-// LibTorch's bf16 matmuls on it, several times faster than on the vector units.
-bool cpu_has_amx_bf16();
-
 }  // namespace qlora

@@ -121,10 +121,6 @@ double parse_flop_rate(const std::string& text) {
   return value * it->second;
 }
 
-double cpu_step_efficiency(bool amx) {
-  return amx ? kCpuStepEfficiencyMatrixEngine : kCpuStepEfficiency;
-}
-
 double measure_cpu_matmul_flops(torch::ScalarType dtype, int64_t m, int64_t k, int64_t n, int reps) {
   torch::NoGradGuard no_grad;
   const auto a = torch::randn({m, k}).to(dtype);

@@ -34,14 +34,6 @@ TokenFlops token_flops(const MemoryPlanInputs& in);
 // recomputation: bench_train measured 50.6% MFU with checkpointing off and 36.3% with it on (~54% counting the
 // recomputed forward) on the 2-core AVX-512 machine (bench/RESULTS.md).
 constexpr double kCpuStepEfficiency = 0.5;
-// The same where a matrix engine (AMX) runs bf16 matmuls: they get 7-8x faster than fp32 ones, the rest of a step
-// (attention's softmax, norms, optimizer, allocation) does not, and a step sustains a quarter of the bf16 rate:
-// 23.6% MFU with checkpointing off, 19.4% on (~26% counting the recomputed forward), bf16 matmuls at 2709 GFLOP/s
-// on the 2-core AMX machine (bench/RESULTS.md, 2026-12-05 09:28).
-constexpr double kCpuStepEfficiencyMatrixEngine = 0.25;
-// The step efficiency of this CPU: kCpuStepEfficiencyMatrixEngine with AMX (common/cpu_isa.h), else
-// kCpuStepEfficiency.
-double cpu_step_efficiency(bool amx);
 
 struct TimePlan {
   TokenFlops flops;

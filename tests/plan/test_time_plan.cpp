@@ -78,13 +78,6 @@ TEST(TimePlan, StepAndRunTimesFollowFromTheRate) {
   EXPECT_THROW(plan_time(p, 10, 0.0, "x"), Error);
 }
 
-// The two efficiencies are what bench_train measured (bench/RESULTS.md): about half the bf16 matmul rate on the
-// vector units, a quarter on AMX.
-TEST(TimePlan, AmxLowersTheStepEfficiency) {
-  EXPECT_EQ(cpu_step_efficiency(false), 0.5);
-  EXPECT_EQ(cpu_step_efficiency(true), 0.25);
-}
-
 TEST(TimePlan, DurationsAreReadable) {
   EXPECT_EQ(format_duration(12.34), "12.3 s");
   EXPECT_EQ(format_duration(600), "10.0 min");
