@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -111,19 +112,22 @@ struct DecoderLayerImpl : torch::nn::Module {
     TORCH_CHECK(it != linears.end(), "unknown projection ", proj);
     group(groups.at(proj))->replace_module(proj, layer);
     it->second = std::move(layer);
+    std::lock_guard<std::mutex> lock(decode_mutex);
     decode_checked = false;
   }
 
-  // The layer as decode_layer_cpu takes it, or null: a family trait it does not compute, or a projection that is
-  // not a frozen 4-bit one without bias (dense, or with an adapter). Looked up once per set of projections.
-  const DecodeLayerWeights* decode_weights() {
+  // The layer as decode_layer_cpu takes it, or none: a family trait it does not compute, or a projection that is
+  // not a frozen 4-bit one without bias (dense, or with an adapter). Looked up once per set of projections; a copy,
+  // so that threads decoding with one model share nothing but the lookup.
+  std::optional<DecodeLayerWeights> decode_weights() {
+    std::lock_guard<std::mutex> lock(decode_mutex);
     if (!decode_checked) {
       decode_checked = true;
       decode.reset();
       const auto& tr = config.traits;
       if (tr.norm_one_plus || tr.qk_norm || tr.sandwich_norms || tr.fused_projections || tr.attn_softcap > 0 ||
           config.hidden_act != "silu") {
-        return nullptr;
+        return std::nullopt;
       }
       auto frozen_4bit = [&](const char* name) -> const quant::QuantizedTensor* {
         auto f = std::dynamic_pointer_cast<FrozenLinearImpl>(linears.at(name));
@@ -134,7 +138,7 @@ struct DecoderLayerImpl : torch::nn::Module {
       w.o = frozen_4bit("o_proj"), w.gate = frozen_4bit("gate_proj"), w.up = frozen_4bit("up_proj");
       w.down = frozen_4bit("down_proj");
       for (const auto* p : {w.q, w.k, w.v, w.o, w.gate, w.up, w.down}) {
-        if (p == nullptr) return nullptr;
+        if (p == nullptr) return std::nullopt;
       }
       w.eps = config.rms_norm_eps;
       w.heads = config.num_attention_heads, w.kv_heads = config.num_key_value_heads, w.head_dim = config.head_dim;
@@ -142,10 +146,11 @@ struct DecoderLayerImpl : torch::nn::Module {
                                              : 1.0 / std::sqrt(static_cast<double>(config.head_dim));
       decode = w;
     }
-    if (!decode) return nullptr;
-    decode->input_norm = norms.at("input_layernorm")->weight;  // the current tensors (loading may swap them)
-    decode->post_attention_norm = norms.at("post_attention_layernorm")->weight;
-    return &*decode;
+    if (!decode) return std::nullopt;
+    DecodeLayerWeights w = *decode;
+    w.input_norm = norms.at("input_layernorm")->weight;  // the current tensors (loading may swap them)
+    w.post_attention_norm = norms.at("post_attention_layernorm")->weight;
+    return w;
   }
 
   torch::Tensor norm(const std::string& path, const torch::Tensor& x) {
@@ -197,7 +202,7 @@ struct DecoderLayerImpl : torch::nn::Module {
                         const torch::Tensor& mask, KVCache* cache, size_t index) {
     const int64_t b = x.size(0), t = x.size(1);
     if (cache && t == 1 && (mask.defined() || cache->filled == 0)) {  // undefined: causal, no past
-      const DecodeLayerWeights* w = cache->fused_decode ? decode_weights() : nullptr;
+      const std::optional<DecodeLayerWeights> w = cache->fused_decode ? decode_weights() : std::nullopt;
       if (w && decode_layer_applies(*w, x, cos, sin, mask)) {
         if (!cache->k[index].defined() || cache->k[index].size(2) <= cache->filled) {
           const auto like = torch::empty({1, w->kv_heads, 1, w->head_dim}, x.options());
@@ -229,6 +234,7 @@ struct DecoderLayerImpl : torch::nn::Module {
   std::map<std::string, std::shared_ptr<WeightHolderImpl>> norms;  // by path under the layer
   std::map<std::string, LinearLayerPtr> linears;                   // by projection name
   std::map<std::string, std::string> groups;                       // projection name -> "self_attn" | "mlp"
+  std::mutex decode_mutex;                                         // guards the two below
   bool decode_checked = false;                                     // decode_weights() looked at the projections
   std::optional<DecodeLayerWeights> decode;                        // what it found (none: the general path)
 };
