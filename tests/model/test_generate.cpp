@@ -5,6 +5,8 @@
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "model/generate.h"
 #include "model/llama_test_util.h"
 #include "test_util.h"
@@ -120,6 +122,28 @@ TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
     EXPECT_TRUE(torch::equal(fused.k[l].narrow(2, 0, 17), ops.k[l].narrow(2, 0, 17))) << "keys of layer " << l;
     EXPECT_TRUE(torch::equal(fused.v[l].narrow(2, 0, 17), ops.v[l].narrow(2, 0, 17))) << "values of layer " << l;
   }
+}
+
+// Two threads generating with one model at once (each its own cache, both through the fused layers) get the tokens
+// each gets alone.
+TEST(Generate, TwoThreadsDecodingWithOneModelGetTheirOwnTokens) {
+  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  auto m = load_tiny(torch::kBFloat16);
+  const std::vector<std::vector<int64_t>> prompts = {{1, 15, 300, 7, 88}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}};
+  model::GenerateOptions o;
+  o.max_new_tokens = 32;
+  std::vector<std::vector<int64_t>> alone, together(2);
+  for (const auto& p : prompts) alone.push_back(model::generate(*m, p, o).tokens);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] {
+      for (int rep = 0; rep < 4; ++rep) together[i] = model::generate(*m, prompts[i], o).tokens;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(together[0], alone[0]);
+  EXPECT_EQ(together[1], alone[1]);
+  EXPECT_NE(alone[0], alone[1]);
 }
 
 TEST(Generate, KvCacheIsWrittenInPlaceWithinItsReservation) {
