@@ -208,6 +208,11 @@ struct Decode {
   double prompt_tok_s = 0, decode_tok_s = 0;
 };
 
+// As qlora-generate reports it: the first token comes with the prompt, the others cost one step each.
+double decode_tok_s(const model::GenerateResult& res) {
+  return static_cast<double>(res.tokens.size() - 1) / res.decode_seconds;
+}
+
 // Best of `reps` generations (greedy, no eos) of o.tokens tokens after a prompt of o.prompt random ids.
 Decode bench_generate(model::LlamaModelImpl& m, const Options& o, const std::vector<int64_t>& prompt) {
   model::GenerateOptions g;
@@ -215,9 +220,7 @@ Decode bench_generate(model::LlamaModelImpl& m, const Options& o, const std::vec
   Decode best;
   for (int r = 0; r <= o.reps; ++r) {  // r == 0: warm-up
     const auto res = model::generate(m, prompt, g);
-    const double n = static_cast<double>(res.tokens.size());
-    // As qlora-generate reports it: the first token comes with the prompt, the others cost one step each.
-    const Decode d{static_cast<double>(prompt.size()) / res.prompt_seconds, (n - 1) / res.decode_seconds};
+    const Decode d{static_cast<double>(prompt.size()) / res.prompt_seconds, decode_tok_s(res)};
     if (r > 0 && d.decode_tok_s > best.decode_tok_s) best = d;
   }
   return best;
@@ -233,8 +236,7 @@ void print_fused_vs_layer_ops(model::LlamaModelImpl& m, const Options& o, const 
     for (int fused = 1; fused >= 0; --fused) {
       g.fused_decode = fused == 1;
       const auto res = model::generate(m, prompt, g);
-      const double tok_s = static_cast<double>(res.tokens.size() - 1) / res.decode_seconds;
-      if (r > 0) best[fused] = std::max(best[fused], tok_s);
+      if (r > 0) best[fused] = std::max(best[fused], decode_tok_s(res));
     }
   }
   std::printf(

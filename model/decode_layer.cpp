@@ -2,6 +2,7 @@
 
 #include <c10/util/BFloat16.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "common/cpu_isa.h"
@@ -118,7 +119,8 @@ torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor&
     TORCH_CHECK(mask.size(3) == len, "decode_layer_cpu: mask of ", mask.size(3), " keys for ", len, " positions");
     allowed = mask.view({1, len});
   }
-  ops::detail::decode_attention_cpu(s.q_rot, kb.narrow(2, 0, len), vb.narrow(2, 0, len), allowed, w.scale, s.attn, isa);
+  const double scale = w.scale > 0 ? w.scale : 1.0 / std::sqrt(static_cast<double>(w.head_dim));
+  ops::detail::decode_attention_cpu(s.q_rot, kb.narrow(2, 0, len), vb.narrow(2, 0, len), allowed, scale, s.attn, isa);
   quant::gemv_4bit_out(*w.o, s.attn, s.o);
   add_bf16(x, s.o, s.h);
 

@@ -16,7 +16,7 @@ struct DecodeLayerWeights {
   torch::Tensor input_norm, post_attention_norm;  // (H)
   double eps = 1e-6;
   int64_t heads = 0, kv_heads = 0, head_dim = 0;
-  double scale = 0.0;  // the score scale, > 0
+  double scale = 0.0;  // the score scale; 0: head_dim^-0.5 (as ops::grouped_query_attention)
 };
 
 // Whether decode_layer_cpu computes this call: x (1, 1, H) contiguous bf16 on the CPU under c10::InferenceMode,

@@ -142,8 +142,7 @@ struct DecoderLayerImpl : torch::nn::Module {
       }
       w.eps = config.rms_norm_eps;
       w.heads = config.num_attention_heads, w.kv_heads = config.num_key_value_heads, w.head_dim = config.head_dim;
-      w.scale = tr.query_pre_attn_scalar > 0 ? 1.0 / std::sqrt(tr.query_pre_attn_scalar)
-                                             : 1.0 / std::sqrt(static_cast<double>(config.head_dim));
+      w.scale = score_scale();
       decode = w;
     }
     if (!decode) return std::nullopt;
@@ -151,6 +150,12 @@ struct DecoderLayerImpl : torch::nn::Module {
     w.input_norm = norms.at("input_layernorm")->weight;  // the current tensors (loading may swap them)
     w.post_attention_norm = norms.at("post_attention_layernorm")->weight;
     return w;
+  }
+
+  // The attention score scale of the family (Gemma's query_pre_attn_scalar), 0 for the default head_dim^-0.5.
+  double score_scale() const {
+    const double s = config.traits.query_pre_attn_scalar;
+    return s > 0 ? 1.0 / std::sqrt(s) : 0.0;
   }
 
   torch::Tensor norm(const std::string& path, const torch::Tensor& x) {
@@ -217,8 +222,7 @@ struct DecoderLayerImpl : torch::nn::Module {
     k = ops::apply_rope(k, cos, sin);
     if (cache) std::tie(k, v) = cache_append(*cache, index, k, v);
     const auto& tr = config.traits;
-    const double scale = tr.query_pre_attn_scalar > 0 ? 1.0 / std::sqrt(tr.query_pre_attn_scalar) : 0.0;
-    torch::Tensor attn = ops::grouped_query_attention(q, k, v, mask, scale, tr.attn_softcap);  // (B, nH, T, d)
+    torch::Tensor attn = ops::grouped_query_attention(q, k, v, mask, score_scale(), tr.attn_softcap);  // (B, nH, T, d)
     attn = linears.at("o_proj")->forward(attn.transpose(1, 2).reshape({b, t, config.q_dim()}));
     if (tr.sandwich_norms) {  // Gemma 2
       torch::Tensor h = x + norm("post_attention_layernorm", attn);
