@@ -20,6 +20,7 @@
 #include "data/chat_template.h"
 #include "data/data_loader.h"
 #include "lora/peft_io.h"
+#include "model/compute_dtype.h"
 #include "model/evaluate.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -27,7 +28,7 @@
 namespace {
 
 struct Args {
-  std::string model_dir, adapter, data, config, format = "text", tmpl, quant = "nf4", dtype = "bf16";
+  std::string model_dir, adapter, data, config, format = "text", tmpl, quant = "nf4", dtype = "auto";
   int64_t max_seq_len = 512;
   int64_t batch_size = 4;
   bool batch_size_given = false;
@@ -127,7 +128,10 @@ int run_eval(const Args& a) {
   if (a.data.empty() && a.config.empty()) throw qlora::Error("give --data FILE or --config RUN.yaml");
   qlora::configure_threads(a.threads);
   qlora::model::LoadOptions lo;
-  lo.compute_dtype = a.dtype == "fp32" ? torch::kFloat32 : a.dtype == "fp16" ? torch::kFloat16 : torch::kBFloat16;
+  if (const std::string slow = qlora::model::slow_cpu_dtype_warning(a.dtype); !slow.empty()) {
+    spdlog::warn("--dtype {}", slow);
+  }
+  lo.compute_dtype = qlora::model::compute_dtype_from_name(qlora::model::resolve_compute_dtype(a.dtype, false));
   lo.quant = qlora::quant::parse_quant_option(a.quant);
   auto model = qlora::model::load_model(a.model_dir, lo);
   if (!a.adapter.empty()) {
@@ -166,8 +170,9 @@ int main(int argc, char** argv) {
   cli.add_option("--quant", a.quant, "base weights: 4-bit type or none")
       ->check(CLI::IsMember(qlora::quant::quant_option_names()))
       ->capture_default_str();
-  cli.add_option("--dtype", a.dtype, "compute dtype")
-      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
+  cli.add_option("--dtype", a.dtype,
+                 "compute dtype; auto: bf16 where the CPU multiplies bf16 natively (AVX-512, AMX), else fp32")
+      ->check(CLI::IsMember({"auto", "bf16", "fp16", "fp32"}))
       ->capture_default_str();
   cli.add_option("--threads", a.threads, "CPU threads (0 = all cores)")->capture_default_str();
   return qlora::app::run(cli, argc, argv, [&] {

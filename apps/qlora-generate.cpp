@@ -21,6 +21,7 @@
 #include "common/error.h"
 #include "data/chat_template.h"
 #include "lora/peft_io.h"
+#include "model/compute_dtype.h"
 #include "model/generate.h"
 #include "model/llama.h"
 #include "tokenizer/tokenizer.h"
@@ -69,7 +70,7 @@ void write_npy(const std::string& path, const torch::Tensor& logits) {
 }
 
 struct Args {
-  std::string model_dir, adapter, prompt, prompt_file, quant = "nf4", dtype = "bf16", prompt_ids, logits_out;
+  std::string model_dir, adapter, prompt, prompt_file, quant = "nf4", dtype = "auto", prompt_ids, logits_out;
   int threads = 0;
   bool ignore_eos = false, print_ids = false, chat = false, quantize_lm_head = false;
   std::string system;
@@ -107,8 +108,9 @@ void add_options(CLI::App& cli, Args& a) {
                "quantize lm_head to the --quant type too: faster decoding (lm_head is the largest weight a token "
                "reads) at some accuracy, as llama.cpp's quantized output tensor; by default it stays 16-bit, as "
                "bitsandbytes keeps it");
-  cli.add_option("--dtype", a.dtype, "compute dtype")
-      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}))
+  cli.add_option("--dtype", a.dtype,
+                 "compute dtype; auto: bf16 where the CPU multiplies bf16 natively (AVX-512, AMX), else fp32")
+      ->check(CLI::IsMember({"auto", "bf16", "fp16", "fp32"}))
       ->capture_default_str();
   cli.add_option("--logits-out", a.logits_out,
                  "write the fp32 logits of every prompt position to this .npy file, shape (T, V)");
@@ -180,7 +182,10 @@ int run_generate(Args& a) {
   if (!a.prompt_file.empty()) a.prompt = qlora::read_file(a.prompt_file);
   qlora::configure_threads(a.threads);
   qlora::model::LoadOptions lo;
-  lo.compute_dtype = a.dtype == "fp32" ? torch::kFloat32 : a.dtype == "fp16" ? torch::kFloat16 : torch::kBFloat16;
+  if (const std::string slow = qlora::model::slow_cpu_dtype_warning(a.dtype); !slow.empty()) {
+    spdlog::warn("--dtype {}", slow);
+  }
+  lo.compute_dtype = qlora::model::compute_dtype_from_name(qlora::model::resolve_compute_dtype(a.dtype, false));
   lo.quant = qlora::quant::parse_quant_option(a.quant);
   lo.quantize_lm_head = a.quantize_lm_head;
   auto model = qlora::model::load_model(a.model_dir, lo);

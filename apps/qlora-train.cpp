@@ -21,6 +21,7 @@
 
 #include "app_main.h"
 #include "common/threads.h"
+#include "model/compute_dtype.h"
 #include "plan/time_plan.h"
 #include "trainer/dist/launch.h"
 #include "trainer/loss_plot.h"
@@ -39,12 +40,16 @@ qlora::plan::TimePlan time_plan(const qlora::trainer::TrainConfig& config, const
     source = "--plan-flops";
   } else if (p.inputs.device.rfind("cpu", 0) == 0) {
     const int threads = qlora::configure_threads(config.train.threads);
-    const double mm = qlora::plan::measure_cpu_matmul_flops(torch::kBFloat16);
+    // In the run's compute dtype: where the CPU has no bf16 matmul instructions a bf16 run is priced at the speed
+    // of LibTorch's reference loops it would get (and an fp32 one, the `auto` there, at fp32's).
+    // (256^3 where that is the reference loops: 1024^3 would take 5 s a product there.)
+    const int64_t n = qlora::model::cpu_matmul_native(config.model.dtype()) ? 1024 : 256;
+    const double mm = qlora::plan::measure_cpu_matmul_flops(config.model.dtype(), n, n, n);
     rate = qlora::plan::kCpuStepEfficiency * mm;
     source = fmt::format(
-        "{:.0f}% of the bf16 matmul rate measured now on {} threads, {:.0f} GFLOP/s; --plan-flops to "
+        "{:.0f}% of the {} matmul rate measured now on {} threads, {:.0f} GFLOP/s; --plan-flops to "
         "set",
-        100 * qlora::plan::kCpuStepEfficiency, threads, mm / 1e9);
+        100 * qlora::plan::kCpuStepEfficiency, config.model.compute_dtype, threads, mm / 1e9);
   } else {
     rate = qlora::plan::kStreamGpuFlopsPerS;
     source = "assumed for a 24 GB RTX 4090-class GPU, not measured; --plan-flops to set";

@@ -1,7 +1,7 @@
-// Training throughput of the QLoRA loop on configs/bench.yaml (~100M-parameter model, seq 512, bf16, NF4+DQ),
-// with gradient checkpointing on and off: tokens/s, model FLOPs utilisation against the bf16 matmul rate
-// measured in the same run, and peak RSS (each configuration runs in its own forked process so its peak RSS
-// is its own).
+// Training throughput of the QLoRA loop on configs/bench.yaml (~100M-parameter model, seq 512, NF4+DQ, compute
+// dtype auto: bf16 where the CPU multiplies bf16 natively, else fp32), with gradient checkpointing on and off:
+// tokens/s, model FLOPs utilisation against the matmul rate of the run's compute dtype measured in the same run,
+// and peak RSS (each configuration runs in its own forked process so its peak RSS is its own).
 //
 //   build/bin/bench_train [configs/bench.yaml] [--steps N] [--threads T]
 //   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench)
@@ -35,6 +35,7 @@
 #include "common/log.h"
 #include "common/threads.h"
 #include "io/hf_config.h"
+#include "model/compute_dtype.h"
 #include "plan/time_plan.h"
 #include "trainer/run_plan.h"
 #include "trainer/trainer.h"
@@ -142,7 +143,7 @@ struct MatmulFloor {
 };
 
 MatmulFloor measure_matmul_floor(const trainer::TrainConfig& cfg, const io::LlamaConfig& mc) {
-  const auto opts = torch::TensorOptions().dtype(torch::kBFloat16);
+  const auto opts = torch::TensorOptions().dtype(cfg.model.dtype());
   const int64_t seq = cfg.data_config.max_seq_len, batch = cfg.train.micro_batch_size, m = batch * seq;
   std::map<std::string, double> memo;  // shape key -> seconds (the same shape recurs in every layer)
   // make() builds the operands and returns the product to time; it runs only for a shape not timed yet.
@@ -224,7 +225,7 @@ MatmulFloor measure_matmul_floor(const trainer::TrainConfig& cfg, const io::Llam
   return f;
 }
 
-void print_floor(const MatmulFloor& fl, const plan::TokenFlops& f, double peak_bf16) {
+void print_floor(const MatmulFloor& fl, const plan::TokenFlops& f, double peak) {
   const double per_step = f.per_token * fl.tokens;
   std::printf(
       "matmul floor per micro-batch (%.0f tokens; the step's matmuls alone, each shape at this machine's rate): "
@@ -235,14 +236,14 @@ void print_floor(const MatmulFloor& fl, const plan::TokenFlops& f, double peak_b
   for (bool ck : {true, false}) {
     const double s = ck ? fl.on() : fl.off();
     std::printf("  checkpointing %-3s: %.1f ms = %.1f tokens/s at most, MFU ceiling %.1f%%\n", ck ? "on" : "off",
-                1e3 * s, fl.tokens / s, 100 * per_step / s / (peak_bf16 * 1e9));
+                1e3 * s, fl.tokens / s, 100 * per_step / s / (peak * 1e9));
   }
 }
 
-void print_results(const std::vector<Result>& results, const plan::TokenFlops& f, double n_params, double peak_bf16,
-                   int steps, const MatmulFloor& floor) {
+void print_results(const std::vector<Result>& results, const plan::TokenFlops& f, double n_params, double peak,
+                   const std::string& dtype, int steps, const MatmulFloor& floor) {
   std::printf("%-26s %12s %14s %10s %10s %12s %12s\n", "gradient checkpointing", "tokens/s", "model GFLOP/s",
-              "MFU(bf16)", "6N MFU", "of floor", "peak RSS");
+              ("MFU(" + dtype + ")").c_str(), "6N MFU", "of floor", "peak RSS");
   for (const auto& res : results) {
     if (!res.ok) {
       std::printf("%-26s failed: %s\n", res.checkpointing ? "on" : "off", res.error.c_str());
@@ -252,7 +253,7 @@ void print_results(const std::vector<Result>& results, const plan::TokenFlops& f
     const double gflops_6n = res.tokens_per_s * 6 * n_params / 1e9;
     const double floor_tps = floor.tokens / (res.checkpointing ? floor.on() : floor.off());
     std::printf("%-26s %12.1f %14.1f %9.1f%% %9.1f%% %11.1f%% %12s\n", res.checkpointing ? "on" : "off",
-                res.tokens_per_s, gflops, 100 * gflops / peak_bf16, 100 * gflops_6n / peak_bf16,
+                res.tokens_per_s, gflops, 100 * gflops / peak, 100 * gflops_6n / peak,
                 100 * res.tokens_per_s / floor_tps, format_bytes(res.peak_rss).c_str());
   }
   std::printf(
@@ -286,13 +287,15 @@ int main(int argc, char** argv) {
                 static_cast<long long>(mc.num_hidden_layers), static_cast<long long>(mc.hidden_size), f.seq,
                 static_cast<long long>(cfg.train.micro_batch_size), cfg.model.quant_type.c_str(),
                 cfg.model.compute_dtype.c_str());
-    // The bf16 matmul rate is the MFU denominator. On a shared VM it swings between runs, so it is measured
-    // three times: in a child before the training runs, and twice in this process after them (2048^3, best of 5
-    // each); MFU is taken against the highest rate seen, i.e. the conservative figure.
-    const int64_t mm = 2048;
+    // The matmul rate of the run's compute dtype is the MFU denominator (bf16; fp32 where `auto` chose it, the
+    // CPU having no bf16 matmul instructions). On a shared VM it swings between runs, so it is measured three
+    // times: in a child before the training runs, and twice in this process after them (2048^3, best of 5 each);
+    // MFU is taken against the highest rate seen, i.e. the conservative figure.
+    const c10::ScalarType dtype = cfg.model.dtype();
+    const int64_t mm = model::cpu_matmul_native(dtype) ? 2048 : 512;  // reference loops: 2048^3 would take minutes
     auto measure_peak = [&] {
       configure_threads(threads);
-      return bench::measure_matmul_gflops(c10::ScalarType::BFloat16, mm, mm, mm, 5);
+      return bench::measure_matmul_gflops(dtype, mm, mm, mm, 5);
     };
     const nlohmann::json before = bench::run_in_child([&]() -> nlohmann::json { return {{"gflops", measure_peak()}}; });
     std::vector<Result> results;
@@ -303,22 +306,27 @@ int main(int argc, char** argv) {
 
     // Machine limits, measured after the children (no OpenMP pool in the parent before fork).
     const int nthreads = configure_threads(threads);
-    const double bf16_before = before.value("gflops", 0.0);
-    const double bf16_after1 = measure_peak();
-    const double bf16_after2 = measure_peak();
-    const double peak_bf16 = std::max({bf16_before, bf16_after1, bf16_after2});
-    const double peak_fp32 = bench::measure_matmul_gflops(c10::ScalarType::Float, mm, mm, mm, 3);
+    const double rate_before = before.value("gflops", 0.0);
+    const double rate_after1 = measure_peak();
+    const double rate_after2 = measure_peak();
+    const double peak = std::max({rate_before, rate_after1, rate_after2});
+    // The other dtype for reference (bf16 at 512^3 where it runs in reference loops).
+    const bool run_fp32 = dtype == c10::ScalarType::Float;
+    const c10::ScalarType other = run_fp32 ? c10::ScalarType::BFloat16 : c10::ScalarType::Float;
+    const int64_t other_mm = model::cpu_matmul_native(other) ? 2048 : 512;
+    const double other_rate = bench::measure_matmul_gflops(other, other_mm, other_mm, other_mm, 3);
     std::printf(
-        "machine: %d threads, matmul bf16 %.1f GFLOP/s (max of %.1f before, %.1f and %.1f after the runs; %lld^3, "
-        "best of 5 each), fp32 %.1f GFLOP/s\n",
-        nthreads, peak_bf16, bf16_before, bf16_after1, bf16_after2, static_cast<long long>(mm), peak_fp32);
+        "machine: %d threads, matmul %s %.1f GFLOP/s (max of %.1f before, %.1f and %.1f after the runs; %lld^3, "
+        "best of 5 each), %s %.1f GFLOP/s (%lld^3)\n",
+        nthreads, cfg.model.compute_dtype.c_str(), peak, rate_before, rate_after1, rate_after2,
+        static_cast<long long>(mm), run_fp32 ? "bf16" : "fp32", other_rate, static_cast<long long>(other_mm));
     std::printf(
         "model FLOPs/token: 4*N_frozen + 6*N_lora + 12*L*q*T = %.3f GFLOP (N_frozen %.1fM, N_lora %.2fM); "
         "6*N_params = %.3f GFLOP\n",
         f.per_token / 1e9, f.n_frozen / 1e6, f.n_lora / 1e6, 6 * n_params / 1e9);
     const MatmulFloor floor = measure_matmul_floor(cfg, mc);
-    print_floor(floor, f, peak_bf16);
-    print_results(results, f, n_params, peak_bf16, steps, floor);
+    print_floor(floor, f, peak);
+    print_results(results, f, n_params, peak, cfg.model.compute_dtype, steps, floor);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 2;

@@ -1,5 +1,7 @@
 #include "trainer/config.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -8,6 +10,7 @@
 #include "common/atomic_file.h"
 #include "common/error.h"
 #include "common/hash.h"
+#include "model/compute_dtype.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::trainer {
@@ -40,6 +43,20 @@ void check_cross_keys(const YamlContext& ctx, const YAML::Node& root, TrainConfi
                "does not do; gradients below 6e-8 would silently become zero)",
                "use bf16 (the same memory and speed where the GPU has bf16: Ampere and newer) or fp32; fp16 stays "
                "available for inference (qlora-generate --dtype fp16)");
+  }
+  // auto: the dtype this device multiplies at speed (model/compute_dtype.h), resolved here so the hash, the plan
+  // and the effective config all name what runs. An explicit 16-bit dtype the CPU multiplies only in LibTorch's
+  // reference loops is kept, with a warning naming the key.
+  const bool cuda = cfg.device != "cpu";
+  const std::string asked = cfg.model.compute_dtype;
+  cfg.model.compute_dtype = model::resolve_compute_dtype(asked, cuda);
+  if (!cuda) {
+    if (const std::string slow = model::slow_cpu_dtype_warning(asked); !slow.empty()) {
+      const int line = top.has("model") ? YamlMap(ctx, top.get("model"), "model").line("compute_dtype") : 0;
+      const std::string where =
+          line > 0 ? ctx.file() + ":" + std::to_string(line) : ctx.override_for("model.compute_dtype");
+      spdlog::warn("{}: model.compute_dtype {}", where.empty() ? ctx.file() : where, slow);
+    }
   }
   if (cfg.eval.early_stopping_patience > 0 && cfg.eval.every == 0) {
     const YamlMap eval(ctx, top.get("eval"), "eval");

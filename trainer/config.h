@@ -33,7 +33,7 @@ namespace fs = std::filesystem;
 
 struct ModelSection {
   fs::path path;                       // HF model folder (absolute after loading)
-  std::string compute_dtype = "bf16";  // bf16 | fp16 | fp32
+  std::string compute_dtype = "auto";  // auto | bf16 | fp16 | fp32; auto is resolved by parse_config (never left)
   std::string quant_type = "nf4";      // nf4 | fp4 | none (quant::parse_quant_option)
   int64_t quant_blocksize = 64;
   bool double_quant = true;

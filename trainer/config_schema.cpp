@@ -54,9 +54,10 @@ void add_model_and_lora_keys(std::vector<K>& keys) {
        .field = path_member(&T::model, &ModelSection::path),
        .required_hint = "set model.path to an HF model folder (config.json + safetensors)"});
   add({.path = "model.compute_dtype",
-       .type = ChoiceKey{.options = {"bf16", "fp16", "fp32"},
+       .type = ChoiceKey{.options = {"auto", "bf16", "fp16", "fp32"},
                          .aliases = {{"bfloat16", "bf16"}, {"float16", "fp16"}, {"float32", "fp32"}}},
-       .help = "dtype of activations and dequantized weights",
+       .help = "dtype of activations and dequantized weights; auto: bf16 on CUDA and on CPUs that multiply bf16 "
+               "natively (AVX-512, AMX), fp32 on other CPUs",
        .hash = "model.compute_dtype",
        .field = member(&T::model, &ModelSection::compute_dtype)});
   add({.path = "model.quant.type",

@@ -1,5 +1,6 @@
 // Config schema: every bad config names the exact key path and line; --set overrides are typed by the schema;
 // effective config round trip; config hash stability; the shipped configs parse with the paper's recipe.
+#include <cpuid.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -7,6 +8,7 @@
 
 #include "common/atomic_file.h"
 #include "common/error.h"
+#include "model/compute_dtype.h"
 #include "test_util.h"
 #include "trainer/config.h"
 
@@ -73,6 +75,42 @@ struct BadCase {
   std::string prefix;    // the error must start with this ("cfg.yaml:<line>: <key.path>: ")
   std::string contains;  // and contain this
 };
+
+// The independent reference for `compute_dtype: auto`: CPUID, read here, against LibTorch's own answer that the
+// resolution uses. oneDNN multiplies bf16 from avx512_core (AVX-512 F/BW/VL/DQ) up, or with AVX-NE-CONVERT and
+// AVX-VNNI (CPUID leaf 7 sub-leaf 1: EDX bit 5, EAX bit 4).
+std::string expected_auto_dtype_on_this_cpu() {
+#if defined(__x86_64__)
+  const bool avx512_core = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool leaf = __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0;
+  const bool ne_convert = leaf && (edx & (1u << 5)) != 0 && (eax & (1u << 4)) != 0;
+  return avx512_core || ne_convert ? "bf16" : "fp32";
+#else
+  return qlora::model::resolve_compute_dtype("auto", false);  // no independent reference off x86
+#endif
+}
+
+TEST(TrainConfig, ComputeDtypeAutoIsWhatTheDeviceMultipliesAtSpeed) {
+  const TrainConfig cpu = parse_config(kBaseConfig, "cfg.yaml", {"model.compute_dtype=auto"});
+  EXPECT_EQ(cpu.model.compute_dtype, expected_auto_dtype_on_this_cpu());
+  EXPECT_EQ(cpu.model.dtype(), cpu.model.compute_dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32);
+  // Resolved before anything reads it: the effective config and the hash name the dtype that runs.
+  EXPECT_NE(effective_config_yaml(cpu).find("compute_dtype: " + cpu.model.compute_dtype), std::string::npos);
+  const TrainConfig same = parse_config(kBaseConfig, "cfg.yaml", {"model.compute_dtype=" + cpu.model.compute_dtype});
+  EXPECT_EQ(config_hash(cpu), config_hash(same));
+  EXPECT_EQ(parse_config(kBaseConfig, "cfg.yaml", {"model.compute_dtype=auto", "device=cuda"}).model.compute_dtype,
+            "bf16");
+  // An explicit choice is kept, whatever the CPU.
+  EXPECT_EQ(parse_config(kBaseConfig, "cfg.yaml", {"model.compute_dtype=fp32"}).model.compute_dtype, "fp32");
+  EXPECT_EQ(parse_config(kBaseConfig, "cfg.yaml").model.compute_dtype, "bf16");
+  // The warning for an explicit bf16 exactly where auto would not pick it.
+  EXPECT_EQ(qlora::model::slow_cpu_dtype_warning("bf16").empty(), expected_auto_dtype_on_this_cpu() == "bf16");
+  EXPECT_TRUE(qlora::model::slow_cpu_dtype_warning("fp32").empty());
+  // The default of a config that does not name it is auto.
+  EXPECT_EQ(TrainConfig{}.model.compute_dtype, "auto");
+}
 
 TEST(TrainConfig, BaseConfigParses) {
   TrainConfig c = parse_config(kBaseConfig, "cfg.yaml");
@@ -249,7 +287,9 @@ TEST(TrainConfig, HashCoversTrajectoryOnly) {
 // so it must never drift. (The independent check is that checkpoints of existing runs still resume.)
 TEST(TrainConfig, HashIsPinnedForTheShippedTinyConfig) {
   const fs::path tiny = test::source_dir() / "configs" / "tiny.yaml";
-  const TrainConfig plain = load_config(tiny);
+  // tiny.yaml's compute_dtype is auto, resolved by the CPU (bf16 with AVX-512/AMX, fp32 on AVX2): pinned to the
+  // bf16 it resolved to when the values were taken.
+  const TrainConfig plain = load_config(tiny, {"model.compute_dtype=bf16"});
   const TrainConfig edited = load_config(
       tiny, {"train.lr=1e-4", "lora.r=8", "lora.dtype=bf16", "lora.targets=[q_proj, v_proj]", "model.quant=fp4",
              "model.compute_dtype=fp32", "data.max_seq_len=128", "train.adam_beta2=0.99", "train.max_grad_norm=0"});
@@ -283,7 +323,9 @@ TEST(TrainConfig, ShippedConfigsParse) {
     TrainConfig c = load_config(dir / (std::string(name) + ".yaml"));
     EXPECT_EQ(c.model.quant_type, "nf4");
     EXPECT_TRUE(c.model.double_quant);
-    EXPECT_EQ(c.model.compute_dtype, "bf16");
+    // The small-model CPU configs say auto (resolved by this CPU); the Llama ones bf16, as the QLoRA paper.
+    const bool small = std::string(name).rfind("llama", 0) != 0;
+    EXPECT_EQ(c.model.compute_dtype, small ? expected_auto_dtype_on_this_cpu() : "bf16");
     EXPECT_TRUE(c.model.gradient_checkpointing);
     if (std::string(name).rfind("llama", 0) != 0) continue;
     const bool large = std::string(name).find("70b") != std::string::npos;
