@@ -182,10 +182,7 @@ int run_generate(Args& a) {
   if (!a.prompt_file.empty()) a.prompt = qlora::read_file(a.prompt_file);
   qlora::configure_threads(a.threads);
   qlora::model::LoadOptions lo;
-  if (const std::string slow = qlora::model::slow_cpu_dtype_warning(a.dtype); !slow.empty()) {
-    spdlog::warn("--dtype {}", slow);
-  }
-  lo.compute_dtype = qlora::model::compute_dtype_from_name(qlora::model::resolve_compute_dtype(a.dtype, false));
+  lo.compute_dtype = qlora::model::cpu_compute_dtype(a.dtype, "--dtype");
   lo.quant = qlora::quant::parse_quant_option(a.quant);
   lo.quantize_lm_head = a.quantize_lm_head;
   auto model = qlora::model::load_model(a.model_dir, lo);

@@ -40,9 +40,8 @@ qlora::plan::TimePlan time_plan(const qlora::trainer::TrainConfig& config, const
     source = "--plan-flops";
   } else if (p.inputs.device.rfind("cpu", 0) == 0) {
     const int threads = qlora::configure_threads(config.train.threads);
-    // In the run's compute dtype: where the CPU has no bf16 matmul instructions a bf16 run is priced at the speed
-    // of LibTorch's reference loops it would get (and an fp32 one, the `auto` there, at fp32's).
-    // (256^3 where that is the reference loops: 1024^3 would take 5 s a product there.)
+    // In the run's compute dtype, so an explicit bf16 on a CPU without bf16 matmul instructions is priced at the
+    // reference loops it will get (at 256^3 there: 1024^3 takes ~3 s a product).
     const int64_t n = qlora::model::cpu_matmul_native(config.model.dtype()) ? 1024 : 256;
     const double mm = qlora::plan::measure_cpu_matmul_flops(config.model.dtype(), n, n, n);
     rate = qlora::plan::kCpuStepEfficiency * mm;

@@ -1,6 +1,7 @@
 #include "model/compute_dtype.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <spdlog/spdlog.h>
 
 #include "common/error.h"
 
@@ -39,6 +40,11 @@ std::string slow_cpu_dtype_warning(const std::string& name) {
   return name + " on a CPU without " + name +
          " matmul instructions: LibTorch multiplies it through oneDNN only with AVX-512, AMX or AVX-NE-CONVERT, "
          "here in its reference loops, ~100x slower than fp32; use compute dtype auto (fp32 on this CPU) or fp32";
+}
+
+torch::ScalarType cpu_compute_dtype(const std::string& name, const std::string& flag) {
+  if (const std::string slow = slow_cpu_dtype_warning(name); !slow.empty()) spdlog::warn("{} {}", flag, slow);
+  return compute_dtype_from_name(resolve_compute_dtype(name, /*cuda=*/false));
 }
 
 torch::ScalarType compute_dtype_from_name(const std::string& name) {

@@ -2,8 +2,9 @@
 //
 // LibTorch multiplies bf16 and fp16 matrices on the CPU through oneDNN only where the CPU has the instructions for
 // it (x86: AVX-512 BW/VL/DQ, AMX or AVX-NE-CONVERT; Arm: the BF16 extension). Elsewhere at::mm falls to reference
-// loops: a 1024^3 bf16 matmul took 5.0 s (0.4 GFLOP/s) against 47 ms in fp32 on a 2-core AVX2 AMD EPYC (torch
-// 2.15, 2026-12-06), so a bf16 run on an AVX2 laptop would spend ~100x longer in every matmul than an fp32 one.
+// loops: a 1024^3 bf16 matmul took 3.1 s (0.69 GFLOP/s) against 17 ms in fp32 on a 2-core AVX2 AMD EPYC (torch
+// 2.15, 2026-12-06, bench/RESULTS.md), so a bf16 run on an AVX2 laptop would spend ~100x longer in every matmul
+// than an fp32 one.
 #pragma once
 
 #include <torch/types.h>
@@ -22,6 +23,10 @@ std::string resolve_compute_dtype(const std::string& name, bool cuda);
 // A one-line warning, empty when there is none: `name` is a 16-bit dtype this CPU multiplies only in LibTorch's
 // reference loops (so every matmul runs far slower than in fp32), with the way out.
 std::string slow_cpu_dtype_warning(const std::string& name);
+
+// A CPU tool's `flag` (e.g. "--dtype") set to `name`: auto resolved for this CPU, an explicit 16-bit dtype this CPU
+// multiplies only in reference loops kept with slow_cpu_dtype_warning logged, as a torch dtype.
+torch::ScalarType cpu_compute_dtype(const std::string& name, const std::string& flag);
 
 // "bf16" | "fp16" | "fp32" -> the torch dtype (anything else throws qlora::Error).
 torch::ScalarType compute_dtype_from_name(const std::string& name);

@@ -76,9 +76,7 @@ void check_cross_keys(const YamlContext& ctx, const YAML::Node& root, TrainConfi
 }  // namespace
 
 torch::ScalarType ModelSection::dtype() const {
-  if (compute_dtype == "fp16") return torch::kFloat16;
-  if (compute_dtype == "fp32") return torch::kFloat32;
-  return torch::kBFloat16;
+  return model::compute_dtype_from_name(compute_dtype);
 }
 
 torch::ScalarType LoraSection::torch_dtype() const {
