@@ -1,0 +1,99 @@
+// What the CPU GEMV kernels (gemv_4bit.cpp, gemv_q8.cpp) share: the blocks a batch of rows touches and their fp32
+// absmax, the register order of 8 chunks after an unpack transpose, and the row batching. Internal to quant/.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "quant/codec_4bit.h"
+
+#define QLORA_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define QLORA_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+
+namespace qlora::quant::gemv_detail {
+
+// The chunk (within its group of w) that register lane p of a w-lane kernel holds: the order the unpack transpose
+// leaves the words in (p = 4 h + i: 128-bit lane h, word i).
+constexpr int lane_chunk(int p, int w) {
+  return (p >> 2) + (w / 4) * (p & 3);
+}
+static_assert(lane_chunk(5, 16) == 1 + 4 * 1 && lane_chunk(7, 8) == 1 + 2 * 3, "the unpack transpose's lane order");
+
+// The blocks a batch of rows [o, o + rows) touches (blocks may straddle rows) and their fp32 absmax.
+struct RowBlocks {
+  int64_t first = 0;          // first block
+  int64_t count = 0;          // blocks from `first` on
+  const float* am = nullptr;  // am[b - first] = absmax of block b
+  int64_t in_features = 0;
+  int64_t blocksize = 0;
+  int log2_blocksize = 0;  // blocks are powers of two: e / blocksize as a shift (a 64-bit division costs ~40 cycles)
+  // Element offset of row o's start from block `first`'s.
+  int64_t row_offset(int64_t o) const { return o * in_features - first * blocksize; }
+};
+
+// decode(w, b0, b1, dst) writes the fp32 absmax of double-quantized blocks [b0, b1) (plain absmax is read in place).
+template <class DecodeFn>
+RowBlocks row_blocks(const codec::Packed4bit& w, int64_t in_features, int64_t o, int rows, std::vector<float>& buf,
+                     DecodeFn decode) {
+  RowBlocks rb;
+  rb.in_features = in_features;
+  rb.blocksize = w.blocksize;
+  rb.log2_blocksize = __builtin_ctzll(static_cast<unsigned long long>(w.blocksize));
+  rb.first = o * in_features / w.blocksize;
+  const int64_t end = ((o + rows) * in_features - 1) / w.blocksize + 1;
+  rb.count = end - rb.first;
+  if (w.qabsmax == nullptr) {
+    rb.am = w.absmax + rb.first;
+    return rb;
+  }
+  buf.resize(static_cast<size_t>(end - rb.first));
+  decode(w, rb.first, end, buf.data());
+  rb.am = buf.data();
+  return rb;
+}
+
+// Row o's output y, cast to the output type (Args: Gemv4bitArgs or GemvQ8Args).
+template <class Args>
+void store_out(const Args& a, int64_t o, float y) {
+  if (a.out_bf16) {
+    static_cast<uint16_t*>(a.y)[o] = codec::bf16_bits_rne(y);
+  } else {
+    static_cast<float*>(a.y)[o] = y;
+  }
+}
+
+// Scalar decode of blocks [b0, b1) (the SIMD decoders' remainder): codec::absmax_from_dq, the reference's bits.
+inline void decode_absmax_scalar(const codec::Packed4bit& w, int64_t b0, int64_t b1, float* dst) {
+  for (int64_t b = b0; b < b1; ++b) dst[b - b0] = w.block_absmax(b, w.nested_code);
+}
+
+// absmax_from_dq for 8 blocks at a time (gemv_4bit.cpp).
+void decode_absmax_avx2(const codec::Packed4bit& w, int64_t b0, int64_t b1, float* dst);
+
+// The W-lane register kernels run rows in batches of R (R independent accumulator chains hide the FMA latency)
+// over the row range of one thread; the remainder runs one row at a time.
+template <int R, class RowsFn, class OneFn>
+void row_batches(int64_t o0, int64_t o1, const RowsFn& rows, const OneFn& one) {
+  int64_t o = o0;
+  for (; o + R <= o1; o += R) rows(o);
+  for (; o < o1; ++o) one(o);
+}
+
+// The absmax of 8 chunks (register lane p: chunk lane_chunk(p, 8) of the group) whose first element is e_rel
+// elements past block rb.first's start: they span at most 8 blocks, so an 8-float window of rb.am permuted to the
+// lanes. bs_shift = log2(blocksize) as a shift count; e_rel >= 0.
+QLORA_AVX2_INLINE __m256 group_absmax_avx2(const RowBlocks& rb, int64_t e_rel, __m128i bs_shift) {
+  const __m256i lane_elem = _mm256_setr_epi32(0, 64, 128, 192, 32, 96, 160, 224);  // lane_chunk(p, 8) * 32
+  const __m256i iota8 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const int64_t fb = e_rel >> rb.log2_blocksize;
+  const __m256i blk = _mm256_sub_epi32(
+      _mm256_srl_epi32(_mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(e_rel)), lane_elem), bs_shift),
+      _mm256_set1_epi32(static_cast<int32_t>(fb)));
+  const int64_t n = rb.count - fb < 8 ? rb.count - fb : 8;
+  const __m256i in_range = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n)), iota8);
+  return _mm256_permutevar8x32_ps(_mm256_maskload_ps(rb.am + fb, in_range), blk);
+}
+
+}  // namespace qlora::quant::gemv_detail
