@@ -334,6 +334,19 @@ Gemv4bitArgs gemv_args(const QuantizedTensor& w, const void* x, void* y, bool ou
   return a;
 }
 
+GemvQ8Args gemv_q8_args(const QuantizedTensor& w, const void* x, bool x_bf16, void* y, bool out_bf16) {
+  const Gemv4bitArgs g = gemv_args(w, x, y, out_bf16);
+  GemvQ8Args a;
+  a.w = g.w;
+  a.out_features = g.out_features;
+  a.in_features = g.in_features;
+  a.x = x;
+  a.x_bf16 = x_bf16;
+  a.out_bf16 = out_bf16;
+  a.y = y;
+  return a;
+}
+
 float torch_mean_f32(const float* x, int64_t n) {
   TORCH_CHECK(n > 0, "mean of an empty array");
   return cascade_sum<8>(x, n) / static_cast<float>(n);

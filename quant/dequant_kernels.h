@@ -13,6 +13,7 @@
 #include "common/cpu_isa.h"
 #include "quant/codec_4bit.h"
 #include "quant/gemv_4bit.h"
+#include "quant/gemv_q8.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::quant::detail {
@@ -52,6 +53,8 @@ torch::Tensor dequantize_ops(const QuantizedTensor& q, torch::ScalarType out_dty
 codec::Packed4bit packed_view(const QuantizedTensor& q);
 // The GEMV arguments of y = W x for W = w (2-D), x: in_features bf16 values, y: out_features bf16 or fp32 values.
 Gemv4bitArgs gemv_args(const QuantizedTensor& w, const void* x, void* y, bool out_bf16);
+// The same for the GEMV with 8-bit activations: x bf16 (x_bf16) or fp32 values.
+GemvQ8Args gemv_q8_args(const QuantizedTensor& w, const void* x, bool x_bf16, void* y, bool out_bf16);
 
 // fp32 mean of x[0..n) computed like torch.mean on a contiguous CPU fp32 tensor in one thread
 // (cascade sum over 8-lane vectors, then / n). bitsandbytes' double-quant offset is this value.
