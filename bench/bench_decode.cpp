@@ -2,7 +2,9 @@
 // per step with the preallocated KV cache, each 4-bit projection a GEMV that reads its codes once): decode tokens/s,
 // the bytes of weights one token reads, and that traffic per second against the copy bandwidth measured in the same
 // run. Before it, the GEMV kernel alone on each projection shape of the model, per CPU path, next to what the CPU
-// decode did before it had one (dequantize the projection to bf16, then a one-row matmul).
+// decode did before it had one (dequantize the projection to bf16, then a one-row matmul). Decode runs with the
+// default GEMV, 8-bit activations (qlora-generate --gemv q8, quant/gemv_q8.h), and again with the exact one
+// (--gemv exact, quant/gemv_4bit.h: the CUDA kernel's arithmetic).
 //
 //   build/bin/bench_decode [--model models/bench] [--prompt 32] [--tokens 64] [--reps 3] [--threads 0]
 //                          [--no-kernels | --kernels-only]
@@ -50,6 +52,7 @@
 #include "model/llama.h"
 #include "quant/dequant_kernels.h"
 #include "quant/gemv_4bit.h"
+#include "quant/gemv_q8.h"
 #include "quant/linear_4bit.h"
 
 namespace {
@@ -58,9 +61,10 @@ using namespace qlora;
 using bench::time_best;
 
 constexpr int kExitBadArgs = 2;
-constexpr double kInitStd = 0.02;     // HF initializer_range (the --config model)
-constexpr int kKernelReps = 5;        // best-of for the kernel table
-constexpr int64_t kFirstTokenId = 3;  // prompt ids drawn above <unk> <s> </s>
+constexpr double kInitStd = 0.02;                  // HF initializer_range (the --config model)
+constexpr int64_t kColdBytes = int64_t{64} << 20;  // past the last-level cache of the machines we run on
+constexpr int kKernelReps = 5;                     // best-of for the kernel table
+constexpr int64_t kFirstTokenId = 3;               // prompt ids drawn above <unk> <s> </s>
 
 struct Options {
   std::string model = "models/bench";
@@ -196,6 +200,31 @@ void bench_kernels(int64_t out, int64_t in, double copy_gbs) {
     quant::gemv_4bit_cpu(a, isa);  // warm-up
     row((std::string("gemv ") + isa_name(isa)).c_str(), time_best([&] { quant::gemv_4bit_cpu(a, isa); }, kKernelReps));
   }
+  // With 8-bit activations (quant/gemv_q8.h): the AVX2 kernel (AVX-512 CPUs run it too) or its scalar reference.
+  const quant::GemvQ8Args a8 = quant::detail::gemv_q8_args(q, x.data_ptr(), /*x_bf16=*/true, y.data_ptr(), true);
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+    if (!cpu_supports(isa)) continue;
+    quant::gemv_q8_cpu(a8, isa);  // warm-up
+    row((std::string("gemv q8 ") + isa_name(isa)).c_str(),
+        time_best([&] { quant::gemv_q8_cpu(a8, isa); }, kKernelReps));
+  }
+  // From memory, as decoding reads it: copies of the weight (different codes) totalling past the last-level cache,
+  // one GEMV on each in turn per timed pass.
+  {
+    const int64_t copies = std::max<int64_t>(2, (kColdBytes + q.nbytes() - 1) / q.nbytes());
+    std::vector<quant::QuantizedTensor> qs;
+    std::vector<quant::GemvQ8Args> as;
+    for (int64_t i = 0; i < copies; ++i) {
+      qs.push_back(quant::quantize_4bit((torch::randn({out, in}) * kInitStd).to(torch::kBFloat16),
+                                        quant::QuantType::kNF4, 64, true));
+    }
+    for (const auto& qi : qs) as.push_back(quant::detail::gemv_q8_args(qi, x.data_ptr(), true, y.data_ptr(), true));
+    auto pass = [&] {
+      for (const auto& ai : as) quant::gemv_q8_cpu(ai);
+    };
+    pass();
+    row("gemv q8, from memory", time_best(pass, kKernelReps) / static_cast<double>(copies));
+  }
   torch::NoGradGuard no_grad;
   // linear_4bit outside InferenceMode: its dequant into a reused bf16 buffer + torch::linear on a (1, 1, in) row.
   const torch::Tensor x3 = x.view({1, 1, in});
@@ -214,9 +243,11 @@ double decode_tok_s(const model::GenerateResult& res) {
 }
 
 // Best of `reps` generations (greedy, no eos) of o.tokens tokens after a prompt of o.prompt random ids.
-Decode bench_generate(model::LlamaModelImpl& m, const Options& o, const std::vector<int64_t>& prompt) {
+Decode bench_generate(model::LlamaModelImpl& m, const Options& o, const std::vector<int64_t>& prompt,
+                      quant::CpuGemv gemv = quant::CpuGemv::kQ8) {
   model::GenerateOptions g;
   g.max_new_tokens = o.tokens;
+  g.cpu_gemv = gemv;
   Decode best;
   for (int r = 0; r <= o.reps; ++r) {  // r == 0: warm-up
     const auto res = model::generate(m, prompt, g);
@@ -306,6 +337,33 @@ LlamaCpp run_llama_cpp(const Options& o, const std::string& type, int threads, c
           j.at("llama_cpp_python").get<std::string>()};
 }
 
+// llama.cpp on our Q4_0 and Q8_0 exports of the same model, and our decode (d; dq: with lm_head in NF4) against it.
+void print_llama_cpp(const Options& o, int threads, const std::vector<int64_t>& prompt, double copy_gbs,
+                     const Decode& d, const std::optional<Decode>& dq) {
+  std::vector<std::pair<std::string, LlamaCpp>> ref;
+  for (const char* type : {"q4_0", "q8_0"}) ref.emplace_back(type, run_llama_cpp(o, type, threads, prompt));
+  std::printf(
+      "\nllama.cpp (llama-cpp-python %s, CPU), our GGUF export of the same model; same threads, prompt ids, "
+      "tokens; greedy, best of %d\n",
+      ref[0].second.version.c_str(), o.reps);
+  for (const auto& [type, r] : ref) {
+    std::printf(
+        "  %s: weights read per token %.2f MB; prompt %.1f tok/s; decode %.2f tok/s (llama.cpp's own counters "
+        "%.2f tok/s) = %.2f GB/s, %.1f%% of copy bandwidth\n",
+        type.c_str(), r.weight_bytes / 1e6, r.prompt_tok_s, r.decode_tok_s, r.decode_tok_s_internal,
+        r.weight_bytes * r.decode_tok_s_internal / 1e9,
+        100.0 * r.weight_bytes * r.decode_tok_s_internal / 1e9 / copy_gbs);
+  }
+  for (const auto& [type, r] : ref) {
+    std::printf("  qlora decode / llama.cpp %s decode: %.2fx (%.2fx against llama.cpp's own counters)\n", type.c_str(),
+                d.decode_tok_s / r.decode_tok_s, d.decode_tok_s / r.decode_tok_s_internal);
+    if (dq) {
+      std::printf("  qlora decode, lm_head NF4 / llama.cpp %s decode: %.2fx (%.2fx against its own counters)\n",
+                  type.c_str(), dq->decode_tok_s / r.decode_tok_s, dq->decode_tok_s / r.decode_tok_s_internal);
+    }
+  }
+}
+
 int run(const Options& o) {
   const int threads = configure_threads(o.threads);
   const double copy_gbs = bench::measure_copy_bandwidth_gbs();
@@ -331,13 +389,14 @@ int run(const Options& o) {
   const torch::Tensor ids = torch::randint(kFirstTokenId, c.vocab_size, {o.prompt}, torch::kInt64);
   for (int64_t i = 0; i < o.prompt; ++i) prompt.push_back(ids[i].item<int64_t>());
   const Decode d = bench_generate(*m, o, prompt);
+  const Decode exact = bench_generate(*m, o, prompt, quant::CpuGemv::kExact);
   const double no_gemv = bench_no_gemv(*m, o, prompt);
   const double per_token = wb.quant4 + wb.dense;
   const double kv_per_token = 2.0 * static_cast<double>(c.num_hidden_layers * c.kv_dim()) *
                               static_cast<double>(c10::elementSize(m->compute_dtype())) *
                               (static_cast<double>(o.prompt) + static_cast<double>(o.tokens) / 2);
-  std::printf("\ndecode: prompt %lld tokens, %lld new tokens, greedy, best of %d\n", static_cast<long long>(o.prompt),
-              static_cast<long long>(o.tokens), o.reps);
+  std::printf("\ndecode (--gemv q8, the default): prompt %lld tokens, %lld new tokens, greedy, best of %d\n",
+              static_cast<long long>(o.prompt), static_cast<long long>(o.tokens), o.reps);
   std::printf("  weights read per token: %.2f MB 4-bit + %.2f MB dense (lm_head) = %.2f MB; KV cache %.2f MB\n",
               wb.quant4 / 1e6, wb.dense / 1e6, per_token / 1e6, kv_per_token / 1e6);
   std::printf("  prompt: %.1f tok/s\n", d.prompt_tok_s);
@@ -345,6 +404,9 @@ int run(const Options& o) {
       "  decode: %.2f tok/s (%.2f ms/token): 4-bit %.2f GB/s, all weights %.2f GB/s = %.1f%% of copy bandwidth\n",
       d.decode_tok_s, 1e3 / d.decode_tok_s, wb.quant4 * d.decode_tok_s / 1e9, per_token * d.decode_tok_s / 1e9,
       100.0 * per_token * d.decode_tok_s / 1e9 / copy_gbs);
+  std::printf(
+      "  decode with the exact GEMV (--gemv exact: fp32 products, CUDA's bits): %.2f tok/s; q8 speed-up %.2fx\n",
+      exact.decode_tok_s, d.decode_tok_s / exact.decode_tok_s);
   std::printf("  decode without the GEMV (dequant + matmul per projection): %.2f tok/s; GEMV speed-up %.2fx\n", no_gemv,
               d.decode_tok_s / no_gemv);
   // The same with lm_head quantized too (qlora-generate --quantize-lm-head); not for a tied lm_head (the embedding).
@@ -363,28 +425,7 @@ int run(const Options& o) {
     print_fused_vs_layer_ops(*mq, o, prompt);
   }
   if (o.llama_cpp_python.empty()) return 0;
-  std::vector<std::pair<std::string, LlamaCpp>> ref;
-  for (const char* type : {"q4_0", "q8_0"}) ref.emplace_back(type, run_llama_cpp(o, type, threads, prompt));
-  std::printf(
-      "\nllama.cpp (llama-cpp-python %s, CPU), our GGUF export of the same model; same threads, prompt ids, "
-      "tokens; greedy, best of %d\n",
-      ref[0].second.version.c_str(), o.reps);
-  for (const auto& [type, r] : ref) {
-    std::printf(
-        "  %s: weights read per token %.2f MB; prompt %.1f tok/s; decode %.2f tok/s (llama.cpp's own counters "
-        "%.2f tok/s) = %.2f GB/s, %.1f%% of copy bandwidth\n",
-        type.c_str(), r.weight_bytes / 1e6, r.prompt_tok_s, r.decode_tok_s, r.decode_tok_s_internal,
-        r.weight_bytes * r.decode_tok_s_internal / 1e9,
-        100.0 * r.weight_bytes * r.decode_tok_s_internal / 1e9 / copy_gbs);
-  }
-  for (const auto& [type, r] : ref) {
-    std::printf("  qlora decode / llama.cpp %s decode: %.2fx (%.2fx against llama.cpp's own counters)\n", type.c_str(),
-                d.decode_tok_s / r.decode_tok_s, d.decode_tok_s / r.decode_tok_s_internal);
-    if (dq) {
-      std::printf("  qlora decode, lm_head NF4 / llama.cpp %s decode: %.2fx (%.2fx against its own counters)\n",
-                  type.c_str(), dq->decode_tok_s / r.decode_tok_s, dq->decode_tok_s / r.decode_tok_s_internal);
-    }
-  }
+  print_llama_cpp(o, threads, prompt, copy_gbs, d, dq);
   return 0;
 }
 

@@ -37,6 +37,7 @@ GenerateResult generate(LlamaModelImpl& model, const std::vector<int64_t>& promp
   if (prompt.empty()) throw Error("generate: the prompt is empty (no tokens)");
   // No autograd anywhere (the CPU takes the 4-bit GEMV path for one-row projections: quant::gemv_4bit_applies).
   c10::InferenceMode inference;
+  const quant::CpuGemvScope gemv(o.cpu_gemv);
   torch::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
   GenerateResult r;
   std::vector<int64_t> seq = prompt;

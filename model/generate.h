@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "model/llama.h"
+#include "quant/linear_4bit.h"
 
 namespace qlora::model {
 
@@ -21,9 +22,10 @@ struct GenerateOptions {
   int64_t top_k = 0;         // 0 -> off
   double top_p = 1.0;        // 1 -> off
   uint64_t seed = 0;
-  std::vector<int64_t> eos_token_ids;  // stop after emitting one of these (it is included in the output)
-  bool use_cache = true;               // false: recompute the whole sequence each step (tests, debugging)
-  bool fused_decode = true;            // KVCache::fused_decode (false: decode steps through LibTorch ops)
+  std::vector<int64_t> eos_token_ids;             // stop after emitting one of these (it is included in the output)
+  bool use_cache = true;                          // false: recompute the whole sequence each step (tests, debugging)
+  bool fused_decode = true;                       // KVCache::fused_decode (false: decode steps through LibTorch ops)
+  quant::CpuGemv cpu_gemv = quant::CpuGemv::kQ8;  // the CPU GEMV one-row 4-bit projections take (linear_4bit.h)
   // Sample only ids below this (the tokenizer's vocabulary when the model pads its embedding rows); 0 = all.
   int64_t vocab_limit = 0;
 };

@@ -9,6 +9,7 @@
 
 #include "quant/dequant_kernels.h"
 #include "quant/gemv_4bit.h"
+#include "quant/gemv_q8.h"
 
 #if defined(QLORA_WITH_CUDA)
 #include <c10/cuda/CUDAStream.h>
@@ -115,15 +116,38 @@ torch::autograd::variable_list LinearNF4Function::backward(AutogradContext* ctx,
   return {grad_x, grad_bias, torch::Tensor()};
 }
 
+namespace {
+thread_local CpuGemv t_cpu_gemv = CpuGemv::kQ8;
+
+bool cpu_gemv_takes(torch::ScalarType t) {
+  return t == torch::kBFloat16 || (t == torch::kFloat32 && cpu_gemv() == CpuGemv::kQ8);
+}
+}  // namespace
+
+CpuGemv cpu_gemv() {
+  return t_cpu_gemv;
+}
+
+const char* cpu_gemv_name(CpuGemv g) {
+  return g == CpuGemv::kQ8 ? "q8" : "exact";
+}
+
+CpuGemvScope::CpuGemvScope(CpuGemv g) : previous_(t_cpu_gemv) {
+  t_cpu_gemv = g;
+}
+
+CpuGemvScope::~CpuGemvScope() {
+  t_cpu_gemv = previous_;
+}
+
 bool gemv_4bit_applies(const QuantizedTensor& w, const torch::Tensor& x) {
   const auto aligned16 = [](const torch::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
-  const bool shapes = w.device() == x.device() && x.scalar_type() == torch::kBFloat16 && x.is_contiguous() &&
-                      w.shape.size() == 2 && x.numel() == w.shape[1] && w.shape[1] % 32 == 0 &&
-                      w.packed.is_contiguous();
-  if (x.is_cuda()) return shapes && aligned16(x) && aligned16(w.packed);
+  const bool shapes = w.device() == x.device() && x.is_contiguous() && w.shape.size() == 2 && x.numel() == w.shape[1] &&
+                      w.shape[1] % 32 == 0 && w.packed.is_contiguous();
+  if (x.is_cuda()) return shapes && x.scalar_type() == torch::kBFloat16 && aligned16(x) && aligned16(w.packed);
   // CPU: only where no autograd can ever be needed (InferenceMode, as generation runs), so that training, including
   // a checkpointed layer's no-grad forward and its recompute, keeps the dequant + matmul numerics.
-  return x.is_cpu() && shapes && c10::InferenceMode::is_enabled();
+  return x.is_cpu() && shapes && cpu_gemv_takes(x.scalar_type()) && c10::InferenceMode::is_enabled();
 }
 
 torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
@@ -137,14 +161,22 @@ torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
 void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tensor& y) {
   TORCH_CHECK(w.shape.size() == 2 && x.numel() == w.shape[1] && w.shape[1] % 32 == 0, "gemv_4bit: x has ", x.numel(),
               " elements, W is ", w.shape, " (in must be a multiple of 32)");
-  TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && x.device() == w.device(), "gemv_4bit: x must be bf16 on ",
-              w.device());
+  const bool cpu = x.is_cpu();
+  TORCH_CHECK(x.device() == w.device() && (cpu ? cpu_gemv_takes(x.scalar_type()) : x.scalar_type() == torch::kBFloat16),
+              "gemv_4bit: x is ", x.scalar_type(), " on ", x.device(), "; the ",
+              cpu ? cpu_gemv_name(cpu_gemv()) : "CUDA", " GEMV takes bf16",
+              cpu && cpu_gemv() == CpuGemv::kQ8 ? " or fp32" : "", " on ", w.device());
   TORCH_CHECK(
-      y.scalar_type() == torch::kBFloat16 && y.device() == w.device() && y.is_contiguous() && y.numel() == w.shape[0],
-      "gemv_4bit: y must be a contiguous bf16 tensor of ", w.shape[0], " elements on ", w.device());
+      y.scalar_type() == x.scalar_type() && y.device() == w.device() && y.is_contiguous() && y.numel() == w.shape[0],
+      "gemv_4bit: y must be a contiguous ", x.scalar_type(), " tensor of ", w.shape[0], " elements on ", w.device());
   const torch::Tensor xc = x.contiguous();
+  const bool bf16 = xc.scalar_type() == torch::kBFloat16;
+  if (cpu && cpu_gemv() == CpuGemv::kQ8) {
+    gemv_q8_cpu(detail::gemv_q8_args(w, xc.data_ptr(), bf16, y.data_ptr(), bf16));
+    return;
+  }
   const Gemv4bitArgs a = detail::gemv_args(w, xc.data_ptr(), y.data_ptr(), /*out_bf16=*/true);
-  if (xc.is_cpu()) {
+  if (cpu) {
     gemv_4bit_cpu(a);
     return;
   }

@@ -19,22 +19,45 @@ struct LinearNF4Function : public torch::autograd::Function<LinearNF4Function> {
                                                  torch::autograd::variable_list grad_out);
 };
 
+// The CPU kernel one-row projections take (batch-1 decoding), per thread:
+//   kQ8     quant/gemv_q8.h: activations rounded to 8 bits per 32 elements, an exact integer dot product per 32
+//           weights (llama.cpp's CPU arithmetic class; ~1% relative error, a tenth of NF4's own on Gaussian data);
+//           bf16 or fp32 rows. The default: on an AVX2 CPU it runs ~2.5x faster than kExact.
+//   kExact  quant/gemv_4bit.h: fp32 products of bf16 activations, the bits the CUDA kernel gives; bf16 rows only
+//           (an fp32 row dequantizes + multiplies).
+// CUDA devices always take the CUDA kernel (kExact's arithmetic).
+enum class CpuGemv { kQ8, kExact };
+CpuGemv cpu_gemv();
+const char* cpu_gemv_name(CpuGemv g);
+// Sets this thread's CpuGemv until it goes out of scope.
+class CpuGemvScope {
+ public:
+  explicit CpuGemvScope(CpuGemv g);
+  ~CpuGemvScope();
+  CpuGemvScope(const CpuGemvScope&) = delete;
+  CpuGemvScope& operator=(const CpuGemvScope&) = delete;
+
+ private:
+  CpuGemv previous_;
+};
+
 // x: (..., in) -> (..., out), computed in x's dtype. Differentiable w.r.t. x (and bias if it requires grad).
-// A single bf16 row (batch-1 decoding) on a CUDA device, or on the CPU under c10::InferenceMode, goes through the
-// 4-bit GEMV kernel instead of dequant + matmul (gemv_4bit below); everything else dequantizes into a reused
-// per-thread, per-device buffer.
+// A single row (batch-1 decoding; gemv_4bit_applies) on a CUDA device, or on the CPU under c10::InferenceMode, goes
+// through a 4-bit GEMV kernel instead of dequant + matmul (gemv_4bit below); everything else dequantizes into a
+// reused per-thread, per-device buffer.
 torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias = {});
 
-// y = W x for one bf16 row x: (in) or (1, in) -> (out) or (1, out), W read as 4-bit codes (quant/gemv_4bit.h; its
-// summation order is specified, so CPU and CUDA give the same bits). CPU: gemv_4bit_cpu (the SIMD kernel of the
-// active ISA, multithreaded); CUDA: the kernel (CUDA builds). Needs in % 32 == 0, a contiguous bf16 x on W's device;
-// no autograd.
+// y = W x for one row x: (in) or (1, in) -> (out) or (1, out) in x's dtype, W read as 4-bit codes. CPU: this
+// thread's cpu_gemv() kernel (multithreaded; kQ8 takes bf16 or fp32 x, kExact bf16); CUDA: the kernel of
+// quant/gemv_4bit.h (CUDA builds; bf16, its summation order specified, so it gives gemv_4bit_ref's bits). Needs
+// in % 32 == 0 and a contiguous x on W's device; no autograd.
 torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x);
-// The same into y, a contiguous bf16 tensor of w.shape[0] elements on W's device (batch-1 decoding's preallocated
-// buffers: no allocation, no dispatch).
+// The same into y, a contiguous tensor of x's dtype and w.shape[0] elements on W's device (batch-1 decoding's
+// preallocated buffers: no allocation, no dispatch).
 void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tensor& y);
-// Whether linear_4bit takes the GEMV path for this x and w: one contiguous bf16 row, in % 32 == 0, and either a CUDA
-// device (16-byte aligned data) or the CPU under c10::InferenceMode (no autograd: training never takes it).
+// Whether linear_4bit takes the GEMV path for this x and w: one contiguous row, in % 32 == 0, and either a CUDA
+// device (bf16, 16-byte aligned data) or the CPU under c10::InferenceMode (no autograd: training never takes it)
+// with a dtype this thread's CpuGemv takes (bf16; fp32 too for kQ8).
 bool gemv_4bit_applies(const QuantizedTensor& w, const torch::Tensor& x);
 
 // Module holding a frozen 4-bit weight (and optional bias). Built by quantizing a dense weight or from

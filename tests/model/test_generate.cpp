@@ -1,6 +1,6 @@
-// Generation: the KV cache gives the same tokens as full recomputation (a random model, and the tiny 4-bit model in
-// bf16, whose one-row decode steps take the CPU GEMV kernel); the cache is written in place; sampling is seeded; eos
-// stops.
+// Generation: the KV cache gives the same tokens as full recomputation (a random model, and the tiny 4-bit model,
+// whose one-row decode steps take a CPU GEMV kernel: up to near ties); the cache is written in place; sampling is
+// seeded; eos stops.
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
@@ -45,13 +45,15 @@ model::LlamaModel load_tiny(torch::ScalarType dtype) {
 }
 
 // fp32 compute: greedy decoding with the cache (the prompt in one forward, then one row per step, the cache written
-// in place) equals decoding that recomputes the whole sequence every step, token for token.
+// in place) equals decoding that recomputes the whole sequence every step, token for token. With the exact CPU GEMV,
+// which takes bf16 rows only, the fp32 one-row projections dequantize + multiply like the full recomputation's.
 TEST(Generate, TinyModelCachedGreedyEqualsFullRecomputation) {
   if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
   auto m = load_tiny(torch::kFloat32);
   for (const auto& prompt : tiny_prompts()) {
     model::GenerateOptions o;
     o.max_new_tokens = 24;
+    o.cpu_gemv = quant::CpuGemv::kExact;
     const auto cached = model::generate(*m, prompt, o);
     o.use_cache = false;
     const auto full = model::generate(*m, prompt, o);
@@ -60,20 +62,19 @@ TEST(Generate, TinyModelCachedGreedyEqualsFullRecomputation) {
   }
 }
 
-// bf16 compute, as qlora-generate runs: the cached decode's one-row steps take the 4-bit GEMV (fp32 products and
-// sums, one bf16 rounding) while a full recomputation runs every row through dequant-to-bf16 + matmul, so the two
-// round differently and may break a near tie differently (with or without the GEMV: dequant + matmul on one row
-// already rounds differently from the same row inside a longer matmul). Teacher-forced on the cached tokens, each
-// must be the full recomputation's argmax or within kBf16TieLogits of it, and most must be its argmax exactly.
-constexpr double kBf16TieLogits = 0.125;  // two bf16 ulps of a logit in [4, 8): the tiny model's top logits
-TEST(Generate, TinyModelBf16CachedGreedyIsFullRecomputationArgmaxUpToTies) {
-  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
-  auto m = load_tiny(torch::kBFloat16);
+// Cached greedy decoding whose one-row steps take a CPU GEMV kernel against a full recomputation that runs every row
+// through dequant + matmul: the two round differently and may break a near tie differently (with or without the
+// GEMV: dequant + matmul on one row already rounds differently from the same row inside a longer matmul).
+// Teacher-forced on the cached tokens, each must be the full recomputation's argmax or within `tie` logits of it, and
+// most must be its max logit exactly (the argmax or tied with it).
+void expect_cached_greedy_is_argmax_up_to_ties(torch::ScalarType dtype, quant::CpuGemv gemv, double tie) {
+  auto m = load_tiny(dtype);
   int exact = 0, total = 0;
   double worst = 0.0;
   for (const auto& prompt : tiny_prompts()) {
     model::GenerateOptions o;
     o.max_new_tokens = 24;
+    o.cpu_gemv = gemv;
     const auto cached = model::generate(*m, prompt, o);
     ASSERT_EQ(cached.tokens.size(), 24u);
     std::vector<int64_t> seq = prompt;
@@ -81,22 +82,40 @@ TEST(Generate, TinyModelBf16CachedGreedyIsFullRecomputationArgmaxUpToTies) {
     for (int64_t tok : cached.tokens) {
       const torch::Tensor lg = m->forward(ids_tensor({seq})).select(1, static_cast<int64_t>(seq.size()) - 1)[0];
       const double gap = (lg.max() - lg[tok]).item<double>();
-      EXPECT_LE(gap, kBf16TieLogits) << "token " << tok << " after " << seq.size() << " tokens";
+      EXPECT_LE(gap, tie) << "token " << tok << " after " << seq.size() << " tokens";
       worst = std::max(worst, gap);
-      exact += lg.argmax().item<int64_t>() == tok;
+      exact += gap == 0.0;  // its argmax, or tied with it exactly
       ++total;
       seq.push_back(tok);
     }
   }
-  std::printf("[ info ] bf16 cached greedy vs full recomputation: %d/%d tokens its argmax, worst gap %.4f logits\n",
-              exact, total, worst);
+  std::printf(
+      "[ info ] %s, %s GEMV: cached greedy vs full recomputation: %d/%d tokens its max logit, worst gap %.4f "
+      "logits\n",
+      c10::toString(dtype), quant::cpu_gemv_name(gemv), exact, total, worst);
   EXPECT_GE(exact * 10, total * 9);
 }
 
-// Batch-1 decode steps through model/decode_layer.h give the bits of the same steps through the layer's LibTorch ops
-// (every logit and every cached key and value), on the tiny 4-bit model in bf16 with a cache that grows mid-way.
-TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
+// bf16 compute, exact GEMV (fp32 products and sums, one bf16 rounding): two bf16 ulps of a logit in [4, 8), the tiny
+// model's top logits.
+TEST(Generate, TinyModelBf16CachedGreedyIsFullRecomputationArgmaxUpToTies) {
   if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  expect_cached_greedy_is_argmax_up_to_ties(torch::kBFloat16, quant::CpuGemv::kExact, 0.125);
+}
+
+// The default q8 GEMV (activations rounded to 8 bits per 32 values, ~1% relative error per projection), in bf16 and
+// in fp32 compute: kQ8TieLogits is 4% of the tiny model's top logits.
+constexpr double kQ8TieLogits = 0.25;
+TEST(Generate, TinyModelQ8CachedGreedyIsFullRecomputationArgmaxUpToTies) {
+  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  expect_cached_greedy_is_argmax_up_to_ties(torch::kBFloat16, quant::CpuGemv::kQ8, kQ8TieLogits);
+  expect_cached_greedy_is_argmax_up_to_ties(torch::kFloat32, quant::CpuGemv::kQ8, kQ8TieLogits);
+}
+
+// Batch-1 decode steps through model/decode_layer.h give the bits of the same steps through the layer's LibTorch ops
+// (every logit and every cached key and value), on the tiny 4-bit model in bf16 with a cache that grows mid-way, with
+// either CPU GEMV.
+void expect_fused_decode_gives_the_bits_of_the_ops() {
   auto m = load_tiny(torch::kBFloat16);
   c10::InferenceMode inference;
   const std::vector<int64_t> prompt = {1, 15, 300, 7, 88};
@@ -121,6 +140,15 @@ TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
   for (int64_t l = 0; l < layers; ++l) {
     EXPECT_TRUE(torch::equal(fused.k[l].narrow(2, 0, 17), ops.k[l].narrow(2, 0, 17))) << "keys of layer " << l;
     EXPECT_TRUE(torch::equal(fused.v[l].narrow(2, 0, 17), ops.v[l].narrow(2, 0, 17))) << "values of layer " << l;
+  }
+}
+
+TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
+  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  for (quant::CpuGemv g : {quant::CpuGemv::kQ8, quant::CpuGemv::kExact}) {
+    SCOPED_TRACE(quant::cpu_gemv_name(g));
+    const quant::CpuGemvScope scope(g);
+    expect_fused_decode_gives_the_bits_of_the_ops();
   }
 }
 

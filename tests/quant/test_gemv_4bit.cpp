@@ -17,6 +17,7 @@ constexpr double kRelTol = 1e-5;
 
 TEST(Gemv4bit, ReferenceEqualsFloat64ProductOfTheDequantizedWeight) {
   torch::manual_seed(3);
+  const CpuGemvScope exact(CpuGemv::kExact);  // gemv_4bit on the CPU: quant/gemv_4bit.h's kernel, not the q8 default
   for (QuantType type : {QuantType::kNF4, QuantType::kFP4}) {
     for (bool dq : {true, false}) {
       for (auto [out, in, bs] : {std::tuple<int64_t, int64_t, int64_t>{7, 32, 64},

@@ -14,6 +14,7 @@
 
 #include "quant/dequant_kernels.h"
 #include "quant/gemv_4bit.h"
+#include "quant/gemv_q8.h"
 #include "quant/linear_4bit.h"
 #include "quant/quantized_tensor.h"
 #include "quant_test_util.h"
@@ -161,12 +162,32 @@ TEST(Gemv4bitCpu, Linear4bitTakesTheGemvPathOnlyUnderInferenceMode) {
     c10::InferenceMode inference;
     ASSERT_TRUE(gemv_4bit_applies(q, x));
     EXPECT_FALSE(gemv_4bit_applies(q, torch::randn({2, 352}).to(torch::kBFloat16)));  // two rows: dequant + matmul
-    EXPECT_FALSE(gemv_4bit_applies(q, torch::randn({1, 352})));                       // fp32: dequant + matmul
-    const torch::Tensor y = linear_4bit(x, q, bias);
-    EXPECT_EQ(y.sizes(), torch::IntArrayRef({1, 1, 96}));
-    EXPECT_TRUE(bits_equal(y, (gemv_4bit(q, x.view({352})) + bias).view({1, 1, 96})));
-    // Close to the dense path: each differs from the exact product by bf16 roundings.
-    EXPECT_TRUE(torch::allclose(y.to(torch::kFloat32), dense.to(torch::kFloat32), /*rtol=*/2e-2, /*atol=*/5e-2));
+    EXPECT_TRUE(gemv_4bit_applies(q, torch::randn({1, 352})));  // fp32: the default q8 kernel takes it
+    for (CpuGemv g : {CpuGemv::kQ8, CpuGemv::kExact}) {
+      const CpuGemvScope scope(g);
+      if (g == CpuGemv::kExact) {
+        EXPECT_FALSE(gemv_4bit_applies(q, torch::randn({1, 352})));  // fp32: dequant + matmul
+      }
+      const torch::Tensor y = linear_4bit(x, q, bias);
+      EXPECT_EQ(y.sizes(), torch::IntArrayRef({1, 1, 96}));
+      EXPECT_TRUE(bits_equal(y, (gemv_4bit(q, x.view({352})) + bias).view({1, 1, 96}))) << cpu_gemv_name(g);
+      // Close to the dense path: each differs from the exact product by bf16 roundings, element by element; q8's
+      // 8-bit activations add ~1% of the result's norm (test_gemv_q8.cpp), spread over the elements.
+      const torch::Tensor yf = y.to(torch::kFloat32), df = dense.to(torch::kFloat32);
+      if (g == CpuGemv::kExact) {
+        EXPECT_TRUE(torch::allclose(yf, df, /*rtol=*/2e-2, /*atol=*/5e-2));
+      } else {
+        EXPECT_LT(((yf - df).norm() / df.norm()).item<double>(), 0.03);
+      }
+    }
+    // The exact kernel's bits are gemv_4bit_ref's; the q8 kernel's gemv_q8_ref's.
+    const torch::Tensor xv = x.view({352});
+    torch::Tensor ref_exact = torch::empty({96}, torch::kBFloat16), ref_q8 = torch::empty({96}, torch::kBFloat16);
+    gemv_4bit_ref(detail::gemv_args(q, xv.data_ptr(), ref_exact.data_ptr(), true));
+    gemv_q8_ref(detail::gemv_q8_args(q, xv.data_ptr(), true, ref_q8.data_ptr(), true));
+    EXPECT_TRUE(bits_equal(gemv_4bit(q, xv), ref_q8));
+    const CpuGemvScope exact(CpuGemv::kExact);
+    EXPECT_TRUE(bits_equal(gemv_4bit(q, xv), ref_exact));
   }
   // Training: x requires grad, the autograd function runs and gives dequant + matmul numerics and a gradient.
   const torch::Tensor xg = x.detach().clone().set_requires_grad(true);
