@@ -19,15 +19,16 @@ struct DecodeLayerWeights {
   double scale = 0.0;  // the score scale; 0: head_dim^-0.5 (as ops::grouped_query_attention)
 };
 
-// Whether decode_layer_cpu computes this call: x (1, 1, H) contiguous bf16 on the CPU under c10::InferenceMode,
-// cos / sin (1, 1, head_dim) contiguous bf16, every 4-bit part resident on the CPU, in_features multiples of 32, and
-// a mask that is undefined (the first position: all keys, one) or a contiguous (1, 1, 1, S) bool one.
+// Whether decode_layer_cpu computes this call: x (1, 1, H) contiguous on the CPU under c10::InferenceMode, bf16, or
+// fp32 where this thread's CPU GEMV takes fp32 rows (quant::CpuGemv::kQ8), cos / sin (1, 1, head_dim) contiguous of
+// x's dtype, every 4-bit part resident on the CPU, in_features multiples of 32, and a mask that is undefined (the
+// first position: all keys, one) or a contiguous (1, 1, 1, S) bool one.
 bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
                           const torch::Tensor& sin, const torch::Tensor& mask);
 
 // x (1, 1, H) -> (1, 1, H): writes this position's keys and values (after RoPE) at `past` of the cache buffers kb, vb
-// (1, kv_heads, capacity > past, head_dim), contiguous, and attends over positions [0, past]. The result is a
-// per-thread buffer that the second call after this one overwrites (a layer's input is never its output).
+// (1, kv_heads, capacity > past, head_dim), contiguous, of x's dtype, and attends over positions [0, past]. The result
+// is a per-thread buffer that the second call after this one overwrites (a layer's input is never its output).
 torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
                                const torch::Tensor& sin, const torch::Tensor& mask, torch::Tensor& kb,
                                torch::Tensor& vb, int64_t past);

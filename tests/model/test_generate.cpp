@@ -113,10 +113,10 @@ TEST(Generate, TinyModelQ8CachedGreedyIsFullRecomputationArgmaxUpToTies) {
 }
 
 // Batch-1 decode steps through model/decode_layer.h give the bits of the same steps through the layer's LibTorch ops
-// (every logit and every cached key and value), on the tiny 4-bit model in bf16 with a cache that grows mid-way, with
-// either CPU GEMV.
-void expect_fused_decode_gives_the_bits_of_the_ops() {
-  auto m = load_tiny(torch::kBFloat16);
+// (every logit and every cached key and value), on the tiny 4-bit model with a cache that grows mid-way: in bf16 with
+// either CPU GEMV, in fp32 with the q8 one (the exact GEMV takes bf16 rows only).
+void expect_fused_decode_gives_the_bits_of_the_ops(torch::ScalarType dtype) {
+  auto m = load_tiny(dtype);
   c10::InferenceMode inference;
   const std::vector<int64_t> prompt = {1, 15, 300, 7, 88};
   model::KVCache fused, ops;
@@ -145,10 +145,12 @@ void expect_fused_decode_gives_the_bits_of_the_ops() {
 
 TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
   if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
-  for (quant::CpuGemv g : {quant::CpuGemv::kQ8, quant::CpuGemv::kExact}) {
-    SCOPED_TRACE(quant::cpu_gemv_name(g));
+  for (auto [g, dtype] :
+       {std::pair{quant::CpuGemv::kQ8, torch::kBFloat16}, std::pair{quant::CpuGemv::kExact, torch::kBFloat16},
+        std::pair{quant::CpuGemv::kQ8, torch::kFloat32}}) {
+    SCOPED_TRACE(std::string(quant::cpu_gemv_name(g)) + " " + c10::toString(dtype));
     const quant::CpuGemvScope scope(g);
-    expect_fused_decode_gives_the_bits_of_the_ops();
+    expect_fused_decode_gives_the_bits_of_the_ops(dtype);
   }
 }
 
