@@ -52,11 +52,15 @@ float x_at(const GemvQ8Args& a, int64_t i) {
   return a.x_bf16 ? codec::bf16_bits_to_float(static_cast<const uint16_t*>(a.x)[i]) : static_cast<const float*>(a.x)[i];
 }
 
+void nan_out(const GemvQ8Args& a) {
+  for (int64_t o = 0; o < a.out_features; ++o) store_out(a, o, std::numeric_limits<float>::quiet_NaN());
+}
+
 // A non-finite activation makes every output NaN (codec_q8.h); returns whether it did.
 bool nan_out_if_not_finite(const GemvQ8Args& a) {
   for (int64_t i = 0; i < a.in_features; ++i) {
     if (!std::isfinite(x_at(a, i))) {
-      for (int64_t o = 0; o < a.out_features; ++o) store_out(a, o, std::numeric_limits<float>::quiet_NaN());
+      nan_out(a);
       return true;
     }
   }
@@ -114,19 +118,34 @@ void rows_ref(const GemvQ8Args& a, const QuantizedX& qx, const int8_t* cq, int64
 // x for the AVX2 kernel, per group of 8 chunks: 4 pairs of 64 bytes (pair p: chunks 8 g + 2 p and 8 g + 2 p + 1),
 // [0, 16) the first chunk's even elements, [16, 32) the second's, [32, 48) and [48, 64) their odd ones; el[8 g + p]
 // = e of chunk 8 g + lane_chunk(p, 8) (the register order of the lane sums). Chunks past the row: q = 0, e = 0.
-// Each chunk is quantized as codec::q8_quantize_chunk does (the same fp32 operations, in vector form); qx gets q in
-// its natural order too (the tail group's scalar dots).
-QLORA_AVX2 void layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std::vector<float>& el, QuantizedX& qx) {
+// Each chunk is quantized as codec::q8_quantize_chunk does (the same fp32 operations, in vector form); qx gets the
+// tail group's q in their natural order (its scalar dots). Returns false, with nothing laid out, if an activation is
+// not finite.
+QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std::vector<float>& el, QuantizedX& qx) {
   const int64_t chunks = a.in_features / kChunk, groups = (chunks + kGroup - 1) / kGroup;
+  const int64_t tail = chunks / kGroup * kGroup;  // first chunk of a group of fewer than 8
   qx.q.assign(static_cast<size_t>(a.in_features), 0);
   xl.assign(static_cast<size_t>(groups * kGroup * kChunk), 0);
   el.assign(static_cast<size_t>(groups * kGroup), 0.0f);
   const __m256 sign = _mm256_set1_ps(-0.0f), qmax = _mm256_set1_ps(codec::kQ8Max);
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   for (int64_t c = 0; c < chunks; ++c) {
     alignas(32) float x[kChunk];
-    for (int64_t i = 0; i < kChunk; ++i) x[i] = x_at(a, c * kChunk + i);
-    __m256 m = _mm256_setzero_ps();
-    for (int i = 0; i < kChunk; i += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_load_ps(x + i)));
+    for (int i = 0; i < kChunk; i += 8) {
+      const int64_t e = c * kChunk + i;
+      _mm256_store_ps(x + i, a.x_bf16 ? _mm256_castsi256_ps(_mm256_slli_epi32(
+                                            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                                static_cast<const uint16_t*>(a.x) + e))),
+                                            16))
+                                      : _mm256_loadu_ps(static_cast<const float*>(a.x) + e));
+    }
+    __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    for (int i = 0; i < kChunk; i += 8) {
+      const __m256 ax = _mm256_andnot_ps(sign, _mm256_load_ps(x + i));
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(ax, inf, _CMP_NLT_UQ));  // inf or NaN
+      m = _mm256_max_ps(m, ax);
+    }
+    if (_mm256_movemask_ps(bad) != 0) return false;
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
@@ -142,7 +161,9 @@ QLORA_AVX2 void layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std:
         _mm256_store_si256(reinterpret_cast<__m256i*>(q + i),
                            _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(v, qmax), _mm256_sub_ps(sign, qmax))));
       }
-      for (int64_t i = 0; i < kChunk; ++i) qx.q[static_cast<size_t>(c * kChunk + i)] = static_cast<int8_t>(q[i]);
+      if (c >= tail) {
+        for (int64_t i = 0; i < kChunk; ++i) qx.q[static_cast<size_t>(c * kChunk + i)] = static_cast<int8_t>(q[i]);
+      }
       for (int64_t j = 0; j < kChunkBytes; ++j) {
         pair[half + j] = static_cast<int8_t>(q[2 * j]);
         pair[2 * kChunkBytes + half + j] = static_cast<int8_t>(q[2 * j + 1]);
@@ -152,6 +173,7 @@ QLORA_AVX2 void layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std:
       if (lane_chunk(lp, kGroup) == p) el[static_cast<size_t>(g * kGroup + lp)] = amax / codec::kQ8ScaleDiv;
     }
   }
+  return true;
 }
 
 // The specification's butterfly on one register of lane sums (register lane p: spec lane lane_chunk(p, 8)): spec
@@ -273,11 +295,11 @@ void gemv_q8_ref(const GemvQ8Args& a) {
 
 void gemv_q8_cpu(const GemvQ8Args& a, Isa isa) {
   check_args(a);
-  if (nan_out_if_not_finite(a)) return;
   const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
   const auto cq = code_table(a);
   thread_local QuantizedX qx;  // the caller's thread; the workers only read these until parallel_for returns
   if (isa == Isa::kScalar || !cpu_supports(Isa::kAvx2)) {
+    if (nan_out_if_not_finite(a)) return;
     quantize_x_ref(a, qx);
     const QuantizedX* px = &qx;  // a thread_local named inside the lambda would be each worker's own (empty) one
     at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) { rows_ref(a, *px, cq.data(), o0, o1); });
@@ -285,7 +307,10 @@ void gemv_q8_cpu(const GemvQ8Args& a, Isa isa) {
   }
   thread_local std::vector<int8_t> xl;
   thread_local std::vector<float> el;
-  layout_x_avx2(a, xl, el, qx);
+  if (!layout_x_avx2(a, xl, el, qx)) {
+    nan_out(a);
+    return;
+  }
   const LaidOutX x{xl.data(), el.data(), qx.q.data(), cq.data()};
   at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) { gemv_rows_avx2(a, x, o0, o1); });
 }
