@@ -215,9 +215,9 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
   const __m256i lane_c = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // lane_chunk(p, 8)
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  // The next batch's bytes, group by group a batch ahead (the rows of a thread are contiguous; a prefetch past
-  // the weight's end is harmless).
-  const uint8_t* ahead = a.w.packed + (((o + R) * in) >> 1);
+  // The bytes of the batch after next, group by group two batches ahead (the rows of a thread are contiguous; a
+  // prefetch past the weight's end is harmless).
+  const uint8_t* ahead = a.w.packed + (((o + 2 * R) * in) >> 1);
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t c0 = g * kGroup;
     const int valid = static_cast<int>(std::min<int64_t>(kGroup, chunks - c0));
@@ -265,12 +265,12 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
   for (int r = 0; r < R; ++r) store_out(a, o + r, butterfly_q8_avx2(acc[r]));
 }
 
-constexpr int kRows = 4;
+constexpr int kRows = 2;
 
 void gemv_rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o0, int64_t o1) {
-  // The first batch's bytes (rows_avx2 prefetches each next one as it goes).
+  // The first two batches' bytes (rows_avx2 prefetches each later one as it goes).
   const uint8_t* first = a.w.packed + ((o0 * a.in_features) >> 1);
-  const int64_t first_bytes = (std::min<int64_t>(kRows, o1 - o0) * a.in_features) >> 1;
+  const int64_t first_bytes = (std::min<int64_t>(2 * kRows, o1 - o0) * a.in_features) >> 1;
   for (int64_t line = 0; line < first_bytes; line += 64) {
     _mm_prefetch(reinterpret_cast<const char*>(first + line), _MM_HINT_T0);
   }
