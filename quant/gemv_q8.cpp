@@ -215,13 +215,14 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
   const __m256i lane_c = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // lane_chunk(p, 8)
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  // The bytes of the batch after next, group by group two batches ahead (the rows of a thread are contiguous; a
-  // prefetch past the weight's end is harmless).
-  const uint8_t* ahead = a.w.packed + (((o + 2 * R) * in) >> 1);
+  // The bytes of the batch after next, group by group two batches ahead (the rows of a thread are contiguous), where
+  // the weight has them.
+  const bool prefetch = o + 3 * R <= a.out_features;
+  const uint8_t* ahead = prefetch ? a.w.packed + (((o + 2 * R) * in) >> 1) : a.w.packed;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t c0 = g * kGroup;
     const int valid = static_cast<int>(std::min<int64_t>(kGroup, chunks - c0));
-    for (int r = 0; r < R; ++r) {
+    for (int r = 0; r < R && prefetch; ++r) {
       const uint8_t* p = ahead + ((r * in + c0 * kChunk) >> 1);
       for (int line = 0; line < kGroup * kChunkBytes; line += 64)
         _mm_prefetch(reinterpret_cast<const char*>(p + line), _MM_HINT_T0);
