@@ -55,7 +55,10 @@ fi
 if [ -x "$BIN/qlora-generate" ]; then
   step "4/4 answers, base vs fine-tuned (greedy, 48 new tokens)"
   for p in "${PROMPTS[@]}"; do
-    prompt=$(alpaca_prompt "$p")
+    # $(...) drops trailing newlines, and the template ends in one after "### Response:" (what training saw): the
+    # x keeps it.
+    prompt=$(alpaca_prompt "$p"; printf x)
+    prompt=${prompt%x}
     echo "--- instruction: $p"
     printf '  base:       '
     "$BIN/qlora-generate" --model models/tiny --prompt "$prompt" --max-new-tokens 48 --temperature 0 2>/dev/null | tr '\n' ' '
