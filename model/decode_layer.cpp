@@ -123,9 +123,7 @@ torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor&
   const Isa isa = active_isa();
 
   ops::detail::rms_norm_forward_cpu(x, w.input_norm, w.eps, s.normed, s.rstd, isa);
-  quant::gemv_4bit_out(*w.q, s.normed, s.q);
-  quant::gemv_4bit_out(*w.k, s.normed, s.k);
-  quant::gemv_4bit_out(*w.v, s.normed, s.v);
+  quant::gemv_4bit_out({{w.q, &s.q}, {w.k, &s.k}, {w.v, &s.v}}, s.normed);
   ops::detail::rope_cpu(s.q, cos, sin, /*backward=*/false, s.q_rot, isa);
   ops::detail::rope_cpu(s.k, cos, sin, /*backward=*/false, s.k_rot, isa);
   write_position(s.k_rot, kb, past);
@@ -142,8 +140,7 @@ torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor&
   add(x, s.o, s.h);
 
   ops::detail::rms_norm_forward_cpu(s.h, w.post_attention_norm, w.eps, s.normed, s.rstd, isa);
-  quant::gemv_4bit_out(*w.gate, s.normed, s.gate);
-  quant::gemv_4bit_out(*w.up, s.normed, s.up);
+  quant::gemv_4bit_out({{w.gate, &s.gate}, {w.up, &s.up}}, s.normed);
   ops::detail::swiglu_forward_cpu(s.gate, s.up, s.act, isa);
   quant::gemv_4bit_out(*w.down, s.act, s.down);
   torch::Tensor& out = s.out[s.next];

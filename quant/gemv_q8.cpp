@@ -295,25 +295,60 @@ void gemv_q8_ref(const GemvQ8Args& a) {
 }
 
 void gemv_q8_cpu(const GemvQ8Args& a, Isa isa) {
-  check_args(a);
-  const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
-  const auto cq = code_table(a);
-  thread_local QuantizedX qx;  // the caller's thread; the workers only read these until parallel_for returns
+  gemv_q8_cpu(&a, 1, isa);
+}
+
+void gemv_q8_cpu(const GemvQ8Args* as, size_t count, Isa isa) {
+  if (count == 0) return;
+  const GemvQ8Args& a = as[0];
+  for (size_t i = 0; i < count; ++i) {
+    check_args(as[i]);
+    if (as[i].x != a.x || as[i].x_bf16 != a.x_bf16 || as[i].in_features != a.in_features) {
+      throw std::invalid_argument("gemv_q8: weights given together must share x and in_features");
+    }
+  }
   if (isa == Isa::kScalar || !cpu_supports(Isa::kAvx2)) {
-    if (nan_out_if_not_finite(a)) return;
+    thread_local QuantizedX qx;  // the caller's thread; the workers only read it until parallel_for returns
+    if (nan_out_if_not_finite(a)) {
+      for (size_t i = 1; i < count; ++i) nan_out(as[i]);
+      return;
+    }
     quantize_x_ref(a, qx);
     const QuantizedX* px = &qx;  // a thread_local named inside the lambda would be each worker's own (empty) one
-    at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) { rows_ref(a, *px, cq.data(), o0, o1); });
+    for (size_t i = 0; i < count; ++i) {
+      const auto cq = code_table(as[i]);
+      const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
+      at::parallel_for(0, as[i].out_features, grain,
+                       [&](int64_t o0, int64_t o1) { rows_ref(as[i], *px, cq.data(), o0, o1); });
+    }
     return;
   }
+  thread_local QuantizedX qx;
   thread_local std::vector<int8_t> xl;
   thread_local std::vector<float> el;
   if (!layout_x_avx2(a, xl, el, qx)) {
-    nan_out(a);
+    for (size_t i = 0; i < count; ++i) nan_out(as[i]);
     return;
   }
-  const LaidOutX x{xl.data(), el.data(), qx.q.data(), cq.data()};
-  at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) { gemv_rows_avx2(a, x, o0, o1); });
+  // One parallel region over the rows of all the weights (one fork and join, the split balanced over all of them).
+  std::vector<std::array<int8_t, 16>> cq(count);
+  std::vector<int64_t> first(count + 1, 0);  // first[i]: weight i's first row in the joint range
+  for (size_t i = 0; i < count; ++i) {
+    cq[i] = code_table(as[i]);
+    first[i + 1] = first[i] + as[i].out_features;
+  }
+  const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
+  // The thread_locals' data as pointers: named inside the lambda they would be each worker's own (empty) ones.
+  const int8_t *xlp = xl.data(), *qp = qx.q.data();
+  const float* elp = el.data();
+  at::parallel_for(0, first[count], grain, [&](int64_t o0, int64_t o1) {
+    for (size_t i = 0; i < count; ++i) {
+      const int64_t lo = std::max(o0, first[i]), hi = std::min(o1, first[i + 1]);
+      if (lo >= hi) continue;
+      const LaidOutX x{xlp, elp, qp, cq[i].data()};
+      gemv_rows_avx2(as[i], x, lo - first[i], hi - first[i]);
+    }
+  });
 }
 
 }  // namespace qlora::quant

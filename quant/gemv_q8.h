@@ -9,6 +9,7 @@
 // tests/quant/test_gemv_q8.cpp bounds the result against a float64 product of the dequantized weight.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "common/cpu_isa.h"
@@ -34,5 +35,9 @@ void gemv_q8_ref(const GemvQ8Args& a);
 // without AVX2. Rows are split over LibTorch's thread pool, each row summed by one thread (the bits do not depend on
 // the thread count). Throws std::invalid_argument when in_features is not a multiple of 32.
 void gemv_q8_cpu(const GemvQ8Args& a, Isa isa = active_isa());
+// y_i = W_i x for `count` weights that share x (q, k, v; gate, up): x is quantized once and the rows of all run in
+// one parallel region; each y_i has the bits of its own gemv_q8_cpu. Throws std::invalid_argument when they do not
+// share x and in_features.
+void gemv_q8_cpu(const GemvQ8Args* args, size_t count, Isa isa = active_isa());
 
 }  // namespace qlora::quant

@@ -189,6 +189,29 @@ void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tens
   TORCH_CHECK(false, "gemv_4bit: no kernel for device ", xc.device(), " in this build");
 }
 
+void gemv_4bit_out(std::initializer_list<std::pair<const QuantizedTensor*, torch::Tensor*>> outs,
+                   const torch::Tensor& x) {
+  if (!x.is_cpu() || cpu_gemv() != CpuGemv::kQ8 || outs.size() < 2) {
+    for (const auto& [w, y] : outs) gemv_4bit_out(*w, x, *y);
+    return;
+  }
+  std::vector<GemvQ8Args> args;
+  const torch::Tensor xc = x.contiguous();
+  const bool bf16 = xc.scalar_type() == torch::kBFloat16;
+  for (const auto& [w, y] : outs) {
+    TORCH_CHECK(w->shape.size() == 2 && x.numel() == w->shape[1] && w->shape[1] % 32 == 0 &&
+                    w->device() == x.device() && cpu_gemv_takes(x.scalar_type()),
+                "gemv_4bit: x has ", x.numel(), " ", x.scalar_type(), " elements on ", x.device(), ", W is ", w->shape,
+                " on ", w->device(), " (in must be a multiple of 32; the q8 GEMV takes bf16 or fp32)");
+    TORCH_CHECK(y->scalar_type() == x.scalar_type() && y->device() == w->device() && y->is_contiguous() &&
+                    y->numel() == w->shape[0],
+                "gemv_4bit: y must be a contiguous ", x.scalar_type(), " tensor of ", w->shape[0], " elements on ",
+                w->device());
+    args.push_back(detail::gemv_q8_args(*w, xc.data_ptr(), bf16, y->data_ptr(), bf16));
+  }
+  gemv_q8_cpu(args.data(), args.size());
+}
+
 torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias) {
   // Inference on the CPU: no autograd node (nothing is saved, nothing can need a gradient).
   if (x.is_cpu() && gemv_4bit_applies(w, x)) return gemv_forward(x, w, bias);

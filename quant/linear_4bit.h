@@ -4,6 +4,9 @@
 
 #include <torch/torch.h>
 
+#include <initializer_list>
+#include <utility>
+
 #include "quant/quantized_tensor.h"
 
 namespace qlora::quant {
@@ -55,6 +58,10 @@ torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x);
 // The same into y, a contiguous tensor of x's dtype and w.shape[0] elements on W's device (batch-1 decoding's
 // preallocated buffers: no allocation, no dispatch).
 void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tensor& y);
+// The same for several weights sharing x ({weight, y} pairs: q, k, v; gate, up): on the CPU with kQ8, x is quantized
+// once and all their rows run in one parallel region; otherwise one gemv_4bit_out each. The bits of separate calls.
+void gemv_4bit_out(std::initializer_list<std::pair<const QuantizedTensor*, torch::Tensor*>> outs,
+                   const torch::Tensor& x);
 // Whether linear_4bit takes the GEMV path for this x and w: one contiguous row, in % 32 == 0, and either a CUDA
 // device (bf16, 16-byte aligned data) or the CPU under c10::InferenceMode (no autograd: training never takes it)
 // with a dtype this thread's CpuGemv takes (bf16; fp32 too for kQ8).

@@ -177,6 +177,40 @@ TEST(GemvQ8, ExactCodesAndIntegerActivationsGiveTheIntegerSum) {
   }
 }
 
+// Weights sharing x in one call (x quantized once, one parallel region: q, k, v of a decode step) give each the bits
+// of its own call; weights that do not share x are refused.
+TEST(GemvQ8, WeightsSharingXInOneCallGiveTheBitsOfSeparateCalls) {
+  torch::manual_seed(55);
+  for (int64_t in : {96, 768, 1056}) {
+    std::vector<QuantizedTensor> qs;
+    for (int64_t out : {int64_t{7}, int64_t{256}, int64_t{33}}) {
+      qs.push_back(random_weight({out, in, 64}, QuantType::kNF4, /*dq=*/true));
+    }
+    qs.push_back(random_weight({5, in, 32}, QuantType::kFP4, /*dq=*/false));
+    const torch::Tensor x = random_x(in, torch::kBFloat16);
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+      std::vector<torch::Tensor> ys;
+      std::vector<GemvQ8Args> args;
+      for (const auto& q : qs) {
+        ys.push_back(torch::full({q.shape[0]}, 7.0, torch::kBFloat16));
+        args.push_back(detail::gemv_q8_args(q, x.data_ptr(), true, ys.back().data_ptr(), true));
+      }
+      gemv_q8_cpu(args.data(), args.size(), isa);
+      for (size_t i = 0; i < qs.size(); ++i) {
+        EXPECT_EQ(first_bit_mismatch(ys[i], run(qs[i], x, true, Isa::kScalar, /*ref=*/true)), -1)
+            << isa_name(isa) << " in=" << in << " weight " << i;
+      }
+    }
+  }
+  const QuantizedTensor a = random_weight({4, 64, 64}, QuantType::kNF4, true),
+                        b = random_weight({4, 96, 32}, QuantType::kNF4, true);
+  const torch::Tensor xa = random_x(64, torch::kBFloat16), xb = random_x(96, torch::kBFloat16);
+  torch::Tensor ya = torch::empty({4}, torch::kBFloat16), yb = torch::empty({4}, torch::kBFloat16);
+  const GemvQ8Args two[2] = {detail::gemv_q8_args(a, xa.data_ptr(), true, ya.data_ptr(), true),
+                             detail::gemv_q8_args(b, xb.data_ptr(), true, yb.data_ptr(), true)};
+  EXPECT_THROW(gemv_q8_cpu(two, 2), std::invalid_argument);
+}
+
 TEST(GemvQ8, NonFiniteActivationsGiveNaNRows) {
   const QuantizedTensor q = quantize_4bit(torch::randn({9, 256}), QuantType::kNF4, 64, true);
   for (double bad : {std::nan(""), double{INFINITY}, -double{INFINITY}}) {
