@@ -292,7 +292,9 @@ int main(int argc, char** argv) {
     // times: in a child before the training runs, and twice in this process after them (2048^3, best of 5 each);
     // MFU is taken against the highest rate seen, i.e. the conservative figure.
     const c10::ScalarType dtype = cfg.model.dtype();
-    const int64_t mm = model::cpu_matmul_native(dtype) ? 2048 : 512;  // reference loops: 2048^3 would take minutes
+    // 2048^3, or 512^3 for a dtype in LibTorch's reference loops (2048^3 would take minutes there).
+    auto rate_size = [](c10::ScalarType t) -> int64_t { return model::cpu_matmul_native(t) ? 2048 : 512; };
+    const int64_t mm = rate_size(dtype);
     auto measure_peak = [&] {
       configure_threads(threads);
       return bench::measure_matmul_gflops(dtype, mm, mm, mm, 5);
@@ -313,7 +315,7 @@ int main(int argc, char** argv) {
     // The other dtype for reference (bf16 at 512^3 where it runs in reference loops).
     const bool run_fp32 = dtype == c10::ScalarType::Float;
     const c10::ScalarType other = run_fp32 ? c10::ScalarType::BFloat16 : c10::ScalarType::Float;
-    const int64_t other_mm = model::cpu_matmul_native(other) ? 2048 : 512;
+    const int64_t other_mm = rate_size(other);
     const double other_rate = bench::measure_matmul_gflops(other, other_mm, other_mm, other_mm, 3);
     std::printf(
         "machine: %d threads, matmul %s %.1f GFLOP/s (max of %.1f before, %.1f and %.1f after the runs; %lld^3, "

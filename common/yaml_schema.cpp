@@ -56,17 +56,16 @@ std::string YamlContext::override_for(const std::string& key) const {
   return "";
 }
 
+std::string YamlContext::where(const std::string& key, const YAML::Node& at) const {
+  const std::string spec = override_for(key);
+  if (!spec.empty()) return file_ + ": " + key + " (from --set " + spec + ")";
+  if (at.IsDefined() && at.Mark().line >= 0) return file_ + ":" + std::to_string(at.Mark().line + 1) + ": " + key;
+  return file_ + ": " + key;
+}
+
 void YamlContext::fail(const std::string& key, const YAML::Node& at, const std::string& what,
                        const std::string& hint) const {
-  std::string msg;
-  const std::string spec = override_for(key);
-  if (!spec.empty()) {
-    msg = file_ + ": " + key + " (from --set " + spec + "): " + what;
-  } else if (at.IsDefined() && at.Mark().line >= 0) {
-    msg = file_ + ":" + std::to_string(at.Mark().line + 1) + ": " + key + ": " + what;
-  } else {
-    msg = file_ + ": " + key + ": " + what;
-  }
+  std::string msg = where(key, at) + ": " + what;
   if (!hint.empty()) msg += "\nHINT: " + hint;
   throw Error(msg);
 }
@@ -126,6 +125,10 @@ std::string YamlMap::key_path(const std::string& key) const {
 
 int YamlMap::line(const std::string& key) const {
   return has(key) ? get(key).Mark().line + 1 : 0;
+}
+
+std::string YamlMap::where(const std::string& key) const {
+  return ctx_.where(key_path(key), has(key) ? get(key) : node_);
 }
 
 void YamlMap::fail(const std::string& key, const std::string& what, const std::string& hint) const {

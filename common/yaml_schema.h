@@ -96,6 +96,9 @@ class YamlContext {
   // "did you mean ...?" for an unknown `key` in `section` whose valid keys are `known`.
   std::string suggest(const std::string& section, const std::string& key, const std::vector<std::string>& known) const;
 
+  // Where `key` (at node `at`) comes from, as errors and warnings name it: "file: key (from --set k=v)",
+  // "file:line: key" or "file: key".
+  std::string where(const std::string& key, const YAML::Node& at) const;
   [[noreturn]] void fail(const std::string& key, const YAML::Node& at, const std::string& what,
                          const std::string& hint = "") const;
 
@@ -122,6 +125,8 @@ class YamlMap {
   int line(const std::string& key) const;  // 1-based; 0 when absent
 
   [[noreturn]] void fail(const std::string& key, const std::string& what, const std::string& hint = "") const;
+  // YamlContext::where for `key` of this mapping (the mapping itself when the key is absent).
+  std::string where(const std::string& key) const;
 
   // Reads `key` (present) as `type`; MappingKey returns the node itself.
   YamlValue read(const std::string& key, const KeyType& type) const;

@@ -335,16 +335,8 @@ Gemv4bitArgs gemv_args(const QuantizedTensor& w, const void* x, void* y, bool ou
 }
 
 GemvQ8Args gemv_q8_args(const QuantizedTensor& w, const void* x, bool x_bf16, void* y, bool out_bf16) {
-  const Gemv4bitArgs g = gemv_args(w, x, y, out_bf16);
-  GemvQ8Args a;
-  a.w = g.w;
-  a.out_features = g.out_features;
-  a.in_features = g.in_features;
-  a.x = x;
-  a.x_bf16 = x_bf16;
-  a.out_bf16 = out_bf16;
-  a.y = y;
-  return a;
+  TORCH_CHECK(w.shape.size() == 2, "gemv_q8_args: W must be 2-D, got ", w.shape);
+  return {packed_view(w), w.shape[0], w.shape[1], x, x_bf16, out_bf16, y};
 }
 
 float torch_mean_f32(const float* x, int64_t n) {

@@ -42,13 +42,7 @@ constexpr int kW512 = 16;                            // lanes of an AVX-512 regi
 constexpr int kW256 = 8;                             // and of an AVX2 one
 
 void check_args(const Gemv4bitArgs& a) {
-  if (a.in_features % codec::kGemvChunk != 0) {
-    throw std::invalid_argument("gemv_4bit: in_features " + std::to_string(a.in_features) + " is not a multiple of 32");
-  }
-  if (!codec::valid_blocksize(a.w.blocksize)) {
-    throw std::invalid_argument("gemv_4bit: blocksize " + std::to_string(a.w.blocksize) +
-                                " is not a power of two in [32, 4096]");
-  }
+  check_shape("gemv_4bit", a.in_features, a.w.blocksize);
 }
 
 // Row o's output from its 32 lane sums (lane[l] = the sum over chunks l, l + 32, ...): the specification's butterfly
@@ -369,7 +363,6 @@ template <int R>
 QLORA_AVX2 void rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o, std::vector<float>& am_buf) {
   const int64_t in = a.in_features, chunks = in / codec::kGemvChunk;
   const RowBlocks rb = row_blocks(a.w, a.in_features, o, R, am_buf, decode_absmax_avx2);
-  const __m128i bs_shift = _mm_cvtsi32_si128(__builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize)));
   const __m256 code_lo = _mm256_loadu_ps(a.w.code), code_hi = _mm256_loadu_ps(a.w.code + 8);
   const __m256i lane_elem = _mm256_setr_epi32(0, 64, 128, 192, 32, 96, 160, 224);  // lane_chunk(p, 8) * 32
   alignas(32) float groups[3][R][kW256];  // groups 0-2's lane sums, until group 3's are there
@@ -385,7 +378,7 @@ QLORA_AVX2 void rows_avx2(const Gemv4bitArgs& a, const float* xt, int64_t o, std
       for (int r = 0; r < R; ++r) {
         const int64_t e = (o + r) * in + c0 * codec::kGemvChunk;
         load_words_avx2(a.w.packed + e / 2, valid, d[r]);
-        am[r] = group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * codec::kGemvChunk, bs_shift);
+        am[r] = group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * codec::kGemvChunk);
       }
       const float* xk = xt + (c0 / codec::kGemvLanes) * kSuperElems + g * kW256;
       __m256 sum[R];

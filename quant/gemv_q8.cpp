@@ -39,13 +39,7 @@ constexpr int kGroup = codec::kQ8Lanes;                         // chunks per re
 constexpr int64_t kGrainWeights = int64_t{1} << 16;             // at least this many weights per thread
 
 void check_args(const GemvQ8Args& a) {
-  if (a.in_features % kChunk != 0) {
-    throw std::invalid_argument("gemv_q8: in_features " + std::to_string(a.in_features) + " is not a multiple of 32");
-  }
-  if (!codec::valid_blocksize(a.w.blocksize)) {
-    throw std::invalid_argument("gemv_q8: blocksize " + std::to_string(a.w.blocksize) +
-                                " is not a power of two in [32, 4096]");
-  }
+  check_shape("gemv_q8", a.in_features, a.w.blocksize);
 }
 
 float x_at(const GemvQ8Args& a, int64_t i) {
@@ -210,7 +204,6 @@ template <int R>
 QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std::vector<float>& am_buf) {
   const int64_t in = a.in_features, chunks = in / kChunk, groups = (chunks + kGroup - 1) / kGroup;
   const RowBlocks rb = row_blocks(a.w, in, o, R, am_buf, decode_absmax_avx2);
-  const __m128i bs_shift = _mm_cvtsi32_si128(__builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize)));
   const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.cq)));
   const __m256i lane_c = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // lane_chunk(p, 8)
   __m256 acc[R];
@@ -258,7 +251,7 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
     const __m256 e = _mm256_loadu_ps(x.el + c0);
     const __m256 lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_c));
     for (int r = 0; r < R; ++r) {
-      const __m256 am = group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * kChunk, bs_shift);
+      const __m256 am = group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * kChunk);
       const __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(am, e), acc[r]);
       acc[r] = _mm256_blendv_ps(acc[r], t, lanes);
     }
@@ -307,8 +300,9 @@ void gemv_q8_cpu(const GemvQ8Args* as, size_t count, Isa isa) {
       throw std::invalid_argument("gemv_q8: weights given together must share x and in_features");
     }
   }
+  const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
+  thread_local QuantizedX qx;  // the caller's thread; the workers only read it until parallel_for returns
   if (isa == Isa::kScalar || !cpu_supports(Isa::kAvx2)) {
-    thread_local QuantizedX qx;  // the caller's thread; the workers only read it until parallel_for returns
     if (nan_out_if_not_finite(a)) {
       for (size_t i = 1; i < count; ++i) nan_out(as[i]);
       return;
@@ -317,13 +311,11 @@ void gemv_q8_cpu(const GemvQ8Args* as, size_t count, Isa isa) {
     const QuantizedX* px = &qx;  // a thread_local named inside the lambda would be each worker's own (empty) one
     for (size_t i = 0; i < count; ++i) {
       const auto cq = code_table(as[i]);
-      const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
       at::parallel_for(0, as[i].out_features, grain,
                        [&](int64_t o0, int64_t o1) { rows_ref(as[i], *px, cq.data(), o0, o1); });
     }
     return;
   }
-  thread_local QuantizedX qx;
   thread_local std::vector<int8_t> xl;
   thread_local std::vector<float> el;
   if (!layout_x_avx2(a, xl, el, qx)) {
@@ -337,7 +329,6 @@ void gemv_q8_cpu(const GemvQ8Args* as, size_t count, Isa isa) {
     cq[i] = code_table(as[i]);
     first[i + 1] = first[i] + as[i].out_features;
   }
-  const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
   // The thread_locals' data as pointers: named inside the lambda they would be each worker's own (empty) ones.
   const int8_t *xlp = xl.data(), *qp = qx.q.data();
   const float* elp = el.data();

@@ -5,6 +5,8 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "quant/codec_4bit.h"
@@ -13,6 +15,19 @@
 #define QLORA_AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
 
 namespace qlora::quant::gemv_detail {
+
+// What every CPU GEMV needs of its shape: rows of whole 32-element chunks and a valid blocksize; `kernel` names the
+// caller in the std::invalid_argument it throws otherwise.
+inline void check_shape(const char* kernel, int64_t in_features, int64_t blocksize) {
+  if (in_features % codec::kGemvChunk != 0) {
+    throw std::invalid_argument(std::string(kernel) + ": in_features " + std::to_string(in_features) +
+                                " is not a multiple of 32");
+  }
+  if (!codec::valid_blocksize(blocksize)) {
+    throw std::invalid_argument(std::string(kernel) + ": blocksize " + std::to_string(blocksize) +
+                                " is not a power of two in [32, 4096]");
+  }
+}
 
 // The chunk (within its group of w) that register lane p of a w-lane kernel holds: the order the unpack transpose
 // leaves the words in (p = 4 h + i: 128-bit lane h, word i).
@@ -83,8 +98,9 @@ void row_batches(int64_t o0, int64_t o1, const RowsFn& rows, const OneFn& one) {
 
 // The absmax of 8 chunks (register lane p: chunk lane_chunk(p, 8) of the group) whose first element is e_rel
 // elements past block rb.first's start: they span at most 8 blocks, so an 8-float window of rb.am permuted to the
-// lanes. bs_shift = log2(blocksize) as a shift count; e_rel >= 0.
-QLORA_AVX2_INLINE __m256 group_absmax_avx2(const RowBlocks& rb, int64_t e_rel, __m128i bs_shift) {
+// lanes. e_rel >= 0.
+QLORA_AVX2_INLINE __m256 group_absmax_avx2(const RowBlocks& rb, int64_t e_rel) {
+  const __m128i bs_shift = _mm_cvtsi32_si128(rb.log2_blocksize);
   const __m256i lane_elem = _mm256_setr_epi32(0, 64, 128, 192, 32, 96, 160, 224);  // lane_chunk(p, 8) * 32
   const __m256i iota8 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const int64_t fb = e_rel >> rb.log2_blocksize;

@@ -158,7 +158,10 @@ torch::Tensor gemv_4bit(const QuantizedTensor& w, const torch::Tensor& x) {
   return y;
 }
 
-void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tensor& y) {
+namespace {
+// The operands gemv_4bit_out takes: W 2-D with in % 32 == 0, x of in elements on W's device in a dtype its kernel
+// takes, y contiguous of x's dtype and out elements on W's device.
+void check_gemv_operands(const QuantizedTensor& w, const torch::Tensor& x, const torch::Tensor& y) {
   TORCH_CHECK(w.shape.size() == 2 && x.numel() == w.shape[1] && w.shape[1] % 32 == 0, "gemv_4bit: x has ", x.numel(),
               " elements, W is ", w.shape, " (in must be a multiple of 32)");
   const bool cpu = x.is_cpu();
@@ -169,6 +172,12 @@ void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tens
   TORCH_CHECK(
       y.scalar_type() == x.scalar_type() && y.device() == w.device() && y.is_contiguous() && y.numel() == w.shape[0],
       "gemv_4bit: y must be a contiguous ", x.scalar_type(), " tensor of ", w.shape[0], " elements on ", w.device());
+}
+}  // namespace
+
+void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tensor& y) {
+  check_gemv_operands(w, x, y);
+  const bool cpu = x.is_cpu();
   const torch::Tensor xc = x.contiguous();
   const bool bf16 = xc.scalar_type() == torch::kBFloat16;
   if (cpu && cpu_gemv() == CpuGemv::kQ8) {
@@ -199,14 +208,7 @@ void gemv_4bit_out(std::initializer_list<std::pair<const QuantizedTensor*, torch
   const torch::Tensor xc = x.contiguous();
   const bool bf16 = xc.scalar_type() == torch::kBFloat16;
   for (const auto& [w, y] : outs) {
-    TORCH_CHECK(w->shape.size() == 2 && x.numel() == w->shape[1] && w->shape[1] % 32 == 0 &&
-                    w->device() == x.device() && cpu_gemv_takes(x.scalar_type()),
-                "gemv_4bit: x has ", x.numel(), " ", x.scalar_type(), " elements on ", x.device(), ", W is ", w->shape,
-                " on ", w->device(), " (in must be a multiple of 32; the q8 GEMV takes bf16 or fp32)");
-    TORCH_CHECK(y->scalar_type() == x.scalar_type() && y->device() == w->device() && y->is_contiguous() &&
-                    y->numel() == w->shape[0],
-                "gemv_4bit: y must be a contiguous ", x.scalar_type(), " tensor of ", w->shape[0], " elements on ",
-                w->device());
+    check_gemv_operands(*w, x, *y);
     args.push_back(detail::gemv_q8_args(*w, xc.data_ptr(), bf16, y->data_ptr(), bf16));
   }
   gemv_q8_cpu(args.data(), args.size());

@@ -52,13 +52,9 @@ void check_cross_keys(const YamlContext& ctx, const YAML::Node& root, TrainConfi
   cfg.model.compute_dtype = model::resolve_compute_dtype(asked, cuda);
   if (!cuda) {
     if (const std::string slow = model::slow_cpu_dtype_warning(asked); !slow.empty()) {
-      // --set first: an overridden key's node has no line of the file.
-      const std::string set = ctx.override_for("model.compute_dtype");
-      const int line = top.has("model") ? YamlMap(ctx, top.get("model"), "model").line("compute_dtype") : 0;
-      const std::string where = !set.empty() ? "--set " + set
-                                : line > 0   ? ctx.file() + ":" + std::to_string(line)
-                                             : ctx.file();
-      spdlog::warn("{}: model.compute_dtype {}", where, slow);
+      const std::string where = top.has("model") ? YamlMap(ctx, top.get("model"), "model").where("compute_dtype")
+                                                 : ctx.where("model.compute_dtype", YAML::Node());
+      spdlog::warn("{}: {}", where, slow);
     }
   }
   if (cfg.eval.early_stopping_patience > 0 && cfg.eval.every == 0) {
