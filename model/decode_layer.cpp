@@ -84,18 +84,13 @@ bool cpu_of(const torch::Tensor& t, torch::ScalarType dtype) {
   return t.defined() && t.is_cpu() && t.scalar_type() == dtype && t.is_contiguous();
 }
 
-// The activations' dtypes the layer takes: bf16, and fp32 where this thread's CPU GEMV takes fp32 rows (q8).
-bool layer_dtype(torch::ScalarType t) {
-  return t == torch::kBFloat16 || (t == torch::kFloat32 && quant::cpu_gemv() == quant::CpuGemv::kQ8);
-}
-
 }  // namespace
 
 bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
                           const torch::Tensor& sin, const torch::Tensor& mask) {
   const torch::ScalarType dt = x.scalar_type();
-  if (!c10::InferenceMode::is_enabled() || !layer_dtype(dt) || !cpu_of(x, dt) || x.dim() != 3 || x.size(0) != 1 ||
-      x.size(1) != 1) {
+  if (!c10::InferenceMode::is_enabled() || !quant::cpu_gemv_takes(dt) || !cpu_of(x, dt) || x.dim() != 3 ||
+      x.size(0) != 1 || x.size(1) != 1) {
     return false;
   }
   for (const auto* p : {w.q, w.k, w.v, w.o, w.gate, w.up, w.down}) {

@@ -118,11 +118,11 @@ torch::autograd::variable_list LinearNF4Function::backward(AutogradContext* ctx,
 
 namespace {
 thread_local CpuGemv t_cpu_gemv = CpuGemv::kQ8;
+}  // namespace
 
 bool cpu_gemv_takes(torch::ScalarType t) {
   return t == torch::kBFloat16 || (t == torch::kFloat32 && cpu_gemv() == CpuGemv::kQ8);
 }
-}  // namespace
 
 CpuGemv cpu_gemv() {
   return t_cpu_gemv;

@@ -32,6 +32,8 @@ struct LinearNF4Function : public torch::autograd::Function<LinearNF4Function> {
 enum class CpuGemv { kQ8, kExact };
 CpuGemv cpu_gemv();
 const char* cpu_gemv_name(CpuGemv g);
+// Whether this thread's CpuGemv takes rows of dtype t (bf16; fp32 too for kQ8).
+bool cpu_gemv_takes(torch::ScalarType t);
 // Sets this thread's CpuGemv until it goes out of scope.
 class CpuGemvScope {
  public:
