@@ -1,13 +1,15 @@
-// The arithmetic of the 4-bit GEMV with 8-bit activations (quant/gemv_q8.h), shared by the CPU reference and the
-// CUDA kernel like codec_4bit.h's: plain C++ the CUDA compiler builds for the device and the CPU build for the host.
+// The arithmetic of the 4-bit GEMV with 8-bit activations (quant/gemv_q8.h), written like codec_4bit.h's: plain C++
+// the CUDA compiler can build for the device and the CPU build builds for the host (only the CPU kernels use it yet).
 //
 // It is the arithmetic class of llama.cpp's CPU dot products (activations quantized to 8 bits per 32 elements, the
-// weights' codes as 8-bit integers, an exact integer dot product per 32 weights), applied to bitsandbytes' layout:
+// weights' codes as small integers, an exact integer dot product per 32 weights), applied to bitsandbytes' layout:
 //   - activations: chunk c of x (32 elements, fp32; bf16 widened exactly): amax_c = max |x_i|; if amax_c > 0,
 //     q_i = clamp(rne(x_i * inv_c), -127, 127) with inv_c = 127 / amax_c (an fp32 division, then an fp32 product),
-//     else q_i = 0; the chunk's scale e_c = amax_c / 16129 (fp32 division; 16129 = 127^2, the codebook's 127 too);
-//   - codebook: cq[n] = rne(code[n] * 127), an int8 (|code| <= 1: the NF4 and FP4 codebooks are normalised);
-//   - chunk dot: isum_c = sum over the chunk of cq[nibble_i] * q_i, an exact int32 (at most 32 * 127^2 in size);
+//     else q_i = 0; the chunk's scale e_c = amax_c / 8001 (fp32 division; 8001 = 127 * 63, the codebook's 63);
+//   - codebook: cq[n] = rne(code[n] * 63), in [-63, 63] (|code| <= 1: the NF4 and FP4 codebooks are normalised):
+//     7 bits, so that cq + 64 is a byte below 128 and the SIMD kernels multiply it as an unsigned byte by q (a
+//     pair of such products stays below 2^15) and subtract 64 * sum(q) per chunk, with no sign fix-up per weight;
+//   - chunk dot: isum_c = sum over the chunk of cq[nibble_i] * q_i, an exact int32 (at most 32 * 127 * 63 in size);
 //   - lanes: lane l of 8 takes chunks l, l + 8, l + 16, ... in increasing order from +0:
 //     acc = fma(float(isum_c), absmax_c * e_c, acc), the product rounded to fp32 first (float(isum_c) is exact);
 //   - the 8 lane sums are combined by a butterfly: for off = 4, 2, 1: s[l] = s[l] + s[l + off]; y = s[0];
@@ -23,10 +25,13 @@
 namespace qlora::quant::codec {
 
 constexpr int kQ8Lanes = 8;
-constexpr int kQ8Chunk = kGemvChunk;  // 32: one absmax block holds whole chunks
-constexpr float kQ8Max = 127.0f;
-constexpr float kQ8ScaleDiv = 16129.0f;  // 127 * 127
-static_assert(kQ8Chunk * 127 * 127 < (int64_t{1} << 24), "a chunk's integer dot is exact in fp32 too");
+constexpr int kQ8Chunk = kGemvChunk;    // 32: one absmax block holds whole chunks
+constexpr float kQ8Max = 127.0f;        // activations: int8 in [-127, 127]
+constexpr float kQ8CodeMax = 63.0f;     // codebook: [-63, 63]
+constexpr int kQ8CodeOffset = 64;       // the SIMD kernels' unsigned codebook bytes: cq + 64 in [1, 127]
+constexpr float kQ8ScaleDiv = 8001.0f;  // 127 * 63
+static_assert(kQ8Chunk * 127 * 63 < (int64_t{1} << 24), "a chunk's integer dot is exact in fp32 too");
+static_assert(2 * (kQ8CodeOffset + 63) * 127 < (1 << 15), "an unsigned code byte pair times q fits int16");
 
 // Round to the nearest integer, ties to even (the default rounding mode; the SIMD conversions use the same).
 QLORA_HD float rne(float v) {
@@ -45,10 +50,10 @@ QLORA_HD float div_rn(float a, float b) {
 #endif
 }
 
-// cq[n]: the codebook entry as an int8 (|code| <= 1 gives [-127, 127]; larger values are clamped).
+// cq[n]: the codebook entry in 7 bits (|code| <= 1 gives [-63, 63]; larger values are clamped).
 QLORA_HD int8_t q8_code(float code) {
-  const float v = rne(mul_rn(code, kQ8Max));
-  return static_cast<int8_t>(v > kQ8Max ? kQ8Max : (v < -kQ8Max ? -kQ8Max : v));
+  const float v = rne(mul_rn(code, kQ8CodeMax));
+  return static_cast<int8_t>(v > kQ8CodeMax ? kQ8CodeMax : (v < -kQ8CodeMax ? -kQ8CodeMax : v));
 }
 
 // One activation's int8 value, inv = 127 / amax of its chunk (amax > 0 and finite).

@@ -3,15 +3,16 @@
 // the same bits (tests/quant/test_gemv_q8.cpp compares them byte for byte).
 //
 // How the AVX2 kernel computes a chunk's integer dot. 32 packed bytes hold two chunks (16 bytes each); their high
-// nibbles are the chunks' even elements, their low nibbles the odd ones. vpshufb looks the nibbles up in the int8
-// codebook (16 entries: one register lane), and vpmaddubsw multiplies bytes pairwise and adds neighbours to 16 bits;
-// it wants one operand unsigned, so it takes |cq| and q with cq's sign (|cq q| pair sums stay below 2^15). vpmaddwd
-// by 1 then adds neighbouring 16-bit sums to 32 bits: 4 partial sums per chunk, one 128-bit lane per chunk. x is
-// laid out once per call to match (layout_x_avx2): per pair of chunks, their even elements then their odd ones.
-// Two vphaddd levels turn the 4 pairs of a group of 8 chunks into the 8 chunks' sums, register lane p holding chunk
-// lane_chunk(p, 8) (gemv_rows.h): the integer sums are exact whatever the order, and from there every lane computes
-// the specification's float operations on its own chunks, so the scale of each lane (its chunk's absmax and e) is
-// gathered in that order and the butterfly pairs the lanes the specification pairs.
+// nibbles are the chunks' even elements, their low nibbles the odd ones. vpshufb looks the nibbles up in the codebook
+// stored as unsigned bytes cq + 64 (16 entries: one register lane), and vpmaddubsw multiplies those (unsigned) by q
+// (signed) pairwise and adds neighbours to 16 bits (a pair stays below 2^15: codec_q8.h); vpmaddwd by 1 then adds
+// neighbouring 16-bit sums to 32 bits: 4 partial sums per chunk, one 128-bit lane per chunk. The offset comes off
+// once per chunk: sum (cq + 64) q - 64 sum q = isum exactly. x is laid out once per call to match (layout_x_avx2): per
+// pair of chunks, their even elements then their odd ones. Two vphaddd levels turn the 4 pairs of a group of 8 chunks
+// into the 8 chunks' sums, register lane p holding chunk lane_chunk(p, 8) (gemv_rows.h): the integer sums are exact
+// whatever the order, and from there every lane computes the specification's float operations on its own chunks, so
+// the scale of each lane (its chunk's absmax and e) is gathered in that order and the butterfly pairs the lanes the
+// specification pairs.
 #include "quant/gemv_q8.h"
 
 #include <ATen/Parallel.h>
@@ -67,6 +68,13 @@ std::array<int8_t, 16> code_table(const GemvQ8Args& a) {
   return cq;
 }
 
+// The SIMD kernels' codebook: cq + 64, unsigned bytes in [1, 127].
+std::array<uint8_t, 16> unsigned_code_table(const std::array<int8_t, 16>& cq) {
+  std::array<uint8_t, 16> u{};
+  for (size_t n = 0; n < u.size(); ++n) u[n] = static_cast<uint8_t>(cq[n] + codec::kQ8CodeOffset);
+  return u;
+}
+
 // x quantized per chunk, in its natural order: q[in] and e[chunks].
 struct QuantizedX {
   std::vector<int8_t> q;
@@ -111,16 +119,19 @@ void rows_ref(const GemvQ8Args& a, const QuantizedX& qx, const int8_t* cq, int64
 
 // x for the AVX2 kernel, per group of 8 chunks: 4 pairs of 64 bytes (pair p: chunks 8 g + 2 p and 8 g + 2 p + 1),
 // [0, 16) the first chunk's even elements, [16, 32) the second's, [32, 48) and [48, 64) their odd ones; el[8 g + p]
-// = e of chunk 8 g + lane_chunk(p, 8) (the register order of the lane sums). Chunks past the row: q = 0, e = 0.
+// = e of chunk 8 g + lane_chunk(p, 8) (the register order of the lane sums), off[8 g + p] = 64 * its sum of q (the
+// unsigned codebook's offset, codec_q8.h). Chunks past the row: q = 0, e = 0, off = 0.
 // Each chunk is quantized as codec::q8_quantize_chunk does (the same fp32 operations, in vector form); qx gets the
 // tail group's q in their natural order (its scalar dots). Returns false, with nothing laid out, if an activation is
 // not finite.
-QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std::vector<float>& el, QuantizedX& qx) {
+QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std::vector<float>& el,
+                              std::vector<int32_t>& off, QuantizedX& qx) {
   const int64_t chunks = a.in_features / kChunk, groups = (chunks + kGroup - 1) / kGroup;
   const int64_t tail = chunks / kGroup * kGroup;  // first chunk of a group of fewer than 8
   qx.q.assign(static_cast<size_t>(a.in_features), 0);
   xl.assign(static_cast<size_t>(groups * kGroup * kChunk), 0);
   el.assign(static_cast<size_t>(groups * kGroup), 0.0f);
+  off.assign(static_cast<size_t>(groups * kGroup), 0);
   const __m256 sign = _mm256_set1_ps(-0.0f), qmax = _mm256_set1_ps(codec::kQ8Max);
   const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   for (int64_t c = 0; c < chunks; ++c) {
@@ -147,6 +158,7 @@ QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std:
     int8_t* pair = xl.data() + (g * kGroup + p / 2 * 2) * kChunk;  // the 64 bytes of c's pair
     const int64_t half = (p % 2) * kChunkBytes;                    // c's 16 bytes within each half
     alignas(32) int32_t q[kChunk];
+    int32_t qsum = 0;
     if (amax > 0.0f) {
       const __m256 inv = _mm256_set1_ps(codec::kQ8Max / amax);
       for (int i = 0; i < kChunk; i += 8) {
@@ -162,9 +174,12 @@ QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std:
         pair[half + j] = static_cast<int8_t>(q[2 * j]);
         pair[2 * kChunkBytes + half + j] = static_cast<int8_t>(q[2 * j + 1]);
       }
+      for (int i = 0; i < kChunk; ++i) qsum += q[i];
     }
     for (int lp = 0; lp < kGroup; ++lp) {
-      if (lane_chunk(lp, kGroup) == p) el[static_cast<size_t>(g * kGroup + lp)] = amax / codec::kQ8ScaleDiv;
+      if (lane_chunk(lp, kGroup) != p) continue;
+      el[static_cast<size_t>(g * kGroup + lp)] = amax / codec::kQ8ScaleDiv;
+      off[static_cast<size_t>(g * kGroup + lp)] = codec::kQ8CodeOffset * qsum;
     }
   }
   return true;
@@ -180,31 +195,37 @@ QLORA_AVX2_INLINE float butterfly_q8_avx2(__m256 t) {
 }
 static_assert(lane_chunk(2, 8) == 4 && lane_chunk(1, 8) == 2 && lane_chunk(4, 8) == 1, "the butterfly's partner lanes");
 
-// The exact integer dots of one pair of chunks (32 packed bytes at w; qe / qo their laid-out even / odd activations):
-// 4 partial sums of the first chunk in the low 128 bits, of the second in the high ones.
+// The integer dots of one pair of chunks with the unsigned codebook (32 packed bytes at w; qe / qo their laid-out
+// even / odd activations): 4 partial sums of the first chunk in the low 128 bits, of the second in the high ones,
+// each 64 * (its share of sum q) above the exact one.
 QLORA_AVX2_INLINE __m256i pair_dot_avx2(const uint8_t* w, __m256i table, __m256i qe, __m256i qo) {
   const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
   const __m256i we = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
   const __m256i wo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
-  const __m256i pe = _mm256_maddubs_epi16(_mm256_abs_epi8(we), _mm256_sign_epi8(qe, we));
-  const __m256i po = _mm256_maddubs_epi16(_mm256_abs_epi8(wo), _mm256_sign_epi8(qo, wo));
+  const __m256i pe = _mm256_maddubs_epi16(we, qe);
+  const __m256i po = _mm256_maddubs_epi16(wo, qo);
   return _mm256_add_epi32(_mm256_madd_epi16(pe, ones), _mm256_madd_epi16(po, ones));
 }
 
 struct LaidOutX {
   const int8_t* xl;  // layout_x_avx2
   const float* el;
-  const int8_t* q;  // natural order (the tail group's scalar dots)
-  const int8_t* cq;
+  const int32_t* off;
+  const int8_t* q;    // natural order (the tail group's scalar dots)
+  const int8_t* cq;   // the codebook (the tail group's scalar dots)
+  const uint8_t* cu;  // the unsigned codebook (the vector dots)
 };
 
 // Rows [o, o + R): per group of 8 chunks the 8 exact chunk sums of each row, then one fma per lane.
 template <int R>
 QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std::vector<float>& am_buf) {
   const int64_t in = a.in_features, chunks = in / kChunk, groups = (chunks + kGroup - 1) / kGroup;
-  const RowBlocks rb = row_blocks(a.w, in, o, R, am_buf, decode_absmax_avx2);
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.cq)));
+  // Groups on multiples of 256 elements read their absmax from the weight; others from a per-batch decode.
+  const bool aligned = groups_aligned(in);
+  const RowBlocks rb = aligned ? RowBlocks{} : row_blocks(a.w, in, o, R, am_buf, decode_absmax_avx2);
+  const int log2_blocksize = __builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize));
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.cu)));
   const __m256i lane_c = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // lane_chunk(p, 8)
   __m256 acc[R];
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
@@ -235,7 +256,8 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
         }
         for (int r = 0; r < R; ++r) h[r][p / 2] = _mm256_hadd_epi32(u[r][0], u[r][1]);
       }
-      for (int r = 0; r < R; ++r) isum[r] = _mm256_hadd_epi32(h[r][0], h[r][1]);
+      const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.off + c0));
+      for (int r = 0; r < R; ++r) isum[r] = _mm256_sub_epi32(_mm256_hadd_epi32(h[r][0], h[r][1]), off);
     } else {
       for (int r = 0; r < R; ++r) {
         alignas(32) int32_t t[kGroup] = {};
@@ -251,9 +273,10 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
     const __m256 e = _mm256_loadu_ps(x.el + c0);
     const __m256 lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_c));
     for (int r = 0; r < R; ++r) {
-      const __m256 am = group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * kChunk);
+      const __m256 am = aligned ? group_absmax_aligned_avx2(a.w, log2_blocksize, (o + r) * in + c0 * kChunk)
+                                : group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * kChunk);
       const __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(am, e), acc[r]);
-      acc[r] = _mm256_blendv_ps(acc[r], t, lanes);
+      acc[r] = valid == kGroup ? t : _mm256_blendv_ps(acc[r], t, lanes);
     }
   }
   for (int r = 0; r < R; ++r) store_out(a, o + r, butterfly_q8_avx2(acc[r]));
@@ -318,25 +341,29 @@ void gemv_q8_cpu(const GemvQ8Args* as, size_t count, Isa isa) {
   }
   thread_local std::vector<int8_t> xl;
   thread_local std::vector<float> el;
-  if (!layout_x_avx2(a, xl, el, qx)) {
+  thread_local std::vector<int32_t> off;
+  if (!layout_x_avx2(a, xl, el, off, qx)) {
     for (size_t i = 0; i < count; ++i) nan_out(as[i]);
     return;
   }
   // One parallel region over the rows of all the weights (one fork and join, the split balanced over all of them).
   std::vector<std::array<int8_t, 16>> cq(count);
+  std::vector<std::array<uint8_t, 16>> cu(count);
   std::vector<int64_t> first(count + 1, 0);  // first[i]: weight i's first row in the joint range
   for (size_t i = 0; i < count; ++i) {
     cq[i] = code_table(as[i]);
+    cu[i] = unsigned_code_table(cq[i]);
     first[i + 1] = first[i] + as[i].out_features;
   }
   // The thread_locals' data as pointers: named inside the lambda they would be each worker's own (empty) ones.
   const int8_t *xlp = xl.data(), *qp = qx.q.data();
   const float* elp = el.data();
+  const int32_t* offp = off.data();
   at::parallel_for(0, first[count], grain, [&](int64_t o0, int64_t o1) {
     for (size_t i = 0; i < count; ++i) {
       const int64_t lo = std::max(o0, first[i]), hi = std::min(o1, first[i + 1]);
       if (lo >= hi) continue;
-      const LaidOutX x{xlp, elp, qp, cq[i].data()};
+      const LaidOutX x{xlp, elp, offp, qp, cq[i].data(), cu[i].data()};
       gemv_rows_avx2(as[i], x, lo - first[i], hi - first[i]);
     }
   });

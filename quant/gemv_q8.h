@@ -5,7 +5,7 @@
 // lookup and an fma, which an AVX2 CPU without a fast 8-lane permute cannot feed at memory speed.
 //
 // The price is accuracy: x is rounded to 8 bits per 32 elements (relative error up to 1/254 of the chunk's largest
-// |x|) and the codebook to multiples of 1/127 (NF4's codes move by at most 1/254, a tenth of their spacing).
+// |x|) and the codebook to multiples of 1/63 (NF4's codes move by at most 1/126, a tenth of their closest spacing).
 // tests/quant/test_gemv_q8.cpp bounds the result against a float64 product of the dequantized weight.
 #pragma once
 

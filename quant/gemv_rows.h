@@ -112,4 +112,37 @@ QLORA_AVX2_INLINE __m256 group_absmax_avx2(const RowBlocks& rb, int64_t e_rel) {
   return _mm256_permutevar8x32_ps(_mm256_maskload_ps(rb.am + fb, in_range), blk);
 }
 
+// Whether every group of 8 chunks of every row starts on a multiple of 256 elements (row length a multiple of 256):
+// then group_absmax_aligned_avx2 reads each group's absmax from the weight, with no per-batch decode into a buffer.
+inline bool groups_aligned(int64_t in_features) {
+  return in_features % 256 == 0;
+}
+
+// The absmax of the 8 chunks of a group (register lane p: chunk lane_chunk(p, 8)) whose first element e is a multiple
+// of 256: the group spans 256 / blocksize whole blocks (one block if blocksize >= 256), all under one absmax2 (256
+// blocks each), so lane p takes block e / blocksize + (lane_chunk(p, 8) * 32 >> log2 blocksize). Double-quantized
+// ones are decoded as codec::absmax_from_dq does (the product rounded before the add: its bits).
+QLORA_AVX2_INLINE __m256 group_absmax_aligned_avx2(const codec::Packed4bit& w, int log2_blocksize, int64_t e) {
+  const int64_t b = e >> log2_blocksize;
+  const bool dq = w.qabsmax != nullptr;
+  const auto at = [&](int j) { return dq ? w.nested_code[w.qabsmax[b + j]] : w.absmax[b + j]; };
+  __m256 v;
+  if (log2_blocksize == 5) {
+    v = _mm256_setr_ps(at(0), at(2), at(4), at(6), at(1), at(3), at(5), at(7));
+  } else if (log2_blocksize == 6) {
+    const __m128 h = _mm_setr_ps(at(0), at(1), at(2), at(3));
+    v = _mm256_set_m128(h, h);
+  } else if (log2_blocksize == 7) {
+    const __m128 h = _mm_setr_ps(at(0), at(0), at(1), at(1));
+    v = _mm256_set_m128(h, h);
+  } else {
+    v = _mm256_set1_ps(at(0));
+  }
+  if (!dq) return v;
+  __m256 p = _mm256_mul_ps(v, _mm256_set1_ps(w.absmax2[b / codec::kNestedBlocksize]));
+  __asm__("" : "+x"(p));  // no fma contraction
+  return _mm256_add_ps(p, _mm256_set1_ps(w.offset));
+}
+static_assert(lane_chunk(1, 8) == 2 && lane_chunk(4, 8) == 1, "group_absmax_aligned_avx2's lane order");
+
 }  // namespace qlora::quant::gemv_detail

@@ -1,7 +1,8 @@
 // The 4-bit GEMV with 8-bit activations (quant/gemv_q8.h): the AVX2 kernel and the thread-split reference give
 // gemv_q8_ref's bits on awkward shapes (chunk counts that are not a multiple of 8, blocks straddling rows, blocksizes
-// 32..4096, double quantization past 256 blocks), bf16 and fp32 activations and outputs; the reference is within the
-// 8-bit rounding budget of a float64 product of the dequantized weight; a case whose every rounding is known is
+// 32..4096, double quantization past 256 blocks, rows of a multiple of 256 elements, whose absmax the kernel reads per
+// group, and others), bf16 and fp32 activations and outputs; the reference is within the rounding budget of a float64
+// product of the dequantized weight; a case whose every rounding is known is
 // exact; non-finite activations give NaN rows; rows that are not a multiple of 32 are refused.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -27,12 +28,14 @@ struct Shape {
   int64_t out, in, blocksize;
 };
 
-// Chunk counts 1, 3, 11, 24 (768), 33, 64, 344 (11008): full groups of 8 and tails of 1-7 chunks.
+// Chunk counts 1, 3, 11, 24 (768), 33, 64, 344 (11008): full groups of 8 and tails of 1-7 chunks; rows of a multiple
+// of 256 with every blocksize from 32 to 4096 (blocks of 2048 straddling rows) and past 256 blocks.
 const std::vector<Shape>& shapes() {
   static const std::vector<Shape> s = {{1, 32, 32},     {3, 96, 64},     {7, 352, 32},    {5, 768, 64},
                                        {9, 1056, 128},  {33, 2048, 64},  {3, 2080, 256},  {11, 3072, 1024},
                                        {6, 8192, 4096}, {13, 640, 2048}, {4, 11008, 64},  {65, 768, 64},
-                                       {10, 1280, 32},  {129, 256, 64},  {2, 4096, 4096}, {17, 160, 512}};
+                                       {10, 1280, 32},  {129, 256, 64},  {2, 4096, 4096}, {17, 160, 512},
+                                       {9, 4096, 128},  {3, 1536, 256},  {5, 1024, 512},  {5, 2560, 2048}};
   return s;
 }
 
@@ -86,10 +89,11 @@ TEST(GemvQ8, EveryPathEqualsTheReferenceBitForBit) {
   RecordProperty("paths_checked", checked);
 }
 
-// The budget of the two 8-bit roundings: with w_i = absmax * code_i and x's chunk maximum amax, the kernel multiplies
-// absmax * cq_i / 127 (|cq_i / 127 - code_i| <= 1/254) by q_i * amax / 127 (|q_i amax / 127 - x_i| <= amax / 254,
-// up to the fp32 roundings of 127 / amax and of x_i times it: 127 |x_i| / amax 2^-23 <= 2^-16 units of q), so per term
-//   |w x - w~ x~| <= absmax (|x_i| + |code_i~| amax) / 254 (1 + 2^-14),
+// The budget of the two roundings: with w_i = absmax * code_i and x's chunk maximum amax, the kernel multiplies
+// absmax * cq_i / 63 (the 7-bit codebook: |cq_i / 63 - code_i| <= 1/126) by q_i * amax / 127 (|q_i amax / 127 - x_i|
+// <= amax / 254, up to the fp32 roundings of 127 / amax and of x_i times it: 127 |x_i| / amax 2^-23 <= 2^-16 units of
+// q), so per term
+//   |w x - w~ x~| <= absmax (|x_i| / 126 + |code_i~| amax / 254) (1 + 2^-14),
 // plus fp32 rounding of the scales and sums (every term passes at most ceil(chunks / 8) + 4 roundings after its exact
 // integer dot: e, absmax * e, the fma, the lane adds) and, for a bf16 output, one rounding of the result.
 TEST(GemvQ8, ReferenceIsWithinTheEightBitBudgetOfAFloat64Product) {
@@ -112,9 +116,10 @@ TEST(GemvQ8, ReferenceIsWithinTheEightBitBudgetOfAFloat64Product) {
                                        .narrow(2, 0, 1);  // (out, chunks, 1)
       const torch::Tensor xa = xd.abs().view({s.in / 32, 32});
       const torch::Tensor amax = xa.amax(-1, true);  // (chunks, 1)
-      // sum over chunks of absmax_c * (sum_i |x_i| + 1.0 * 32 * amax_c) / 254: |code~| <= 1 + 1/254.
-      const torch::Tensor per_chunk = (xa.sum(-1, true) + amax * 32 * (1 + 1.0 / 254)).view({1, s.in / 32, 1});
-      const torch::Tensor rounding8 = (absmax * per_chunk).sum({1, 2}) / 254 * (1 + 0x1p-14);
+      // sum over chunks of absmax_c * (sum_i |x_i| / 126 + 32 * amax_c / 254): |code~| <= 1 + 1/126.
+      const torch::Tensor per_chunk =
+          (xa.sum(-1, true) / 126 + amax * 32 * (1 + 1.0 / 126) / 254).view({1, s.in / 32, 1});
+      const torch::Tensor rounding8 = (absmax * per_chunk).sum({1, 2}) * (1 + 0x1p-14);
       const torch::Tensor scale = wd.abs().matmul(xd.abs()) + rounding8;
       const double m = static_cast<double>((s.in / 32 + 7) / 8 + 8);
       const double gamma = m * kFp32Unit / (1 - m * kFp32Unit);
@@ -157,9 +162,9 @@ TEST(GemvQ8, EightBitRoundingCostsAFractionOfTheFourBitWeightError) {
   EXPECT_GT(rel8, 1e-4) << "the activations were not rounded to 8 bits";
 }
 
-// Weights of +-absmax (NF4 codes 15 and 0: +-1.0, int8 +-127 exactly) against integer activations whose chunk
-// maximum is 127 (127 / amax = 1: q = x exactly): every 8-bit rounding is exact, isum = 127 * sum(+-x), and the
-// result is sum(+-x) * absmax * fl(127 / 16129) up to the fp32 rounding of that scale and of the lane sums.
+// Weights of +-absmax (NF4 codes 15 and 0: +-1.0, in 7 bits +-63 exactly) against integer activations whose chunk
+// maximum is 127 (127 / amax = 1: q = x exactly): every rounding to integers is exact, isum = 63 * sum(+-x), and the
+// result is sum(+-x) * absmax * 63 * fl(127 / 8001) up to the fp32 rounding of that scale and of the lane sums.
 TEST(GemvQ8, ExactCodesAndIntegerActivationsGiveTheIntegerSum) {
   const int64_t out = 6, in = 1056;  // 33 chunks: four full groups of 8 and a tail of 1
   torch::manual_seed(53);
