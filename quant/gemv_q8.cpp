@@ -25,6 +25,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "quant/codec_q8.h"
@@ -217,17 +218,44 @@ struct LaidOutX {
   const uint8_t* cu;  // the unsigned codebook (the vector dots)
 };
 
-// Rows [o, o + R): per group of 8 chunks the 8 exact chunk sums of each row, then one fma per lane.
+// The 8 exact chunk sums (register lane p: chunk c0 + lane_chunk(p, 8)) of R rows from o over a full group of 8
+// chunks from c0: 4 pairs of chunks, 2 vphaddd levels, the unsigned codebook's offset taken off.
 template <int R>
+QLORA_AVX2_INLINE void group_dots_avx2(const GemvQ8Args& a, const LaidOutX& x, __m256i table, int64_t o, int64_t c0,
+                                       __m256i isum[R]) {
+  const int64_t in = a.in_features;
+  __m256i h[R][2];
+  for (int p = 0; p < kGroup / 2; p += 2) {
+    const int8_t* xp = x.xl + (c0 + 2 * p) * kChunk;
+    __m256i u[R][2];
+    for (int k = 0; k < 2; ++k) {
+      const __m256i qe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 64 * k));
+      const __m256i qo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 64 * k + 32));
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        u[r][k] = pair_dot_avx2(a.w.packed + (((o + r) * in + (c0 + 2 * (p + k)) * kChunk) >> 1), table, qe, qo);
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) h[r][p / 2] = _mm256_hadd_epi32(u[r][0], u[r][1]);
+  }
+  const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.off + c0));
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) isum[r] = _mm256_sub_epi32(_mm256_hadd_epi32(h[r][0], h[r][1]), off);
+}
+
+// Rows [o, o + R): per group of 8 chunks the 8 exact chunk sums of each row, then one fma per lane. kAligned: rows of
+// a multiple of 256 elements, blocksize 2^kAligned (8: >= 256), whose groups read their absmax from the weight
+// (gemv_rows.h); 0: any row length, the batch's absmax decoded into am_buf first, partial groups summed by the
+// reference's scalar dots.
+template <int R, int kAligned>
 QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std::vector<float>& am_buf) {
   const int64_t in = a.in_features, chunks = in / kChunk, groups = (chunks + kGroup - 1) / kGroup;
-  // Groups on multiples of 256 elements read their absmax from the weight; others from a per-batch decode.
-  const bool aligned = groups_aligned(in);
-  const RowBlocks rb = aligned ? RowBlocks{} : row_blocks(a.w, in, o, R, am_buf, decode_absmax_avx2);
-  const int log2_blocksize = __builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize));
+  const RowBlocks rb = kAligned == 0 ? row_blocks(a.w, in, o, R, am_buf, decode_absmax_avx2) : RowBlocks{};
   const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.cu)));
   const __m256i lane_c = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // lane_chunk(p, 8)
   __m256 acc[R];
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   // The bytes of the batch after next, group by group two batches ahead (the rows of a thread are contiguous), where
   // the weight has them.
@@ -235,29 +263,29 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
   const uint8_t* ahead = prefetch ? a.w.packed + (((o + 2 * R) * in) >> 1) : a.w.packed;
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t c0 = g * kGroup;
-    const int valid = static_cast<int>(std::min<int64_t>(kGroup, chunks - c0));
-    for (int r = 0; r < R && prefetch; ++r) {
-      const uint8_t* p = ahead + ((r * in + c0 * kChunk) >> 1);
-      for (int line = 0; line < kGroup * kChunkBytes; line += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(p + line), _MM_HINT_T0);
+    const int valid = kAligned != 0 ? kGroup : static_cast<int>(std::min<int64_t>(kGroup, chunks - c0));
+    if (prefetch) {
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) {
+        const uint8_t* p = ahead + ((r * in + c0 * kChunk) >> 1);
+        _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p + 64), _MM_HINT_T0);
+      }
+    }
+    // Each row's scales first (absmax * e): their dependent loads overlap the integer work below.
+    const __m256 e = _mm256_loadu_ps(x.el + c0);
+    __m256 scale[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      if constexpr (kAligned != 0) {
+        scale[r] = _mm256_mul_ps(group_absmax_aligned_avx2<kAligned>(a.w, (o + r) * in + c0 * kChunk), e);
+      } else {
+        scale[r] = _mm256_mul_ps(group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * kChunk), e);
+      }
     }
     __m256i isum[R];
-    if (valid == kGroup) {
-      __m256i h[R][2];
-      for (int p = 0; p < kGroup / 2; p += 2) {
-        const int8_t* xp = x.xl + (c0 + 2 * p) * kChunk;
-        __m256i u[R][2];
-        for (int k = 0; k < 2; ++k) {
-          const __m256i qe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 64 * k));
-          const __m256i qo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 64 * k + 32));
-          for (int r = 0; r < R; ++r) {
-            u[r][k] = pair_dot_avx2(a.w.packed + (((o + r) * in + (c0 + 2 * (p + k)) * kChunk) >> 1), table, qe, qo);
-          }
-        }
-        for (int r = 0; r < R; ++r) h[r][p / 2] = _mm256_hadd_epi32(u[r][0], u[r][1]);
-      }
-      const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.off + c0));
-      for (int r = 0; r < R; ++r) isum[r] = _mm256_sub_epi32(_mm256_hadd_epi32(h[r][0], h[r][1]), off);
+    if (kAligned != 0 || valid == kGroup) {
+      group_dots_avx2<R>(a, x, table, o, c0, isum);
     } else {
       for (int r = 0; r < R; ++r) {
         alignas(32) int32_t t[kGroup] = {};
@@ -270,15 +298,17 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
         isum[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
       }
     }
-    const __m256 e = _mm256_loadu_ps(x.el + c0);
-    const __m256 lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_c));
-    for (int r = 0; r < R; ++r) {
-      const __m256 am = aligned ? group_absmax_aligned_avx2(a.w, log2_blocksize, (o + r) * in + c0 * kChunk)
-                                : group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * kChunk);
-      const __m256 t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_mul_ps(am, e), acc[r]);
-      acc[r] = valid == kGroup ? t : _mm256_blendv_ps(acc[r], t, lanes);
+    if (kAligned != 0 || valid == kGroup) {
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale[r], acc[r]);
+    } else {
+      const __m256 lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_c));
+      for (int r = 0; r < R; ++r) {
+        acc[r] = _mm256_blendv_ps(acc[r], _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale[r], acc[r]), lanes);
+      }
     }
   }
+#pragma GCC unroll 4
   for (int r = 0; r < R; ++r) store_out(a, o + r, butterfly_q8_avx2(acc[r]));
 }
 
@@ -292,8 +322,24 @@ void gemv_rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o0, int64_t 
     _mm_prefetch(reinterpret_cast<const char*>(first + line), _MM_HINT_T0);
   }
   std::vector<float> am_buf;
-  row_batches<kRows>(
-      o0, o1, [&](int64_t o) { rows_avx2<kRows>(a, x, o, am_buf); }, [&](int64_t o) { rows_avx2<1>(a, x, o, am_buf); });
+  const auto run = [&](auto aligned) {
+    constexpr int kAligned = decltype(aligned)::value;
+    row_batches<kRows>(
+        o0, o1, [&](int64_t o) { rows_avx2<kRows, kAligned>(a, x, o, am_buf); },
+        [&](int64_t o) { rows_avx2<1, kAligned>(a, x, o, am_buf); });
+  };
+  const int log2_blocksize = __builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize));
+  if (!groups_aligned(a.in_features)) {
+    run(std::integral_constant<int, 0>{});
+  } else if (log2_blocksize == 5) {
+    run(std::integral_constant<int, 5>{});
+  } else if (log2_blocksize == 6) {
+    run(std::integral_constant<int, 6>{});
+  } else if (log2_blocksize == 7) {
+    run(std::integral_constant<int, 7>{});
+  } else {
+    run(std::integral_constant<int, 8>{});
+  }
 }
 
 }  // namespace

@@ -119,20 +119,23 @@ inline bool groups_aligned(int64_t in_features) {
 }
 
 // The absmax of the 8 chunks of a group (register lane p: chunk lane_chunk(p, 8)) whose first element e is a multiple
-// of 256: the group spans 256 / blocksize whole blocks (one block if blocksize >= 256), all under one absmax2 (256
-// blocks each), so lane p takes block e / blocksize + (lane_chunk(p, 8) * 32 >> log2 blocksize). Double-quantized
-// ones are decoded as codec::absmax_from_dq does (the product rounded before the add: its bits).
-QLORA_AVX2_INLINE __m256 group_absmax_aligned_avx2(const codec::Packed4bit& w, int log2_blocksize, int64_t e) {
-  const int64_t b = e >> log2_blocksize;
+// of 256, blocksize 2^kLog2 (kLog2 8 stands for every blocksize >= 256): the group spans 256 / blocksize whole
+// blocks (one if blocksize >= 256), all under one absmax2 (256 blocks each), so lane p takes block e / blocksize +
+// (lane_chunk(p, 8) * 32 >> kLog2). Double-quantized ones are decoded as codec::absmax_from_dq does (the product
+// rounded before the add: its bits).
+template <int kLog2>
+QLORA_AVX2_INLINE __m256 group_absmax_aligned_avx2(const codec::Packed4bit& w, int64_t e) {
+  static_assert(kLog2 >= 5 && kLog2 <= 8, "blocksizes 32, 64, 128 and >= 256");
+  const int64_t b = e >> __builtin_ctzll(static_cast<unsigned long long>(w.blocksize));
   const bool dq = w.qabsmax != nullptr;
   const auto at = [&](int j) { return dq ? w.nested_code[w.qabsmax[b + j]] : w.absmax[b + j]; };
   __m256 v;
-  if (log2_blocksize == 5) {
+  if constexpr (kLog2 == 5) {
     v = _mm256_setr_ps(at(0), at(2), at(4), at(6), at(1), at(3), at(5), at(7));
-  } else if (log2_blocksize == 6) {
+  } else if constexpr (kLog2 == 6) {
     const __m128 h = _mm_setr_ps(at(0), at(1), at(2), at(3));
     v = _mm256_set_m128(h, h);
-  } else if (log2_blocksize == 7) {
+  } else if constexpr (kLog2 == 7) {
     const __m128 h = _mm_setr_ps(at(0), at(0), at(1), at(1));
     v = _mm256_set_m128(h, h);
   } else {
