@@ -258,7 +258,8 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
   // The bytes of the batch after next, group by group two batches ahead (the rows of a thread are contiguous), where
-  // the weight has them.
+  // the weight has them; non-temporal: a decode step reads each weight once, and keeping its lines out of the outer
+  // caches leaves them to what is read again (x, the KV cache, activations): bench decode 265-288 -> 316-325 tok/s.
   const bool prefetch = o + 3 * R <= a.out_features;
   const uint8_t* ahead = prefetch ? a.w.packed + (((o + 2 * R) * in) >> 1) : a.w.packed;
   for (int64_t g = 0; g < groups; ++g) {
@@ -268,8 +269,8 @@ QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
         const uint8_t* p = ahead + ((r * in + c0 * kChunk) >> 1);
-        _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(p + 64), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_NTA);
+        _mm_prefetch(reinterpret_cast<const char*>(p + 64), _MM_HINT_NTA);
       }
     }
     // Each row's scales first (absmax * e): their dependent loads overlap the integer work below.
@@ -319,7 +320,7 @@ void gemv_rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o0, int64_t 
   const uint8_t* first = a.w.packed + ((o0 * a.in_features) >> 1);
   const int64_t first_bytes = (std::min<int64_t>(2 * kRows, o1 - o0) * a.in_features) >> 1;
   for (int64_t line = 0; line < first_bytes; line += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(first + line), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(first + line), _MM_HINT_NTA);
   }
   std::vector<float> am_buf;
   const auto run = [&](auto aligned) {
