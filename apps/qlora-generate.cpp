@@ -113,11 +113,13 @@ void add_options(CLI::App& cli, Args& a) {
                  "compute dtype; auto: bf16 where the CPU multiplies bf16 natively (AVX-512, AMX), else fp32")
       ->check(CLI::IsMember({"auto", "bf16", "fp16", "fp32"}))
       ->capture_default_str();
-  cli.add_option("--gemv", a.gemv,
-                 "CPU kernel of the 4-bit projections when decoding one token: q8 rounds the activations to 8 bits "
-                 "per 32 values and sums exact integer products (llama.cpp's CPU arithmetic; about 1% error, a tenth "
-                 "of 4-bit weights' own; its kernel runs ~3x the exact one on AVX2, and takes fp32 rows too); exact "
-                 "multiplies bf16 activations in fp32, the bits the CUDA kernel gives")
+  cli.add_option(
+         "--gemv", a.gemv,
+         "CPU kernel of the 4-bit projections when decoding one token: q8 rounds the activations to 8 bits "
+         "per 32 values and the codebook to 7 bits, and sums exact integer products (llama.cpp's CPU arithmetic; "
+         "about 1.5% error, a sixth of 4-bit weights' own; its kernel runs ~3x the exact one on AVX2, ~2x "
+         "on AVX-512, and takes fp32 rows too); exact multiplies bf16 activations in fp32, the bits the CUDA "
+         "kernel gives")
       ->check(CLI::IsMember({"q8", "exact"}))
       ->capture_default_str();
   cli.add_option("--logits-out", a.logits_out,

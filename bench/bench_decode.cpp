@@ -200,9 +200,9 @@ void bench_kernels(int64_t out, int64_t in, double copy_gbs) {
     quant::gemv_4bit_cpu(a, isa);  // warm-up
     row((std::string("gemv ") + isa_name(isa)).c_str(), time_best([&] { quant::gemv_4bit_cpu(a, isa); }, kKernelReps));
   }
-  // With 8-bit activations (quant/gemv_q8.h): the AVX2 kernel (AVX-512 CPUs run it too) or its scalar reference.
+  // With 8-bit activations (quant/gemv_q8.h): the AVX-512 (VNNI + VBMI; else AVX2) and AVX2 kernels, the reference.
   const quant::GemvQ8Args a8 = quant::detail::gemv_q8_args(q, x.data_ptr(), /*x_bf16=*/true, y.data_ptr(), true);
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
     if (!cpu_supports(isa)) continue;
     quant::gemv_q8_cpu(a8, isa);  // warm-up
     row((std::string("gemv q8 ") + isa_name(isa)).c_str(),

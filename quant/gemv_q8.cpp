@@ -1,6 +1,7 @@
-// 4-bit GEMV with 8-bit activations on the CPU: gemv_q8_ref, the specification (codec_q8.h), and its AVX2 twin
-// gemv_q8_avx2, which computes the same integer dot products and the same float sums in the same order and so gives
-// the same bits (tests/quant/test_gemv_q8.cpp compares them byte for byte).
+// 4-bit GEMV with 8-bit activations on the CPU: gemv_q8_ref, the specification (codec_q8.h), and its AVX2 and
+// AVX-512 (VNNI + VBMI) twins, which compute the same integer dot products and the same float sums in the same order
+// and so give the same bits (tests/quant/test_gemv_q8.cpp compares them byte for byte). The two differ only in how
+// they compute a group's 8 integer dots (DotsAvx2, DotsAvx512); the row loop around them is one (gemv_q8_rows.h).
 //
 // How the AVX2 kernel computes a chunk's integer dot. 32 packed bytes hold two chunks (16 bytes each); their high
 // nibbles are the chunks' even elements, their low nibbles the odd ones. vpshufb looks the nibbles up in the codebook
@@ -118,14 +119,19 @@ void rows_ref(const GemvQ8Args& a, const QuantizedX& qx, const int8_t* cq, int64
 // ---------------------------------------------------------------------------------------------------------------
 // AVX2.
 
-// x for the AVX2 kernel, per group of 8 chunks: 4 pairs of 64 bytes (pair p: chunks 8 g + 2 p and 8 g + 2 p + 1),
-// [0, 16) the first chunk's even elements, [16, 32) the second's, [32, 48) and [48, 64) their odd ones; el[8 g + p]
+// How the SIMD kernels want a group's 256 activation bytes: kPairs (AVX2), 4 pairs of 64 bytes (pair p: chunks 8 g + 2
+// p and 8 g + 2 p + 1), [0, 16) the first chunk's even elements, [16, 32) the second's, [32, 48) and [48, 64) their
+// odd ones; kQuads (AVX-512), 2 quads of 128 bytes (chunks 8 g + 4 h to 8 g + 4 h + 3), the 4 chunks' even elements
+// (16 bytes each) then their odd ones.
+enum class XOrder { kPairs, kQuads };
+
+// x for the SIMD kernels, per group of 8 chunks: the bytes in `order`; el[8 g + p]
 // = e of chunk 8 g + lane_chunk(p, 8) (the register order of the lane sums), off[8 g + p] = 64 * its sum of q (the
 // unsigned codebook's offset, codec_q8.h). Chunks past the row: q = 0, e = 0, off = 0.
 // Each chunk is quantized as codec::q8_quantize_chunk does (the same fp32 operations, in vector form); qx gets the
 // tail group's q in their natural order (its scalar dots). Returns false, with nothing laid out, if an activation is
 // not finite.
-QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std::vector<float>& el,
+QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, XOrder order, std::vector<int8_t>& xl, std::vector<float>& el,
                               std::vector<int32_t>& off, QuantizedX& qx) {
   const int64_t chunks = a.in_features / kChunk, groups = (chunks + kGroup - 1) / kGroup;
   const int64_t tail = chunks / kGroup * kGroup;  // first chunk of a group of fewer than 8
@@ -156,8 +162,10 @@ QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std:
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
     const int64_t g = c / kGroup, p = c % kGroup;
-    int8_t* pair = xl.data() + (g * kGroup + p / 2 * 2) * kChunk;  // the 64 bytes of c's pair
-    const int64_t half = (p % 2) * kChunkBytes;                    // c's 16 bytes within each half
+    const bool quads = order == XOrder::kQuads;
+    int8_t* even = xl.data() + g * kGroup * kChunk +
+                   (quads ? p / 4 * 4 * kChunk + p % 4 * kChunkBytes : p / 2 * 2 * kChunk + p % 2 * kChunkBytes);
+    int8_t* odd = even + (quads ? 4 : 2) * kChunkBytes;
     alignas(32) int32_t q[kChunk];
     int32_t qsum = 0;
     if (amax > 0.0f) {
@@ -172,8 +180,8 @@ QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, std::vector<int8_t>& xl, std:
         for (int64_t i = 0; i < kChunk; ++i) qx.q[static_cast<size_t>(c * kChunk + i)] = static_cast<int8_t>(q[i]);
       }
       for (int64_t j = 0; j < kChunkBytes; ++j) {
-        pair[half + j] = static_cast<int8_t>(q[2 * j]);
-        pair[2 * kChunkBytes + half + j] = static_cast<int8_t>(q[2 * j + 1]);
+        even[j] = static_cast<int8_t>(q[2 * j]);
+        odd[j] = static_cast<int8_t>(q[2 * j + 1]);
       }
       for (int i = 0; i < kChunk; ++i) qsum += q[i];
     }
@@ -218,130 +226,111 @@ struct LaidOutX {
   const uint8_t* cu;  // the unsigned codebook (the vector dots)
 };
 
-// The 8 exact chunk sums (register lane p: chunk c0 + lane_chunk(p, 8)) of R rows from o over a full group of 8
-// chunks from c0: 4 pairs of chunks, 2 vphaddd levels, the unsigned codebook's offset taken off.
-template <int R>
-QLORA_AVX2_INLINE void group_dots_avx2(const GemvQ8Args& a, const LaidOutX& x, __m256i table, int64_t o, int64_t c0,
-                                       __m256i isum[R]) {
-  const int64_t in = a.in_features;
-  __m256i h[R][2];
-  for (int p = 0; p < kGroup / 2; p += 2) {
-    const int8_t* xp = x.xl + (c0 + 2 * p) * kChunk;
-    __m256i u[R][2];
-    for (int k = 0; k < 2; ++k) {
-      const __m256i qe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 64 * k));
-      const __m256i qo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 64 * k + 32));
+// The AVX2 integer dots: the 8 exact chunk sums (register lane p: chunk c0 + lane_chunk(p, 8)) of R rows from o over
+// a full group of 8 chunks from c0: 4 pairs of chunks, 2 vphaddd levels, the unsigned codebook's offset taken off.
+struct DotsAvx2 {
+  __m256i table;  // the unsigned codebook in both 128-bit lanes
+
+  QLORA_AVX2_INLINE explicit DotsAvx2(const uint8_t* cu)
+      : table(_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cu)))) {}
+
+  template <int R>
+  QLORA_AVX2_INLINE void group(const GemvQ8Args& a, const LaidOutX& x, int64_t o, int64_t c0, __m256i isum[R]) const {
+    const int64_t in = a.in_features;
+    __m256i h[R][2];
+    for (int p = 0; p < kGroup / 2; p += 2) {
+      const int8_t* xp = x.xl + (c0 + 2 * p) * kChunk;
+      __m256i u[R][2];
+      for (int k = 0; k < 2; ++k) {
+        const __m256i qe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 64 * k));
+        const __m256i qo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + 64 * k + 32));
 #pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        u[r][k] = pair_dot_avx2(a.w.packed + (((o + r) * in + (c0 + 2 * (p + k)) * kChunk) >> 1), table, qe, qo);
+        for (int r = 0; r < R; ++r) {
+          u[r][k] = pair_dot_avx2(a.w.packed + (((o + r) * in + (c0 + 2 * (p + k)) * kChunk) >> 1), table, qe, qo);
+        }
       }
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) h[r][p / 2] = _mm256_hadd_epi32(u[r][0], u[r][1]);
     }
+    const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.off + c0));
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) h[r][p / 2] = _mm256_hadd_epi32(u[r][0], u[r][1]);
+    for (int r = 0; r < R; ++r) isum[r] = _mm256_sub_epi32(_mm256_hadd_epi32(h[r][0], h[r][1]), off);
   }
-  const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.off + c0));
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) isum[r] = _mm256_sub_epi32(_mm256_hadd_epi32(h[r][0], h[r][1]), off);
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// AVX-512 with VNNI and VBMI (Ice Lake, Sapphire Rapids, Zen 4 on): 64 packed bytes (4 chunks) per register. vpermb
+// looks up the nibbles in the unsigned codebook copied to all four 16-byte quarters, so that the index's bits 4-5
+// (the shifted-in neighbouring nibble) pick equal copies and no mask is needed; vpdpbusd multiplies the unsigned
+// codes by q and adds each 4 neighbouring products to a 32-bit lane (no 16-bit intermediate). x is laid out per 4
+// chunks (XOrder::kQuads): their even elements, then their odd ones. GCC 12 reports false "may be used
+// uninitialized" warnings inside its own AVX-512 intrinsic headers (gemv_4bit.cpp): off for this section.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+#define QLORA_Q8_AVX512_TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c"
+#define QLORA_Q8_AVX512_INLINE __attribute__((target(QLORA_Q8_AVX512_TARGET), always_inline)) inline
+
+bool cpu_supports_q8_avx512() {
+  return cpu_supports(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
 }
 
-// Rows [o, o + R): per group of 8 chunks the 8 exact chunk sums of each row, then one fma per lane. kAligned: rows of
-// a multiple of 256 elements, blocksize 2^kAligned (8: >= 256), whose groups read their absmax from the weight
-// (gemv_rows.h); 0: any row length, the batch's absmax decoded into am_buf first, partial groups summed by the
-// reference's scalar dots.
-template <int R, int kAligned>
-QLORA_AVX2 void rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o, std::vector<float>& am_buf) {
-  const int64_t in = a.in_features, chunks = in / kChunk, groups = (chunks + kGroup - 1) / kGroup;
-  const RowBlocks rb = kAligned == 0 ? row_blocks(a.w, in, o, R, am_buf, decode_absmax_avx2) : RowBlocks{};
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.cu)));
-  const __m256i lane_c = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // lane_chunk(p, 8)
-  __m256 acc[R];
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-  // The bytes of the batch after next, group by group two batches ahead (the rows of a thread are contiguous), where
-  // the weight has them; non-temporal: a decode step reads each weight once, and keeping its lines out of the outer
-  // caches leaves them to what is read again (x, the KV cache, activations): bench decode 265-288 -> 316-325 tok/s.
-  const bool prefetch = o + 3 * R <= a.out_features;
-  const uint8_t* ahead = prefetch ? a.w.packed + (((o + 2 * R) * in) >> 1) : a.w.packed;
-  for (int64_t g = 0; g < groups; ++g) {
-    const int64_t c0 = g * kGroup;
-    const int valid = kAligned != 0 ? kGroup : static_cast<int>(std::min<int64_t>(kGroup, chunks - c0));
-    if (prefetch) {
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* p = ahead + ((r * in + c0 * kChunk) >> 1);
-        _mm_prefetch(reinterpret_cast<const char*>(p), _MM_HINT_NTA);
-        _mm_prefetch(reinterpret_cast<const char*>(p + 64), _MM_HINT_NTA);
-      }
-    }
-    // Each row's scales first (absmax * e): their dependent loads overlap the integer work below.
-    const __m256 e = _mm256_loadu_ps(x.el + c0);
-    __m256 scale[R];
+// The integer dots of 4 chunks (64 packed bytes at w; qe / qo their laid-out even / odd activations): 4 partial sums
+// per chunk, chunk k in 128-bit lane k, each 64 * (its share of sum q) above the exact one.
+QLORA_Q8_AVX512_INLINE __m512i quad_dot_avx512(const uint8_t* w, __m512i table, __m512i qe, __m512i qo) {
+  const __m512i v = _mm512_loadu_si512(w);
+  const __m512i we = _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), table);
+  const __m512i wo = _mm512_permutexvar_epi8(v, table);
+  return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), we, qe), wo, qo);
+}
+
+// The AVX-512 integer dots, in DotsAvx2's register order: per row two quads of chunks (u0: chunks 0-3, u1: 4-7, chunk
+// k of each in 128-bit lane k), their 4 partial sums added by two unpack levels (lane k: chunk k in dword 0, chunk
+// 4 + k in dword 1) and the 8 sums permuted to lane_chunk order.
+struct DotsAvx512 {
+  __m512i table;
+
+  QLORA_Q8_AVX512_INLINE explicit DotsAvx512(const uint8_t* cu)
+      : table(_mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(cu)))) {}
+
+  template <int R>
+  QLORA_Q8_AVX512_INLINE void group(const GemvQ8Args& a, const LaidOutX& x, int64_t o, int64_t c0,
+                                    __m256i isum[R]) const {
+    const int8_t* xg = x.xl + c0 * kChunk;
+    const __m512i qe0 = _mm512_loadu_si512(xg), qo0 = _mm512_loadu_si512(xg + 64);
+    const __m512i qe1 = _mm512_loadu_si512(xg + 128), qo1 = _mm512_loadu_si512(xg + 192);
+    // Dword 4 k: chunk k, 4 k + 1: chunk 4 + k; lane_chunk(p, 8) = 0, 2, 4, 6, 1, 3, 5, 7.
+    const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 4, 12, 5, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m256i off = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.off + c0));
 #pragma GCC unroll 4
     for (int r = 0; r < R; ++r) {
-      if constexpr (kAligned != 0) {
-        scale[r] = _mm256_mul_ps(group_absmax_aligned_avx2<kAligned>(a.w, (o + r) * in + c0 * kChunk), e);
-      } else {
-        scale[r] = _mm256_mul_ps(group_absmax_avx2(rb, rb.row_offset(o + r) + c0 * kChunk), e);
-      }
-    }
-    __m256i isum[R];
-    if (kAligned != 0 || valid == kGroup) {
-      group_dots_avx2<R>(a, x, table, o, c0, isum);
-    } else {
-      for (int r = 0; r < R; ++r) {
-        alignas(32) int32_t t[kGroup] = {};
-        for (int p = 0; p < kGroup; ++p) {
-          const int64_t c = c0 + lane_chunk(p, kGroup);
-          if (c < chunks) {
-            t[p] = codec::q8_chunk_dot(a.w.packed + ((o + r) * in + c * kChunk) / 2, x.cq, x.q + c * kChunk);
-          }
-        }
-        isum[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
-      }
-    }
-    if (kAligned != 0 || valid == kGroup) {
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale[r], acc[r]);
-    } else {
-      const __m256 lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_c));
-      for (int r = 0; r < R; ++r) {
-        acc[r] = _mm256_blendv_ps(acc[r], _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale[r], acc[r]), lanes);
-      }
+      const uint8_t* w = a.w.packed + (((o + r) * a.in_features + c0 * kChunk) >> 1);
+      const __m512i u0 = quad_dot_avx512(w, table, qe0, qo0), u1 = quad_dot_avx512(w + 64, table, qe1, qo1);
+      __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi32(u0, u1), _mm512_unpackhi_epi32(u0, u1));
+      t = _mm512_add_epi32(t, _mm512_shuffle_epi32(t, _MM_PERM_BADC));
+      isum[r] = _mm256_sub_epi32(_mm512_castsi512_si256(_mm512_permutexvar_epi32(order, t)), off);
     }
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) store_out(a, o + r, butterfly_q8_avx2(acc[r]));
-}
+};
 
-constexpr int kRows = 2;
+// The row loop (gemv_q8_rows.h) once per instruction set, as ops/simd_each_isa.h does for the fused kernels.
+namespace avx2 {
+using Dots = DotsAvx2;
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#include "quant/gemv_q8_rows.h"
+#pragma GCC pop_options
+}  // namespace avx2
 
-void gemv_rows_avx2(const GemvQ8Args& a, const LaidOutX& x, int64_t o0, int64_t o1) {
-  // The first two batches' bytes (rows_avx2 prefetches each later one as it goes).
-  const uint8_t* first = a.w.packed + ((o0 * a.in_features) >> 1);
-  const int64_t first_bytes = (std::min<int64_t>(2 * kRows, o1 - o0) * a.in_features) >> 1;
-  for (int64_t line = 0; line < first_bytes; line += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(first + line), _MM_HINT_NTA);
-  }
-  std::vector<float> am_buf;
-  const auto run = [&](auto aligned) {
-    constexpr int kAligned = decltype(aligned)::value;
-    row_batches<kRows>(
-        o0, o1, [&](int64_t o) { rows_avx2<kRows, kAligned>(a, x, o, am_buf); },
-        [&](int64_t o) { rows_avx2<1, kAligned>(a, x, o, am_buf); });
-  };
-  const int log2_blocksize = __builtin_ctzll(static_cast<unsigned long long>(a.w.blocksize));
-  if (!groups_aligned(a.in_features)) {
-    run(std::integral_constant<int, 0>{});
-  } else if (log2_blocksize == 5) {
-    run(std::integral_constant<int, 5>{});
-  } else if (log2_blocksize == 6) {
-    run(std::integral_constant<int, 6>{});
-  } else if (log2_blocksize == 7) {
-    run(std::integral_constant<int, 7>{});
-  } else {
-    run(std::integral_constant<int, 8>{});
-  }
-}
+namespace avx512 {
+using Dots = DotsAvx512;
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")  // QLORA_Q8_AVX512_TARGET
+#include "quant/gemv_q8_rows.h"
+#pragma GCC pop_options
+}  // namespace avx512
+#pragma GCC diagnostic pop
 
 }  // namespace
 }  // namespace gemv_detail
@@ -389,7 +378,8 @@ void gemv_q8_cpu(const GemvQ8Args* as, size_t count, Isa isa) {
   thread_local std::vector<int8_t> xl;
   thread_local std::vector<float> el;
   thread_local std::vector<int32_t> off;
-  if (!layout_x_avx2(a, xl, el, off, qx)) {
+  const bool vnni = isa == Isa::kAvx512 && cpu_supports_q8_avx512();  // else AVX2 (AVX-512 without VNNI / VBMI too)
+  if (!layout_x_avx2(a, vnni ? XOrder::kQuads : XOrder::kPairs, xl, el, off, qx)) {
     for (size_t i = 0; i < count; ++i) nan_out(as[i]);
     return;
   }
@@ -411,7 +401,7 @@ void gemv_q8_cpu(const GemvQ8Args* as, size_t count, Isa isa) {
       const int64_t lo = std::max(o0, first[i]), hi = std::min(o1, first[i + 1]);
       if (lo >= hi) continue;
       const LaidOutX x{xlp, elp, offp, qp, cq[i].data(), cu[i].data()};
-      gemv_rows_avx2(as[i], x, lo - first[i], hi - first[i]);
+      (vnni ? avx512::gemv_rows : avx2::gemv_rows)(as[i], x, lo - first[i], hi - first[i]);
     }
   });
 }

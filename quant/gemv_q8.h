@@ -30,8 +30,9 @@ struct GemvQ8Args {
 // The specification: scalar code following codec_q8.h exactly (slow; tests).
 void gemv_q8_ref(const GemvQ8Args& a);
 
-// The CPU kernel: gemv_q8_avx2 (gemv_q8.cpp; AVX-512 CPUs run it too), which computes gemv_q8_ref's integer dot
-// products and float sums in its order and so gives its bits, or gemv_q8_ref itself for Isa::kScalar or a CPU
+// The CPU kernel: an AVX-512 one (VNNI and VBMI too: Ice Lake, Sapphire Rapids, Zen 4) for Isa::kAvx512, an AVX2
+// one for Isa::kAvx2 or an AVX-512 CPU without VNNI / VBMI (gemv_q8.cpp), each computing gemv_q8_ref's integer dot
+// products and float sums in its order and so giving its bits, or gemv_q8_ref itself for Isa::kScalar or a CPU
 // without AVX2. Rows are split over LibTorch's thread pool, each row summed by one thread (the bits do not depend on
 // the thread count). Throws std::invalid_argument when in_features is not a multiple of 32.
 void gemv_q8_cpu(const GemvQ8Args& a, Isa isa = active_isa());

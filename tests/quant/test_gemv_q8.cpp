@@ -174,7 +174,7 @@ TEST(GemvQ8, ExactCodesAndIntegerActivationsGiveTheIntegerSum) {
   torch::Tensor x = torch::randint(-127, 128, {in}).to(torch::kFloat32);
   for (int64_t c = 0; c < in / 32; ++c) x[c * 32 + (c % 32)] = (c % 2 == 0) ? 127.0 : -127.0;
   const torch::Tensor exact = (w.to(torch::kFloat64)).matmul(x.to(torch::kFloat64));  // integers / 2
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
     if (!cpu_supports(isa)) continue;
     const torch::Tensor y = run(q, x, false, isa, isa == Isa::kScalar).to(torch::kFloat64);
     const double tol = 1e-5 * (w.abs().to(torch::kFloat64).matmul(x.abs().to(torch::kFloat64))).max().item<double>();
@@ -193,7 +193,7 @@ TEST(GemvQ8, WeightsSharingXInOneCallGiveTheBitsOfSeparateCalls) {
     }
     qs.push_back(random_weight({5, in, 32}, QuantType::kFP4, /*dq=*/false));
     const torch::Tensor x = random_x(in, torch::kBFloat16);
-    for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
       std::vector<torch::Tensor> ys;
       std::vector<GemvQ8Args> args;
       for (const auto& q : qs) {
@@ -221,7 +221,7 @@ TEST(GemvQ8, NonFiniteActivationsGiveNaNRows) {
   for (double bad : {std::nan(""), double{INFINITY}, -double{INFINITY}}) {
     torch::Tensor x = torch::randn({256});
     x[100] = bad;
-    for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
       for (bool out_bf16 : {true, false}) {
         const torch::Tensor y = run(q, x.to(torch::kBFloat16), out_bf16, isa, isa == Isa::kScalar);
         EXPECT_TRUE(y.isnan().all().item<bool>()) << bad << " " << isa_name(isa);
@@ -233,7 +233,7 @@ TEST(GemvQ8, NonFiniteActivationsGiveNaNRows) {
 TEST(GemvQ8, RejectsRowsThatAreNotAMultipleOf32) {
   const QuantizedTensor q = quantize_4bit(torch::randn({4, 48}), QuantType::kNF4, 64, true);
   const torch::Tensor x = torch::randn({48}).to(torch::kBFloat16);
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2}) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
     EXPECT_THROW(run(q, x, true, isa, false), std::invalid_argument) << isa_name(isa);
   }
   EXPECT_THROW(run(q, x, true, Isa::kScalar, true), std::invalid_argument);
