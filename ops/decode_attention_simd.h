@@ -11,6 +11,7 @@
 
 struct DecodeKernels {
   static constexpr int64_t kSlab = 8 * kLanes;
+  static constexpr int kKeys = 4;  // keys whose scores are computed together
 
   // Columns [0, cols) of the output, cols in (kLanes * (NC - 1), kLanes * NC].
   template <int NC, class T>
@@ -40,10 +41,27 @@ struct DecodeKernels {
   template <class T>
   QLORA_SIMD static void row(const T* q, const T* k, const T* v, int64_t ks, int64_t vs, const bool* allowed,
                              int64_t s_len, int64_t d, float scale, float* scratch, float* /*acc*/, T* out) {
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < s_len; ++j) {
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    float m = kNegInf;
+    int64_t j = 0;
+    // kKeys keys at a time: their dot products are independent chains, so one key's reduction no longer waits for
+    // the previous key's (each score is computed exactly as one key alone would be; a masked key's is discarded).
+    for (; j + kKeys <= s_len; j += kKeys) {
+      Vec dot[kKeys];
+      for (int u = 0; u < kKeys; ++u) dot[u] = zero();
+      for (int64_t i = 0; i < d; i += kLanes) {
+        const Tail mi = lanes(d - i);
+        const Vec qi = load(q + i, mi);
+        for (int u = 0; u < kKeys; ++u) dot[u] = fmadd(qi, load(k + (j + u) * ks + i, mi), dot[u]);
+      }
+      for (int u = 0; u < kKeys; ++u) {
+        scratch[j + u] = allowed != nullptr && !allowed[j + u] ? kNegInf : reduce_add(dot[u]) * scale;
+        m = std::max(m, scratch[j + u]);
+      }
+    }
+    for (; j < s_len; ++j) {
       if (allowed != nullptr && !allowed[j]) {
-        scratch[j] = -std::numeric_limits<float>::infinity();
+        scratch[j] = kNegInf;
         continue;
       }
       const T* kj = k + j * ks;
