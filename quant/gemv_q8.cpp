@@ -125,9 +125,9 @@ void rows_ref(const GemvQ8Args& a, const QuantizedX& qx, const int8_t* cq, int64
 // (16 bytes each) then their odd ones.
 enum class XOrder { kPairs, kQuads };
 
-// x for the SIMD kernels, per group of 8 chunks: the bytes in `order`; el[8 g + p]
-// = e of chunk 8 g + lane_chunk(p, 8) (the register order of the lane sums), off[8 g + p] = 64 * its sum of q (the
-// unsigned codebook's offset, codec_q8.h). Chunks past the row: q = 0, e = 0, off = 0.
+// x for the SIMD kernels, per group of 8 chunks: the bytes in `order`; el[8 g + p] = e of chunk 8 g + lane_chunk(p, 8)
+// (the register order of the lane sums), off[8 g + p] = 64 * its sum of q (the unsigned codebook's offset,
+// codec_q8.h). Chunks past the row: q = 0, e = 0, off = 0.
 // Each chunk is quantized as codec::q8_quantize_chunk does (the same fp32 operations, in vector form); qx gets the
 // tail group's q in their natural order (its scalar dots). Returns false, with nothing laid out, if an activation is
 // not finite.
