@@ -10,7 +10,7 @@
 //                          [--no-kernels | --kernels-only]
 //   (make the model first: build/bin/qlora-make-tiny --out models/bench --preset bench, as bench_train)
 //   build/bin/bench_decode --config configs/models/llama-3.1-8b.json --layers 2 --vocab 32000
-//   build/bin/bench_decode --no-kernels --llama-cpp .venv/bin/python [--gguf-dir build/bench-decode-gguf]
+//   build/bin/bench_decode --no-kernels --llama-cpp .venv/bin/python [--gguf-dir build/bench-decode-gguf] [--rounds N]
 //   (side by side with llama.cpp: the same --model exported to Q4_0 and Q8_0 GGUF by our exporter, each decoded by
 //    llama-cpp-python's libllama with the same threads, prompt ids and token count: bench/llama_cpp_decode.py)
 //   (a random model of a published shape, built in memory as bench_layer builds its layer: NF4 + double quant,
@@ -19,7 +19,8 @@
 // A second decode run loads lm_head in NF4 + DQ too (qlora-generate --quantize-lm-head; untied models only), as
 // llama.cpp's exports quantize their output tensor (Q8_0 in our Q4_0 and Q8_0 exports), and on that model the decode
 // with each layer through model/decode_layer.h (the default) against through its LibTorch ops, generations of the two
-// alternated so that both see the same machine.
+// alternated so that both see the same machine. --rounds N then alternates that decode with llama.cpp's Q4_0 N times
+// (a round: best of --reps of each), for the ratio on a machine whose speed drifts between minutes.
 // Bytes per token: every projection's 4-bit parts (codes, absmax, nested absmax: QuantizedTensor::nbytes) plus the
 // dense lm_head (bf16; the embedding when tied); the KV cache read by attention is printed apart (it grows with the
 // position: given at the mean decode position). The copy bandwidth counts bytes read + written (machine_limits.h);
@@ -73,6 +74,7 @@ struct Options {
   int64_t prompt = 32;
   int64_t tokens = 64;
   int reps = 3;
+  int rounds = 0;  // > 0: our decode (lm_head NF4) and llama.cpp's Q4_0 alternated this many times (--llama-cpp)
   int threads = 0;
   bool kernels = true;
   bool decode = true;
@@ -114,6 +116,8 @@ Options parse_args(int argc, char** argv) {
       o.tokens = parse_int(a, v, 2);
     } else if (a == "--reps") {
       o.reps = static_cast<int>(parse_int(a, v, 1));
+    } else if (a == "--rounds") {
+      o.rounds = static_cast<int>(parse_int(a, v, 1));
     } else if (a == "--threads") {
       o.threads = static_cast<int>(parse_int(a, v, 0));
     } else if (a == "--llama-cpp") {
@@ -127,6 +131,7 @@ Options parse_args(int argc, char** argv) {
   if (!o.llama_cpp_python.empty() && (!o.config.empty() || !o.decode)) {
     throw Error("--llama-cpp: needs a --model folder (not --config) and the decode run (not --kernels-only)");
   }
+  if (o.rounds > 0 && o.llama_cpp_python.empty()) throw Error("--rounds: needs --llama-cpp");
   return o;
 }
 
@@ -305,15 +310,19 @@ struct LlamaCpp {
 
 // Exports o.model to `type` ("q4_0" | "q8_0") with our exporter, then decodes it in llama.cpp
 // (bench/llama_cpp_decode.py, run by o.llama_cpp_python) with the same threads, prompt ids and token count.
-LlamaCpp run_llama_cpp(const Options& o, const std::string& type, int threads, const std::vector<int64_t>& prompt) {
+// export_first false: the file an earlier call wrote (the alternated rounds).
+LlamaCpp run_llama_cpp(const Options& o, const std::string& type, int threads, const std::vector<int64_t>& prompt,
+                       bool export_first = true) {
   namespace fs = std::filesystem;
   fs::create_directories(o.gguf_dir);
   const fs::path out = fs::path(o.gguf_dir) / ("bench-" + type + ".gguf");
-  gguf::ExportOptions eo;
-  eo.out_type = gguf::parse_out_type(type);
-  eo.overwrite = true;
-  eo.show_progress = false;
-  gguf::export_model_gguf(o.model, out, eo);
+  if (export_first) {
+    gguf::ExportOptions eo;
+    eo.out_type = gguf::parse_out_type(type);
+    eo.overwrite = true;
+    eo.show_progress = false;
+    gguf::export_model_gguf(o.model, out, eo);
+  }
   std::string ids;
   for (int64_t id : prompt) ids += (ids.empty() ? "" : ",") + std::to_string(id);
   const fs::path script = fs::path(__FILE__).parent_path() / "llama_cpp_decode.py";
@@ -364,6 +373,26 @@ void print_llama_cpp(const Options& o, int threads, const std::vector<int64_t>& 
   }
 }
 
+// Our decode with lm_head NF4 and llama.cpp's Q4_0 (the file print_llama_cpp exported) alternated o.rounds times,
+// each best of o.reps per round: both see the same stretch of a machine whose speed may drift from minute to minute.
+void print_rounds(model::LlamaModelImpl& mq, const Options& o, int threads, const std::vector<int64_t>& prompt) {
+  std::printf("\nalternated rounds: qlora decode (lm_head NF4) and llama.cpp Q4_0, each best of %d per round\n",
+              o.reps);
+  double best_q = 0, best_l = 0, lo = 1e9, hi = 0;
+  for (int r = 1; r <= o.rounds; ++r) {
+    const double q = bench_generate(mq, o, prompt).decode_tok_s;
+    const LlamaCpp l = run_llama_cpp(o, "q4_0", threads, prompt, /*export_first=*/false);
+    best_q = std::max(best_q, q);
+    best_l = std::max(best_l, l.decode_tok_s);
+    lo = std::min(lo, q / l.decode_tok_s);
+    hi = std::max(hi, q / l.decode_tok_s);
+    std::printf("  round %d: qlora %.2f tok/s, llama.cpp Q4_0 %.2f tok/s (its own counters %.2f): %.2fx\n", r, q,
+                l.decode_tok_s, l.decode_tok_s_internal, q / l.decode_tok_s);
+  }
+  std::printf("  rounds %.2fx to %.2fx; best of all rounds: qlora %.2f, llama.cpp Q4_0 %.2f tok/s: %.2fx\n", lo, hi,
+              best_q, best_l, best_q / best_l);
+}
+
 int run(const Options& o) {
   const int threads = configure_threads(o.threads);
   const double copy_gbs = bench::measure_copy_bandwidth_gbs();
@@ -411,8 +440,9 @@ int run(const Options& o) {
               d.decode_tok_s / no_gemv);
   // The same with lm_head quantized too (qlora-generate --quantize-lm-head); not for a tied lm_head (the embedding).
   std::optional<Decode> dq;
+  model::LlamaModel mq{nullptr};
   if (!c.tie_word_embeddings) {
-    model::LlamaModel mq = build_model(o, /*quantize_lm_head=*/true);
+    mq = build_model(o, /*quantize_lm_head=*/true);
     mq->eval();
     const WeightBytes wq = weight_bytes(*mq);
     dq = bench_generate(*mq, o, prompt);
@@ -426,6 +456,7 @@ int run(const Options& o) {
   }
   if (o.llama_cpp_python.empty()) return 0;
   print_llama_cpp(o, threads, prompt, copy_gbs, d, dq);
+  if (o.rounds > 0 && dq) print_rounds(*mq, o, threads, prompt);
   return 0;
 }
 
