@@ -314,21 +314,21 @@ struct DotsAvx512 {
   }
 };
 
-// The row loop (gemv_q8_rows.h) once per instruction set, as ops/simd_each_isa.h does for the fused kernels.
+// The row loop (gemv_q8_rows.h) once per instruction set, as ops/simd_each_isa.h does for the fused kernels: its
+// functions carry QLORA_Q8_ROWS, that set's target attribute (attributes, not `#pragma GCC target`: clang, which
+// builds the fuzz targets, has no such pragma).
 namespace avx2 {
 using Dots = DotsAvx2;
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+#define QLORA_Q8_ROWS QLORA_AVX2
 #include "quant/gemv_q8_rows.h"
-#pragma GCC pop_options
+#undef QLORA_Q8_ROWS
 }  // namespace avx2
 
 namespace avx512 {
 using Dots = DotsAvx512;
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma,f16c")  // QLORA_Q8_AVX512_TARGET
+#define QLORA_Q8_ROWS __attribute__((target(QLORA_Q8_AVX512_TARGET)))
 #include "quant/gemv_q8_rows.h"
-#pragma GCC pop_options
+#undef QLORA_Q8_ROWS
 }  // namespace avx512
 #pragma GCC diagnostic pop
 

@@ -1,13 +1,14 @@
 // The row loop of the q8 GEMV's SIMD kernels, one copy per instruction set: gemv_q8.cpp includes this file inside a
-// namespace that names the set's integer dots `Dots` (a group of 8 chunks of R rows: DotsAvx2, DotsAvx512), under a
-// `#pragma GCC target` for that set, so that each copy is compiled for its own instructions and inlines its own
-// dots. Included more than once on purpose: no #pragma once, no includes (gemv_q8.cpp has them).
+// namespace that names the set's integer dots `Dots` (a group of 8 chunks of R rows: DotsAvx2, DotsAvx512), with
+// QLORA_Q8_ROWS defined as that set's target attribute, so that each copy is compiled for its own instructions and
+// inlines its own dots. Included more than once on purpose: no #pragma once, no includes (gemv_q8.cpp has them).
 // Rows [o, o + R): per group of 8 chunks the 8 exact chunk sums of each row, then one fma per lane. kAligned: rows of
 // a multiple of 256 elements, blocksize 2^kAligned (8: >= 256), whose groups read their absmax from the weight
 // (gemv_rows.h); 0: any row length, the batch's absmax decoded into am_buf first, partial groups summed by the
 // reference's scalar dots.
 template <int R, int kAligned>
-void rows(const GemvQ8Args& a, const LaidOutX& x, const Dots& dots, int64_t o, std::vector<float>& am_buf) {
+QLORA_Q8_ROWS void rows(const GemvQ8Args& a, const LaidOutX& x, const Dots& dots, int64_t o,
+                        std::vector<float>& am_buf) {
   const int64_t in = a.in_features, chunks = in / kChunk, groups = (chunks + kGroup - 1) / kGroup;
   const RowBlocks rb = kAligned == 0 ? row_blocks(a.w, in, o, R, am_buf, decode_absmax_avx2) : RowBlocks{};
   const __m256i lane_c = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);  // lane_chunk(p, 8)
@@ -72,7 +73,7 @@ void rows(const GemvQ8Args& a, const LaidOutX& x, const Dots& dots, int64_t o, s
 
 constexpr int kRows = 2;
 
-void gemv_rows(const GemvQ8Args& a, const LaidOutX& x, int64_t o0, int64_t o1) {
+QLORA_Q8_ROWS void gemv_rows(const GemvQ8Args& a, const LaidOutX& x, int64_t o0, int64_t o1) {
   const Dots dots(x.cu);
   // The first two batches' bytes (rows_avx2 prefetches each later one as it goes).
   const uint8_t* first = a.w.packed + ((o0 * a.in_features) >> 1);
