@@ -134,7 +134,8 @@ enum class XOrder { kPairs, kQuads };
 QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, XOrder order, std::vector<int8_t>& xl, std::vector<float>& el,
                               std::vector<int32_t>& off, QuantizedX& qx) {
   const int64_t chunks = a.in_features / kChunk, groups = (chunks + kGroup - 1) / kGroup;
-  const int64_t tail = chunks / kGroup * kGroup;  // first chunk of a group of fewer than 8
+  const int64_t tail = chunks / kGroup * kGroup;         // first chunk of a group of fewer than 8
+  const int64_t span = order == XOrder::kQuads ? 4 : 2;  // chunks whose even, then odd, elements lie together
   qx.q.assign(static_cast<size_t>(a.in_features), 0);
   xl.assign(static_cast<size_t>(groups * kGroup * kChunk), 0);
   el.assign(static_cast<size_t>(groups * kGroup), 0.0f);
@@ -162,10 +163,8 @@ QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, XOrder order, std::vector<int
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
     const int64_t g = c / kGroup, p = c % kGroup;
-    const bool quads = order == XOrder::kQuads;
-    int8_t* even = xl.data() + g * kGroup * kChunk +
-                   (quads ? p / 4 * 4 * kChunk + p % 4 * kChunkBytes : p / 2 * 2 * kChunk + p % 2 * kChunkBytes);
-    int8_t* odd = even + (quads ? 4 : 2) * kChunkBytes;
+    int8_t* even = xl.data() + g * kGroup * kChunk + p / span * span * kChunk + p % span * kChunkBytes;
+    int8_t* odd = even + span * kChunkBytes;
     alignas(32) int32_t q[kChunk];
     int32_t qsum = 0;
     if (amax > 0.0f) {
@@ -273,7 +272,9 @@ struct DotsAvx2 {
 #define QLORA_Q8_AVX512_INLINE __attribute__((target(QLORA_Q8_AVX512_TARGET), always_inline)) inline
 
 bool cpu_supports_q8_avx512() {
-  return cpu_supports(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+  static const bool yes =
+      cpu_supports(Isa::kAvx512) && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+  return yes;
 }
 
 // The integer dots of 4 chunks (64 packed bytes at w; qe / qo their laid-out even / odd activations): 4 partial sums

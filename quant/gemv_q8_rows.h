@@ -2,6 +2,7 @@
 // namespace that names the set's integer dots `Dots` (a group of 8 chunks of R rows: DotsAvx2, DotsAvx512), with
 // QLORA_Q8_ROWS defined as that set's target attribute, so that each copy is compiled for its own instructions and
 // inlines its own dots. Included more than once on purpose: no #pragma once, no includes (gemv_q8.cpp has them).
+
 // Rows [o, o + R): per group of 8 chunks the 8 exact chunk sums of each row, then one fma per lane. kAligned: rows of
 // a multiple of 256 elements, blocksize 2^kAligned (8: >= 256), whose groups read their absmax from the weight
 // (gemv_rows.h); 0: any row length, the batch's absmax decoded into am_buf first, partial groups summed by the
@@ -45,26 +46,22 @@ QLORA_Q8_ROWS void rows(const GemvQ8Args& a, const LaidOutX& x, const Dots& dots
     __m256i isum[R];
     if (kAligned != 0 || valid == kGroup) {
       dots.group<R>(a, x, o, c0, isum);
-    } else {
-      for (int r = 0; r < R; ++r) {
-        alignas(32) int32_t t[kGroup] = {};
-        for (int p = 0; p < kGroup; ++p) {
-          const int64_t c = c0 + lane_chunk(p, kGroup);
-          if (c < chunks) {
-            t[p] = codec::q8_chunk_dot(a.w.packed + ((o + r) * in + c * kChunk) / 2, x.cq, x.q + c * kChunk);
-          }
-        }
-        isum[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
-      }
-    }
-    if (kAligned != 0 || valid == kGroup) {
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale[r], acc[r]);
-    } else {
-      const __m256 lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_c));
-      for (int r = 0; r < R; ++r) {
-        acc[r] = _mm256_blendv_ps(acc[r], _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale[r], acc[r]), lanes);
+      continue;
+    }
+    // The row's last, partial group: the reference's scalar dots, the lanes past the row left as they are.
+    const __m256 lanes = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_c));
+    for (int r = 0; r < R; ++r) {
+      alignas(32) int32_t t[kGroup] = {};
+      for (int p = 0; p < kGroup; ++p) {
+        const int64_t c = c0 + lane_chunk(p, kGroup);
+        if (c < chunks) {
+          t[p] = codec::q8_chunk_dot(a.w.packed + ((o + r) * in + c * kChunk) / 2, x.cq, x.q + c * kChunk);
+        }
       }
+      isum[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(t));
+      acc[r] = _mm256_blendv_ps(acc[r], _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), scale[r], acc[r]), lanes);
     }
   }
 #pragma GCC unroll 4
@@ -75,7 +72,7 @@ constexpr int kRows = 2;
 
 QLORA_Q8_ROWS void gemv_rows(const GemvQ8Args& a, const LaidOutX& x, int64_t o0, int64_t o1) {
   const Dots dots(x.cu);
-  // The first two batches' bytes (rows_avx2 prefetches each later one as it goes).
+  // The first two batches' bytes (rows prefetches each later one as it goes).
   const uint8_t* first = a.w.packed + ((o0 * a.in_features) >> 1);
   const int64_t first_bytes = (std::min<int64_t>(2 * kRows, o1 - o0) * a.in_features) >> 1;
   for (int64_t line = 0; line < first_bytes; line += 64) {
