@@ -308,21 +308,26 @@ struct LlamaCpp {
   std::string version;
 };
 
-// Exports o.model to `type` ("q4_0" | "q8_0") with our exporter, then decodes it in llama.cpp
-// (bench/llama_cpp_decode.py, run by o.llama_cpp_python) with the same threads, prompt ids and token count.
-// export_first false: the file an earlier call wrote (the alternated rounds).
-LlamaCpp run_llama_cpp(const Options& o, const std::string& type, int threads, const std::vector<int64_t>& prompt,
-                       bool export_first = true) {
+// Where o.model's `type` ("q4_0" | "q8_0") export lives.
+std::filesystem::path gguf_path(const Options& o, const std::string& type) {
+  return std::filesystem::path(o.gguf_dir) / ("bench-" + type + ".gguf");
+}
+
+// Exports o.model to `type` with our exporter (to gguf_path).
+void export_gguf(const Options& o, const std::string& type) {
+  std::filesystem::create_directories(o.gguf_dir);
+  gguf::ExportOptions eo;
+  eo.out_type = gguf::parse_out_type(type);
+  eo.overwrite = true;
+  eo.show_progress = false;
+  gguf::export_model_gguf(o.model, gguf_path(o, type), eo);
+}
+
+// Decodes the `type` export in llama.cpp (bench/llama_cpp_decode.py, run by o.llama_cpp_python) with the same
+// threads, prompt ids and token count.
+LlamaCpp run_llama_cpp(const Options& o, const std::string& type, int threads, const std::vector<int64_t>& prompt) {
   namespace fs = std::filesystem;
-  fs::create_directories(o.gguf_dir);
-  const fs::path out = fs::path(o.gguf_dir) / ("bench-" + type + ".gguf");
-  if (export_first) {
-    gguf::ExportOptions eo;
-    eo.out_type = gguf::parse_out_type(type);
-    eo.overwrite = true;
-    eo.show_progress = false;
-    gguf::export_model_gguf(o.model, out, eo);
-  }
+  const fs::path out = gguf_path(o, type);
   std::string ids;
   for (int64_t id : prompt) ids += (ids.empty() ? "" : ",") + std::to_string(id);
   const fs::path script = fs::path(__FILE__).parent_path() / "llama_cpp_decode.py";
@@ -350,7 +355,10 @@ LlamaCpp run_llama_cpp(const Options& o, const std::string& type, int threads, c
 void print_llama_cpp(const Options& o, int threads, const std::vector<int64_t>& prompt, double copy_gbs,
                      const Decode& d, const std::optional<Decode>& dq) {
   std::vector<std::pair<std::string, LlamaCpp>> ref;
-  for (const char* type : {"q4_0", "q8_0"}) ref.emplace_back(type, run_llama_cpp(o, type, threads, prompt));
+  for (const char* type : {"q4_0", "q8_0"}) {
+    export_gguf(o, type);
+    ref.emplace_back(type, run_llama_cpp(o, type, threads, prompt));
+  }
   std::printf(
       "\nllama.cpp (llama-cpp-python %s, CPU), our GGUF export of the same model; same threads, prompt ids, "
       "tokens; greedy, best of %d\n",
@@ -381,7 +389,7 @@ void print_rounds(model::LlamaModelImpl& mq, const Options& o, int threads, cons
   double best_q = 0, best_l = 0, lo = 1e9, hi = 0;
   for (int r = 1; r <= o.rounds; ++r) {
     const double q = bench_generate(mq, o, prompt).decode_tok_s;
-    const LlamaCpp l = run_llama_cpp(o, "q4_0", threads, prompt, /*export_first=*/false);
+    const LlamaCpp l = run_llama_cpp(o, "q4_0", threads, prompt);
     best_q = std::max(best_q, q);
     best_l = std::max(best_l, l.decode_tok_s);
     lo = std::min(lo, q / l.decode_tok_s);
