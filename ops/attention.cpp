@@ -1,10 +1,16 @@
 #include "ops/attention.h"
 
+#include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/custom_function.h>
+
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <optional>
+#include <string>
 
 #include "common/cpu_isa.h"
+#include "ops/flash_attention.h"
 #include "ops/fused_kernels.h"
 
 namespace qlora::ops {
@@ -68,7 +74,61 @@ torch::Tensor softcapped_attention(const torch::Tensor& q, const torch::Tensor& 
   return torch::matmul(p, v.unsqueeze(2)).reshape({b, n_heads, t, d});
 }
 
+// ops/flash_attention.h's blocked kernel as an autograd function. Saves q, k, v, the output, the fp32 logsumexp and
+// the mask's intervals.
+struct FlashAttentionFunction : torch::autograd::Function<FlashAttentionFunction> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, const torch::Tensor& intervals, double scale) {
+    const torch::Tensor qc = q.contiguous(), kc = k.contiguous(), vc = v.contiguous();
+    torch::Tensor out = torch::empty_like(qc);
+    torch::Tensor lse = torch::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(torch::kFloat32));
+    detail::flash_attention_forward_cpu(qc, kc, vc, intervals, scale, out, lse, active_isa());
+    ctx->save_for_backward({qc, kc, vc, out, lse, intervals});
+    ctx->saved_data["scale"] = scale;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const torch::autograd::variable_list sv = ctx->get_saved_variables();
+    torch::Tensor dq, dk, dv;
+    if (grad_out[0].defined()) {
+      const torch::Tensor g = grad_out[0].to(torch::kBFloat16).contiguous();
+      dq = torch::empty_like(sv[0]);
+      dk = torch::empty_like(sv[1]);
+      dv = torch::empty_like(sv[2]);
+      detail::flash_attention_backward_cpu(sv[0], sv[1], sv[2], sv[5], sv[3], sv[4], g,
+                                           ctx->saved_data["scale"].toDouble(), dq, dk, dv, active_isa());
+    }
+    return {dq, dk, dv, torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// Whether the blocked kernel takes these arguments (the mask's intervals are checked after).
+bool flash_attention_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                             const torch::Tensor& mask) {
+  if (!q.device().is_cpu() || q.scalar_type() != torch::kBFloat16 || k.scalar_type() != torch::kBFloat16 ||
+      v.scalar_type() != torch::kBFloat16 || q.size(2) < 2 || q.size(3) % 2 != 0 || v.size(3) != q.size(3)) {
+    return false;
+  }
+  if (!blocked_cpu_attention_runs()) return false;
+  if (!mask.defined()) return true;  // causal, S == T (checked by the caller)
+  return mask.scalar_type() == torch::kBool && mask.dim() == 4 && mask.size(1) == 1 && mask.size(2) == q.size(2) &&
+         mask.size(3) == k.size(2) && (mask.size(0) == 1 || mask.size(0) == q.size(0));
+}
+
 }  // namespace
+
+bool blocked_cpu_attention_runs() {
+  static const bool sdpa_asked = [] {
+    const char* env = std::getenv("QLORA_CPU_ATTENTION");
+    if (env == nullptr || *env == '\0' || std::string(env) == "blocked") return false;
+    if (std::string(env) != "sdpa")
+      spdlog::warn("QLORA_CPU_ATTENTION={} is unknown (blocked|sdpa); using blocked", env);
+    return std::string(env) == "sdpa";
+  }();
+  return !sdpa_asked && active_isa() == Isa::kAvx512 && detail::flash_attention_available();
+}
 
 bool decode_attention_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& mask,
                               double softcap) {
@@ -98,6 +158,10 @@ torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tenso
     return out;
   }
   if (softcap > 0) return softcapped_attention(q, k, v, mask, score_scale, softcap);
+  if (flash_attention_applies(q, k, v, mask)) {
+    const torch::Tensor intervals = detail::mask_intervals(mask, q.size(2), k.size(2));
+    if (intervals.defined()) return FlashAttentionFunction::apply(q, k, v, intervals, score_scale);
+  }
   if (!mask.defined()) {
     return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true,
                                             sdpa_scale, /*enable_gqa=*/true);

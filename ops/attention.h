@@ -28,6 +28,9 @@ torch::Tensor build_attention_mask(int64_t batch, int64_t seq, int64_t past, con
 // q, k, v (kv heads only), the output, an fp32 logsumexp per row and head and, when a mask is given, that mask
 // converted to an additive one in q's dtype (0 / -inf, (B, 1, T, S), a new tensor per call); no (T, S) scores.
 // On CUDA the backend is LibTorch's choice (flash, memory-efficient or cuDNN; not checked here).
+// bf16 on CPU, T > 1, where blocked_cpu_attention_runs(): ops/flash_attention.h's blocked kernel instead of SDPA, with
+// SDPA's arithmetic (its products through oneDNN's bf16 micro-kernel rather than MKL's GEMM, which runs generic code
+// on AMD CPUs); it keeps q, k, v, the output, the logsumexp and the mask as (T, 3) int32 intervals, no (T, S) mask.
 // scale: the score scale (0: d^-0.5). softcap > 0 (Gemma 2) caps the scaled scores at softcap * tanh(s / softcap)
 // before the mask, which SDPA cannot do: that path computes transformers' eager attention (scores and their tanh in
 // q's dtype, softmax in fp32 rounded to q's dtype, then P·V) with kv heads broadcast, not copied; it keeps (T, S)
@@ -37,6 +40,12 @@ torch::Tensor build_attention_mask(int64_t batch, int64_t seq, int64_t past, con
 // 5.6-6.5x faster than SDPA's flash kernel (blocks of 32 queries) at 96-2048 cached keys (bench_fused_ops).
 torch::Tensor grouped_query_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                                       const torch::Tensor& mask, double scale = 0.0, double softcap = 0.0);
+
+// Whether bf16 attention with more than one query (training, prefill) runs ops/flash_attention.h's blocked kernel on
+// this CPU: AVX-512 BF16 without AMX, oneDNN's micro-kernel, the AVX-512 path active (QLORA_QUANT_ISA), not turned off
+// by QLORA_CPU_ATTENTION=sdpa. It then also needs a mask of one key interval per query row (plus the query's own
+// key), which every build_attention_mask mask is; other masks go to SDPA.
+bool blocked_cpu_attention_runs();
 
 // Whether grouped_query_attention takes the one-query decode kernel for these arguments.
 bool decode_attention_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& mask,

@@ -185,4 +185,15 @@ QLORA_AVX2_INLINE Vec keep_if_ge(IVec h, IVec thr, Vec v) {
   return _mm256_and_ps(_mm256_castsi256_ps(ge), v);
 }
 
+// 32-bit signed integer lanes from memory, zeros past the tail.
+QLORA_AVX2_INLINE IVec iload(const int32_t* p, Tail m) {
+  return m.n == 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskload_epi32(p, lane_mask(m.n));
+}
+// v where lo <= x < hi or x == eq (signed), other elsewhere (the flash attention's mask intervals).
+QLORA_AVX2_INLINE Vec keep_if_in(IVec x, IVec lo, IVec hi, IVec eq, Vec v, Vec other) {
+  const IVec below_lo = _mm256_cmpgt_epi32(lo, x), below_hi = _mm256_cmpgt_epi32(hi, x);
+  const IVec in = _mm256_or_si256(_mm256_andnot_si256(below_lo, below_hi), _mm256_cmpeq_epi32(x, eq));
+  return _mm256_blendv_ps(other, v, _mm256_castsi256_ps(in));
+}
+
 }  // namespace qlora::ops::detail::avx2

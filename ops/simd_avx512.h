@@ -159,6 +159,16 @@ QLORA_AVX512_INLINE Vec keep_if_ge(IVec h, IVec thr, Vec v) {
   return _mm512_maskz_mov_ps(_mm512_cmpge_epu32_mask(h, thr), v);
 }
 
+// 32-bit signed integer lanes from memory, zeros past the tail.
+QLORA_AVX512_INLINE IVec iload(const int32_t* p, Tail m) {
+  return _mm512_maskz_loadu_epi32(m, p);
+}
+// v where lo <= x < hi or x == eq (signed), other elsewhere (the flash attention's mask intervals).
+QLORA_AVX512_INLINE Vec keep_if_in(IVec x, IVec lo, IVec hi, IVec eq, Vec v, Vec other) {
+  const __mmask16 in = _mm512_cmpge_epi32_mask(x, lo) & _mm512_cmplt_epi32_mask(x, hi);
+  return _mm512_mask_mov_ps(other, in | _mm512_cmpeq_epi32_mask(x, eq), v);
+}
+
 }  // namespace qlora::ops::detail::avx512
 
 #pragma GCC diagnostic pop

@@ -4,7 +4,9 @@
 // their group), causal without a mask, with padding and packing masks from build_attention_mask, with a KV-cache
 // shaped mask (T new queries over past + T keys), for GQA, MQA and MHA head counts, in fp32 and bf16. The one-query
 // decode kernel (ops/fused_kernels.h decode_attention_cpu, both paths) against the same reference, on strided cache
-// views with holes in the mask, and grouped_query_attention's decode route against SDPA itself.
+// views with holes in the mask, and grouped_query_attention's decode route against SDPA itself. The blocked bf16
+// kernel (ops/flash_attention.h: every row path, several blocks, causal / padding / packing / cache-shaped masks)
+// against the same reference and against SDPA, and the mask shapes it declines.
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -16,6 +18,7 @@
 
 #include "common/cpu_isa.h"
 #include "ops/attention.h"
+#include "ops/flash_attention.h"
 #include "ops/fused_kernels.h"
 
 namespace qlora::ops {
@@ -177,6 +180,108 @@ TEST_F(Attention, DecodeRouteAgreesWithSdpa) {
   const torch::Tensor sdpa = at::scaled_dot_product_attention(q, k, v, mask, 0.0, false, std::nullopt, true);
   EXPECT_LT(rel_err(got, sdpa.to(torch::kFloat64)), 1e-2);
   EXPECT_LT(rel_err(got, ref.out), kBf16RelTol);
+}
+
+// The blocked kernel called directly on one row path: output and gradients (loss sum(out * g)).
+Result flash(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& mask,
+             const torch::Tensor& g, Isa isa) {
+  const torch::Tensor iv = detail::mask_intervals(mask, q.size(2), k.size(2));
+  EXPECT_TRUE(iv.defined());
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  torch::Tensor out = torch::empty_like(q), lse = torch::empty({q.size(0), q.size(1), q.size(2)});
+  detail::flash_attention_forward_cpu(q, k, v, iv, scale, out, lse, isa);
+  torch::Tensor dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  detail::flash_attention_backward_cpu(q, k, v, iv, out, lse, g, scale, dq, dk, dv, isa);
+  return {out, dq, dk, dv};
+}
+
+// T past one block (64 rows) with a partial last block, odd T, head dims 64 and 80, every mask shape
+// build_attention_mask makes, every row path, against float64; and the grouped_query_attention route.
+TEST_F(Attention, FlashKernelMatchesFloat64OnEveryPath) {
+  if (!detail::flash_attention_available()) GTEST_SKIP() << "no AVX-512 BF16 / oneDNN micro-kernel on this CPU";
+  std::vector<Isa> isas = {Isa::kScalar};
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    if (cpu_supports(isa)) isas.push_back(isa);
+  }
+  const int64_t b = 2, t = 157;
+  torch::Tensor am = torch::ones({b, t}, torch::kInt64);
+  am.index_put_({0, torch::indexing::Slice(0, 70)}, 0);   // left padding over a block boundary
+  am.index_put_({1, torch::indexing::Slice(100, t)}, 0);  // right padding: padded rows see keys 0..99 and themselves
+  torch::Tensor seg = torch::ones({b, t}, torch::kInt64);
+  seg.index_put_({0, torch::indexing::Slice(90, t)}, 2);
+  seg.index_put_({1, torch::indexing::Slice(30, 131)}, 2);
+  seg.index_put_({1, torch::indexing::Slice(131, t)}, 3);
+  struct Case {
+    std::string what;
+    torch::Tensor mask;
+    int64_t t, s;
+  };
+  const int64_t past = 70, tc = 9;
+  torch::Tensor am_cache = torch::ones({b, past + tc}, torch::kInt64);
+  am_cache.index_put_({1, torch::indexing::Slice(0, 3)}, 0);
+  const std::vector<Case> cases = {
+      {"causal", {}, t, t},
+      {"padding", build_attention_mask(b, t, 0, am, {}, torch::kCPU), t, t},
+      {"packing", build_attention_mask(b, t, 0, {}, seg, torch::kCPU), t, t},
+      {"sliding window", build_attention_mask(b, t, 0, {}, {}, torch::kCPU, 40), t, t},
+      {"cache", build_attention_mask(b, tc, past, am_cache, {}, torch::kCPU), tc, past + tc},
+  };
+  for (const Case& c : cases) {
+    for (int64_t d : {64, 80}) {
+      const torch::Tensor keep =
+          c.mask.defined() ? c.mask : torch::ones({c.t, c.s}, torch::kBool).tril().expand({b, 1, c.t, c.s});
+      const torch::Tensor q = torch::randn({b, 6, c.t, d}).to(torch::kBFloat16);
+      const torch::Tensor k = torch::randn({b, 2, c.s, d}).to(torch::kBFloat16);
+      const torch::Tensor v = torch::randn({b, 2, c.s, d}).to(torch::kBFloat16);
+      const torch::Tensor g = torch::randn({b, 6, c.t, d}).to(torch::kBFloat16);
+      const Result ref = reference(q, k, v, keep, g);
+      for (Isa isa : isas) {
+        SCOPED_TRACE(c.what + " d " + std::to_string(d) + " " + isa_name(isa));
+        const Result got = flash(q, k, v, c.mask, g, isa);
+        EXPECT_LT(rel_err(got.out, ref.out), kBf16RelTol);
+        EXPECT_LT(rel_err(got.dq, ref.dq), kBf16RelTol);
+        EXPECT_LT(rel_err(got.dk, ref.dk), kBf16RelTol);
+        EXPECT_LT(rel_err(got.dv, ref.dv), kBf16RelTol);
+      }
+      SCOPED_TRACE(c.what + " d " + std::to_string(d) + " grouped_query_attention");
+      const Result routed = ours(q, k, v, c.mask, g);
+      EXPECT_LT(rel_err(routed.out, ref.out), kBf16RelTol);
+      EXPECT_LT(rel_err(routed.dk, ref.dk), kBf16RelTol);
+    }
+  }
+}
+
+// Training's bf16 attention goes to the blocked kernel where it runs, and agrees with SDPA to within bf16 roundings.
+TEST_F(Attention, FlashRouteAgreesWithSdpa) {
+  if (!detail::flash_attention_available() || active_isa() != Isa::kAvx512) {
+    GTEST_SKIP() << "the blocked kernel does not run here";
+  }
+  const int64_t b = 2, t = 130, d = 64;
+  const torch::Tensor q = torch::randn({b, 12, t, d}).to(torch::kBFloat16).requires_grad_(true);
+  const torch::Tensor k = torch::randn({b, 4, t, d}).to(torch::kBFloat16).requires_grad_(true);
+  const torch::Tensor v = torch::randn({b, 4, t, d}).to(torch::kBFloat16).requires_grad_(true);
+  const torch::Tensor got = grouped_query_attention(q, k, v, {});
+  ASSERT_TRUE(got.grad_fn());
+  EXPECT_NE(got.grad_fn()->name().find("FlashAttention"), std::string::npos) << got.grad_fn()->name();
+  const torch::Tensor sdpa = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true, std::nullopt, true);
+  EXPECT_LT(rel_err(got, sdpa.to(torch::kFloat64)), 1e-2);
+}
+
+// Masks that are not one interval (plus the query's own key) per row go to SDPA, with the same result.
+TEST_F(Attention, FlashDeclinesOtherMaskShapes) {
+  const int64_t b = 1, t = 20, d = 16;
+  torch::Tensor keep = torch::ones({t, t}, torch::kBool).tril().expand({b, 1, t, t}).clone();
+  EXPECT_TRUE(detail::mask_intervals(keep, t, t).defined());
+  keep.index_put_({0, 0, 12, 5}, false);  // a hole inside row 12's keys
+  EXPECT_FALSE(detail::mask_intervals(keep, t, t).defined());
+  const torch::Tensor q = torch::randn({b, 4, t, d}).to(torch::kBFloat16);
+  const torch::Tensor k = torch::randn({b, 2, t, d}).to(torch::kBFloat16);
+  const torch::Tensor v = torch::randn({b, 2, t, d}).to(torch::kBFloat16);
+  const torch::Tensor g = torch::randn({b, 4, t, d}).to(torch::kBFloat16);
+  const Result ref = reference(q, k, v, keep, g);
+  const Result got = ours(q, k, v, keep, g);
+  EXPECT_LT(rel_err(got.out, ref.out), kBf16RelTol);
+  EXPECT_LT(rel_err(got.dq, ref.dq), kBf16RelTol);
 }
 
 TEST_F(Attention, HeadsNotAMultipleOfKvHeadsIsAnError) {
