@@ -44,6 +44,12 @@ bool is_quant_target(const MemoryPlanInputs& in, const std::string& proj) {
   return in.quant && std::find(in.quant_targets.begin(), in.quant_targets.end(), proj) != in.quant_targets.end();
 }
 
+// Whether the blocked CPU attention kernel runs the layers' attention (not Gemma 2's soft-capped eager attention).
+bool blocked_attention(const MemoryPlanInputs& in) {
+  return in.blocked_cpu_attention && on_host(in) && in.compute_dtype == torch::kBFloat16 &&
+         in.config.traits.attn_softcap <= 0;
+}
+
 // Tokens per loss chunk (model/llama.cpp causal_lm_loss: chunk = max(1, chunk_tokens / B) positions per row).
 int64_t loss_chunk_rows_tokens(const MemoryPlanInputs& in, bool* chunked) {
   const int64_t t = in.seq_len - 1;
@@ -63,7 +69,8 @@ int64_t loss_chunk_rows_tokens(const MemoryPlanInputs& in, bool* chunked) {
 //  - rope keeps only cos/sin (shared by all layers); attention (SDPA with enable_gqa, ops/attention.h) keeps the
 //    roped q (e Dq), k and v at their kv heads (e Dkv each, no per-query-head copies), its output (e Dq), an fp32
 //    logsumexp per head and the additive copy of the (B, 1, T, T) mask it makes in the compute dtype (e T per
-//    token: training always passes a mask, data/collate.h); the output's (B, T, nH*d) reshape (a copy on CPU,
+//    token: training always passes a mask, data/collate.h; the blocked CPU kernel keeps 3 int32 per token instead);
+//    the output's (B, T, nH*d) reshape (a copy on CPU,
 //    where the rope output is (B, nH, T, d) contiguous) is o_proj's input, kept only by its LoRA module;
 //  - SwiGLU keeps gate and up (e I each; unfused also silu(gate)); their product, down_proj's input, is kept only
 //    by down_proj's LoRA module (a tensor kept by several nodes is counted once).
@@ -105,7 +112,8 @@ int64_t layer_saved_activation_bytes(const MemoryPlanInputs& in) {
   per_token += lora_input({"q_proj", "k_proj", "v_proj", "qkv_proj"}, h);
   per_token += e * dq + 2 * e * dkv;                    // roped q; k and v at their kv heads
   per_token += e * dq + kFp32 * c.num_attention_heads;  // attention output and its logsumexp
-  per_token += e * in.seq_len;                          // the mask row, additive, in the compute dtype
+  // The mask row: additive in the compute dtype (SDPA), or the blocked kernel's interval (lo, hi, own key).
+  per_token += blocked_attention(in) ? 3 * 4 : e * in.seq_len;
   if (c.traits.attn_softcap > 0) {
     // Gemma 2's soft-capped eager attention keeps its (T, T) scores per head: scaled, capped, fp32 softmax, probs.
     per_token += (3 * e + kFp32) * c.num_attention_heads * in.seq_len;
@@ -246,11 +254,14 @@ int64_t plan_activations(const MemoryPlanInputs& in, MemoryPlan& p) {
   const int64_t hidden_out = n * h * (e + norm_in);  // final norm output + the input it keeps for backward
   // Live beyond the saved tensors while a layer runs forward: q/k/v/attention of the layer and the residual
   // stream, plus SDPA's conversion of the bool mask (its logical_not, and the additive copy itself when the layer
-  // runs without grad under checkpointing; with grad that copy is in the saved bytes). The attention kernel works
+  // runs without grad under checkpointing; with grad that copy is in the saved bytes; the blocked CPU kernel
+  // converts no mask and packs one copy of k and v instead). The attention kernel works
   // in (q, kv) tiles of per-thread buffers. In backward: the residual gradients; SDPA's gradients of q, k, v and
   // the contiguous copy of its output gradient (e (2 Dq + 2 Dkv) per token) are live only once the MLP's saved
   // tensors (at least 3 e I per token, I > Dq in Llama shapes) are freed, so they do not raise the peak.
-  const int64_t fwd_work = n * e * (2 * h + 3 * c.q_dim()) + mask_elems * (kBool + (in.gradient_checkpointing ? e : 0));
+  const int64_t attention_work =
+      blocked_attention(in) ? 2 * n * c.kv_dim() * e : mask_elems * (kBool + (in.gradient_checkpointing ? e : 0));
+  const int64_t fwd_work = n * e * (2 * h + 3 * c.q_dim()) + attention_work;
   const int64_t bwd_work = 3 * layer_input;
   bool chunked = false;
   const int64_t chunk = loss_chunk_rows_tokens(in, &chunked);
@@ -270,8 +281,8 @@ int64_t plan_activations(const MemoryPlanInputs& in, MemoryPlan& p) {
         fmt::format("{} layers x {} tokens x {} x {} B; the rest is recomputed in backward", layers, n, h, e));
   } else {
     add("activations", "saved activations, all layers", stored,
-        fmt::format("{} layers x {} (attention: q, k, v at kv heads, output, logsumexp, additive mask)", layers,
-                    format_gib(saved_layer)));
+        fmt::format("{} layers x {} (attention: q, k, v at kv heads, output, logsumexp, {})", layers,
+                    format_gib(saved_layer), blocked_attention(in) ? "mask intervals" : "additive mask"));
   }
   add("activations", "attention mask, rope tables", mask, "");
   const int64_t phase_extra = p.activation_bytes - stored;
@@ -284,7 +295,8 @@ int64_t plan_activations(const MemoryPlanInputs& in, MemoryPlan& p) {
     what = fmt::format("final hidden + {} logits of {} tokens x {} vocab ({}; {} B/logit)", chunked ? "chunked" : "all",
                        chunk, v, chunked ? "recomputed per chunk" : "unchunked", per_logit);
   } else {
-    what = "one layer's forward working set (q/k/v, attention output, mask conversion)";
+    what = blocked_attention(in) ? "one layer's forward working set (q/k/v, attention output, packed k/v)"
+                                 : "one layer's forward working set (q/k/v, attention output, mask conversion)";
   }
   add("activations", "peak phase: " + p.peak_phase, phase_extra, what);
 

@@ -72,6 +72,9 @@ struct MemoryPlanInputs {
   // ops/fused_ops.h and ops/rope.h: on CPU, RMSNorm, rotary embedding, SwiGLU, dropout and the loss run as fused
   // kernels that keep their inputs in the compute dtype (no fp32 copies, no dropout noise: only a seed).
   bool fused_cpu_ops = true;
+  // ops/attention.h blocked_cpu_attention_runs(): bf16 attention on this CPU runs the blocked kernel, which keeps
+  // the mask as (T, 3) int32 intervals instead of SDPA's additive (B, 1, T, T) copy and converts no mask.
+  bool blocked_cpu_attention = false;
   int64_t baseline_bytes = kDefaultCpuBaselineBytes;
   std::string device = "cpu";
 };

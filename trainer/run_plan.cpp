@@ -14,6 +14,7 @@
 #include "common/host_memory.h"
 #include "lora/lora_model.h"
 #include "model/llama.h"
+#include "ops/attention.h"
 
 namespace qlora::trainer {
 
@@ -76,6 +77,7 @@ plan::MemoryPlanInputs plan_inputs(const TrainConfig& cfg, const io::LlamaConfig
   in.seq_len = cfg.data_config.max_seq_len;
   in.gradient_checkpointing = cfg.model.gradient_checkpointing;
   in.loss_chunk_tokens = cfg.train.loss_chunk_tokens;
+  in.blocked_cpu_attention = ops::blocked_cpu_attention_runs();
   // On CUDA the plan is of the device's allocations (what max-allocated reports): no process baseline there.
   in.baseline_bytes = cfg.device.rfind("cuda", 0) == 0 ? 0 : baseline_bytes;
   in.device = cfg.device;

@@ -159,6 +159,26 @@ TEST(MemoryPlan, AttentionKeepsKvHeadsAndNoScores) {
   EXPECT_EQ(per_token_1024 - per_token_512, e * (1024 - 512));
 }
 
+// The blocked CPU attention (ops/flash_attention.h) keeps the mask as 3 int32 per token instead of SDPA's additive
+// row of T elements, so its saved bytes do not grow with T beyond the tokens themselves; on CUDA the flag changes
+// nothing (SDPA runs there).
+TEST(MemoryPlan, BlockedCpuAttentionKeepsIntervalsNotTheMask) {
+  MemoryPlanInputs sdpa = llama2_70b_inputs();
+  sdpa.seq_len = 512;
+  MemoryPlanInputs blocked = sdpa;
+  blocked.blocked_cpu_attention = true;
+  const int64_t n = 512, e = 2;
+  EXPECT_EQ(layer_saved_activation_bytes(sdpa) - layer_saved_activation_bytes(blocked), n * (e * 512 - 12));
+  MemoryPlanInputs longer = blocked;
+  longer.seq_len = 1024;
+  EXPECT_EQ(layer_saved_activation_bytes(longer) / 1024, layer_saved_activation_bytes(blocked) / 512);
+  MemoryPlanInputs cuda = blocked;
+  cuda.device = "cuda";
+  MemoryPlanInputs cuda_sdpa = sdpa;
+  cuda_sdpa.device = "cuda";
+  EXPECT_EQ(layer_saved_activation_bytes(cuda), layer_saved_activation_bytes(cuda_sdpa));
+}
+
 TEST(MemoryPlan, CheckpointingAndChunkingChangeWhatTheyClaim) {
   MemoryPlanInputs in = llama2_70b_inputs();
   in.seq_len = 512;
