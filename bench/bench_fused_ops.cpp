@@ -3,13 +3,16 @@
 // batch 4 x 512 tokens, hidden 768, intermediate 2048, 12 heads, vocab 32000, loss chunks of 1024 tokens, bf16), with
 // the machine's copy bandwidth. Then one-query decode attention (forward, InferenceMode) against SDPA on the same
 // KV-cache view and mask, at the bench model's heads and at Llama 3 8B's; GB/s there counts the K and V bytes read.
+// Last, training attention (forward + backward) against SDPA, with the machine's bf16 matmul rate.
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "bench/machine_limits.h"
@@ -79,6 +82,64 @@ void decode_attention_rows() {
   }
 }
 
+// Training attention (forward + backward, bf16): SDPA and grouped_query_attention (the blocked CPU kernel where
+// ops::blocked_cpu_attention_runs()) on the same q, k, v and mask: causal at the bench model's shape, the same with
+// a packing mask (the bench config packs), and Llama 3 8B's heads at 2048 tokens. GFLOP/s counts 4 B nH T S d
+// forward and twice that backward (the full (T, S) products, as bench_train's MFU does), against the bf16 matmul rate.
+void training_attention_rows(double matmul_gflops) {
+  const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
+  std::printf("%-22s %-26s %9s %9s %8s %8s %7s\n", "attention (fwd+bwd)", "B x heads/kv x T x d", "sdpa ms", "ours ms",
+              "speedup", "GFLOP/s", "of mm");
+  struct Shape {
+    int64_t b, heads, kv_heads, t, d;
+    bool packed;
+  };
+  for (const Shape& sh :
+       {Shape{4, 12, 4, 512, 64, false}, Shape{4, 12, 4, 512, 64, true}, Shape{1, 32, 8, 2048, 128, false}}) {
+    const torch::Tensor q0 = torch::randn({sh.b, sh.heads, sh.t, sh.d}, bf16);
+    const torch::Tensor k0 = torch::randn({sh.b, sh.kv_heads, sh.t, sh.d}, bf16);
+    const torch::Tensor v0 = torch::randn({sh.b, sh.kv_heads, sh.t, sh.d}, bf16);
+    const torch::Tensor g = torch::randn({sh.b, sh.heads, sh.t, sh.d}, bf16);
+    torch::Tensor mask;  // undefined: causal
+    if (sh.packed) {     // documents of 60-260 tokens packed into each row
+      torch::Tensor seg = torch::zeros({sh.b, sh.t}, torch::kInt64);
+      for (int64_t r = 0; r < sh.b; ++r) {
+        int64_t at = 0, id = 1;
+        while (at < sh.t) {
+          const int64_t len = 60 + torch::randint(0, 200, {1}).item<int64_t>();
+          seg.index_put_({r, torch::indexing::Slice(at, std::min(sh.t, at + len))}, id++);
+          at += len;
+        }
+      }
+      mask = ops::build_attention_mask(sh.b, sh.t, 0, {}, seg, torch::kCPU);
+    }
+    auto time_of =
+        [&](const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>& fn) {
+          auto once = [&] {
+            const torch::Tensor q = q0.detach().requires_grad_(true), k = k0.detach().requires_grad_(true),
+                                v = v0.detach().requires_grad_(true);
+            fn(q, k, v).backward(g);
+          };
+          once();  // warm-up
+          return 1e3 * time_best(once, sh.t > 1024 ? 2 : kReps);
+        };
+    const double old_ms = time_of([&](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+      const std::optional<torch::Tensor> m = mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
+      return at::scaled_dot_product_attention(q, k, v, m, 0.0, !mask.defined(), std::nullopt, true);
+    });
+    const double new_ms = time_of([&](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+      return ops::grouped_query_attention(q, k, v, mask);
+    });
+    const double flops = 12.0 * sh.b * sh.heads * sh.t * sh.t * sh.d;
+    const double gflops = flops / (new_ms * 1e-3) / 1e9;
+    const std::string shape = std::to_string(sh.b) + " x " + std::to_string(sh.heads) + "/" +
+                              std::to_string(sh.kv_heads) + " x " + std::to_string(sh.t) + " x " +
+                              std::to_string(sh.d) + (sh.packed ? " packed" : " causal");
+    std::printf("%-22s %-26s %9.2f %9.2f %7.1fx %8.1f %6.0f%%\n", "attention", shape.c_str(), old_ms, new_ms,
+                old_ms / new_ms, gflops, 100.0 * gflops / matmul_gflops);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -140,5 +201,9 @@ int main(int argc, char** argv) {
     row("dropout p=0.05", shape.c_str(), old_ms, new_ms, 4.0 * 2 * x.numel());
   }
   decode_attention_rows();
+  const double mm = bench::measure_matmul_gflops(torch::kBFloat16);
+  std::printf("bf16 matmul %.1f GFLOP/s (2048^3); training attention %s\n", mm,
+              ops::blocked_cpu_attention_runs() ? "runs the blocked CPU kernel" : "runs SDPA (blocked kernel off)");
+  training_attention_rows(mm);
   return 0;
 }
