@@ -4,8 +4,9 @@
 //
 // Products take B in oneDNN's VNNI layout for bf16: element (k, n) of a (K, N) operand at ((k / 2) * ldb + n) * 2 +
 // k % 2, i.e. pairs of consecutive k as one 32-bit word. Forward works on query blocks (S = Q Kᵀ, then O = P V);
-// backward on key blocks of one kv head, so that dK and dV accumulate in place: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, then
-// dV += Pᵀ dO, dK += dSᵀ Q and dQᵀ += Kᵀ dSᵀ (dQ kept transposed per query head, turned once at the end).
+// backward on key blocks of one kv head, so that dK and dV accumulate in place, one (64 keys x 64 queries) tile at a
+// time: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, then dV += Pᵀ dO, dK += dSᵀ Q and dQᵀ += Kᵀ dSᵀ (dQ kept transposed per query head,
+// turned once at the end).
 // Column ranges skip the blocks no row of the block may see (causal: the upper triangle; packing: other segments).
 #include "ops/flash_attention.h"
 
@@ -297,9 +298,8 @@ void flash_attention_forward_cpu(const torch::Tensor& q, const torch::Tensor& k,
                   vpack.data() + kv * v_words + (cc / 2) * d, d, oacc.data(), d, cc != c0);
         }
         for (int64_t r = 0; r < rows; ++r) {
-          const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
           Bf16* o = op + (row0 + r) * d;
-          for (int64_t i = 0; i < d; ++i) o[i] = static_cast<Bf16>(l[r] > 0.0f ? oacc[r * d + i] * inv : 0.0f);
+          for (int64_t i = 0; i < d; ++i) o[i] = static_cast<Bf16>(l[r] > 0.0f ? oacc[r * d + i] / l[r] : 0.0f);
           lp[row0 + r] = l[r] > 0.0f ? m[r] + std::log(l[r]) : kInf;
         }
       }
@@ -346,14 +346,15 @@ struct Backward {
 
   // Per-thread buffers for one kv head.
   struct Scratch {
-    std::vector<Bf16> kt;                   // Kᵀ (d x sp): the A operand of dQᵀ
-    std::vector<float> dk_acc, dv_acc;      // (sp x d), over the group's query heads
-    std::vector<float> dqt;                 // dQᵀ (d x tp) of one query head
-    std::vector<uint32_t> q_t, g_t;         // Qᵀ, dOᵀ in VNNI pairs of the head dim (B of Sᵀ, dPᵀ)
-    std::vector<uint32_t> q_r, g_r;         // Q, dO in VNNI pairs of queries (B of dK, dV)
-    std::vector<float> st, dpt, lse, dsum;  // Sᵀ, dPᵀ of a key block (kBlock x tp); per query: lse, rowsum(dO O)
-    std::vector<Bf16> pt, dst;              // Pᵀ, dSᵀ of a key block (kBlock x tp)
-    std::vector<uint32_t> dst_pairs;        // dSᵀ in VNNI pairs of keys (B of dQᵀ)
+    std::vector<Bf16> kt;               // Kᵀ (d x sp): the A operand of dQᵀ
+    std::vector<float> dk_acc, dv_acc;  // (sp x d), over the group's query heads
+    std::vector<float> dqt;             // dQᵀ (d x tp) of one query head
+    std::vector<uint32_t> q_t, g_t;     // Qᵀ, dOᵀ in VNNI pairs of the head dim (B of Sᵀ, dPᵀ)
+    std::vector<uint32_t> q_r, g_r;     // Q, dO in VNNI pairs of queries (B of dK, dV)
+    std::vector<float> st, dpt;         // Sᵀ, dPᵀ of a key block's query chunk (kBlock x kBlock)
+    std::vector<float> lse, dsum;       // per query: logsumexp, rowsum(dO O)
+    std::vector<Bf16> pt, dst;          // Pᵀ, dSᵀ of a key block's query chunk (kBlock x kBlock)
+    std::vector<uint32_t> dst_pairs;    // dSᵀ in VNNI pairs of keys (B of dQᵀ)
     explicit Scratch(const Backward& a)
         : kt(n(a.d * a.sp)),
           dk_acc(n(a.sp * a.d)),
@@ -363,13 +364,13 @@ struct Backward {
           g_t(n(a.d / 2 * a.tp)),
           q_r(n(a.tp / 2 * a.d)),
           g_r(n(a.tp / 2 * a.d)),
-          st(n(kBlock * a.tp)),
-          dpt(n(kBlock * a.tp)),
+          st(n(kBlock * kBlock)),
+          dpt(n(kBlock * kBlock)),
           lse(n(a.tp)),
           dsum(n(a.tp)),
-          pt(n(kBlock * a.tp)),
-          dst(n(kBlock * a.tp)),
-          dst_pairs(n(kBlock / 2 * a.tp)) {}
+          pt(n(kBlock * kBlock)),
+          dst(n(kBlock * kBlock)),
+          dst_pairs(n(kBlock / 2 * kBlock)) {}
     static size_t n(int64_t x) { return static_cast<size_t>(x); }
   };
 
@@ -421,27 +422,19 @@ struct Backward {
       if (c1 <= c0) continue;
       align_span(&c0, &c1, tp);
       const int64_t k0 = kb * kBlock, krows = std::min(kBlock, s - k0), kpad = round_up(krows, 2);
-      for (int64_t cc = c0; cc < c1; cc += kBlock) {
+      for (int64_t cc = c0; cc < c1; cc += kBlock) {  // query columns a chunk at a time: the buffers stay in cache
         const int64_t nc = std::min(kBlock, c1 - cc);
-        product(krows, nc, d, kh + k0 * d, d, w.q_t.data() + cc, tp, w.st.data() + (cc - c0), tp, false);
-        product(krows, nc, d, vh + k0 * d, d, w.g_t.data() + cc, tp, w.dpt.data() + (cc - c0), tp, false);
-      }
-      for (int64_t j = 0; j < krows; ++j) {
-        rows.grad_row(w.st.data() + j * tp, w.dpt.data() + j * tp, c0, c1, static_cast<int32_t>(k0 + j), rm.lo.data(),
-                      rm.hi.data(), rm.self.data(), w.lse.data(), w.dsum.data(), scale, w.pt.data() + j * tp,
-                      w.dst.data() + j * tp);
-      }
-      for (int64_t cc = c0; cc < c1; cc += kBlock) {
-        const int64_t kk = std::min(kBlock, c1 - cc);
-        product(krows, d, kk, w.pt.data() + (cc - c0), tp, w.g_r.data() + (cc / 2) * d, d, w.dv_acc.data() + k0 * d, d,
-                true);
-        product(krows, d, kk, w.dst.data() + (cc - c0), tp, w.q_r.data() + (cc / 2) * d, d, w.dk_acc.data() + k0 * d, d,
-                true);
-      }
-      pack_rows(w.dst.data(), tp, krows, c1 - c0, kpad, w.dst_pairs.data(), tp);
-      for (int64_t cc = c0; cc < c1; cc += kBlock) {
-        product(d, std::min(kBlock, c1 - cc), kpad, w.kt.data() + k0, sp, w.dst_pairs.data() + (cc - c0), tp,
-                w.dqt.data() + cc, tp, true);
+        product(krows, nc, d, kh + k0 * d, d, w.q_t.data() + cc, tp, w.st.data(), kBlock, false);
+        product(krows, nc, d, vh + k0 * d, d, w.g_t.data() + cc, tp, w.dpt.data(), kBlock, false);
+        for (int64_t j = 0; j < krows; ++j) {
+          rows.grad_row(w.st.data() + j * kBlock, w.dpt.data() + j * kBlock, cc, cc + nc, static_cast<int32_t>(k0 + j),
+                        rm.lo.data(), rm.hi.data(), rm.self.data(), w.lse.data(), w.dsum.data(), scale,
+                        w.pt.data() + j * kBlock, w.dst.data() + j * kBlock);
+        }
+        product(krows, d, nc, w.pt.data(), kBlock, w.g_r.data() + (cc / 2) * d, d, w.dv_acc.data() + k0 * d, d, true);
+        product(krows, d, nc, w.dst.data(), kBlock, w.q_r.data() + (cc / 2) * d, d, w.dk_acc.data() + k0 * d, d, true);
+        pack_rows(w.dst.data(), kBlock, krows, nc, kpad, w.dst_pairs.data(), kBlock);
+        product(d, nc, kpad, w.kt.data() + k0, sp, w.dst_pairs.data(), kBlock, w.dqt.data() + cc, tp, true);
       }
     }
     Bf16* dqh = dq + head * t * d;
