@@ -267,6 +267,49 @@ TEST_F(Attention, FlashRouteAgreesWithSdpa) {
   EXPECT_LT(rel_err(got, sdpa.to(torch::kFloat64)), 1e-2);
 }
 
+// The own key apart from the interval on either side, and a row that may see nothing: the intervals as documented,
+// the kernel against float64 on the other rows, and zeros (output, logsumexp +inf, dQ) on the empty row.
+TEST_F(Attention, FlashMaskIntervalsOwnKeyApartAndAnEmptyRow) {
+  if (!detail::flash_attention_available()) GTEST_SKIP() << "no AVX-512 BF16 / oneDNN micro-kernel on this CPU";
+  const int64_t b = 1, t = 70, d = 16;
+  torch::Tensor keep = torch::ones({t, t}, torch::kBool).tril().view({b, 1, t, t}).clone();
+  using torch::indexing::Slice;
+  keep.index_put_({0, 0, 2}, false);  // row 2: its own key and keys 5..7 (future keys, a made-up mask)
+  keep.index_put_({0, 0, 2, 2}, true);
+  keep.index_put_({0, 0, 2, Slice(5, 8)}, true);
+  keep.index_put_({0, 0, 40, Slice(0, 30)}, false);  // row 40: keys 30..39 and its own key 40 (a hole before)
+  keep.index_put_({0, 0, 40, Slice(30, 35)}, true);
+  keep.index_put_({0, 0, 40, Slice(35, 40)}, false);
+  keep.index_put_({0, 0, 50}, false);  // row 50 sees nothing
+  const torch::Tensor iv = detail::mask_intervals(keep, t, t);
+  ASSERT_TRUE(iv.defined());
+  const auto row = [&](int64_t i) {
+    return std::vector<int32_t>{iv[0][i][0].item<int32_t>(), iv[0][i][1].item<int32_t>(), iv[0][i][2].item<int32_t>()};
+  };
+  EXPECT_EQ(row(2), (std::vector<int32_t>{5, 8, 2}));
+  EXPECT_EQ(row(40), (std::vector<int32_t>{30, 35, 40}));
+  EXPECT_EQ(row(50), (std::vector<int32_t>{0, 0, -1}));
+  EXPECT_EQ(row(60), (std::vector<int32_t>{0, 61, -1}));
+  const torch::Tensor q = torch::randn({b, 4, t, d}).to(torch::kBFloat16);
+  const torch::Tensor k = torch::randn({b, 2, t, d}).to(torch::kBFloat16);
+  const torch::Tensor v = torch::randn({b, 2, t, d}).to(torch::kBFloat16);
+  const torch::Tensor g = torch::randn({b, 4, t, d}).to(torch::kBFloat16);
+  torch::Tensor ref_keep = keep.clone();
+  ref_keep.index_put_({0, 0, 50, 50}, true);  // the float64 reference needs a key on every row; row 50 is not compared
+  torch::Tensor g50 = g.clone();  // row 50's upstream gradient is 0, so the reference's stand-in key adds nothing
+  g50.index_put_({Slice(), Slice(), 50}, 0);
+  const Result ref = reference(q, k, v, ref_keep, g50);
+  const Result got = flash(q, k, v, keep, g50, active_isa());
+  const torch::Tensor others = torch::arange(t) != 50;
+  const auto rows_but_50 = [&](const torch::Tensor& x) { return x.index({Slice(), Slice(), others}); };
+  EXPECT_LT(rel_err(rows_but_50(got.out), rows_but_50(ref.out)), kBf16RelTol);
+  EXPECT_LT(rel_err(rows_but_50(got.dq), rows_but_50(ref.dq)), kBf16RelTol);
+  EXPECT_LT(rel_err(got.dk, ref.dk), kBf16RelTol);
+  EXPECT_LT(rel_err(got.dv, ref.dv), kBf16RelTol);
+  EXPECT_EQ(got.out.select(2, 50).abs().max().item<float>(), 0.0f);
+  EXPECT_EQ(got.dq.select(2, 50).abs().max().item<float>(), 0.0f);
+}
+
 // Masks that are not one interval (plus the query's own key) per row go to SDPA, with the same result.
 TEST_F(Attention, FlashDeclinesOtherMaskShapes) {
   const int64_t b = 1, t = 20, d = 16;
