@@ -13,6 +13,8 @@
 // from the saved logsumexp, dP = dO.Vᵀ in fp32, dS = P (dP - rowsum(dO * O)); P and dS are rounded to bf16 for the
 // products dV = Pᵀ dO, dQ = dS K * scale, dK = dSᵀ Q * scale (fp32 accumulation over query heads and blocks, one
 // rounding at the end). A row with no allowed key gives a zero output, logsumexp +inf and zero gradients.
+// Each (batch, query head, query block) of forward and each (batch, kv head) of backward is one thread's work, in a
+// fixed order: the bits do not depend on the thread count.
 #pragma once
 
 #include <torch/torch.h>

@@ -310,6 +310,26 @@ TEST_F(Attention, FlashMaskIntervalsOwnKeyApartAndAnEmptyRow) {
   EXPECT_EQ(got.dq.select(2, 50).abs().max().item<float>(), 0.0f);
 }
 
+// Same bits on 1 and 2 threads (flash_attention.h: one thread per block of work, a fixed order within it).
+TEST_F(Attention, FlashBitsDoNotDependOnTheThreadCount) {
+  if (!detail::flash_attention_available()) GTEST_SKIP() << "no AVX-512 BF16 / oneDNN micro-kernel on this CPU";
+  const int64_t b = 2, t = 150, d = 64;
+  const torch::Tensor q = torch::randn({b, 6, t, d}).to(torch::kBFloat16);
+  const torch::Tensor k = torch::randn({b, 2, t, d}).to(torch::kBFloat16);
+  const torch::Tensor v = torch::randn({b, 2, t, d}).to(torch::kBFloat16);
+  const torch::Tensor g = torch::randn({b, 6, t, d}).to(torch::kBFloat16);
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const Result one = flash(q, k, v, {}, g, active_isa());
+  at::set_num_threads(2);
+  const Result two = flash(q, k, v, {}, g, active_isa());
+  at::set_num_threads(threads);
+  EXPECT_TRUE(torch::equal(one.out, two.out));
+  EXPECT_TRUE(torch::equal(one.dq, two.dq));
+  EXPECT_TRUE(torch::equal(one.dk, two.dk));
+  EXPECT_TRUE(torch::equal(one.dv, two.dv));
+}
+
 // Masks that are not one interval (plus the query's own key) per row go to SDPA, with the same result.
 TEST_F(Attention, FlashDeclinesOtherMaskShapes) {
   const int64_t b = 1, t = 20, d = 16;
