@@ -84,8 +84,9 @@ void decode_attention_rows() {
 
 // Training attention (forward + backward, bf16): SDPA and grouped_query_attention (the blocked CPU kernel where
 // ops::blocked_cpu_attention_runs()) on the same q, k, v and mask: causal at the bench model's shape, the same with
-// a packing mask (the bench config packs), and Llama 3 8B's heads at 2048 tokens. GFLOP/s counts 4 B nH T S d
-// forward and twice that backward (the full (T, S) products, as bench_train's MFU does), against the bf16 matmul rate.
+// a packing mask (the bench config packs), the bench model's heads at 4096 tokens, and Llama 3 8B's at 2048. GFLOP/s
+// counts 4 B nH T S d forward and twice that backward (the full (T, S) products, as bench_train's MFU does), against
+// the bf16 matmul rate.
 void training_attention_rows(double matmul_gflops) {
   const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16);
   std::printf("%-22s %-26s %9s %9s %8s %8s %7s\n", "attention (fwd+bwd)", "B x heads/kv x T x d", "sdpa ms", "ours ms",
@@ -94,8 +95,8 @@ void training_attention_rows(double matmul_gflops) {
     int64_t b, heads, kv_heads, t, d;
     bool packed;
   };
-  for (const Shape& sh :
-       {Shape{4, 12, 4, 512, 64, false}, Shape{4, 12, 4, 512, 64, true}, Shape{1, 32, 8, 2048, 128, false}}) {
+  for (const Shape& sh : {Shape{4, 12, 4, 512, 64, false}, Shape{4, 12, 4, 512, 64, true},
+                          Shape{1, 12, 4, 4096, 64, false}, Shape{1, 32, 8, 2048, 128, false}}) {
     const torch::Tensor q0 = torch::randn({sh.b, sh.heads, sh.t, sh.d}, bf16);
     const torch::Tensor k0 = torch::randn({sh.b, sh.kv_heads, sh.t, sh.d}, bf16);
     const torch::Tensor v0 = torch::randn({sh.b, sh.kv_heads, sh.t, sh.d}, bf16);
