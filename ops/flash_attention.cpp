@@ -30,6 +30,7 @@ using Bf16 = c10::BFloat16;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kBlock = 64;  // query rows (forward) or key rows (backward) per block; columns per product call
 constexpr int64_t kAlign = 16;  // column ranges start and end on multiples of this (a few product shapes only)
+constexpr int64_t kTurn = 16;   // rows per step of a transpose
 
 int64_t round_up(int64_t x, int64_t m) {
   return (x + m - 1) / m * m;
@@ -61,14 +62,15 @@ struct RefRows {
   }
 
   // One key row of the transposed scores: s (Sᵀ) and dp (dPᵀ) for query columns [c0, c1); lo / hi / self / lse /
-  // dsum indexed by query. p = exp(s * scale - lse) where `key` is allowed (0 elsewhere), ds = p (dp - dsum); both
-  // rounded to bf16.
+  // dsum indexed by query (lo null: every query may see `key`). p = exp(s * scale - lse) where `key` is allowed (0
+  // elsewhere), ds = p (dp - dsum); both rounded to bf16.
   static void grad_row(const float* s, const float* dp, int64_t c0, int64_t c1, int32_t key, const int32_t* lo,
                        const int32_t* hi, const int32_t* self, const float* lse, const float* dsum, float scale,
                        Bf16* p, Bf16* ds) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t x = c - c0;
-      const float pv = allowed(key, lo[c], hi[c], self[c]) ? std::exp(std::fma(s[x], scale, -lse[c])) : 0.0f;
+      const bool ok = lo == nullptr || allowed(key, lo[c], hi[c], self[c]);
+      const float pv = ok ? std::exp(std::fma(s[x], scale, -lse[c])) : 0.0f;
       p[x] = static_cast<Bf16>(pv);
       ds[x] = static_cast<Bf16>(pv * (dp[x] - dsum[c]));
     }
@@ -119,9 +121,23 @@ void pack_rows(const Bf16* src, int64_t ld, int64_t rows, int64_t cols, int64_t 
 void pack_cols(const Bf16* src, int64_t rows, int64_t cols, int64_t ld_out, uint32_t* dst) {
   const int64_t pairs = cols / 2;
   for (int64_t p = 0; p < pairs; ++p) std::fill(dst + p * ld_out + rows, dst + (p + 1) * ld_out, 0U);
-  for (int64_t r = 0; r < rows; ++r) {
-    const Bf16* row = src + r * cols;
-    for (int64_t p = 0; p < pairs; ++p) dst[p * ld_out + r] = bits(row[2 * p]) | (bits(row[2 * p + 1]) << 16);
+  for (int64_t r0 = 0; r0 < rows; r0 += kTurn) {  // kTurn source rows at a time: contiguous writes, reads in L1
+    const int64_t r1 = std::min(rows, r0 + kTurn);
+    for (int64_t p = 0; p < pairs; ++p) {
+      for (int64_t r = r0; r < r1; ++r)
+        dst[p * ld_out + r] = bits(src[r * cols + 2 * p]) | (bits(src[r * cols + 2 * p + 1]) << 16);
+    }
+  }
+}
+
+// dst (cols x ld_out) = srcᵀ (src rows x cols, row stride ld), dst[c * ld_out + r] = f(src[r * ld + c]).
+template <class In, class Out, class F>
+void turn(const In* src, int64_t ld, int64_t rows, int64_t cols, Out* dst, int64_t ld_out, F f) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kTurn) {
+    const int64_t r1 = std::min(rows, r0 + kTurn);
+    for (int64_t c = 0; c < cols; ++c) {
+      for (int64_t r = r0; r < r1; ++r) dst[c * ld_out + r] = f(src[r * ld + c]);
+    }
   }
 }
 
@@ -385,9 +401,7 @@ struct Backward {
     }
     const Bf16* kh = k + item * s * d;
     std::fill(w.kt.begin(), w.kt.end(), Bf16(0.0f));
-    for (int64_t j = 0; j < s; ++j) {
-      for (int64_t i = 0; i < d; ++i) w.kt[Scratch::n(i * sp + j)] = kh[j * d + i];
-    }
+    turn(kh, d, s, d, w.kt.data(), sp, [](Bf16 x) { return x; });
     std::fill(w.dk_acc.begin(), w.dk_acc.end(), 0.0f);
     std::fill(w.dv_acc.begin(), w.dv_acc.end(), 0.0f);
     for (int64_t g = 0; g < group; ++g) {
@@ -426,10 +440,12 @@ struct Backward {
         const int64_t nc = std::min(kBlock, c1 - cc);
         product(krows, nc, d, kh + k0 * d, d, w.q_t.data() + cc, tp, w.st.data(), kBlock, false);
         product(krows, nc, d, vh + k0 * d, d, w.g_t.data() + cc, tp, w.dpt.data(), kBlock, false);
+        bool whole = cc + nc <= t;  // every query of the chunk sees every key of the block: no mask in the rows
+        for (int64_t i = cc; whole && i < cc + nc; ++i) whole = rm.lo[i] <= k0 && rm.hi[i] >= k0 + krows;
         for (int64_t j = 0; j < krows; ++j) {
           rows.grad_row(w.st.data() + j * kBlock, w.dpt.data() + j * kBlock, cc, cc + nc, static_cast<int32_t>(k0 + j),
-                        rm.lo.data(), rm.hi.data(), rm.self.data(), w.lse.data(), w.dsum.data(), scale,
-                        w.pt.data() + j * kBlock, w.dst.data() + j * kBlock);
+                        whole ? nullptr : rm.lo.data(), rm.hi.data(), rm.self.data(), w.lse.data(), w.dsum.data(),
+                        scale, w.pt.data() + j * kBlock, w.dst.data() + j * kBlock);
         }
         product(krows, d, nc, w.pt.data(), kBlock, w.g_r.data() + (cc / 2) * d, d, w.dv_acc.data() + k0 * d, d, true);
         product(krows, d, nc, w.dst.data(), kBlock, w.q_r.data() + (cc / 2) * d, d, w.dk_acc.data() + k0 * d, d, true);
@@ -437,10 +453,7 @@ struct Backward {
         product(d, nc, kpad, w.kt.data() + k0, sp, w.dst_pairs.data(), kBlock, w.dqt.data() + cc, tp, true);
       }
     }
-    Bf16* dqh = dq + head * t * d;
-    for (int64_t i = 0; i < t; ++i) {
-      for (int64_t c = 0; c < d; ++c) dqh[i * d + c] = static_cast<Bf16>(w.dqt[Scratch::n(c * tp + i)] * scale);
-    }
+    turn(w.dqt.data(), tp, d, t, dq + head * t * d, d, [this](float x) { return static_cast<Bf16>(x * scale); });
   }
 };
 

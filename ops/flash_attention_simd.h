@@ -14,10 +14,12 @@ struct FlashRows {
     const IVec vlo = iset1(static_cast<uint32_t>(lo)), vhi = iset1(static_cast<uint32_t>(hi));
     const IVec vself = iset1(static_cast<uint32_t>(self));
     const int64_t n = c1 - c0;
+    const bool all = lo <= c0 && hi >= c1;  // every column allowed: no mask to apply
     Vec mx = ninf;
     for (int64_t x = 0; x < n; x += kLanes) {
       const Tail t = lanes(n - x);
-      const Vec v = keep_if_in(iota(static_cast<uint32_t>(c0 + x)), vlo, vhi, vself, mul(load(s + x, t), vscale), ninf);
+      Vec v = mul(load(s + x, t), vscale);
+      if (!all) v = keep_if_in(iota(static_cast<uint32_t>(c0 + x)), vlo, vhi, vself, v, ninf);
       store(s + x, t, v);
       mx = vmax(mx, keep(t, v, ninf));
     }
@@ -44,7 +46,8 @@ struct FlashRows {
       const Tail t = lanes(n - x);
       const int64_t c = c0 + x;
       const Vec e = vexp(fmadd(load(s + x, t), vscale, sub(zero(), load(lse + c, t))));
-      const Vec pv = keep_if_in(vkey, iload(lo + c, t), iload(hi + c, t), iload(self + c, t), e, zero());
+      const Vec pv =
+          lo == nullptr ? e : keep_if_in(vkey, iload(lo + c, t), iload(hi + c, t), iload(self + c, t), e, zero());
       store(p + x, t, pv);
       store(ds + x, t, mul(pv, sub(load(dp + x, t), load(dsum + c, t))));
     }
