@@ -14,6 +14,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "bench/machine_limits.h"
 #include "common/host_memory.h"
@@ -30,16 +31,22 @@ namespace {
 constexpr int kReps = 5;
 constexpr int64_t kIgnore = -100;
 
-// Best-of time (ms) of forward + backward of fn(x) with upstream gradient g.
-double fwd_bwd_ms(const torch::Tensor& x0, const torch::Tensor& g,
-                  const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+// Best-of-`reps` time (ms) of forward + backward of fn(xs) with upstream gradient g, every input requiring grad.
+double fwd_bwd_ms(const std::vector<torch::Tensor>& xs0, const torch::Tensor& g,
+                  const std::function<torch::Tensor(const std::vector<torch::Tensor>&)>& fn, int reps = kReps) {
   auto once = [&] {
-    torch::Tensor x = x0.detach().requires_grad_(true);
-    torch::Tensor y = fn(x);
-    y.backward(g);
+    std::vector<torch::Tensor> xs;
+    for (const torch::Tensor& x0 : xs0) xs.push_back(x0.detach().requires_grad_(true));
+    fn(xs).backward(g);
   };
   once();  // warm-up
-  return 1e3 * time_best(once, kReps);
+  return 1e3 * time_best(once, reps);
+}
+
+// The same for one input.
+double fwd_bwd_ms(const torch::Tensor& x0, const torch::Tensor& g,
+                  const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+  return fwd_bwd_ms(std::vector<torch::Tensor>{x0}, g, [&](const std::vector<torch::Tensor>& xs) { return fn(xs[0]); });
 }
 
 void row(const char* op, const char* shape, double old_ms, double new_ms, double bytes) {
@@ -114,23 +121,19 @@ void training_attention_rows(double matmul_gflops) {
       }
       mask = ops::build_attention_mask(sh.b, sh.t, 0, {}, seg, torch::kCPU);
     }
-    auto time_of =
-        [&](const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>& fn) {
-          auto once = [&] {
-            const torch::Tensor q = q0.detach().requires_grad_(true), k = k0.detach().requires_grad_(true),
-                                v = v0.detach().requires_grad_(true);
-            fn(q, k, v).backward(g);
-          };
-          once();  // warm-up
-          return 1e3 * time_best(once, sh.t > 1024 ? 2 : kReps);
-        };
-    const double old_ms = time_of([&](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-      const std::optional<torch::Tensor> m = mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
-      return at::scaled_dot_product_attention(q, k, v, m, 0.0, !mask.defined(), std::nullopt, true);
-    });
-    const double new_ms = time_of([&](const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-      return ops::grouped_query_attention(q, k, v, mask);
-    });
+    const std::vector<torch::Tensor> qkv = {q0, k0, v0};
+    const int reps = sh.t > 1024 ? 2 : kReps;
+    const double old_ms = fwd_bwd_ms(
+        qkv, g,
+        [&](const std::vector<torch::Tensor>& x) {
+          const std::optional<torch::Tensor> m = mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
+          return at::scaled_dot_product_attention(x[0], x[1], x[2], m, 0.0, !mask.defined(), std::nullopt, true);
+        },
+        reps);
+    const double new_ms = fwd_bwd_ms(
+        qkv, g,
+        [&](const std::vector<torch::Tensor>& x) { return ops::grouped_query_attention(x[0], x[1], x[2], mask); },
+        reps);
     const double flops = 12.0 * sh.b * sh.heads * sh.t * sh.t * sh.d;
     const double gflops = flops / (new_ms * 1e-3) / 1e9;
     const std::string shape = std::to_string(sh.b) + " x " + std::to_string(sh.heads) + "/" +

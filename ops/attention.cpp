@@ -122,10 +122,11 @@ bool flash_attention_applies(const torch::Tensor& q, const torch::Tensor& k, con
 bool blocked_cpu_attention_runs() {
   static const bool sdpa_asked = [] {
     const char* env = std::getenv("QLORA_CPU_ATTENTION");
-    if (env == nullptr || *env == '\0' || std::string(env) == "blocked") return false;
-    if (std::string(env) != "sdpa")
-      spdlog::warn("QLORA_CPU_ATTENTION={} is unknown (blocked|sdpa); using blocked", env);
-    return std::string(env) == "sdpa";
+    const std::string want = env == nullptr ? "" : env;
+    if (!want.empty() && want != "blocked" && want != "sdpa") {
+      spdlog::warn("QLORA_CPU_ATTENTION={} is unknown (blocked|sdpa); using blocked", want);
+    }
+    return want == "sdpa";
   }();
   return !sdpa_asked && active_isa() == Isa::kAvx512 && detail::flash_attention_available();
 }

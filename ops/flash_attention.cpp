@@ -423,11 +423,12 @@ struct Backward {
     pack_cols(gh, t, d, tp, w.g_t.data());
     pack_rows(qh, d, t, d, tp, w.q_r.data(), d);
     pack_rows(gh, d, t, d, tp, w.g_r.data(), d);
-    for (int64_t i = 0; i < tp; ++i) {
-      w.lse[Scratch::n(i)] = i < t ? lse[head * t + i] : kInf;
+    std::fill(w.lse.begin() + t, w.lse.end(), kInf);  // padding queries: P = 0
+    std::fill(w.dsum.begin() + t, w.dsum.end(), 0.0f);
+    for (int64_t i = 0; i < t; ++i) {
+      w.lse[Scratch::n(i)] = lse[head * t + i];
       float acc = 0.0f;
-      for (int64_t c = 0; i < t && c < d; ++c)
-        acc += static_cast<float>(gh[i * d + c]) * static_cast<float>(oh[i * d + c]);
+      for (int64_t c = 0; c < d; ++c) acc += static_cast<float>(gh[i * d + c]) * static_cast<float>(oh[i * d + c]);
       w.dsum[Scratch::n(i)] = acc;
     }
     std::fill(w.dqt.begin(), w.dqt.end(), 0.0f);
