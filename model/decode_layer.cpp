@@ -1,9 +1,21 @@
 #include "model/decode_layer.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <initializer_list>
+#include <tuple>
+#include <utility>
+#include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <immintrin.h>
 
 #include "common/cpu_isa.h"
 #include "ops/fused_kernels.h"
@@ -12,68 +24,131 @@
 namespace qlora::model {
 namespace {
 
-// The buffers of one token through one layer, shaped once per model shape and reused (per thread).
-struct Scratch {
-  int64_t hidden = -1, heads = -1, kv_heads = -1, head_dim = -1, intermediate = -1;
-  torch::ScalarType dtype = torch::kBFloat16;
-  torch::Tensor normed, rstd, q, k, v, q_rot, k_rot, attn, o, h, gate, up, act, down;
-  torch::Tensor out[2];
-  int next = 0;  // which of out[] the next call writes
+// Runs body(t, size) on a team of `size` threads (OpenMP's, LibTorch's pool), or on the calling thread alone where
+// the build has no OpenMP or the call is already inside a parallel region.
+template <class Body>
+void run_team(int size, const Body& body) {
+#ifdef _OPENMP
+  if (size > 1 && !at::in_parallel_region()) {
+#pragma omp parallel num_threads(size)
+    body(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  body(0, 1);
+}
 
-  void shape(const DecodeLayerWeights& w, int64_t hidden_size, torch::ScalarType type) {
-    const int64_t inter = w.gate->shape[0];
-    if (hidden == hidden_size && heads == w.heads && kv_heads == w.kv_heads && head_dim == w.head_dim &&
-        intermediate == inter && dtype == type) {
-      return;
+// Bytes a team member reads next (its rows of the next projection), prefetched into its L2 while it waits at a
+// barrier: a member that finishes its share first streams the next one's weights instead of idling, so the memory
+// stays busy across the steps of a layer.
+struct Ahead {
+  static constexpr int64_t kMaxBytes = int64_t{384} << 10;  // within a core's L2 next to what the step itself reads
+  static constexpr int64_t kPiece = 1024;                   // bytes prefetched between checks of the barrier
+  const char *at = nullptr, *end = nullptr, *next_at = nullptr, *next_end = nullptr;
+  int64_t budget = 0;
+
+  // Rows [o0, o1) of w, then the same rows of w2 (optional): their packed codes (the absmax bytes are 1/32 of them).
+  void set(const quant::QuantizedTensor& w, int64_t o0, int64_t o1, const quant::QuantizedTensor* w2 = nullptr) {
+    const auto range = [](const quant::QuantizedTensor& q, int64_t r0, int64_t r1) {
+      const auto* base = static_cast<const char*>(q.packed.data_ptr());
+      return std::pair{base + r0 * q.shape[1] / 2, base + r1 * q.shape[1] / 2};
+    };
+    std::tie(at, end) = range(w, o0, o1);
+    if (w2 != nullptr) {
+      std::tie(next_at, next_end) = range(*w2, o0, o1);
+    } else {
+      next_at = next_end = nullptr;
     }
-    hidden = hidden_size, heads = w.heads, kv_heads = w.kv_heads, head_dim = w.head_dim, intermediate = inter;
-    dtype = type;
-    const auto opts = torch::TensorOptions().dtype(type);  // the activations' dtype (bf16 or fp32)
-    normed = torch::empty({1, 1, hidden}, opts);
-    rstd = torch::empty({1}, opts.dtype(torch::kFloat32));
-    q = torch::empty({1, heads, 1, head_dim}, opts);
-    q_rot = torch::empty_like(q);
-    attn = torch::empty_like(q);
-    k = torch::empty({1, kv_heads, 1, head_dim}, opts);
-    k_rot = torch::empty_like(k);
-    v = torch::empty_like(k);
-    o = torch::empty({1, 1, hidden}, opts);
-    h = torch::empty_like(o);
-    gate = torch::empty({1, 1, inter}, opts);
-    up = torch::empty_like(gate);
-    act = torch::empty_like(gate);
-    down = torch::empty_like(o);
-    out[0] = torch::empty_like(o);
-    out[1] = torch::empty_like(o);
+    budget = kMaxBytes;
+  }
+  // Prefetches the next piece; false when there is nothing left to fetch.
+  bool step() {
+    if (at >= end) {
+      if (next_at == nullptr) return false;
+      at = next_at, end = next_end, next_at = next_end = nullptr;
+    }
+    if (budget <= 0 || at >= end) return false;
+    const char* stop = std::min(end, at + kPiece);
+    for (; at < stop; at += 64) _mm_prefetch(at, _MM_HINT_T1);
+    budget -= kPiece;
+    return true;
   }
 };
 
-// out = round(a + b) elementwise in T (LibTorch's add: the fp32 sum, rounded to nearest even for bf16).
-template <class T>
-void add_rows(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& out) {
-  const auto* pa = a.data_ptr<T>();
-  const auto* pb = b.data_ptr<T>();
-  auto* po = out.data_ptr<T>();
-  for (int64_t i = 0, n = out.numel(); i < n; ++i) po[i] = T(static_cast<float>(pa[i]) + static_cast<float>(pb[i]));
-}
-
-void add(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& out) {
-  if (out.scalar_type() == torch::kFloat32) {
-    add_rows<float>(a, b, out);
-  } else {
-    add_rows<c10::BFloat16>(a, b, out);
+// A spinning barrier for one team (sense by generation): waiters run `ahead` while the last member has not arrived.
+class TeamBarrier {
+ public:
+  // `size`: the team's (every member passes the same).
+  void wait(int size, Ahead& ahead) {
+    if (size == 1) return;
+    const int gen = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == size - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    while (generation_.load(std::memory_order_acquire) == gen) {
+      if (!ahead.step()) _mm_pause();
+    }
   }
-}
 
-// Copies the (1, kv_heads, 1, d) rows of src to position `pos` of the (1, kv_heads, capacity, d) buffer dst.
-void write_position(const torch::Tensor& src, torch::Tensor& dst, int64_t pos) {
-  const int64_t heads = dst.size(1), cap = dst.size(2), d = dst.size(3);
-  const auto* s = static_cast<const char*>(src.data_ptr());
-  auto* t = static_cast<char*>(dst.data_ptr());
-  const auto es = static_cast<int64_t>(dst.element_size());
-  for (int64_t hd = 0; hd < heads; ++hd) {
-    std::memcpy(t + (hd * cap + pos) * d * es, s + hd * d * es, static_cast<size_t>(d * es));
+ private:
+  std::atomic<int> arrived_{0};
+  std::atomic<int> generation_{0};
+};
+
+// One thread's share of a layer call: its copy of the normed row (every thread norms the same row itself rather than
+// wait for one to do it), the x its GEMV rows read, attention scratch.
+struct ThreadScratch {
+  torch::Tensor normed;  // (H), the activations' dtype
+  quant::CpuGemvRows gemv;
+  std::vector<float> attention;  // S + d
+  Ahead ahead;                   // what it prefetches while it waits
+};
+
+// The buffers of one token through one layer, shaped once per model shape and reused (per calling thread).
+struct Scratch {
+  int64_t hidden = -1, heads = -1, kv_heads = -1, head_dim = -1, intermediate = -1;
+  torch::ScalarType dtype = torch::kBFloat16;
+  torch::Tensor q, k, v, q_rot, attn, o, h, gate, up, act, down;
+  torch::Tensor out[2];
+  int next = 0;  // which of out[] the next call writes
+  std::vector<ThreadScratch> threads;
+
+  void shape(const DecodeLayerWeights& w, int64_t hidden_size, torch::ScalarType type, int team) {
+    const int64_t inter = w.gate->shape[0];
+    if (hidden != hidden_size || heads != w.heads || kv_heads != w.kv_heads || head_dim != w.head_dim ||
+        intermediate != inter || dtype != type) {
+      hidden = hidden_size, heads = w.heads, kv_heads = w.kv_heads, head_dim = w.head_dim, intermediate = inter;
+      dtype = type;
+      const auto opts = torch::TensorOptions().dtype(type);  // the activations' dtype (bf16 or fp32)
+      q = torch::empty({heads * head_dim}, opts);
+      q_rot = torch::empty_like(q);
+      attn = torch::empty_like(q);
+      k = torch::empty({kv_heads * head_dim}, opts);
+      v = torch::empty_like(k);
+      o = torch::empty({hidden}, opts);
+      h = torch::empty_like(o);
+      gate = torch::empty({inter}, opts);
+      up = torch::empty_like(gate);
+      act = torch::empty_like(gate);
+      down = torch::empty_like(o);
+      out[0] = torch::empty({1, 1, hidden}, opts);
+      out[1] = torch::empty_like(out[0]);
+      threads.clear();
+    }
+    while (static_cast<int>(threads.size()) < team) {
+      threads.emplace_back();
+      threads.back().normed = torch::empty({hidden}, torch::TensorOptions().dtype(type));
+    }
   }
+};
+
+// [begin, end) of `n` items for member `t` of a team of `size`: contiguous shares, as even as `align` allows.
+std::pair<int64_t, int64_t> share(int64_t n, int t, int size, int64_t align = 1) {
+  const int64_t units = (n + align - 1) / align;
+  const int64_t b = units * t / size * align, e = units * (t + 1) / size * align;
+  return {std::min(b, n), std::min(e, n)};
 }
 
 bool resident_on_cpu(const quant::QuantizedTensor* w) {
@@ -107,40 +182,191 @@ bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, c
          mask.size(0) == 1 && mask.size(1) == 1 && mask.size(2) == 1;
 }
 
+namespace {
+
+// decode_layer_cpu's steps on T rows (float or bf16), each step's work split over the team, barriers between steps
+// that read what another thread wrote. The kernels and roundings are those of the layer's LibTorch ops.
+template <class T>
+struct LayerCall {
+  const DecodeLayerWeights& w;
+  Scratch& s;
+  const T *x, *cos, *sin;
+  const bool* allowed;  // (past + 1) or null
+  T *kb, *vb;           // (kv_heads, capacity, d)
+  int64_t capacity, past;
+  const float *in_norm, *post_norm;  // the norm weights as the norm kernel reads them
+  float scale;
+  quant::CpuGemv gemv;
+  Isa isa;
+  T* out;
+  TeamBarrier& team_barrier;
+
+  static T* ptr(const torch::Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+
+  // y_i (rows [0, W_i.out) of each) = W_i xin for weights sharing xin, the joint rows split over the team; xin is
+  // prepared by every thread for itself.
+  void project(ThreadScratch& me, const T* xin, int64_t in,
+               std::initializer_list<std::pair<const quant::QuantizedTensor*, T*>> outs, int t, int size,
+               int64_t* first, int64_t* last) const {
+    me.gemv.prepare(gemv, xin, s.dtype, in, isa);
+    int64_t total = 0;
+    for (const auto& o : outs) total += o.first->shape[0];
+    const auto [b, e] = share(total, t, size, 16);
+    *first = b, *last = e;
+    int64_t base = 0;
+    for (const auto& [wt, y] : outs) {
+      const int64_t lo = std::max(b, base), hi = std::min(e, base + wt->shape[0]);
+      if (lo < hi) me.gemv.rows(*wt, y, lo - base, hi - base);
+      base += wt->shape[0];
+    }
+  }
+
+  static void add(const T* a, const T* b, T* o, int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) o[i] = T(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+  }
+
+  static constexpr int kSteps = 6;
+
+  // Step i of the layer on member t of a team of `size`; every member runs the steps in order with a barrier between
+  // consecutive ones (run()).
+  void step(int i, int t, int size) const {
+    ThreadScratch& me = s.threads[static_cast<size_t>(t)];
+    T* normed = ptr(me.normed);
+    const int64_t hidden = s.hidden, d = s.head_dim, group = s.heads / s.kv_heads, len = past + 1;
+    const auto [h0, h1] = share(s.heads, t, size);  // query heads
+    int64_t b = 0, e = 0;
+    switch (i) {
+      case 0:  // input norm (every thread its own copy), q, k, v
+        rms_norm_row(x, in_norm, normed);
+        project(me, normed, hidden, {{w.q, ptr(s.q)}, {w.k, ptr(s.k)}, {w.v, ptr(s.v)}}, t, size, &b, &e);
+        std::tie(b, e) = share(hidden, t, size, 16);  // step 3's rows of o_proj, fetched through steps 1 and 2
+        me.ahead.set(*w.o, b, e);
+        return;
+      case 1: {  // RoPE; this position's key and value into the cache
+        const auto [k0, k1] = share(s.kv_heads, t, size);
+        for (int64_t kh = k0; kh < k1; ++kh) {
+          ops::detail::rope_row_cpu(ptr(s.k) + kh * d, cos, sin, d, kb + (kh * capacity + past) * d, isa);
+          std::memcpy(vb + (kh * capacity + past) * d, ptr(s.v) + kh * d, sizeof(T) * static_cast<size_t>(d));
+        }
+        for (int64_t qh = h0; qh < h1; ++qh) {
+          ops::detail::rope_row_cpu(ptr(s.q) + qh * d, cos, sin, d, ptr(s.q_rot) + qh * d, isa);
+        }
+        return;
+      }
+      case 2:  // attention over positions [0, past]
+        me.attention.resize(static_cast<size_t>(len + d));
+        for (int64_t qh = h0; qh < h1; ++qh) {
+          const int64_t kh = qh / group;
+          ops::detail::decode_attention_row_cpu(ptr(s.q_rot) + qh * d, kb + kh * capacity * d, vb + kh * capacity * d,
+                                                d, d, allowed, len, d, scale, me.attention.data(), ptr(s.attn) + qh * d,
+                                                isa);
+        }
+        return;
+      case 3:  // o_proj and the residual h = x + o, each thread on its own rows
+        project(me, ptr(s.attn), s.heads * d, {{w.o, ptr(s.o)}}, t, size, &b, &e);
+        add(x, ptr(s.o), ptr(s.h), b, e);
+        std::tie(b, e) = share(s.intermediate, t, size, 16);
+        me.ahead.set(*w.gate, b, e, w.up);
+        return;
+      case 4:  // post-attention norm (every thread), gate and up on the same rows, SwiGLU of those rows
+        rms_norm_row(ptr(s.h), post_norm, normed);
+        me.gemv.prepare(gemv, normed, s.dtype, hidden, isa);
+        std::tie(b, e) = share(s.intermediate, t, size, 16);
+        if (b < e) {
+          me.gemv.rows(*w.gate, ptr(s.gate), b, e);
+          me.gemv.rows(*w.up, ptr(s.up), b, e);
+          ops::detail::swiglu_range_cpu(ptr(s.gate), ptr(s.up), b, e, ptr(s.act), isa);
+        }
+        std::tie(b, e) = share(hidden, t, size, 16);
+        me.ahead.set(*w.down, b, e);
+        return;
+      default:  // down_proj and the residual, out = h + down
+        project(me, ptr(s.act), s.intermediate, {{w.down, ptr(s.down)}}, t, size, &b, &e);
+        add(ptr(s.h), ptr(s.down), out, b, e);
+        return;
+    }
+  }
+
+  // All steps on member t. A step that throws records the first error and the member skips its later steps, but
+  // still meets every barrier, so the team never waits on it.
+  void run(int t, int size, std::atomic<bool>& failed, std::exception_ptr& error) const {
+    for (int i = 0; i < kSteps; ++i) {
+      if (!failed.load()) {
+        try {
+          step(i, t, size);
+        } catch (...) {
+          if (!failed.exchange(true)) error = std::current_exception();
+        }
+      }
+      if (i + 1 < kSteps) team_barrier.wait(size, s.threads[static_cast<size_t>(t)].ahead);
+    }
+  }
+
+  void rms_norm_row(const T* in, const float* weight, T* normed) const {
+    ops::detail::rms_norm_row_cpu(in, weight, s.hidden, static_cast<float>(w.eps), normed, isa);
+  }
+};
+
+// The norm weight as ops::detail::rms_norm_forward_cpu reads it: cast to the activations' dtype, then to fp32.
+torch::Tensor norm_weight(const torch::Tensor& weight, torch::ScalarType dtype) {
+  return weight.to(torch::kCPU).to(dtype).to(torch::kFloat32).contiguous();
+}
+
+}  // namespace
+
 torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
                                const torch::Tensor& sin, const torch::Tensor& mask, torch::Tensor& kb,
                                torch::Tensor& vb, int64_t past) {
   TORCH_CHECK(cpu_of(kb, x.scalar_type()) && cpu_of(vb, x.scalar_type()) && kb.dim() == 4 && kb.size(0) == 1 &&
                   kb.size(1) == w.kv_heads && kb.size(2) > past && kb.size(3) == w.head_dim && vb.sizes() == kb.sizes(),
               "decode_layer_cpu: cache buffers ", kb.sizes(), " / ", vb.sizes(), " cannot take position ", past);
-  thread_local Scratch s;
-  s.shape(w, x.size(-1), x.scalar_type());
-  const Isa isa = active_isa();
-
-  ops::detail::rms_norm_forward_cpu(x, w.input_norm, w.eps, s.normed, s.rstd, isa);
-  quant::gemv_4bit_out({{w.q, &s.q}, {w.k, &s.k}, {w.v, &s.v}}, s.normed);
-  ops::detail::rope_cpu(s.q, cos, sin, /*backward=*/false, s.q_rot, isa);
-  ops::detail::rope_cpu(s.k, cos, sin, /*backward=*/false, s.k_rot, isa);
-  write_position(s.k_rot, kb, past);
-  write_position(s.v, vb, past);
   const int64_t len = past + 1;
-  torch::Tensor allowed;
-  if (mask.defined()) {
-    TORCH_CHECK(mask.size(3) == len, "decode_layer_cpu: mask of ", mask.size(3), " keys for ", len, " positions");
-    allowed = mask.view({1, len});
-  }
-  const double scale = w.scale > 0 ? w.scale : 1.0 / std::sqrt(static_cast<double>(w.head_dim));
-  ops::detail::decode_attention_cpu(s.q_rot, kb.narrow(2, 0, len), vb.narrow(2, 0, len), allowed, scale, s.attn, isa);
-  quant::gemv_4bit_out(*w.o, s.attn, s.o);
-  add(x, s.o, s.h);
-
-  ops::detail::rms_norm_forward_cpu(s.h, w.post_attention_norm, w.eps, s.normed, s.rstd, isa);
-  quant::gemv_4bit_out({{w.gate, &s.gate}, {w.up, &s.up}}, s.normed);
-  ops::detail::swiglu_forward_cpu(s.gate, s.up, s.act, isa);
-  quant::gemv_4bit_out(*w.down, s.act, s.down);
+  TORCH_CHECK(!mask.defined() || mask.size(3) == len, "decode_layer_cpu: mask of ", mask.size(3), " keys for ", len,
+              " positions");
+  TORCH_CHECK(w.q->shape[0] == w.heads * w.head_dim && w.k->shape[0] == w.kv_heads * w.head_dim &&
+                  w.v->shape[0] == w.kv_heads * w.head_dim && w.o->shape[1] == w.heads * w.head_dim &&
+                  w.o->shape[0] == x.size(-1) && w.gate->shape[1] == x.size(-1) && w.up->shape == w.gate->shape &&
+                  w.down->shape[1] == w.gate->shape[0] && w.down->shape[0] == x.size(-1) &&
+                  w.q->shape[1] == x.size(-1) && w.heads % w.kv_heads == 0,
+              "decode_layer_cpu: projection shapes do not match the hidden size and heads");
+  const int team = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
+  thread_local Scratch s;
+  const torch::ScalarType dt = x.scalar_type();
+  s.shape(w, x.size(-1), dt, team);
   torch::Tensor& out = s.out[s.next];
   s.next ^= 1;
-  add(s.h, s.down, out);
+  const torch::Tensor in_norm = norm_weight(w.input_norm, dt), post_norm = norm_weight(w.post_attention_norm, dt);
+  const double scale = w.scale > 0 ? w.scale : 1.0 / std::sqrt(static_cast<double>(w.head_dim));
+  TeamBarrier team_barrier;
+  const auto call = [&](auto tag) {
+    using T = decltype(tag);
+    const LayerCall<T> c{w,
+                         s,
+                         static_cast<const T*>(x.data_ptr()),
+                         static_cast<const T*>(cos.data_ptr()),
+                         static_cast<const T*>(sin.data_ptr()),
+                         mask.defined() ? mask.data_ptr<bool>() : nullptr,
+                         static_cast<T*>(kb.data_ptr()),
+                         static_cast<T*>(vb.data_ptr()),
+                         kb.size(2),
+                         past,
+                         in_norm.data_ptr<float>(),
+                         post_norm.data_ptr<float>(),
+                         static_cast<float>(scale),
+                         quant::cpu_gemv(),
+                         active_isa(),
+                         static_cast<T*>(out.data_ptr()),
+                         team_barrier};
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;
+    run_team(team, [&](int t, int size) { c.run(t, size, failed, error); });  // size <= team
+    if (error) std::rethrow_exception(error);
+  };
+  if (dt == torch::kFloat32) {
+    call(float{});
+  } else {
+    call(c10::BFloat16{});
+  }
   return out;
 }
 

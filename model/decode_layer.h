@@ -1,6 +1,11 @@
 // One decoder layer for one token of batch-1 decoding on the CPU, straight through the kernels: the same kernels and
 // roundings as the layer's LibTorch-op forward (model/llama.cpp), without the per-op dispatch, allocation and views,
-// which took ~20% of a decoded token on the bench model (bench/RESULTS.md). Buffers are per thread and reused.
+// which took ~20% of a decoded token on the bench model (bench/RESULTS.md). The layer runs in one parallel region of
+// LibTorch's threads (a team): each step (q/k/v, RoPE and the cache write, attention, o_proj, gate/up/SwiGLU, down)
+// is split over the team by rows or heads, and a member that finishes its share early prefetches its rows of the
+// next projection while it waits for the others, so the weights keep streaming between steps. Every output element
+// is computed by one thread as the kernels compute it alone: the bits do not depend on the thread count. Buffers are
+// per calling thread and reused.
 #pragma once
 
 #include <torch/torch.h>

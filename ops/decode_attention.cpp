@@ -104,4 +104,18 @@ void decode_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const 
   });
 }
 
+template <class T>
+void decode_attention_row_cpu(const T* q, const T* k, const T* v, int64_t ks, int64_t vs, const bool* allowed,
+                              int64_t s_len, int64_t d, float scale, float* scratch, T* out, Isa isa) {
+  with_kernels<Decode>(isa, [&](auto kernels) {
+    kernels.row(q, k, v, ks, vs, allowed, s_len, d, scale, scratch, scratch + s_len, out);
+  });
+}
+
+template void decode_attention_row_cpu<float>(const float*, const float*, const float*, int64_t, int64_t, const bool*,
+                                              int64_t, int64_t, float, float*, float*, Isa);
+template void decode_attention_row_cpu<c10::BFloat16>(const c10::BFloat16*, const c10::BFloat16*, const c10::BFloat16*,
+                                                      int64_t, int64_t, const bool*, int64_t, int64_t, float, float*,
+                                                      c10::BFloat16*, Isa);
+
 }  // namespace qlora::ops::detail

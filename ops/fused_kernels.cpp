@@ -332,4 +332,29 @@ void dropout_cpu(const torch::Tensor& x, uint64_t seed, double p, torch::Tensor&
   });
 }
 
+template <class T>
+float rms_norm_row_cpu(const T* x, const float* weight, int64_t h, float eps, T* out, Isa isa) {
+  float rstd = 0.0f;
+  with_kernels<Fused>(isa, [&](auto k) { rstd = k.rms_norm_row(x, weight, h, eps, out); });
+  return rstd;
+}
+
+template <class T>
+void rope_row_cpu(const T* x, const T* cos, const T* sin, int64_t d, T* out, Isa isa) {
+  with_kernels<Fused>(isa, [&](auto k) { k.rope_row(x, cos, sin, d / 2, /*backward=*/false, out); });
+}
+
+template <class T>
+void swiglu_range_cpu(const T* gate, const T* up, int64_t e0, int64_t e1, T* out, Isa isa) {
+  with_kernels<Fused>(isa, [&](auto k) { k.swiglu(gate, up, e0, e1, out); });
+}
+
+#define QLORA_ROW_KERNELS(T)                                                           \
+  template float rms_norm_row_cpu<T>(const T*, const float*, int64_t, float, T*, Isa); \
+  template void rope_row_cpu<T>(const T*, const T*, const T*, int64_t, T*, Isa);       \
+  template void swiglu_range_cpu<T>(const T*, const T*, int64_t, int64_t, T*, Isa);
+QLORA_ROW_KERNELS(float)
+QLORA_ROW_KERNELS(c10::BFloat16)
+#undef QLORA_ROW_KERNELS
+
 }  // namespace qlora::ops::detail

@@ -64,4 +64,20 @@ void dropout_cpu(const torch::Tensor& x, uint64_t seed, double p, torch::Tensor&
 void decode_attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                           const torch::Tensor& allowed, double scale, torch::Tensor& out, Isa isa);
 
+// Single rows of the launchers above on raw pointers, computed on the calling thread by the same kernel set (so with
+// the same bits), for callers that run their own parallel region (model/decode_layer.cpp); T is float or
+// c10::BFloat16. rms_norm_row_cpu takes the weight as rms_norm_forward_cpu reads it (cast to T, then to fp32) and
+// returns the row's rstd; rope_row_cpu is the forward rotation of one d-row; swiglu_range_cpu computes elements
+// [e0, e1) of the arrays; decode_attention_row_cpu one query head of decode_attention_cpu (keys / values row j at
+// k + j * ks, v + j * vs; allowed (S) or null; scratch of S + d floats).
+template <class T>
+float rms_norm_row_cpu(const T* x, const float* weight, int64_t h, float eps, T* out, Isa isa);
+template <class T>
+void rope_row_cpu(const T* x, const T* cos, const T* sin, int64_t d, T* out, Isa isa);
+template <class T>
+void swiglu_range_cpu(const T* gate, const T* up, int64_t e0, int64_t e1, T* out, Isa isa);
+template <class T>
+void decode_attention_row_cpu(const T* q, const T* k, const T* v, int64_t ks, int64_t vs, const bool* allowed,
+                              int64_t s_len, int64_t d, float scale, float* scratch, T* out, Isa isa);
+
 }  // namespace qlora::ops::detail

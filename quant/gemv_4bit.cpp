@@ -417,24 +417,39 @@ void gemv_4bit_ref(const Gemv4bitArgs& a) {
   gemv_rows_ref(a, 0, a.out_features);
 }
 
+void gemv_4bit_prepare(const uint16_t* x, int64_t in_features, Isa isa, Gemv4bitX& px) {
+  check_shape("gemv_4bit", in_features, codec::kGemvChunk);
+  px.in_features = in_features;
+  px.isa = cpu_supports(isa) ? isa : Isa::kScalar;
+  if (px.isa == Isa::kScalar) return;
+  Gemv4bitArgs a;
+  a.x = x;
+  a.in_features = in_features;
+  layout_x(a, px.isa == Isa::kAvx512 ? kW512 : kW256, px.xt);
+}
+
+void gemv_4bit_rows(const Gemv4bitArgs& a, const Gemv4bitX& px, int64_t o0, int64_t o1) {
+  check_args(a);
+  if (a.in_features != px.in_features) {
+    throw std::invalid_argument("gemv_4bit: x was prepared for in_features " + std::to_string(px.in_features) +
+                                ", the weight has " + std::to_string(a.in_features));
+  }
+  if (px.isa == Isa::kAvx512) {
+    gemv_rows_avx512(a, px.xt.data(), o0, o1);
+  } else if (px.isa == Isa::kAvx2) {
+    gemv_rows_avx2(a, px.xt.data(), o0, o1);
+  } else {
+    gemv_rows_ref(a, o0, o1);
+  }
+}
+
 void gemv_4bit_cpu(const Gemv4bitArgs& a, Isa isa) {
   check_args(a);
-  if (!cpu_supports(isa)) isa = Isa::kScalar;
   const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
-  if (isa == Isa::kScalar) {
-    at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) { gemv_rows_ref(a, o0, o1); });
-    return;
-  }
-  thread_local std::vector<float> xt;  // the caller's thread; the workers only read it until parallel_for returns
-  layout_x(a, isa == Isa::kAvx512 ? kW512 : kW256, xt);
-  const float* xp = xt.data();
-  at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) {
-    if (isa == Isa::kAvx512) {
-      gemv_rows_avx512(a, xp, o0, o1);
-    } else {
-      gemv_rows_avx2(a, xp, o0, o1);
-    }
-  });
+  thread_local Gemv4bitX px;
+  gemv_4bit_prepare(a.x, a.in_features, isa, px);
+  const Gemv4bitX* p = &px;  // the caller's thread_local: named inside the lambda it would be each worker's own
+  at::parallel_for(0, a.out_features, grain, [&](int64_t o0, int64_t o1) { gemv_4bit_rows(a, *p, o0, o1); });
 }
 
 }  // namespace qlora::quant

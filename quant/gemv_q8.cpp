@@ -49,19 +49,11 @@ float x_at(const GemvQ8Args& a, int64_t i) {
   return a.x_bf16 ? codec::bf16_bits_to_float(static_cast<const uint16_t*>(a.x)[i]) : static_cast<const float*>(a.x)[i];
 }
 
-void nan_out(const GemvQ8Args& a) {
-  for (int64_t o = 0; o < a.out_features; ++o) store_out(a, o, std::numeric_limits<float>::quiet_NaN());
-}
-
-// A non-finite activation makes every output NaN (codec_q8.h); returns whether it did.
-bool nan_out_if_not_finite(const GemvQ8Args& a) {
+bool all_finite(const GemvQ8Args& a) {
   for (int64_t i = 0; i < a.in_features; ++i) {
-    if (!std::isfinite(x_at(a, i))) {
-      nan_out(a);
-      return true;
-    }
+    if (!std::isfinite(x_at(a, i))) return false;
   }
-  return false;
+  return true;
 }
 
 std::array<int8_t, 16> code_table(const GemvQ8Args& a) {
@@ -77,13 +69,8 @@ std::array<uint8_t, 16> unsigned_code_table(const std::array<int8_t, 16>& cq) {
   return u;
 }
 
-// x quantized per chunk, in its natural order: q[in] and e[chunks].
-struct QuantizedX {
-  std::vector<int8_t> q;
-  std::vector<float> e;
-};
-
-void quantize_x_ref(const GemvQ8Args& a, QuantizedX& qx) {
+// x quantized per chunk, in its natural order: qx.q[in] and qx.e[chunks].
+void quantize_x_ref(const GemvQ8Args& a, GemvQ8X& qx) {
   const int64_t chunks = a.in_features / kChunk;
   qx.q.resize(static_cast<size_t>(a.in_features));
   qx.e.resize(static_cast<size_t>(chunks));
@@ -95,7 +82,7 @@ void quantize_x_ref(const GemvQ8Args& a, QuantizedX& qx) {
 }
 
 // gemv_q8_ref on rows [o0, o1).
-void rows_ref(const GemvQ8Args& a, const QuantizedX& qx, const int8_t* cq, int64_t o0, int64_t o1) {
+void rows_ref(const GemvQ8Args& a, const GemvQ8X& qx, const int8_t* cq, int64_t o0, int64_t o1) {
   const int64_t chunks = a.in_features / kChunk;
   for (int64_t o = o0; o < o1; ++o) {
     std::array<float, codec::kQ8Lanes> lane{};
@@ -131,8 +118,10 @@ enum class XOrder { kPairs, kQuads };
 // Each chunk is quantized as codec::q8_quantize_chunk does (the same fp32 operations, in vector form); qx gets the
 // tail group's q in their natural order (its scalar dots). Returns false, with nothing laid out, if an activation is
 // not finite.
-QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, XOrder order, std::vector<int8_t>& xl, std::vector<float>& el,
-                              std::vector<int32_t>& off, QuantizedX& qx) {
+QLORA_AVX2 bool layout_x_avx2(const GemvQ8Args& a, XOrder order, GemvQ8X& qx) {
+  std::vector<int8_t>& xl = qx.xl;
+  std::vector<float>& el = qx.el;
+  std::vector<int32_t>& off = qx.off;
   const int64_t chunks = a.in_features / kChunk, groups = (chunks + kGroup - 1) / kGroup;
   const int64_t tail = chunks / kGroup * kGroup;         // first chunk of a group of fewer than 8
   const int64_t span = order == XOrder::kQuads ? 4 : 2;  // chunks whose even, then odd, elements lie together
@@ -340,11 +329,52 @@ using namespace gemv_detail;
 
 void gemv_q8_ref(const GemvQ8Args& a) {
   check_args(a);
-  if (nan_out_if_not_finite(a)) return;
-  QuantizedX qx;
+  GemvQ8X qx;
+  if (!all_finite(a)) {
+    for (int64_t o = 0; o < a.out_features; ++o) store_out(a, o, std::numeric_limits<float>::quiet_NaN());
+    return;
+  }
   quantize_x_ref(a, qx);
   const auto cq = code_table(a);
   rows_ref(a, qx, cq.data(), 0, a.out_features);
+}
+
+void gemv_q8_prepare(const void* x, bool x_bf16, int64_t in_features, Isa isa, GemvQ8X& px) {
+  GemvQ8Args a;
+  a.x = x;
+  a.x_bf16 = x_bf16;
+  a.in_features = in_features;
+  check_shape("gemv_q8", in_features, codec::kGemvChunk);
+  px.in_features = in_features;
+  if (isa == Isa::kScalar || !cpu_supports(Isa::kAvx2)) {
+    px.isa = Isa::kScalar;
+    px.finite = all_finite(a);
+    if (px.finite) quantize_x_ref(a, px);
+    return;
+  }
+  const bool vnni = isa == Isa::kAvx512 && cpu_supports_q8_avx512();  // else AVX2 (AVX-512 without VNNI / VBMI too)
+  px.isa = vnni ? Isa::kAvx512 : Isa::kAvx2;
+  px.finite = layout_x_avx2(a, vnni ? XOrder::kQuads : XOrder::kPairs, px);
+}
+
+void gemv_q8_rows(const GemvQ8Args& a, const GemvQ8X& px, int64_t o0, int64_t o1) {
+  check_args(a);
+  if (a.in_features != px.in_features) {
+    throw std::invalid_argument("gemv_q8: x was prepared for in_features " + std::to_string(px.in_features) +
+                                ", the weight has " + std::to_string(a.in_features));
+  }
+  if (!px.finite) {  // a non-finite activation makes every output NaN (codec_q8.h)
+    for (int64_t o = o0; o < o1; ++o) store_out(a, o, std::numeric_limits<float>::quiet_NaN());
+    return;
+  }
+  const auto cq = code_table(a);
+  if (px.isa == Isa::kScalar) {
+    rows_ref(a, px, cq.data(), o0, o1);
+    return;
+  }
+  const auto cu = unsigned_code_table(cq);
+  const LaidOutX x{px.xl.data(), px.el.data(), px.off.data(), px.q.data(), cq.data(), cu.data()};
+  (px.isa == Isa::kAvx512 ? avx512::gemv_rows : avx2::gemv_rows)(a, x, o0, o1);
 }
 
 void gemv_q8_cpu(const GemvQ8Args& a, Isa isa) {
@@ -361,48 +391,16 @@ void gemv_q8_cpu(const GemvQ8Args* as, size_t count, Isa isa) {
     }
   }
   const int64_t grain = std::max<int64_t>(1, kGrainWeights / std::max<int64_t>(1, a.in_features));
-  thread_local QuantizedX qx;  // the caller's thread; the workers only read it until parallel_for returns
-  if (isa == Isa::kScalar || !cpu_supports(Isa::kAvx2)) {
-    if (nan_out_if_not_finite(a)) {
-      for (size_t i = 1; i < count; ++i) nan_out(as[i]);
-      return;
-    }
-    quantize_x_ref(a, qx);
-    const QuantizedX* px = &qx;  // a thread_local named inside the lambda would be each worker's own (empty) one
-    for (size_t i = 0; i < count; ++i) {
-      const auto cq = code_table(as[i]);
-      at::parallel_for(0, as[i].out_features, grain,
-                       [&](int64_t o0, int64_t o1) { rows_ref(as[i], *px, cq.data(), o0, o1); });
-    }
-    return;
-  }
-  thread_local std::vector<int8_t> xl;
-  thread_local std::vector<float> el;
-  thread_local std::vector<int32_t> off;
-  const bool vnni = isa == Isa::kAvx512 && cpu_supports_q8_avx512();  // else AVX2 (AVX-512 without VNNI / VBMI too)
-  if (!layout_x_avx2(a, vnni ? XOrder::kQuads : XOrder::kPairs, xl, el, off, qx)) {
-    for (size_t i = 0; i < count; ++i) nan_out(as[i]);
-    return;
-  }
+  thread_local GemvQ8X qx;
+  gemv_q8_prepare(a.x, a.x_bf16, a.in_features, isa, qx);
   // One parallel region over the rows of all the weights (one fork and join, the split balanced over all of them).
-  std::vector<std::array<int8_t, 16>> cq(count);
-  std::vector<std::array<uint8_t, 16>> cu(count);
   std::vector<int64_t> first(count + 1, 0);  // first[i]: weight i's first row in the joint range
-  for (size_t i = 0; i < count; ++i) {
-    cq[i] = code_table(as[i]);
-    cu[i] = unsigned_code_table(cq[i]);
-    first[i + 1] = first[i] + as[i].out_features;
-  }
-  // The thread_locals' data as pointers: named inside the lambda they would be each worker's own (empty) ones.
-  const int8_t *xlp = xl.data(), *qp = qx.q.data();
-  const float* elp = el.data();
-  const int32_t* offp = off.data();
+  for (size_t i = 0; i < count; ++i) first[i + 1] = first[i] + as[i].out_features;
+  const GemvQ8X* px = &qx;  // the caller's thread_local: named inside the lambda it would be each worker's own
   at::parallel_for(0, first[count], grain, [&](int64_t o0, int64_t o1) {
     for (size_t i = 0; i < count; ++i) {
       const int64_t lo = std::max(o0, first[i]), hi = std::min(o1, first[i + 1]);
-      if (lo >= hi) continue;
-      const LaidOutX x{xlp, elp, offp, qp, cq[i].data(), cu[i].data()};
-      (vnni ? avx512::gemv_rows : avx2::gemv_rows)(as[i], x, lo - first[i], hi - first[i]);
+      if (lo < hi) gemv_q8_rows(as[i], *px, lo - first[i], hi - first[i]);
     }
   });
 }

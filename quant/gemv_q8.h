@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "common/cpu_isa.h"
 #include "quant/codec_4bit.h"
@@ -40,5 +41,24 @@ void gemv_q8_cpu(const GemvQ8Args& a, Isa isa = active_isa());
 // one parallel region; each y_i has the bits of its own gemv_q8_cpu. Throws std::invalid_argument when they do not
 // share x and in_features.
 void gemv_q8_cpu(const GemvQ8Args* args, size_t count, Isa isa = active_isa());
+
+// gemv_q8_cpu in two halves, for callers that run their own parallel region (model/decode_layer.cpp runs a decoder
+// layer's every step in one): gemv_q8_prepare quantizes and lays out x once for `isa`'s kernel, then gemv_q8_rows
+// computes rows [o0, o1) of any weight of that in_features on the calling thread, reading the prepared x (not a.x).
+// The bits of gemv_q8_cpu, NaN rows where an activation is not finite. A prepared x is read-only: threads share it.
+struct GemvQ8X {
+  Isa isa = Isa::kScalar;  // whose kernel the rows run: the reference, AVX2, or AVX-512 (VNNI + VBMI)
+  bool finite = true;
+  int64_t in_features = 0;
+  std::vector<int8_t> q;   // x quantized, natural order
+  std::vector<float> e;    // per chunk (the reference's)
+  std::vector<int8_t> xl;  // the SIMD kernels' layout (gemv_q8.cpp)
+  std::vector<float> el;
+  std::vector<int32_t> off;
+};
+// Throws std::invalid_argument when in_features is not a multiple of 32.
+void gemv_q8_prepare(const void* x, bool x_bf16, int64_t in_features, Isa isa, GemvQ8X& px);
+// Throws std::invalid_argument when a's in_features or blocksize does not fit.
+void gemv_q8_rows(const GemvQ8Args& a, const GemvQ8X& px, int64_t o0, int64_t o1);
 
 }  // namespace qlora::quant

@@ -214,6 +214,27 @@ void gemv_4bit_out(std::initializer_list<std::pair<const QuantizedTensor*, torch
   gemv_q8_cpu(args.data(), args.size());
 }
 
+void CpuGemvRows::prepare(CpuGemv g, const void* x, torch::ScalarType dtype, int64_t in_features, Isa isa) {
+  TORCH_CHECK(dtype == torch::kBFloat16 || (dtype == torch::kFloat32 && g == CpuGemv::kQ8), "CpuGemvRows: the ",
+              cpu_gemv_name(g), " GEMV does not take ", dtype, " rows");
+  g_ = g;
+  x_ = x;
+  bf16_ = dtype == torch::kBFloat16;
+  if (g == CpuGemv::kQ8) {
+    gemv_q8_prepare(x, bf16_, in_features, isa, q8_);
+  } else {
+    gemv_4bit_prepare(static_cast<const uint16_t*>(x), in_features, isa, exact_);
+  }
+}
+
+void CpuGemvRows::rows(const QuantizedTensor& w, void* y, int64_t o0, int64_t o1) const {
+  if (g_ == CpuGemv::kQ8) {
+    gemv_q8_rows(detail::gemv_q8_args(w, x_, bf16_, y, bf16_), q8_, o0, o1);
+  } else {
+    gemv_4bit_rows(detail::gemv_args(w, x_, y, /*out_bf16=*/true), exact_, o0, o1);
+  }
+}
+
 torch::Tensor linear_4bit(const torch::Tensor& x, const QuantizedTensor& w, const torch::Tensor& bias) {
   // Inference on the CPU: no autograd node (nothing is saved, nothing can need a gradient).
   if (x.is_cpu() && gemv_4bit_applies(w, x)) return gemv_forward(x, w, bias);

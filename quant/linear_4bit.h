@@ -7,6 +7,8 @@
 #include <initializer_list>
 #include <utility>
 
+#include "quant/gemv_4bit.h"
+#include "quant/gemv_q8.h"
 #include "quant/quantized_tensor.h"
 
 namespace qlora::quant {
@@ -64,6 +66,24 @@ void gemv_4bit_out(const QuantizedTensor& w, const torch::Tensor& x, torch::Tens
 // once and all their rows run in one parallel region; otherwise one gemv_4bit_out each. The bits of separate calls.
 void gemv_4bit_out(std::initializer_list<std::pair<const QuantizedTensor*, torch::Tensor*>> outs,
                    const torch::Tensor& x);
+// One-row CPU projections for a caller that runs its own parallel region (model/decode_layer.cpp): prepare() lays x
+// out once for kernel `g` (per thread or shared; read-only afterwards), rows() computes rows [o0, o1) of y = W x for
+// any W of that in_features on the calling thread. The bits of gemv_4bit_out under CpuGemvScope(g). cpu_gemv() is
+// per thread: take it on the thread that owns the call, not inside the region. x (bf16, or fp32 for kQ8) must
+// outlive the rows() calls; y has x's dtype.
+class CpuGemvRows {
+ public:
+  void prepare(CpuGemv g, const void* x, torch::ScalarType dtype, int64_t in_features, Isa isa = active_isa());
+  void rows(const QuantizedTensor& w, void* y, int64_t o0, int64_t o1) const;
+
+ private:
+  CpuGemv g_ = CpuGemv::kQ8;
+  const void* x_ = nullptr;
+  bool bf16_ = true;
+  GemvQ8X q8_;
+  Gemv4bitX exact_;
+};
+
 // Whether linear_4bit takes the GEMV path for this x and w: one contiguous row, in % 32 == 0, and either a CUDA
 // device (bf16, 16-byte aligned data) or the CPU under c10::InferenceMode (no autograd: training never takes it)
 // with a dtype this thread's CpuGemv takes (bf16; fp32 too for kQ8).

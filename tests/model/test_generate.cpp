@@ -2,6 +2,7 @@
 // whose one-row decode steps take a CPU GEMV kernel: up to near ties); the cache is written in place; sampling is
 // seeded; eos stops.
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 #include <gtest/gtest.h>
 
@@ -143,15 +144,23 @@ void expect_fused_decode_gives_the_bits_of_the_ops(torch::ScalarType dtype) {
   }
 }
 
+// decode_layer_cpu splits each step of a layer over a team of LibTorch's threads (rows of a projection, heads of
+// attention); the team's size must not change a bit: 1 thread, 2, and 3 (uneven shares).
 TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
   if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
-  for (auto [g, dtype] :
-       {std::pair{quant::CpuGemv::kQ8, torch::kBFloat16}, std::pair{quant::CpuGemv::kExact, torch::kBFloat16},
-        std::pair{quant::CpuGemv::kQ8, torch::kFloat32}}) {
-    SCOPED_TRACE(std::string(quant::cpu_gemv_name(g)) + " " + c10::toString(dtype));
-    const quant::CpuGemvScope scope(g);
-    expect_fused_decode_gives_the_bits_of_the_ops(dtype);
+  const int threads_before = at::get_num_threads();
+  for (int threads : {1, 2, 3}) {
+    at::set_num_threads(threads);
+    for (auto [g, dtype] :
+         {std::pair{quant::CpuGemv::kQ8, torch::kBFloat16}, std::pair{quant::CpuGemv::kExact, torch::kBFloat16},
+          std::pair{quant::CpuGemv::kQ8, torch::kFloat32}}) {
+      SCOPED_TRACE(std::string(quant::cpu_gemv_name(g)) + " " + c10::toString(dtype) + ", " + std::to_string(threads) +
+                   " threads");
+      const quant::CpuGemvScope scope(g);
+      expect_fused_decode_gives_the_bits_of_the_ops(dtype);
+    }
   }
+  at::set_num_threads(threads_before);
 }
 
 // Two threads generating with one model at once (each its own cache, both through the fused layers) get the tokens
