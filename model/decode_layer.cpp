@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <atomic>
@@ -44,30 +45,32 @@ void run_team(int size, const Body& body) {
 struct Ahead {
   static constexpr int64_t kMaxBytes = int64_t{384} << 10;  // within a core's L2 next to what the step itself reads
   static constexpr int64_t kPiece = 1024;                   // bytes prefetched between checks of the barrier
-  const char *at = nullptr, *end = nullptr, *next_at = nullptr, *next_end = nullptr;
+  static constexpr int kRanges = 3;
+  std::pair<const char*, const char*> ranges[kRanges] = {};  // [begin, end) of bytes, fetched in order
+  int current = kRanges;
   int64_t budget = 0;
 
-  // Rows [o0, o1) of w, then the same rows of w2 (optional): their packed codes (the absmax bytes are 1/32 of them).
-  void set(const quant::QuantizedTensor& w, int64_t o0, int64_t o1, const quant::QuantizedTensor* w2 = nullptr) {
-    const auto range = [](const quant::QuantizedTensor& q, int64_t r0, int64_t r1) {
-      const auto* base = static_cast<const char*>(q.packed.data_ptr());
-      return std::pair{base + r0 * q.shape[1] / 2, base + r1 * q.shape[1] / 2};
-    };
-    std::tie(at, end) = range(w, o0, o1);
-    if (w2 != nullptr) {
-      std::tie(next_at, next_end) = range(*w2, o0, o1);
-    } else {
-      next_at = next_end = nullptr;
+  // Rows [o0, o1) of the weights' joint rows (the first's rows, then the second's, ...): their packed codes (the
+  // absmax bytes are 1/32 of them). Same rows of each weight instead where `same_rows` (gate and up).
+  void set(std::initializer_list<const quant::QuantizedTensor*> ws, int64_t o0, int64_t o1, bool same_rows = false) {
+    current = kRanges - static_cast<int>(ws.size());
+    int slot = current;
+    int64_t base = 0;
+    for (const quant::QuantizedTensor* w : ws) {
+      const int64_t rows = w->shape[0];
+      const int64_t lo = same_rows ? o0 : std::clamp<int64_t>(o0 - base, 0, rows);
+      const int64_t hi = same_rows ? o1 : std::clamp<int64_t>(o1 - base, 0, rows);
+      const auto* bytes = static_cast<const char*>(w->packed.data_ptr());
+      ranges[slot++] = {bytes + lo * w->shape[1] / 2, bytes + hi * w->shape[1] / 2};
+      base += rows;
     }
     budget = kMaxBytes;
   }
   // Prefetches the next piece; false when there is nothing left to fetch.
   bool step() {
-    if (at >= end) {
-      if (next_at == nullptr) return false;
-      at = next_at, end = next_end, next_at = next_end = nullptr;
-    }
-    if (budget <= 0 || at >= end) return false;
+    while (current < kRanges && ranges[current].first >= ranges[current].second) ++current;
+    if (current == kRanges || budget <= 0) return false;
+    auto& [at, end] = ranges[current];
     const char* stop = std::min(end, at + kPiece);
     for (; at < stop; at += 64) _mm_prefetch(at, _MM_HINT_T1);
     budget -= kPiece;
@@ -102,8 +105,9 @@ class TeamBarrier {
 struct ThreadScratch {
   torch::Tensor normed;  // (H), the activations' dtype
   quant::CpuGemvRows gemv;
-  std::vector<float> attention;  // S + d
-  Ahead ahead;                   // what it prefetches while it waits
+  std::vector<float> norm_weight;  // (H): the layer's norm weight as the norm kernel reads it
+  std::vector<float> attention;    // S + d
+  Ahead ahead;                     // what it prefetches while it waits
 };
 
 // The buffers of one token through one layer, shaped once per model shape and reused (per calling thread).
@@ -140,6 +144,7 @@ struct Scratch {
     while (static_cast<int>(threads.size()) < team) {
       threads.emplace_back();
       threads.back().normed = torch::empty({hidden}, torch::TensorOptions().dtype(type));
+      threads.back().norm_weight.resize(static_cast<size_t>(hidden));
     }
   }
 };
@@ -176,7 +181,13 @@ bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, c
       d % 2 != 0) {
     return false;
   }
-  if (!w.input_norm.is_cpu() || !w.post_attention_norm.is_cpu()) return false;
+  for (const torch::Tensor* n : {&w.input_norm, &w.post_attention_norm}) {
+    const torch::ScalarType nt = n->scalar_type();
+    if (!n->is_cpu() || !n->is_contiguous() || n->numel() != x.size(2) ||
+        (nt != torch::kFloat32 && nt != torch::kBFloat16 && nt != torch::kHalf)) {
+      return false;
+    }
+  }
   if (!mask.defined()) return true;
   return mask.scalar_type() == torch::kBool && mask.is_cpu() && mask.is_contiguous() && mask.dim() == 4 &&
          mask.size(0) == 1 && mask.size(1) == 1 && mask.size(2) == 1;
@@ -184,22 +195,53 @@ bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, c
 
 namespace {
 
-// decode_layer_cpu's steps on T rows (float or bf16), each step's work split over the team, barriers between steps
-// that read what another thread wrote. The kernels and roundings are those of the layer's LibTorch ops.
+// One layer of a call as raw pointers.
 template <class T>
-struct LayerCall {
-  const DecodeLayerWeights& w;
-  Scratch& s;
-  const T *x, *cos, *sin;
+struct LayerPtrs {
+  const DecodeLayerWeights* w;
   const bool* allowed;  // (past + 1) or null
   T *kb, *vb;           // (kv_heads, capacity, d)
-  int64_t capacity, past;
-  const float *in_norm, *post_norm;  // the norm weights as the norm kernel reads them
+  int64_t capacity;
   float scale;
+  const T* in;  // the layer's input row (H)
+  T* out;       // its output row (H)
+};
+
+// The norm weight as ops::detail::rms_norm_forward_cpu reads it (cast to the activations' dtype T, then to fp32).
+template <class T>
+void norm_weight(const torch::Tensor& weight, float* out) {
+  const auto n = weight.numel();
+  const auto copy = [&](auto tag) {
+    using W = decltype(tag);
+    const W* p = static_cast<const W*>(weight.data_ptr());
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<T>(static_cast<float>(p[i])));
+  };
+  switch (weight.scalar_type()) {
+    case torch::kFloat32:
+      copy(float{});
+      return;
+    case torch::kBFloat16:
+      copy(c10::BFloat16{});
+      return;
+    default:
+      copy(c10::Half{});
+      return;
+  }
+}
+
+// decode_layers_cpu's steps on T rows (float or bf16), each step's work split over the team, barriers between steps
+// that read what another thread wrote. The kernels and roundings are those of the layer's LibTorch ops.
+template <class T>
+struct TokenCall {
+  const std::vector<LayerPtrs<T>>& layers;
+  Scratch& s;
+  const T *cos, *sin;
+  int64_t past;
   quant::CpuGemv gemv;
   Isa isa;
-  T* out;
   TeamBarrier& team_barrier;
+
+  static constexpr int kSteps = 6;  // per layer
 
   static T* ptr(const torch::Tensor& t) { return static_cast<T*>(t.data_ptr()); }
 
@@ -225,28 +267,35 @@ struct LayerCall {
     for (int64_t i = i0; i < i1; ++i) o[i] = T(static_cast<float>(a[i]) + static_cast<float>(b[i]));
   }
 
-  static constexpr int kSteps = 6;
+  // Member t's rows of the joint q/k/v rows of layer l (step 0's share), for prefetching.
+  void ahead_qkv(Ahead& ahead, const DecodeLayerWeights& w, int t, int size) const {
+    const auto [b, e] = share(w.q->shape[0] + w.k->shape[0] + w.v->shape[0], t, size, 16);
+    ahead.set({w.q, w.k, w.v}, b, e);
+  }
 
-  // Step i of the layer on member t of a team of `size`; every member runs the steps in order with a barrier between
+  // Step i of layer l on member t of a team of `size`; every member runs the steps in order with a barrier between
   // consecutive ones (run()).
-  void step(int i, int t, int size) const {
+  void step(const LayerPtrs<T>& l, int i, int t, int size) const {
+    const DecodeLayerWeights& w = *l.w;
     ThreadScratch& me = s.threads[static_cast<size_t>(t)];
     T* normed = ptr(me.normed);
+    float* norm_w = me.norm_weight.data();
     const int64_t hidden = s.hidden, d = s.head_dim, group = s.heads / s.kv_heads, len = past + 1;
     const auto [h0, h1] = share(s.heads, t, size);  // query heads
     int64_t b = 0, e = 0;
     switch (i) {
       case 0:  // input norm (every thread its own copy), q, k, v
-        rms_norm_row(x, in_norm, normed);
+        norm_weight<T>(w.input_norm, norm_w);
+        rms_norm_row(l.in, norm_w, static_cast<float>(w.eps), normed);
         project(me, normed, hidden, {{w.q, ptr(s.q)}, {w.k, ptr(s.k)}, {w.v, ptr(s.v)}}, t, size, &b, &e);
         std::tie(b, e) = share(hidden, t, size, 16);  // step 3's rows of o_proj, fetched through steps 1 and 2
-        me.ahead.set(*w.o, b, e);
+        me.ahead.set({w.o}, b, e);
         return;
       case 1: {  // RoPE; this position's key and value into the cache
         const auto [k0, k1] = share(s.kv_heads, t, size);
         for (int64_t kh = k0; kh < k1; ++kh) {
-          ops::detail::rope_row_cpu(ptr(s.k) + kh * d, cos, sin, d, kb + (kh * capacity + past) * d, isa);
-          std::memcpy(vb + (kh * capacity + past) * d, ptr(s.v) + kh * d, sizeof(T) * static_cast<size_t>(d));
+          ops::detail::rope_row_cpu(ptr(s.k) + kh * d, cos, sin, d, l.kb + (kh * l.capacity + past) * d, isa);
+          std::memcpy(l.vb + (kh * l.capacity + past) * d, ptr(s.v) + kh * d, sizeof(T) * static_cast<size_t>(d));
         }
         for (int64_t qh = h0; qh < h1; ++qh) {
           ops::detail::rope_row_cpu(ptr(s.q) + qh * d, cos, sin, d, ptr(s.q_rot) + qh * d, isa);
@@ -257,19 +306,20 @@ struct LayerCall {
         me.attention.resize(static_cast<size_t>(len + d));
         for (int64_t qh = h0; qh < h1; ++qh) {
           const int64_t kh = qh / group;
-          ops::detail::decode_attention_row_cpu(ptr(s.q_rot) + qh * d, kb + kh * capacity * d, vb + kh * capacity * d,
-                                                d, d, allowed, len, d, scale, me.attention.data(), ptr(s.attn) + qh * d,
-                                                isa);
+          ops::detail::decode_attention_row_cpu(ptr(s.q_rot) + qh * d, l.kb + kh * l.capacity * d,
+                                                l.vb + kh * l.capacity * d, d, d, l.allowed, len, d, l.scale,
+                                                me.attention.data(), ptr(s.attn) + qh * d, isa);
         }
         return;
       case 3:  // o_proj and the residual h = x + o, each thread on its own rows
         project(me, ptr(s.attn), s.heads * d, {{w.o, ptr(s.o)}}, t, size, &b, &e);
-        add(x, ptr(s.o), ptr(s.h), b, e);
+        add(l.in, ptr(s.o), ptr(s.h), b, e);
         std::tie(b, e) = share(s.intermediate, t, size, 16);
-        me.ahead.set(*w.gate, b, e, w.up);
+        me.ahead.set({w.gate, w.up}, b, e, /*same_rows=*/true);
         return;
       case 4:  // post-attention norm (every thread), gate and up on the same rows, SwiGLU of those rows
-        rms_norm_row(ptr(s.h), post_norm, normed);
+        norm_weight<T>(w.post_attention_norm, norm_w);
+        rms_norm_row(ptr(s.h), norm_w, static_cast<float>(w.eps), normed);
         me.gemv.prepare(gemv, normed, s.dtype, hidden, isa);
         std::tie(b, e) = share(s.intermediate, t, size, 16);
         if (b < e) {
@@ -278,84 +328,104 @@ struct LayerCall {
           ops::detail::swiglu_range_cpu(ptr(s.gate), ptr(s.up), b, e, ptr(s.act), isa);
         }
         std::tie(b, e) = share(hidden, t, size, 16);
-        me.ahead.set(*w.down, b, e);
+        me.ahead.set({w.down}, b, e);
         return;
       default:  // down_proj and the residual, out = h + down
         project(me, ptr(s.act), s.intermediate, {{w.down, ptr(s.down)}}, t, size, &b, &e);
-        add(ptr(s.h), ptr(s.down), out, b, e);
+        add(ptr(s.h), ptr(s.down), l.out, b, e);
         return;
     }
   }
 
-  // All steps on member t. A step that throws records the first error and the member skips its later steps, but
-  // still meets every barrier, so the team never waits on it.
+  // Every step of every layer on member t. A step that throws records the first error and the member skips its later
+  // steps, but still meets every barrier, so the team never waits on it.
   void run(int t, int size, std::atomic<bool>& failed, std::exception_ptr& error) const {
-    for (int i = 0; i < kSteps; ++i) {
-      if (!failed.load()) {
-        try {
-          step(i, t, size);
-        } catch (...) {
-          if (!failed.exchange(true)) error = std::current_exception();
+    Ahead& ahead = s.threads[static_cast<size_t>(t)].ahead;
+    for (size_t li = 0; li < layers.size(); ++li) {
+      for (int i = 0; i < kSteps; ++i) {
+        if (!failed.load()) {
+          try {
+            step(layers[li], i, t, size);
+            if (i + 1 == kSteps && li + 1 < layers.size()) ahead_qkv(ahead, *layers[li + 1].w, t, size);
+          } catch (...) {
+            if (!failed.exchange(true)) error = std::current_exception();
+          }
         }
+        if (i + 1 < kSteps || li + 1 < layers.size()) team_barrier.wait(size, ahead);
       }
-      if (i + 1 < kSteps) team_barrier.wait(size, s.threads[static_cast<size_t>(t)].ahead);
     }
   }
 
-  void rms_norm_row(const T* in, const float* weight, T* normed) const {
-    ops::detail::rms_norm_row_cpu(in, weight, s.hidden, static_cast<float>(w.eps), normed, isa);
+  void rms_norm_row(const T* in, const float* weight, float eps, T* normed) const {
+    ops::detail::rms_norm_row_cpu(in, weight, s.hidden, eps, normed, isa);
   }
 };
-
-// The norm weight as ops::detail::rms_norm_forward_cpu reads it: cast to the activations' dtype, then to fp32.
-torch::Tensor norm_weight(const torch::Tensor& weight, torch::ScalarType dtype) {
-  return weight.to(torch::kCPU).to(dtype).to(torch::kFloat32).contiguous();
-}
 
 }  // namespace
 
 torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
                                const torch::Tensor& sin, const torch::Tensor& mask, torch::Tensor& kb,
                                torch::Tensor& vb, int64_t past) {
-  TORCH_CHECK(cpu_of(kb, x.scalar_type()) && cpu_of(vb, x.scalar_type()) && kb.dim() == 4 && kb.size(0) == 1 &&
-                  kb.size(1) == w.kv_heads && kb.size(2) > past && kb.size(3) == w.head_dim && vb.sizes() == kb.sizes(),
-              "decode_layer_cpu: cache buffers ", kb.sizes(), " / ", vb.sizes(), " cannot take position ", past);
-  const int64_t len = past + 1;
-  TORCH_CHECK(!mask.defined() || mask.size(3) == len, "decode_layer_cpu: mask of ", mask.size(3), " keys for ", len,
-              " positions");
-  TORCH_CHECK(w.q->shape[0] == w.heads * w.head_dim && w.k->shape[0] == w.kv_heads * w.head_dim &&
-                  w.v->shape[0] == w.kv_heads * w.head_dim && w.o->shape[1] == w.heads * w.head_dim &&
-                  w.o->shape[0] == x.size(-1) && w.gate->shape[1] == x.size(-1) && w.up->shape == w.gate->shape &&
-                  w.down->shape[1] == w.gate->shape[0] && w.down->shape[0] == x.size(-1) &&
-                  w.q->shape[1] == x.size(-1) && w.heads % w.kv_heads == 0,
-              "decode_layer_cpu: projection shapes do not match the hidden size and heads");
+  return decode_layers_cpu({DecodeLayerStep{&w, mask, &kb, &vb}}, x, cos, sin, past);
+}
+
+torch::Tensor decode_layers_cpu(const std::vector<DecodeLayerStep>& layers, const torch::Tensor& x,
+                                const torch::Tensor& cos, const torch::Tensor& sin, int64_t past) {
+  TORCH_CHECK(!layers.empty(), "decode_layers_cpu: no layers");
+  const torch::ScalarType dt = x.scalar_type();
+  const int64_t hidden = x.size(-1), len = past + 1;
+  const DecodeLayerWeights& w0 = *layers[0].w;
+  for (const DecodeLayerStep& l : layers) {
+    const DecodeLayerWeights& w = *l.w;
+    const torch::Tensor &kb = *l.kb, &vb = *l.vb;
+    TORCH_CHECK(cpu_of(kb, dt) && cpu_of(vb, dt) && kb.dim() == 4 && kb.size(0) == 1 && kb.size(1) == w.kv_heads &&
+                    kb.size(2) > past && kb.size(3) == w.head_dim && vb.sizes() == kb.sizes(),
+                "decode_layer_cpu: cache buffers ", kb.sizes(), " / ", vb.sizes(), " cannot take position ", past);
+    TORCH_CHECK(!l.mask.defined() || l.mask.size(3) == len, "decode_layer_cpu: mask of ", l.mask.size(3), " keys for ",
+                len, " positions");
+    TORCH_CHECK(w.q->shape[0] == w.heads * w.head_dim && w.k->shape[0] == w.kv_heads * w.head_dim &&
+                    w.v->shape[0] == w.kv_heads * w.head_dim && w.o->shape[1] == w.heads * w.head_dim &&
+                    w.o->shape[0] == hidden && w.gate->shape[1] == hidden && w.up->shape == w.gate->shape &&
+                    w.down->shape[1] == w.gate->shape[0] && w.down->shape[0] == hidden && w.q->shape[1] == hidden &&
+                    w.heads % w.kv_heads == 0,
+                "decode_layer_cpu: projection shapes do not match the hidden size and heads");
+    TORCH_CHECK(w.heads == w0.heads && w.kv_heads == w0.kv_heads && w.head_dim == w0.head_dim &&
+                    w.gate->shape[0] == w0.gate->shape[0],
+                "decode_layers_cpu: the layers differ in heads or intermediate size");
+    for (const torch::Tensor* n : {&w.input_norm, &w.post_attention_norm}) {
+      TORCH_CHECK(n->is_cpu() && n->is_contiguous() && n->numel() == hidden &&
+                      (n->scalar_type() == torch::kFloat32 || n->scalar_type() == torch::kBFloat16 ||
+                       n->scalar_type() == torch::kHalf),
+                  "decode_layer_cpu: norm weights must be contiguous fp32, bf16 or fp16 CPU tensors of ", hidden,
+                  " elements");
+    }
+  }
   const int team = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
   thread_local Scratch s;
-  const torch::ScalarType dt = x.scalar_type();
-  s.shape(w, x.size(-1), dt, team);
-  torch::Tensor& out = s.out[s.next];
-  s.next ^= 1;
-  const torch::Tensor in_norm = norm_weight(w.input_norm, dt), post_norm = norm_weight(w.post_attention_norm, dt);
-  const double scale = w.scale > 0 ? w.scale : 1.0 / std::sqrt(static_cast<double>(w.head_dim));
+  s.shape(w0, hidden, dt, team);
   TeamBarrier team_barrier;
+  torch::Tensor result;
   const auto call = [&](auto tag) {
     using T = decltype(tag);
-    const LayerCall<T> c{w,
+    std::vector<LayerPtrs<T>> ptrs;
+    const T* in = static_cast<const T*>(x.data_ptr());
+    for (const DecodeLayerStep& l : layers) {
+      result = s.out[s.next];  // each layer writes the buffer its input is not in
+      s.next ^= 1;
+      const DecodeLayerWeights& w = *l.w;
+      const double scale = w.scale > 0 ? w.scale : 1.0 / std::sqrt(static_cast<double>(w.head_dim));
+      ptrs.push_back({&w, l.mask.defined() ? l.mask.data_ptr<bool>() : nullptr, static_cast<T*>(l.kb->data_ptr()),
+                      static_cast<T*>(l.vb->data_ptr()), l.kb->size(2), static_cast<float>(scale), in,
+                      static_cast<T*>(result.data_ptr())});
+      in = static_cast<const T*>(result.data_ptr());
+    }
+    const TokenCall<T> c{ptrs,
                          s,
-                         static_cast<const T*>(x.data_ptr()),
                          static_cast<const T*>(cos.data_ptr()),
                          static_cast<const T*>(sin.data_ptr()),
-                         mask.defined() ? mask.data_ptr<bool>() : nullptr,
-                         static_cast<T*>(kb.data_ptr()),
-                         static_cast<T*>(vb.data_ptr()),
-                         kb.size(2),
                          past,
-                         in_norm.data_ptr<float>(),
-                         post_norm.data_ptr<float>(),
-                         static_cast<float>(scale),
                          quant::cpu_gemv(),
                          active_isa(),
-                         static_cast<T*>(out.data_ptr()),
                          team_barrier};
     std::atomic<bool> failed{false};
     std::exception_ptr error;
@@ -367,7 +437,7 @@ torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor&
   } else {
     call(c10::BFloat16{});
   }
-  return out;
+  return result;
 }
 
 }  // namespace qlora::model

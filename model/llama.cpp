@@ -200,22 +200,32 @@ struct DecoderLayerImpl : torch::nn::Module {
     return linears.at("down_proj")->forward(act);
   }
 
+  // The layer as decode_layer_cpu takes this step (one position, batch 1, with a cache), its cache buffers (slot
+  // `index`) made to hold the position; none where the step takes the general path.
+  std::optional<DecodeLayerWeights> fused_decode_step(const torch::Tensor& x, const torch::Tensor& cos,
+                                                      const torch::Tensor& sin, const torch::Tensor& mask,
+                                                      KVCache* cache, size_t index) {
+    if (!cache || !cache->fused_decode || x.size(1) != 1 || (!mask.defined() && cache->filled != 0)) {
+      return std::nullopt;  // an undefined mask means causal with no past
+    }
+    std::optional<DecodeLayerWeights> w = decode_weights();
+    if (!w || !decode_layer_applies(*w, x, cos, sin, mask)) return std::nullopt;
+    if (!cache->k[index].defined() || cache->k[index].size(2) <= cache->filled) {
+      const auto like = torch::empty({1, w->kv_heads, 1, w->head_dim}, x.options());
+      cache_make_room(*cache, index, like, like, cache->filled + 1);
+    }
+    return w;
+  }
+
   // x: (B, T, H) -> (B, T, H). cos/sin: (B, T, d). mask: this layer's (full or sliding) mask. With a cache, this
   // layer's keys / values (B, nKV, T, d) are written at positions [cache->length(), + T) of its buffers (slot
   // `index`) and attention reads positions [0, cache->length() + T).
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& mask, KVCache* cache, size_t index) {
     const int64_t b = x.size(0), t = x.size(1);
-    if (cache && t == 1 && (mask.defined() || cache->filled == 0)) {  // undefined: causal, no past
-      const std::optional<DecodeLayerWeights> w = cache->fused_decode ? decode_weights() : std::nullopt;
-      if (w && decode_layer_applies(*w, x, cos, sin, mask)) {
-        if (!cache->k[index].defined() || cache->k[index].size(2) <= cache->filled) {
-          const auto like = torch::empty({1, w->kv_heads, 1, w->head_dim}, x.options());
-          cache_make_room(*cache, index, like, like, cache->filled + 1);
-        }
-        ++cache->fused_layer_steps;
-        return decode_layer_cpu(*w, x, cos, sin, mask, cache->k[index], cache->v[index], cache->filled);
-      }
+    if (const std::optional<DecodeLayerWeights> w = fused_decode_step(x, cos, sin, mask, cache, index)) {
+      ++cache->fused_layer_steps;
+      return decode_layer_cpu(*w, x, cos, sin, mask, cache->k[index], cache->v[index], cache->filled);
     }
     auto [q, k, v] = project_qkv(norm("input_layernorm", x));
     q = ops::apply_rope(q, cos, sin);
@@ -316,7 +326,28 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
   }
   const bool ckpt = m.checkpointing && !cache && torch::GradMode::is_enabled();
   const LayerHooks hooks = m.hooks;  // copied: the recompute in backward runs with the hooks of this forward
-  for (size_t i = 0; i < m.layers.size(); ++i) {
+  bool layers_done = false;
+  if (cache && t == 1 && !hooks.before && !hooks.after) {
+    // Batch-1 decoding on the CPU: every layer in one call (one parallel region a token) where all of them take it.
+    std::vector<DecodeLayerWeights> weights;
+    weights.reserve(m.layers.size());
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+      const torch::Tensor& layer_mask = m.layers[i]->sliding ? sliding_mask : mask;
+      std::optional<DecodeLayerWeights> w = m.layers[i]->fused_decode_step(h, cos, sin, layer_mask, cache, i);
+      if (!w) break;
+      weights.push_back(std::move(*w));
+    }
+    if (weights.size() == m.layers.size()) {
+      std::vector<DecodeLayerStep> steps;
+      for (size_t i = 0; i < m.layers.size(); ++i) {
+        steps.push_back({&weights[i], m.layers[i]->sliding ? sliding_mask : mask, &cache->k[i], &cache->v[i]});
+      }
+      h = decode_layers_cpu(steps, h, cos, sin, past);
+      cache->fused_layer_steps += static_cast<int64_t>(steps.size());
+      layers_done = true;
+    }
+  }
+  for (size_t i = 0; !layers_done && i < m.layers.size(); ++i) {
     auto layer = m.layers[i];
     const auto idx = static_cast<int64_t>(i);
     const torch::Tensor& layer_mask = layer->sliding ? sliding_mask : mask;

@@ -53,7 +53,8 @@ struct KVCache {
   int64_t filled = 0;               // positions written
   int64_t reserved = 0;             // capacity the first allocation makes room for
   // Batch-1 decoding on the CPU runs plain Llama layers of 4-bit projections through model/decode_layer.h (same
-  // bits, less overhead); false: through LibTorch ops like any other forward (tests compare the two).
+  // bits, less overhead; a token's layers in one decode_layers_cpu call where all of them take it); false: through
+  // LibTorch ops like any other forward (tests compare the two).
   bool fused_decode = true;
   int64_t fused_layer_steps = 0;  // layer runs that took it (tests and benchmarks check it was taken)
 
