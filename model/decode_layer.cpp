@@ -2,7 +2,6 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,6 +19,7 @@
 
 #include "common/cpu_isa.h"
 #include "ops/fused_kernels.h"
+#include "ops/kernel_loop.h"
 #include "quant/linear_4bit.h"
 
 namespace qlora::model {
@@ -210,23 +210,13 @@ struct LayerPtrs {
 // The norm weight as ops::detail::rms_norm_forward_cpu reads it (cast to the activations' dtype T, then to fp32).
 template <class T>
 void norm_weight(const torch::Tensor& weight, float* out) {
-  const auto n = weight.numel();
-  const auto copy = [&](auto tag) {
+  ops::detail::dispatch_dtype(weight.scalar_type(), [&](auto tag) {  // fp32, bf16 or fp16 (decode_layer_applies)
     using W = decltype(tag);
     const W* p = static_cast<const W*>(weight.data_ptr());
-    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<T>(static_cast<float>(p[i])));
-  };
-  switch (weight.scalar_type()) {
-    case torch::kFloat32:
-      copy(float{});
-      return;
-    case torch::kBFloat16:
-      copy(c10::BFloat16{});
-      return;
-    default:
-      copy(c10::Half{});
-      return;
-  }
+    for (int64_t i = 0, n = weight.numel(); i < n; ++i) {
+      out[i] = static_cast<float>(static_cast<T>(static_cast<float>(p[i])));
+    }
+  });
 }
 
 // decode_layers_cpu's steps on T rows (float or bf16), each step's work split over the team, barriers between steps
