@@ -9,6 +9,7 @@
 #include <cstring>
 #include <exception>
 #include <initializer_list>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -81,6 +82,8 @@ struct Ahead {
 // A spinning barrier for one team (sense by generation): waiters run `ahead` while the last member has not arrived.
 class TeamBarrier {
  public:
+  static constexpr int kSpins = 2048;  // pauses (~0.1 ms at most) before the waiter starts yielding its core
+
   // `size`: the team's (every member passes the same).
   void wait(int size, Ahead& ahead) {
     if (size == 1) return;
@@ -90,8 +93,15 @@ class TeamBarrier {
       generation_.fetch_add(1, std::memory_order_release);
       return;
     }
-    while (generation_.load(std::memory_order_acquire) == gen) {
-      if (!ahead.step()) _mm_pause();
+    // Spin while the wait is short; then yield, so that a member the OS has not scheduled (more threads than free
+    // cores: several generations at once, other processes) gets the core instead of waiting out our time slice.
+    for (int idle = 0; generation_.load(std::memory_order_acquire) == gen;) {
+      if (ahead.step()) continue;
+      if (++idle < kSpins) {
+        _mm_pause();
+      } else {
+        std::this_thread::yield();
+      }
     }
   }
 
