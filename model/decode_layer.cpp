@@ -174,6 +174,13 @@ bool cpu_of(const torch::Tensor& t, torch::ScalarType dtype) {
   return t.defined() && t.is_cpu() && t.scalar_type() == dtype && t.is_contiguous();
 }
 
+// A norm weight the team copies itself (norm_weight below): contiguous fp32, bf16 or fp16 on the CPU, H elements.
+bool norm_weight_fits(const torch::Tensor& n, int64_t hidden) {
+  const torch::ScalarType t = n.scalar_type();
+  return n.is_cpu() && n.is_contiguous() && n.numel() == hidden &&
+         (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kHalf);
+}
+
 }  // namespace
 
 bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
@@ -191,13 +198,7 @@ bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, c
       d % 2 != 0) {
     return false;
   }
-  for (const torch::Tensor* n : {&w.input_norm, &w.post_attention_norm}) {
-    const torch::ScalarType nt = n->scalar_type();
-    if (!n->is_cpu() || !n->is_contiguous() || n->numel() != x.size(2) ||
-        (nt != torch::kFloat32 && nt != torch::kBFloat16 && nt != torch::kHalf)) {
-      return false;
-    }
-  }
+  if (!norm_weight_fits(w.input_norm, x.size(2)) || !norm_weight_fits(w.post_attention_norm, x.size(2))) return false;
   if (!mask.defined()) return true;
   return mask.scalar_type() == torch::kBool && mask.is_cpu() && mask.is_contiguous() && mask.dim() == 4 &&
          mask.size(0) == 1 && mask.size(1) == 1 && mask.size(2) == 1;
@@ -246,21 +247,21 @@ struct TokenCall {
   static T* ptr(const torch::Tensor& t) { return static_cast<T*>(t.data_ptr()); }
 
   // y_i (rows [0, W_i.out) of each) = W_i xin for weights sharing xin, the joint rows split over the team; xin is
-  // prepared by every thread for itself.
-  void project(ThreadScratch& me, const T* xin, int64_t in,
-               std::initializer_list<std::pair<const quant::QuantizedTensor*, T*>> outs, int t, int size,
-               int64_t* first, int64_t* last) const {
+  // prepared by every thread for itself. Returns member t's joint rows.
+  std::pair<int64_t, int64_t> project(ThreadScratch& me, const T* xin, int64_t in,
+                                      std::initializer_list<std::pair<const quant::QuantizedTensor*, T*>> outs, int t,
+                                      int size) const {
     me.gemv.prepare(gemv, xin, s.dtype, in, isa);
     int64_t total = 0;
     for (const auto& o : outs) total += o.first->shape[0];
     const auto [b, e] = share(total, t, size, 16);
-    *first = b, *last = e;
     int64_t base = 0;
     for (const auto& [wt, y] : outs) {
       const int64_t lo = std::max(b, base), hi = std::min(e, base + wt->shape[0]);
       if (lo < hi) me.gemv.rows(*wt, y, lo - base, hi - base);
       base += wt->shape[0];
     }
+    return {b, e};
   }
 
   static void add(const T* a, const T* b, T* o, int64_t i0, int64_t i1) {
@@ -287,7 +288,7 @@ struct TokenCall {
       case 0:  // input norm (every thread its own copy), q, k, v
         norm_weight<T>(w.input_norm, norm_w);
         rms_norm_row(l.in, norm_w, static_cast<float>(w.eps), normed);
-        project(me, normed, hidden, {{w.q, ptr(s.q)}, {w.k, ptr(s.k)}, {w.v, ptr(s.v)}}, t, size, &b, &e);
+        project(me, normed, hidden, {{w.q, ptr(s.q)}, {w.k, ptr(s.k)}, {w.v, ptr(s.v)}}, t, size);
         std::tie(b, e) = share(hidden, t, size, 16);  // step 3's rows of o_proj, fetched through steps 1 and 2
         me.ahead.set({w.o}, b, e);
         return;
@@ -312,7 +313,7 @@ struct TokenCall {
         }
         return;
       case 3:  // o_proj and the residual h = x + o, each thread on its own rows
-        project(me, ptr(s.attn), s.heads * d, {{w.o, ptr(s.o)}}, t, size, &b, &e);
+        std::tie(b, e) = project(me, ptr(s.attn), s.heads * d, {{w.o, ptr(s.o)}}, t, size);
         add(l.in, ptr(s.o), ptr(s.h), b, e);
         std::tie(b, e) = share(s.intermediate, t, size, 16);
         me.ahead.set({w.gate, w.up}, b, e, /*same_rows=*/true);
@@ -331,7 +332,7 @@ struct TokenCall {
         me.ahead.set({w.down}, b, e);
         return;
       default:  // down_proj and the residual, out = h + down
-        project(me, ptr(s.act), s.intermediate, {{w.down, ptr(s.down)}}, t, size, &b, &e);
+        std::tie(b, e) = project(me, ptr(s.act), s.intermediate, {{w.down, ptr(s.down)}}, t, size);
         add(ptr(s.h), ptr(s.down), l.out, b, e);
         return;
     }
@@ -392,13 +393,9 @@ torch::Tensor decode_layers_cpu(const std::vector<DecodeLayerStep>& layers, cons
     TORCH_CHECK(w.heads == w0.heads && w.kv_heads == w0.kv_heads && w.head_dim == w0.head_dim &&
                     w.gate->shape[0] == w0.gate->shape[0],
                 "decode_layers_cpu: the layers differ in heads or intermediate size");
-    for (const torch::Tensor* n : {&w.input_norm, &w.post_attention_norm}) {
-      TORCH_CHECK(n->is_cpu() && n->is_contiguous() && n->numel() == hidden &&
-                      (n->scalar_type() == torch::kFloat32 || n->scalar_type() == torch::kBFloat16 ||
-                       n->scalar_type() == torch::kHalf),
-                  "decode_layer_cpu: norm weights must be contiguous fp32, bf16 or fp16 CPU tensors of ", hidden,
-                  " elements");
-    }
+    TORCH_CHECK(norm_weight_fits(w.input_norm, hidden) && norm_weight_fits(w.post_attention_norm, hidden),
+                "decode_layer_cpu: norm weights must be contiguous fp32, bf16 or fp16 CPU tensors of ", hidden,
+                " elements");
   }
   const int team = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
   thread_local Scratch s;

@@ -330,18 +330,16 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
   if (cache && t == 1 && !hooks.before && !hooks.after) {
     // Batch-1 decoding on the CPU: every layer in one call (one parallel region a token) where all of them take it.
     std::vector<DecodeLayerWeights> weights;
-    weights.reserve(m.layers.size());
+    weights.reserve(m.layers.size());  // never reallocated: steps point into it
+    std::vector<DecodeLayerStep> steps;
     for (size_t i = 0; i < m.layers.size(); ++i) {
       const torch::Tensor& layer_mask = m.layers[i]->sliding ? sliding_mask : mask;
       std::optional<DecodeLayerWeights> w = m.layers[i]->fused_decode_step(h, cos, sin, layer_mask, cache, i);
       if (!w) break;
       weights.push_back(std::move(*w));
+      steps.push_back({&weights.back(), layer_mask, &cache->k[i], &cache->v[i]});
     }
-    if (weights.size() == m.layers.size()) {
-      std::vector<DecodeLayerStep> steps;
-      for (size_t i = 0; i < m.layers.size(); ++i) {
-        steps.push_back({&weights[i], m.layers[i]->sliding ? sliding_mask : mask, &cache->k[i], &cache->v[i]});
-      }
+    if (steps.size() == m.layers.size()) {
       h = decode_layers_cpu(steps, h, cos, sin, past);
       cache->fused_layer_steps += static_cast<int64_t>(steps.size());
       layers_done = true;
