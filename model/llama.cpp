@@ -295,6 +295,19 @@ torch::Device LlamaModelImpl::device() const {
 }
 
 torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, const ForwardInputs& in, KVCache* cache) {
+  return run_forward(input_ids, in, cache, /*to_logits=*/false).hidden;
+}
+
+torch::Tensor LlamaModelImpl::last_logits(const torch::Tensor& input_ids, KVCache* cache) {
+  TORCH_CHECK(input_ids.dim() == 2 && input_ids.size(0) == 1, "last_logits: input_ids must be (1, T), got ",
+              input_ids.sizes());
+  Forward f = run_forward(input_ids, {}, cache, /*to_logits=*/true);
+  if (f.logits.defined()) return f.logits;
+  return logits(f.hidden.narrow(1, f.hidden.size(1) - 1, 1).contiguous()).view({-1});
+}
+
+LlamaModelImpl::Forward LlamaModelImpl::run_forward(const torch::Tensor& input_ids, const ForwardInputs& in,
+                                                    KVCache* cache, bool to_logits) {
   auto& m = *impl_;
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be (B, T), got ", input_ids.sizes());
   const torch::Device dev = device();
@@ -340,8 +353,16 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
       steps.push_back({&weights.back(), layer_mask, &cache->k[i], &cache->v[i]});
     }
     if (steps.size() == m.layers.size()) {
-      h = decode_layers_cpu(steps, h, cos, sin, past);
       cache->fused_layer_steps += static_cast<int64_t>(steps.size());
+      if (to_logits) {
+        if (const std::optional<DecodeHead> head = decode_head()) {
+          torch::Tensor lg = decode_token_cpu(steps, *head, h, cos, sin, past);
+          cache->filled = past + t;
+          ++cache->fused_heads;
+          return {{}, lg};
+        }
+      }
+      h = decode_layers_cpu(steps, h, cos, sin, past);
       layers_done = true;
     }
   }
@@ -368,7 +389,17 @@ torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, con
     }
   }
   if (cache) cache->filled = past + t;
-  return family_norm(config_, h, m.norm->weight);
+  return {family_norm(config_, h, m.norm->weight), {}};
+}
+
+std::optional<DecodeHead> LlamaModelImpl::decode_head() const {
+  const auto& m = *impl_;
+  if (!m.lm_head || config_.traits.norm_one_plus || config_.traits.final_softcap > 0) return std::nullopt;
+  auto f = std::dynamic_pointer_cast<FrozenLinearImpl>(m.lm_head);
+  if (!f || !f->is_quantized() || f->bias().defined()) return std::nullopt;
+  DecodeHead head{&f->quantized_weight(), m.norm->weight, config_.rms_norm_eps};
+  if (!decode_head_applies(head, config_.hidden_size)) return std::nullopt;
+  return head;
 }
 
 torch::Tensor LlamaModelImpl::head_logits(const torch::Tensor& hidden) {
