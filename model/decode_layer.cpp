@@ -411,9 +411,10 @@ torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor&
 
 namespace {
 
-// decode_layers_cpu, and with a head decode_token_cpu: returns the last layer's row or the logits.
-torch::Tensor decode_call(const std::vector<DecodeLayerStep>& layers, const DecodeHead* head, const torch::Tensor& x,
-                          const torch::Tensor& cos, const torch::Tensor& sin, int64_t past) {
+// What decode_call relies on beyond decode_layer_applies: cache buffers that take position `past`, masks of its
+// length, projection shapes of one layer shape, a head that fits.
+void check_call(const std::vector<DecodeLayerStep>& layers, const DecodeHead* head, const torch::Tensor& x,
+                int64_t past) {
   TORCH_CHECK(!layers.empty(), "decode_layers_cpu: no layers");
   const torch::ScalarType dt = x.scalar_type();
   const int64_t hidden = x.size(-1), len = past + 1;
@@ -442,6 +443,15 @@ torch::Tensor decode_call(const std::vector<DecodeLayerStep>& layers, const Deco
   TORCH_CHECK(!head || decode_head_applies(*head, hidden),
               "decode_token_cpu: lm_head must be a resident 4-bit weight taking rows of ", hidden,
               " elements, with a final norm weight as the layers' norms");
+}
+
+// decode_layers_cpu, and with a head decode_token_cpu: returns the last layer's row or the logits.
+torch::Tensor decode_call(const std::vector<DecodeLayerStep>& layers, const DecodeHead* head, const torch::Tensor& x,
+                          const torch::Tensor& cos, const torch::Tensor& sin, int64_t past) {
+  check_call(layers, head, x, past);
+  const torch::ScalarType dt = x.scalar_type();
+  const int64_t hidden = x.size(-1);
+  const DecodeLayerWeights& w0 = *layers[0].w;
   const int team = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
   thread_local Scratch s;
   s.shape(w0, hidden, dt, team);

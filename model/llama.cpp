@@ -341,28 +341,12 @@ LlamaModelImpl::Forward LlamaModelImpl::run_forward(const torch::Tensor& input_i
   const LayerHooks hooks = m.hooks;  // copied: the recompute in backward runs with the hooks of this forward
   bool layers_done = false;
   if (cache && t == 1 && !hooks.before && !hooks.after) {
-    // Batch-1 decoding on the CPU: every layer in one call (one parallel region a token) where all of them take it.
-    std::vector<DecodeLayerWeights> weights;
-    weights.reserve(m.layers.size());  // never reallocated: steps point into it
-    std::vector<DecodeLayerStep> steps;
-    for (size_t i = 0; i < m.layers.size(); ++i) {
-      const torch::Tensor& layer_mask = m.layers[i]->sliding ? sliding_mask : mask;
-      std::optional<DecodeLayerWeights> w = m.layers[i]->fused_decode_step(h, cos, sin, layer_mask, cache, i);
-      if (!w) break;
-      weights.push_back(std::move(*w));
-      steps.push_back({&weights.back(), layer_mask, &cache->k[i], &cache->v[i]});
-    }
-    if (steps.size() == m.layers.size()) {
-      cache->fused_layer_steps += static_cast<int64_t>(steps.size());
-      if (to_logits) {
-        if (const std::optional<DecodeHead> head = decode_head()) {
-          torch::Tensor lg = decode_token_cpu(steps, *head, h, cos, sin, past);
-          cache->filled = past + t;
-          ++cache->fused_heads;
-          return {{}, lg};
-        }
+    if (std::optional<Forward> f = fused_decode(h, cos, sin, mask, sliding_mask, *cache, to_logits)) {
+      if (f->logits.defined()) {
+        cache->filled = past + t;
+        return *f;
       }
-      h = decode_layers_cpu(steps, h, cos, sin, past);
+      h = f->hidden;
       layers_done = true;
     }
   }
@@ -390,6 +374,28 @@ LlamaModelImpl::Forward LlamaModelImpl::run_forward(const torch::Tensor& input_i
   }
   if (cache) cache->filled = past + t;
   return {family_norm(config_, h, m.norm->weight), {}};
+}
+
+std::optional<LlamaModelImpl::Forward> LlamaModelImpl::fused_decode(const torch::Tensor& h, const torch::Tensor& cos,
+                                                                    const torch::Tensor& sin, const torch::Tensor& mask,
+                                                                    const torch::Tensor& sliding_mask, KVCache& cache,
+                                                                    bool to_logits) {
+  auto& m = *impl_;
+  std::vector<DecodeLayerWeights> weights;
+  weights.reserve(m.layers.size());  // never reallocated: steps point into it
+  std::vector<DecodeLayerStep> steps;
+  for (size_t i = 0; i < m.layers.size(); ++i) {
+    const torch::Tensor& layer_mask = m.layers[i]->sliding ? sliding_mask : mask;
+    std::optional<DecodeLayerWeights> w = m.layers[i]->fused_decode_step(h, cos, sin, layer_mask, &cache, i);
+    if (!w) return std::nullopt;
+    weights.push_back(std::move(*w));
+    steps.push_back({&weights.back(), layer_mask, &cache.k[i], &cache.v[i]});
+  }
+  cache.fused_layer_steps += static_cast<int64_t>(steps.size());
+  const std::optional<DecodeHead> head = to_logits ? decode_head() : std::nullopt;
+  if (!head) return Forward{decode_layers_cpu(steps, h, cos, sin, cache.filled), {}};
+  ++cache.fused_heads;
+  return Forward{{}, decode_token_cpu(steps, *head, h, cos, sin, cache.filled)};
 }
 
 std::optional<DecodeHead> LlamaModelImpl::decode_head() const {

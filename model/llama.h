@@ -134,6 +134,12 @@ class LlamaModelImpl : public torch::nn::Module {
     torch::Tensor hidden, logits;
   };
   Forward run_forward(const torch::Tensor& input_ids, const ForwardInputs& in, KVCache* cache, bool to_logits);
+  // Batch-1 decoding on the CPU: the token's layers in one parallel region (decode_layers_cpu: hidden, before the
+  // final norm), with `to_logits` and a decode_head() through its lm_head too (decode_token_cpu: logits), where every
+  // layer takes it; none where one does not (the caller runs the layers one by one).
+  std::optional<Forward> fused_decode(const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin,
+                                      const torch::Tensor& mask, const torch::Tensor& sliding_mask, KVCache& cache,
+                                      bool to_logits);
   // The final norm and lm_head as decode_token_cpu takes them; none where lm_head is dense, tied, has an adapter or
   // a bias, or the family's final norm or logits differ (1 + weight norms, soft-capped logits).
   std::optional<DecodeHead> decode_head() const;
