@@ -1,6 +1,7 @@
 #include "common/threads.h"
 
 #include <ATen/Parallel.h>
+#include <sched.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -11,8 +12,24 @@
 
 namespace qlora {
 
+int usable_cores() {
+#ifdef __linux__
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 int configure_threads(int n) {
-  if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = usable_cores();
+  if (n <= 0) n = cores;
+  if (n > cores) {
+    spdlog::warn(
+        "{} threads asked for on {} usable cores: each parallel step waits for its slowest thread, and a thread "
+        "without a core of its own slows every step (0 threads means every core)",
+        n, cores);
+  }
   at::set_num_threads(n);
   const int got = at::get_num_threads();
   if (got > 1 && parallel_for_threads() == 1) {

@@ -2,9 +2,14 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
+#include <sstream>
 #include <string>
 
 #include "common/error.h"
@@ -86,6 +91,29 @@ inline CommandResult run_command(const std::string& cmd) {
 inline CommandResult run_app(const std::string& app, const std::string& args) {
   return run_command((bin_dir() / app).string() + " " + args);
 }
+
+// Collects what the logger prints while it lives (at `level` and above; the logger's level is put back after).
+class LogCapture {
+ public:
+  explicit LogCapture(spdlog::level::level_enum level = spdlog::level::warn)
+      : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)), saved_level_(spdlog::get_level()) {
+    spdlog::default_logger()->sinks().push_back(sink_);
+    if (level < saved_level_) spdlog::set_level(level);
+  }
+  ~LogCapture() {
+    auto& sinks = spdlog::default_logger()->sinks();
+    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
+    spdlog::set_level(saved_level_);
+  }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+  std::string text() const { return out_.str(); }
+
+ private:
+  std::ostringstream out_;
+  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
+  spdlog::level::level_enum saved_level_;
+};
 
 }  // namespace qlora::test
 

@@ -1,15 +1,10 @@
-// Shared by the checkpoint and resume tests of tests/trainer: the small run on the tiny model, a log capture, and
-// qlora-train started in the background.
+// Shared by the checkpoint and resume tests of tests/trainer: the small run on the tiny model and qlora-train started
+// in the background (the log capture is test_util.h's).
 #pragma once
 
 #include <fcntl.h>
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -45,29 +40,6 @@ inline std::string write_run(const fs::path& dir, int64_t steps, const std::stri
   write_file_atomic(dir / "config.yaml", yaml);
   return (dir / "config.yaml").string();
 }
-
-// Collects what the logger prints while it lives (at `level` and above; the logger's level is put back after).
-class LogCapture {
- public:
-  explicit LogCapture(spdlog::level::level_enum level = spdlog::level::warn)
-      : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)), saved_level_(spdlog::get_level()) {
-    spdlog::default_logger()->sinks().push_back(sink_);
-    if (level < saved_level_) spdlog::set_level(level);
-  }
-  ~LogCapture() {
-    auto& sinks = spdlog::default_logger()->sinks();
-    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
-    spdlog::set_level(saved_level_);
-  }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-  std::string text() const { return out_.str(); }
-
- private:
-  std::ostringstream out_;
-  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
-  spdlog::level::level_enum saved_level_;
-};
 
 // Starts build/bin/`app` with `args` in the background, stdout and stderr to `log`; returns its pid.
 inline pid_t start_app(const std::string& app, const std::vector<std::string>& args, const std::string& log) {
