@@ -11,7 +11,6 @@
 #include <initializer_list>
 #include <thread>
 #include <tuple>
-#include <type_traits>
 #include <utility>
 #include <vector>
 #ifdef _OPENMP
@@ -127,8 +126,7 @@ struct Scratch {
   torch::ScalarType dtype = torch::kBFloat16;
   torch::Tensor q, k, v, q_rot, attn, o, h, gate, up, act, down;
   torch::Tensor out[2];
-  torch::Tensor head;  // (V): lm_head's output in the activations' dtype, before the logits' fp32
-  int next = 0;        // which of out[] the next call writes
+  int next = 0;  // which of out[] the next call writes
   std::vector<ThreadScratch> threads;
 
   void shape(const DecodeLayerWeights& w, int64_t hidden_size, torch::ScalarType type, int team) {
@@ -179,15 +177,11 @@ bool cpu_of(const torch::Tensor& t, torch::ScalarType dtype) {
 // A norm weight the team copies itself (norm_weight below): contiguous fp32, bf16 or fp16 on the CPU, H elements.
 bool norm_weight_fits(const torch::Tensor& n, int64_t hidden) {
   const torch::ScalarType t = n.scalar_type();
-  return n.defined() && n.is_cpu() && n.is_contiguous() && n.numel() == hidden &&
+  return n.is_cpu() && n.is_contiguous() && n.numel() == hidden &&
          (t == torch::kFloat32 || t == torch::kBFloat16 || t == torch::kHalf);
 }
 
 }  // namespace
-
-bool decode_head_applies(const DecodeHead& head, int64_t hidden) {
-  return resident_on_cpu(head.lm_head) && head.lm_head->shape[1] == hidden && norm_weight_fits(head.norm, hidden);
-}
 
 bool decode_layer_applies(const DecodeLayerWeights& w, const torch::Tensor& x, const torch::Tensor& cos,
                           const torch::Tensor& sin, const torch::Tensor& mask) {
@@ -224,14 +218,6 @@ struct LayerPtrs {
   T* out;       // its output row (H)
 };
 
-// The final norm and lm_head of a call as raw pointers.
-template <class T>
-struct HeadPtrs {
-  const DecodeHead* head;
-  T* y;           // lm_head's output (V) in T
-  float* logits;  // (V) fp32; == y where T is float
-};
-
 // The norm weight as ops::detail::rms_norm_forward_cpu reads it (cast to the activations' dtype T, then to fp32).
 template <class T>
 void norm_weight(const torch::Tensor& weight, float* out) {
@@ -255,7 +241,6 @@ struct TokenCall {
   quant::CpuGemv gemv;
   Isa isa;
   TeamBarrier& team_barrier;
-  const HeadPtrs<T>* head;  // null: the call ends with the last layer's row
 
   static constexpr int kSteps = 6;  // per layer
 
@@ -353,47 +338,23 @@ struct TokenCall {
     }
   }
 
-  // The final norm (every thread its own copy) and member t's rows of lm_head, in fp32.
-  void head_step(int t, int size) const {
-    ThreadScratch& me = s.threads[static_cast<size_t>(t)];
-    float* norm_w = me.norm_weight.data();
-    norm_weight<T>(head->head->norm, norm_w);
-    rms_norm_row(layers.back().out, norm_w, static_cast<float>(head->head->eps), ptr(me.normed));
-    const auto [b, e] = project(me, ptr(me.normed), s.hidden, {{head->head->lm_head, head->y}}, t, size);
-    if constexpr (!std::is_same_v<T, float>) {
-      for (int64_t i = b; i < e; ++i) head->logits[i] = static_cast<float>(head->y[i]);
-    }
-  }
-
-  // Every step of every layer (then the head's) on member t. A step that throws records the first error and the
-  // member skips its later steps, but still meets every barrier, so the team never waits on it.
+  // Every step of every layer on member t. A step that throws records the first error and the member skips its later
+  // steps, but still meets every barrier, so the team never waits on it.
   void run(int t, int size, std::atomic<bool>& failed, std::exception_ptr& error) const {
     Ahead& ahead = s.threads[static_cast<size_t>(t)].ahead;
-    auto guarded = [&](const auto& f) {
-      if (failed.load()) return;
-      try {
-        f();
-      } catch (...) {
-        if (!failed.exchange(true)) error = std::current_exception();
-      }
-    };
     for (size_t li = 0; li < layers.size(); ++li) {
-      const bool last = li + 1 == layers.size();
       for (int i = 0; i < kSteps; ++i) {
-        guarded([&] {
-          step(layers[li], i, t, size);
-          if (i + 1 < kSteps) return;
-          if (!last) {
-            ahead_qkv(ahead, *layers[li + 1].w, t, size);
-          } else if (head) {
-            const auto [b, e] = share(head->head->lm_head->shape[0], t, size, 16);
-            ahead.set({head->head->lm_head}, b, e);
+        if (!failed.load()) {
+          try {
+            step(layers[li], i, t, size);
+            if (i + 1 == kSteps && li + 1 < layers.size()) ahead_qkv(ahead, *layers[li + 1].w, t, size);
+          } catch (...) {
+            if (!failed.exchange(true)) error = std::current_exception();
           }
-        });
-        if (i + 1 < kSteps || !last || head) team_barrier.wait(size, ahead);
+        }
+        if (i + 1 < kSteps || li + 1 < layers.size()) team_barrier.wait(size, ahead);
       }
     }
-    if (head) guarded([&] { head_step(t, size); });
   }
 
   void rms_norm_row(const T* in, const float* weight, float eps, T* normed) const {
@@ -409,12 +370,8 @@ torch::Tensor decode_layer_cpu(const DecodeLayerWeights& w, const torch::Tensor&
   return decode_layers_cpu({DecodeLayerStep{&w, mask, &kb, &vb}}, x, cos, sin, past);
 }
 
-namespace {
-
-// What decode_call relies on beyond decode_layer_applies: cache buffers that take position `past`, masks of its
-// length, projection shapes of one layer shape, a head that fits.
-void check_call(const std::vector<DecodeLayerStep>& layers, const DecodeHead* head, const torch::Tensor& x,
-                int64_t past) {
+torch::Tensor decode_layers_cpu(const std::vector<DecodeLayerStep>& layers, const torch::Tensor& x,
+                                const torch::Tensor& cos, const torch::Tensor& sin, int64_t past) {
   TORCH_CHECK(!layers.empty(), "decode_layers_cpu: no layers");
   const torch::ScalarType dt = x.scalar_type();
   const int64_t hidden = x.size(-1), len = past + 1;
@@ -440,30 +397,11 @@ void check_call(const std::vector<DecodeLayerStep>& layers, const DecodeHead* he
                 "decode_layer_cpu: norm weights must be contiguous fp32, bf16 or fp16 CPU tensors of ", hidden,
                 " elements");
   }
-  TORCH_CHECK(!head || decode_head_applies(*head, hidden),
-              "decode_token_cpu: lm_head must be a resident 4-bit weight taking rows of ", hidden,
-              " elements, with a final norm weight as the layers' norms");
-}
-
-// decode_layers_cpu, and with a head decode_token_cpu: returns the last layer's row or the logits.
-torch::Tensor decode_call(const std::vector<DecodeLayerStep>& layers, const DecodeHead* head, const torch::Tensor& x,
-                          const torch::Tensor& cos, const torch::Tensor& sin, int64_t past) {
-  check_call(layers, head, x, past);
-  const torch::ScalarType dt = x.scalar_type();
-  const int64_t hidden = x.size(-1);
-  const DecodeLayerWeights& w0 = *layers[0].w;
   const int team = at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
   thread_local Scratch s;
   s.shape(w0, hidden, dt, team);
   TeamBarrier team_barrier;
-  torch::Tensor result, logits;
-  if (head) {
-    const int64_t vocab = head->lm_head->shape[0];
-    logits = torch::empty({vocab}, torch::kFloat32);  // the caller's to keep: not a scratch buffer
-    if (dt != torch::kFloat32 && (!s.head.defined() || s.head.numel() != vocab || s.head.scalar_type() != dt)) {
-      s.head = torch::empty({vocab}, torch::TensorOptions().dtype(dt));
-    }
-  }
+  torch::Tensor result;
   const auto call = [&](auto tag) {
     using T = decltype(tag);
     std::vector<LayerPtrs<T>> ptrs;
@@ -478,12 +416,6 @@ torch::Tensor decode_call(const std::vector<DecodeLayerStep>& layers, const Deco
                       static_cast<T*>(result.data_ptr())});
       in = static_cast<const T*>(result.data_ptr());
     }
-    HeadPtrs<T> head_ptrs{head, nullptr, nullptr};
-    if (head) {
-      head_ptrs.logits = logits.data_ptr<float>();
-      head_ptrs.y =
-          std::is_same_v<T, float> ? reinterpret_cast<T*>(head_ptrs.logits) : static_cast<T*>(s.head.data_ptr());
-    }
     const TokenCall<T> c{ptrs,
                          s,
                          static_cast<const T*>(cos.data_ptr()),
@@ -491,8 +423,7 @@ torch::Tensor decode_call(const std::vector<DecodeLayerStep>& layers, const Deco
                          past,
                          quant::cpu_gemv(),
                          active_isa(),
-                         team_barrier,
-                         head ? &head_ptrs : nullptr};
+                         team_barrier};
     std::atomic<bool> failed{false};
     std::exception_ptr error;
     run_team(team, [&](int t, int size) { c.run(t, size, failed, error); });  // size <= team
@@ -503,20 +434,7 @@ torch::Tensor decode_call(const std::vector<DecodeLayerStep>& layers, const Deco
   } else {
     call(c10::BFloat16{});
   }
-  return head ? logits : result;
-}
-
-}  // namespace
-
-torch::Tensor decode_layers_cpu(const std::vector<DecodeLayerStep>& layers, const torch::Tensor& x,
-                                const torch::Tensor& cos, const torch::Tensor& sin, int64_t past) {
-  return decode_call(layers, nullptr, x, cos, sin, past);
-}
-
-torch::Tensor decode_token_cpu(const std::vector<DecodeLayerStep>& layers, const DecodeHead& head,
-                               const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                               int64_t past) {
-  return decode_call(layers, &head, x, cos, sin, past);
+  return result;
 }
 
 }  // namespace qlora::model

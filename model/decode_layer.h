@@ -57,22 +57,4 @@ struct DecodeLayerStep {
 torch::Tensor decode_layers_cpu(const std::vector<DecodeLayerStep>& layers, const torch::Tensor& x,
                                 const torch::Tensor& cos, const torch::Tensor& sin, int64_t past);
 
-// The model's final RMSNorm (weight * normed, as ops::rms_norm) and a frozen 4-bit lm_head without bias.
-struct DecodeHead {
-  const quant::QuantizedTensor* lm_head = nullptr;
-  torch::Tensor norm;  // (H)
-  double eps = 1e-6;
-};
-
-// Whether decode_token_cpu takes this head for rows of `hidden` elements: lm_head resident on the CPU with
-// in_features == hidden (a multiple of 32), and a norm weight as decode_layer_applies takes them.
-bool decode_head_applies(const DecodeHead& head, int64_t hidden);
-
-// decode_layers_cpu, then the final norm and lm_head in the same parallel region (lm_head's rows split over the
-// team, each member prefetching its rows while the last layer finishes): the fp32 logits (V) of the token, the bits
-// of ops::rms_norm, lm_head's linear_4bit and a conversion to fp32.
-torch::Tensor decode_token_cpu(const std::vector<DecodeLayerStep>& layers, const DecodeHead& head,
-                               const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                               int64_t past);
-
 }  // namespace qlora::model

@@ -47,7 +47,10 @@ GenerateResult generate(LlamaModelImpl& model, const std::vector<int64_t>& promp
   auto clock = std::chrono::steady_clock::now;
   auto to_ids = [&](const std::vector<int64_t>& ids) { return torch::tensor(ids, torch::kInt64).view({1, -1}); };
   // ids (1, T) -> fp32 logits (V) of the last position only: lm_head runs on one row, never on the whole prompt.
-  auto next_logits = [&](const std::vector<int64_t>& ids, KVCache* c) { return model.last_logits(to_ids(ids), c); };
+  auto next_logits = [&](const std::vector<int64_t>& ids, KVCache* c) {
+    const torch::Tensor hidden = model.forward_hidden(to_ids(ids), {}, c);  // (1, T, H)
+    return model.logits(hidden.narrow(1, hidden.size(1) - 1, 1).contiguous()).view({-1});
+  };
   auto t0 = clock();
   torch::Tensor logits = next_logits(seq, o.use_cache ? &cache : nullptr);  // the prompt in one batched forward
   r.prompt_seconds = std::chrono::duration<double>(clock() - t0).count();

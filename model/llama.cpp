@@ -295,19 +295,6 @@ torch::Device LlamaModelImpl::device() const {
 }
 
 torch::Tensor LlamaModelImpl::forward_hidden(const torch::Tensor& input_ids, const ForwardInputs& in, KVCache* cache) {
-  return run_forward(input_ids, in, cache, /*to_logits=*/false).hidden;
-}
-
-torch::Tensor LlamaModelImpl::last_logits(const torch::Tensor& input_ids, KVCache* cache) {
-  TORCH_CHECK(input_ids.dim() == 2 && input_ids.size(0) == 1, "last_logits: input_ids must be (1, T), got ",
-              input_ids.sizes());
-  Forward f = run_forward(input_ids, {}, cache, /*to_logits=*/true);
-  if (f.logits.defined()) return f.logits;
-  return logits(f.hidden.narrow(1, f.hidden.size(1) - 1, 1).contiguous()).view({-1});
-}
-
-LlamaModelImpl::Forward LlamaModelImpl::run_forward(const torch::Tensor& input_ids, const ForwardInputs& in,
-                                                    KVCache* cache, bool to_logits) {
   auto& m = *impl_;
   TORCH_CHECK(input_ids.dim() == 2, "input_ids must be (B, T), got ", input_ids.sizes());
   const torch::Device dev = device();
@@ -341,12 +328,20 @@ LlamaModelImpl::Forward LlamaModelImpl::run_forward(const torch::Tensor& input_i
   const LayerHooks hooks = m.hooks;  // copied: the recompute in backward runs with the hooks of this forward
   bool layers_done = false;
   if (cache && t == 1 && !hooks.before && !hooks.after) {
-    if (std::optional<Forward> f = fused_decode(h, cos, sin, mask, sliding_mask, *cache, to_logits)) {
-      if (f->logits.defined()) {
-        cache->filled = past + t;
-        return *f;
-      }
-      h = f->hidden;
+    // Batch-1 decoding on the CPU: every layer in one call (one parallel region a token) where all of them take it.
+    std::vector<DecodeLayerWeights> weights;
+    weights.reserve(m.layers.size());  // never reallocated: steps point into it
+    std::vector<DecodeLayerStep> steps;
+    for (size_t i = 0; i < m.layers.size(); ++i) {
+      const torch::Tensor& layer_mask = m.layers[i]->sliding ? sliding_mask : mask;
+      std::optional<DecodeLayerWeights> w = m.layers[i]->fused_decode_step(h, cos, sin, layer_mask, cache, i);
+      if (!w) break;
+      weights.push_back(std::move(*w));
+      steps.push_back({&weights.back(), layer_mask, &cache->k[i], &cache->v[i]});
+    }
+    if (steps.size() == m.layers.size()) {
+      h = decode_layers_cpu(steps, h, cos, sin, past);
+      cache->fused_layer_steps += static_cast<int64_t>(steps.size());
       layers_done = true;
     }
   }
@@ -373,39 +368,7 @@ LlamaModelImpl::Forward LlamaModelImpl::run_forward(const torch::Tensor& input_i
     }
   }
   if (cache) cache->filled = past + t;
-  return {family_norm(config_, h, m.norm->weight), {}};
-}
-
-std::optional<LlamaModelImpl::Forward> LlamaModelImpl::fused_decode(const torch::Tensor& h, const torch::Tensor& cos,
-                                                                    const torch::Tensor& sin, const torch::Tensor& mask,
-                                                                    const torch::Tensor& sliding_mask, KVCache& cache,
-                                                                    bool to_logits) {
-  auto& m = *impl_;
-  std::vector<DecodeLayerWeights> weights;
-  weights.reserve(m.layers.size());  // never reallocated: steps point into it
-  std::vector<DecodeLayerStep> steps;
-  for (size_t i = 0; i < m.layers.size(); ++i) {
-    const torch::Tensor& layer_mask = m.layers[i]->sliding ? sliding_mask : mask;
-    std::optional<DecodeLayerWeights> w = m.layers[i]->fused_decode_step(h, cos, sin, layer_mask, &cache, i);
-    if (!w) return std::nullopt;
-    weights.push_back(std::move(*w));
-    steps.push_back({&weights.back(), layer_mask, &cache.k[i], &cache.v[i]});
-  }
-  cache.fused_layer_steps += static_cast<int64_t>(steps.size());
-  const std::optional<DecodeHead> head = to_logits ? decode_head() : std::nullopt;
-  if (!head) return Forward{decode_layers_cpu(steps, h, cos, sin, cache.filled), {}};
-  ++cache.fused_heads;
-  return Forward{{}, decode_token_cpu(steps, *head, h, cos, sin, cache.filled)};
-}
-
-std::optional<DecodeHead> LlamaModelImpl::decode_head() const {
-  const auto& m = *impl_;
-  if (!m.lm_head || config_.traits.norm_one_plus || config_.traits.final_softcap > 0) return std::nullopt;
-  auto f = std::dynamic_pointer_cast<FrozenLinearImpl>(m.lm_head);
-  if (!f || !f->is_quantized() || f->bias().defined()) return std::nullopt;
-  DecodeHead head{&f->quantized_weight(), m.norm->weight, config_.rms_norm_eps};
-  if (!decode_head_applies(head, config_.hidden_size)) return std::nullopt;
-  return head;
+  return family_norm(config_, h, m.norm->weight);
 }
 
 torch::Tensor LlamaModelImpl::head_logits(const torch::Tensor& hidden) {

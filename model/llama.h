@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "io/hf_config.h"
-#include "model/decode_layer.h"
 #include "model/linear.h"
 #include "quant/quantized_tensor.h"
 
@@ -58,7 +57,6 @@ struct KVCache {
   // LibTorch ops like any other forward (tests compare the two).
   bool fused_decode = true;
   int64_t fused_layer_steps = 0;  // layer runs that took it (tests and benchmarks check it was taken)
-  int64_t fused_heads = 0;        // tokens whose final norm and lm_head ran in the layers' region (last_logits)
 
   int64_t length() const { return filled; }
   int64_t capacity() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
@@ -92,10 +90,6 @@ class LlamaModelImpl : public torch::nn::Module {
   torch::Tensor logits(const torch::Tensor& hidden);
   // input_ids -> logits (B, T, V) fp32.
   torch::Tensor forward(const torch::Tensor& input_ids, const ForwardInputs& in = {}, KVCache* cache = nullptr);
-  // input_ids (1, T) -> fp32 logits (V) of the last position alone (lm_head never sees the other positions): what
-  // generation samples from. Batch-1 decoding on the CPU takes one token's layers, final norm and a 4-bit lm_head
-  // in one parallel region (model/decode_layer.h: decode_token_cpu) where they all take it; same bits either way.
-  torch::Tensor last_logits(const torch::Tensor& input_ids, KVCache* cache = nullptr);
 
   // Causal LM loss with HF semantics: logits at t predict labels at t+1; label -100 is ignored.
   // Computes logits in sequence chunks of `chunk_tokens` so (T, V) fp32 logits are never all materialized.
@@ -128,21 +122,6 @@ class LlamaModelImpl : public torch::nn::Module {
  private:
   // hidden (..., H) -> logits (..., V) in the compute dtype (the loss reads them without an fp32 copy).
   torch::Tensor head_logits(const torch::Tensor& hidden);
-  // forward_hidden; with `to_logits` the fp32 logits (V) instead where a one-token CPU decode runs through
-  // decode_token_cpu (else undefined: the caller applies the head to the hidden states).
-  struct Forward {
-    torch::Tensor hidden, logits;
-  };
-  Forward run_forward(const torch::Tensor& input_ids, const ForwardInputs& in, KVCache* cache, bool to_logits);
-  // Batch-1 decoding on the CPU: the token's layers in one parallel region (decode_layers_cpu: hidden, before the
-  // final norm), with `to_logits` and a decode_head() through its lm_head too (decode_token_cpu: logits), where every
-  // layer takes it; none where one does not (the caller runs the layers one by one).
-  std::optional<Forward> fused_decode(const torch::Tensor& h, const torch::Tensor& cos, const torch::Tensor& sin,
-                                      const torch::Tensor& mask, const torch::Tensor& sliding_mask, KVCache& cache,
-                                      bool to_logits);
-  // The final norm and lm_head as decode_token_cpu takes them; none where lm_head is dense, tied, has an adapter or
-  // a bias, or the family's final norm or logits differ (1 + weight norms, soft-capped logits).
-  std::optional<DecodeHead> decode_head() const;
 
   struct Impl;
   std::shared_ptr<Impl> impl_;

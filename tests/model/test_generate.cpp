@@ -163,56 +163,6 @@ TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
   at::set_num_threads(threads_before);
 }
 
-// last_logits runs a decode step's final norm and 4-bit lm_head in the layers' parallel region (decode_token_cpu):
-// the bits of forward_hidden + logits through the LibTorch ops, at 1, 2 and 3 threads (lm_head's 1024 rows split
-// unevenly). With a dense lm_head the layers still take the fused step and the head runs after them.
-void expect_fused_head_gives_the_bits_of_the_ops(torch::ScalarType dtype, bool quantize_lm_head) {
-  model::LoadOptions lo;
-  lo.show_progress = false;
-  lo.compute_dtype = dtype;
-  lo.quantize_lm_head = quantize_lm_head;
-  auto m = model::load_model(tiny_model_dir(), lo);
-  c10::InferenceMode inference;
-  const std::vector<int64_t> prompt = {1, 15, 300, 7, 88};
-  model::KVCache fused, ops;
-  ops.fused_decode = false;
-  torch::Tensor fused_lg = m->last_logits(ids_tensor({prompt}), &fused),
-                ops_lg = m->last_logits(ids_tensor({prompt}), &ops);
-  ASSERT_TRUE(torch::equal(fused_lg, ops_lg)) << "the prompt";
-  for (int step = 0; step < 12; ++step) {
-    const torch::Tensor tok_f = fused_lg.argmax().view({1, 1}), tok_o = ops_lg.argmax().view({1, 1});
-    fused_lg = m->last_logits(tok_f, &fused);
-    ops_lg = m->last_logits(tok_o, &ops);
-    ASSERT_EQ(fused_lg.sizes(), ops_lg.sizes());
-    ASSERT_EQ(fused_lg.scalar_type(), torch::kFloat32);
-    ASSERT_TRUE(torch::equal(fused_lg, ops_lg))
-        << "step " << step << ": max difference " << (fused_lg - ops_lg).abs().max().item<float>();
-  }
-  EXPECT_EQ(fused.fused_layer_steps, 12 * m->config().num_hidden_layers);
-  EXPECT_EQ(fused.fused_heads, quantize_lm_head ? 12 : 0);
-  EXPECT_EQ(ops.fused_heads, 0);
-  EXPECT_EQ(fused.length(), ops.length());
-}
-
-TEST(Generate, FusedDecodeHeadGivesTheBitsOfTheLibTorchOps) {
-  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
-  const int threads_before = at::get_num_threads();
-  for (int threads : {1, 2, 3}) {
-    at::set_num_threads(threads);
-    for (auto [g, dtype] :
-         {std::pair{quant::CpuGemv::kQ8, torch::kBFloat16}, std::pair{quant::CpuGemv::kExact, torch::kBFloat16},
-          std::pair{quant::CpuGemv::kQ8, torch::kFloat32}}) {
-      for (bool quantized : {true, false}) {
-        SCOPED_TRACE(std::string(quant::cpu_gemv_name(g)) + " " + c10::toString(dtype) + ", " +
-                     std::to_string(threads) + " threads, lm_head " + (quantized ? "4-bit" : "dense"));
-        const quant::CpuGemvScope scope(g);
-        expect_fused_head_gives_the_bits_of_the_ops(dtype, quantized);
-      }
-    }
-  }
-  at::set_num_threads(threads_before);
-}
-
 // Two threads generating with one model at once (each its own cache, both through the fused layers) get the tokens
 // each gets alone.
 TEST(Generate, TwoThreadsDecodingWithOneModelGetTheirOwnTokens) {
