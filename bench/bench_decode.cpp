@@ -20,7 +20,9 @@
 // llama.cpp's exports quantize their output tensor (Q8_0 in our Q4_0 and Q8_0 exports), and on that model the decode
 // with each layer through model/decode_layer.h (the default) against through its LibTorch ops, generations of the two
 // alternated so that both see the same machine. --rounds N then alternates that decode with llama.cpp's Q4_0 N times
-// (a round: best of --reps of each), for the ratio on a machine whose speed drifts between minutes.
+// (a round: the read bandwidth, then best of --reps of each), for the ratio on a machine whose speed drifts between
+// minutes, and each decoder's weight traffic as a share of that round's read bandwidth (the ceiling of both: at
+// equal shares, the speed ratio is the ratio of the bytes a token reads).
 // Bytes per token: every projection's 4-bit parts (codes, absmax, nested absmax: QuantizedTensor::nbytes) plus the
 // dense lm_head (bf16; the embedding when tied); the KV cache read by attention is printed apart (it grows with the
 // position: given at the mean decode position). The copy bandwidth counts bytes read + written (machine_limits.h);
@@ -381,35 +383,53 @@ void print_llama_cpp(const Options& o, int threads, const std::vector<int64_t>& 
   }
 }
 
-// Our decode with lm_head NF4 and llama.cpp's Q4_0 (the file print_llama_cpp exported) alternated o.rounds times,
-// each best of o.reps per round: both see the same stretch of a machine whose speed may drift from minute to minute.
-void print_rounds(model::LlamaModelImpl& mq, const Options& o, int threads, const std::vector<int64_t>& prompt) {
-  std::printf("\nalternated rounds: qlora decode (lm_head NF4) and llama.cpp Q4_0, each best of %d per round\n",
-              o.reps);
-  double best_q = 0, best_l = 0, lo = 1e9, hi = 0;
+// Our decode with lm_head NF4 (q_bytes of weights a token) and llama.cpp's Q4_0 (the file print_llama_cpp exported)
+// alternated o.rounds times, each best of o.reps per round: both see the same stretch of a machine whose speed may
+// drift from minute to minute. Each round measures the read bandwidth first: the ceiling of both decoders, which
+// read their weights once a token (at equal shares of it the speed ratio is the byte ratio).
+void print_rounds(model::LlamaModelImpl& mq, double q_bytes, const Options& o, int threads,
+                  const std::vector<int64_t>& prompt) {
+  std::printf(
+      "\nalternated rounds: qlora decode (lm_head NF4) and llama.cpp Q4_0, each best of %d per round, after "
+      "the read bandwidth\n",
+      o.reps);
+  double best_q = 0, best_l = 0, lo = 1e9, hi = 0, share_q = 0, share_l = 0, l_bytes = 0;
   for (int r = 1; r <= o.rounds; ++r) {
+    const double read_gbs = bench::measure_read_bandwidth_gbs(size_t(256) << 20, 3);
     const double q = bench_generate(mq, o, prompt).decode_tok_s;
     const LlamaCpp l = run_llama_cpp(o, "q4_0", threads, prompt);
+    l_bytes = l.weight_bytes;
     best_q = std::max(best_q, q);
     best_l = std::max(best_l, l.decode_tok_s);
     lo = std::min(lo, q / l.decode_tok_s);
     hi = std::max(hi, q / l.decode_tok_s);
-    std::printf("  round %d: qlora %.2f tok/s, llama.cpp Q4_0 %.2f tok/s (its own counters %.2f): %.2fx\n", r, q,
-                l.decode_tok_s, l.decode_tok_s_internal, q / l.decode_tok_s);
+    const double q_gbs = q_bytes * q / 1e9, l_gbs = l.weight_bytes * l.decode_tok_s / 1e9;
+    share_q = std::max(share_q, q_gbs / read_gbs);
+    share_l = std::max(share_l, l_gbs / read_gbs);
+    std::printf(
+        "  round %d: read bandwidth %.2f GB/s; qlora %.2f tok/s (%.2f GB/s, %.0f%%), llama.cpp Q4_0 %.2f tok/s "
+        "(%.2f GB/s, %.0f%%; its own counters %.2f tok/s): %.2fx\n",
+        r, read_gbs, q, q_gbs, 100.0 * q_gbs / read_gbs, l.decode_tok_s, l_gbs, 100.0 * l_gbs / read_gbs,
+        l.decode_tok_s_internal, q / l.decode_tok_s);
   }
   std::printf("  rounds %.2fx to %.2fx; best of all rounds: qlora %.2f, llama.cpp Q4_0 %.2f tok/s: %.2fx\n", lo, hi,
               best_q, best_l, best_q / best_l);
+  std::printf(
+      "  highest share of the round's read bandwidth: qlora %.0f%%, llama.cpp %.0f%%; bytes a token %.2f vs %.2f MB: "
+      "at equal shares qlora would run %.2fx llama.cpp\n",
+      100.0 * share_q, 100.0 * share_l, q_bytes / 1e6, l_bytes / 1e6, l_bytes / q_bytes);
 }
 
 int run(const Options& o) {
   const int threads = configure_threads(o.threads);
   const double copy_gbs = bench::measure_copy_bandwidth_gbs();
+  const double read_gbs = bench::measure_read_bandwidth_gbs();
   model::LlamaModel m = build_model(o, /*quantize_lm_head=*/false);
   m->eval();
   const io::LlamaConfig& c = m->config();
   const WeightBytes wb = weight_bytes(*m);
-  std::printf("threads %d, CPU path %s; memory copy bandwidth %.2f GB/s (read + write)\n", threads,
-              isa_name(active_isa()), copy_gbs);
+  std::printf("threads %d, CPU path %s; memory copy bandwidth %.2f GB/s (read + write), read bandwidth %.2f GB/s\n",
+              threads, isa_name(active_isa()), copy_gbs, read_gbs);
   std::printf("model %s: %lld layers, hidden %lld, intermediate %lld, heads %lld / kv %lld, vocab %lld; NF4 + DQ\n",
               o.config.empty() ? o.model.c_str() : o.config.c_str(), static_cast<long long>(c.num_hidden_layers),
               static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
@@ -448,13 +468,14 @@ int run(const Options& o) {
               d.decode_tok_s / no_gemv);
   // The same with lm_head quantized too (qlora-generate --quantize-lm-head); not for a tied lm_head (the embedding).
   std::optional<Decode> dq;
+  double bytes_q = 0;
   model::LlamaModel mq{nullptr};
   if (!c.tie_word_embeddings) {
     mq = build_model(o, /*quantize_lm_head=*/true);
     mq->eval();
     const WeightBytes wq = weight_bytes(*mq);
     dq = bench_generate(*mq, o, prompt);
-    const double bytes_q = wq.quant4 + wq.dense;
+    bytes_q = wq.quant4 + wq.dense;
     std::printf(
         "  with lm_head in NF4 too (--quantize-lm-head): %.2f MB read per token; decode %.2f tok/s (%.2f ms/token) "
         "= %.2f GB/s, %.1f%% of copy bandwidth; %.2fx the bf16-lm_head decode\n",
@@ -464,7 +485,7 @@ int run(const Options& o) {
   }
   if (o.llama_cpp_python.empty()) return 0;
   print_llama_cpp(o, threads, prompt, copy_gbs, d, dq);
-  if (o.rounds > 0 && dq) print_rounds(*mq, o, threads, prompt);
+  if (o.rounds > 0 && dq) print_rounds(*mq, bytes_q, o, threads, prompt);
   return 0;
 }
 

@@ -30,6 +30,32 @@ double measure_copy_bandwidth_gbs(size_t bytes, int reps) {
   return 2.0 * static_cast<double>(bytes) / s / 1e9;
 }
 
+double measure_read_bandwidth_gbs(size_t bytes, int reps) {
+  const size_t words = bytes / sizeof(uint64_t);
+  std::vector<uint64_t> src(words);
+  for (size_t i = 0; i < words; ++i) src[i] = i;  // every page faulted in and distinct
+  const int64_t chunk = (int64_t{1} << 20) / static_cast<int64_t>(sizeof(uint64_t));
+  const int64_t chunks = static_cast<int64_t>(words) / chunk;
+  std::vector<uint64_t> sums(static_cast<size_t>(chunks));
+  const double s = time_best(
+      [&] {
+        at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+          for (int64_t c = b; c < e; ++c) {
+            const uint64_t* p = src.data() + c * chunk;
+            uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+            for (int64_t i = 0; i < chunk; i += 4) a0 += p[i], a1 += p[i + 1], a2 += p[i + 2], a3 += p[i + 3];
+            sums[static_cast<size_t>(c)] = a0 + a1 + a2 + a3;
+          }
+        });
+      },
+      reps);
+  uint64_t total = 0;
+  for (uint64_t v : sums) total += v;
+  const uint64_t n = static_cast<uint64_t>(chunks * chunk);
+  if (total != n * (n - 1) / 2) throw std::runtime_error("measure_read_bandwidth_gbs: the sum is wrong");
+  return static_cast<double>(n * sizeof(uint64_t)) / s / 1e9;
+}
+
 double measure_matmul_gflops(c10::ScalarType dtype, int64_t m, int64_t k, int64_t n, int reps) {
   return plan::measure_cpu_matmul_flops(dtype, m, k, n, reps) / 1e9;
 }

@@ -16,6 +16,10 @@ namespace qlora::bench {
 // Memory copy bandwidth (GB/s, counting bytes read + bytes written) of a large memcpy split across threads.
 double measure_copy_bandwidth_gbs(size_t bytes = size_t(512) << 20, int reps = 5);
 
+// Memory read bandwidth (GB/s of bytes read) of a large buffer summed across threads, nothing written: the ceiling of
+// a decoder that streams its weights once per token (reading alone can run above or below the copy figure's total).
+double measure_read_bandwidth_gbs(size_t bytes = size_t(512) << 20, int reps = 5);
+
 // Dense matmul rate (GFLOP/s) of LibTorch on (m,k)x(k,n) in `dtype`.
 double measure_matmul_gflops(c10::ScalarType dtype, int64_t m = 2048, int64_t k = 2048, int64_t n = 2048, int reps = 5);
 
