@@ -196,6 +196,7 @@ int run_generate(Args& a) {
   lo.compute_dtype = qlora::model::cpu_compute_dtype(a.dtype, "--dtype");
   lo.quant = qlora::quant::parse_quant_option(a.quant);
   lo.quantize_lm_head = a.quantize_lm_head;
+  lo.lm_head_16bit = true;  // under fp32 compute a bf16 lm_head stays bf16: half the bytes a token reads
   auto model = qlora::model::load_model(a.model_dir, lo);
   if (!a.adapter.empty()) qlora::lora::apply_adapter(model, qlora::lora::load_adapter(a.adapter));
   model->eval();

@@ -23,6 +23,9 @@
 // (a round: the read bandwidth, then best of --reps of each), for the ratio on a machine whose speed drifts between
 // minutes, and each decoder's weight traffic as a share of that round's read bandwidth (the ceiling of both: at
 // equal shares, the speed ratio is the ratio of the bytes a token reads).
+// Under fp32 compute (the default on CPUs without native bf16) a dense lm_head either lives as an fp32 copy or stays
+// in the checkpoint's bf16 (LoadOptions::lm_head_16bit, qlora-generate's default): the kernel table times its one-row
+// product both ways, and decode runs both ways alternated (--model only).
 // Bytes per token: every projection's 4-bit parts (codes, absmax, nested absmax: QuantizedTensor::nbytes) plus the
 // dense lm_head (bf16; the embedding when tied); the KV cache read by attention is printed apart (it grows with the
 // position: given at the mean decode position). The copy bandwidth counts bytes read + written (machine_limits.h);
@@ -53,6 +56,7 @@
 #include "io/hf_config.h"
 #include "model/generate.h"
 #include "model/llama.h"
+#include "ops/dense_gemv.h"
 #include "quant/dequant_kernels.h"
 #include "quant/gemv_4bit.h"
 #include "quant/gemv_q8.h"
@@ -139,7 +143,8 @@ Options parse_args(int argc, char** argv) {
 
 // The model: an HF folder loaded as qlora-generate loads it, or random weights of a config's shape.
 // quantize_lm_head: lm_head in NF4 + DQ too (qlora-generate --quantize-lm-head); dense (bf16) otherwise.
-model::LlamaModel build_model(const Options& o, bool quantize_lm_head) {
+model::LlamaModel build_model(const Options& o, bool quantize_lm_head, torch::ScalarType compute = torch::kBFloat16,
+                              bool lm_head_16bit = false) {
   if (o.config.empty()) {
     if (!std::filesystem::exists(std::filesystem::path(o.model) / "config.json")) {
       throw Error("--model " + o.model + ": no config.json\nHINT: build/bin/qlora-make-tiny --out " + o.model +
@@ -148,7 +153,9 @@ model::LlamaModel build_model(const Options& o, bool quantize_lm_head) {
     model::LoadOptions lo;
     lo.show_progress = false;
     lo.quantize_lm_head = quantize_lm_head;
-    return model::load_model(o.model, lo);  // bf16, NF4 + double quant, blocksize 64
+    lo.compute_dtype = compute;
+    lo.lm_head_16bit = lm_head_16bit;
+    return model::load_model(o.model, lo);  // NF4 + double quant, blocksize 64
   }
   io::LlamaConfig c = io::load_llama_config(o.config);
   if (o.layers) c.num_hidden_layers = *o.layers;
@@ -262,6 +269,54 @@ Decode bench_generate(model::LlamaModelImpl& m, const Options& o, const std::vec
     if (r > 0 && d.decode_tok_s > best.decode_tok_s) best = d;
   }
   return best;
+}
+
+// The dense lm_head's one-row product under fp32 compute: through an fp32 copy of the weight (LibTorch's linear, as
+// before LoadOptions::lm_head_16bit) and through the bf16 weight itself (ops::gemv_bf16 per CPU path); GB/s of
+// the weight bytes each reads, against the read bandwidth.
+void bench_dense_head(int64_t vocab, int64_t hidden, double read_gbs) {
+  torch::manual_seed(3);
+  c10::InferenceMode inference;
+  const torch::Tensor w = (torch::randn({vocab, hidden}) * kInitStd).to(torch::kBFloat16);
+  const torch::Tensor w32 = w.to(torch::kFloat32), x = torch::randn({hidden});
+  std::printf("\ndense lm_head under fp32 compute, one row; GB/s of weight bytes read, %% of read bandwidth\n");
+  auto row = [&](const std::string& what, double bytes, double s) {
+    std::printf("  %5lld x %-5lld %-26s %9.3f ms %8.2f GB/s %6.1f%%\n", static_cast<long long>(vocab),
+                static_cast<long long>(hidden), what.c_str(), s * 1e3, bytes / s / 1e9,
+                100.0 * bytes / s / 1e9 / read_gbs);
+  };
+  const torch::Tensor x2 = x.view({1, hidden});
+  torch::nn::functional::linear(x2, w32);  // warm-up
+  row("fp32 copy, linear", static_cast<double>(w32.nbytes()),
+      time_best([&] { torch::nn::functional::linear(x2, w32); }, kKernelReps));
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (!cpu_supports(isa)) continue;
+    ops::gemv_bf16(w, x, isa);  // warm-up
+    row(std::string("bf16, gemv_bf16 ") + isa_name(isa), static_cast<double>(w.nbytes()),
+        time_best([&] { ops::gemv_bf16(w, x, isa); }, kKernelReps));
+  }
+}
+
+// Decode under fp32 compute (the default on CPUs without native bf16) with the checkpoint's bf16 lm_head kept bf16
+// (qlora-generate's default) and as an fp32 copy, generations of the two alternated, best of 2 x reps each.
+void print_fp32_compute(const Options& o, const std::vector<int64_t>& prompt) {
+  model::LlamaModel copy = build_model(o, false, torch::kFloat32, /*lm_head_16bit=*/false);
+  model::LlamaModel kept = build_model(o, false, torch::kFloat32, /*lm_head_16bit=*/true);
+  copy->eval();
+  kept->eval();
+  const WeightBytes bc = weight_bytes(*copy), bk = weight_bytes(*kept);
+  double best_copy = 0, best_kept = 0;
+  for (int r = 0; r <= 2 * o.reps; ++r) {  // r == 0: warm-up
+    const Decode c = bench_generate(*copy, o, prompt), k = bench_generate(*kept, o, prompt);
+    if (r == 0) continue;
+    best_copy = std::max(best_copy, c.decode_tok_s);
+    best_kept = std::max(best_kept, k.decode_tok_s);
+  }
+  std::printf(
+      "  fp32 compute (CPUs without native bf16), bf16 lm_head kept bf16 vs an fp32 copy (alternated, best of %d "
+      "each): %.2f MB vs %.2f MB read per token; %.2f vs %.2f tok/s, %.2fx\n",
+      2 * o.reps, (bk.quant4 + bk.dense) / 1e6, (bc.quant4 + bc.dense) / 1e6, best_kept, best_copy,
+      best_kept / best_copy);
 }
 
 // Prints decode tokens/s with each layer through model/decode_layer.h and through its LibTorch ops, generations of
@@ -439,6 +494,7 @@ int run(const Options& o) {
     std::printf(
         "\n4-bit GEMV on one bf16 row (NF4 + DQ, blocksize 64); GB/s of 4-bit bytes read, %% of copy bandwidth\n");
     for (const auto& [out, in] : wb.shapes) bench_kernels(out, in, copy_gbs);
+    if (!c.tie_word_embeddings) bench_dense_head(c.vocab_size, c.hidden_size, read_gbs);
   }
   if (!o.decode) return 0;
   std::vector<int64_t> prompt;
@@ -466,6 +522,7 @@ int run(const Options& o) {
       exact.decode_tok_s, d.decode_tok_s / exact.decode_tok_s);
   std::printf("  decode without the GEMV (dequant + matmul per projection): %.2f tok/s; GEMV speed-up %.2fx\n", no_gemv,
               d.decode_tok_s / no_gemv);
+  if (o.config.empty() && !c.tie_word_embeddings) print_fp32_compute(o, prompt);
   // The same with lm_head quantized too (qlora-generate --quantize-lm-head); not for a tied lm_head (the embedding).
   std::optional<Decode> dq;
   double bytes_q = 0;

@@ -1,5 +1,9 @@
 #include "model/linear.h"
 
+#include <c10/core/InferenceMode.h>
+
+#include "ops/dense_gemv.h"
+
 namespace qlora::model {
 
 std::shared_ptr<FrozenLinearImpl> FrozenLinearImpl::quantized(quant::QuantizedTensor w, torch::Tensor bias) {
@@ -35,8 +39,19 @@ torch::Tensor FrozenLinearImpl::forward(const torch::Tensor& x) {
     torch::Tensor b = bias_.defined() ? bias_.to(x.scalar_type()) : bias_;
     return quant::linear_4bit(x, *qweight_, b);
   }
-  torch::Tensor w = weight_.scalar_type() == x.scalar_type() ? weight_ : weight_.to(x.scalar_type());
   torch::Tensor b = bias_.defined() ? bias_.to(x.scalar_type()) : bias_;
+  if (!bias_.defined() && weight_.scalar_type() == torch::kBFloat16 &&
+      (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) && x.numel() == x.size(-1) &&
+      x.device().is_cpu() && weight_.device().is_cpu() && weight_.is_contiguous() && c10::InferenceMode::is_enabled()) {
+    // One row through a bf16 weight (a decoded token's dense lm_head): fp32 activations (fp32 compute with
+    // LoadOptions::lm_head_16bit) read it at 2 bytes an element instead of converting it to fp32 for one row, and bf16
+    // ones run ~3x LibTorch's one-row bf16 linear (bench/RESULTS.md). Same fp32 products and sums, rounded once.
+    torch::Tensor y = ops::gemv_bf16(weight_, x.reshape({x.size(-1)}).contiguous());
+    auto shape = x.sizes().vec();
+    shape.back() = weight_.size(0);
+    return y.view(shape);
+  }
+  torch::Tensor w = weight_.scalar_type() == x.scalar_type() ? weight_ : weight_.to(x.scalar_type());
   return torch::nn::functional::linear(x, w, b);
 }
 

@@ -163,6 +163,71 @@ TEST(Generate, FusedDecodeLayersGiveTheBitsOfTheLibTorchOps) {
   at::set_num_threads(threads_before);
 }
 
+// LoadOptions::lm_head_16bit under fp32 compute: the tiny checkpoint's bf16 lm_head stays bf16 (no fp32 copy) and a
+// decoded token goes through ops::gemv_bf16. Its weights are the same values, so every decode step's logits (and
+// the prompt's, converted per call) agree with the fp32 lm_head's up to fp32 summation order, and greedy tokens match.
+TEST(Generate, Bf16LmHeadUnderFp32ComputeGivesTheFp32LmHeadsLogits) {
+  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  model::LoadOptions lo;
+  lo.show_progress = false;
+  lo.compute_dtype = torch::kFloat32;
+  auto wide = model::load_model(tiny_model_dir(), lo);
+  lo.lm_head_16bit = true;
+  auto narrow = model::load_model(tiny_model_dir(), lo);
+  auto lm_head_dtype = [](model::LlamaModelImpl& m) {
+    for (const auto& [name, t] : m.named_dense_tensors()) {
+      if (name == "lm_head.weight") return t.scalar_type();
+    }
+    return torch::kByte;  // none
+  };
+  ASSERT_EQ(lm_head_dtype(*wide), torch::kFloat32);
+  ASSERT_EQ(lm_head_dtype(*narrow), torch::kBFloat16);
+  c10::InferenceMode inference;
+  const std::vector<int64_t> prompt = {1, 15, 300, 7, 88};
+  model::KVCache cw, cn;
+  torch::Tensor lw = wide->forward(ids_tensor({prompt}), {}, &cw).select(1, 4)[0];
+  torch::Tensor ln = narrow->forward(ids_tensor({prompt}), {}, &cn).select(1, 4)[0];
+  for (int step = 0; step < 12; ++step) {
+    ASSERT_TRUE(torch::allclose(ln, lw, /*rtol=*/1e-5, /*atol=*/1e-5))
+        << "step " << step << ": max difference " << (ln - lw).abs().max().item<float>();
+    const torch::Tensor tok = lw.argmax().view({1, 1});
+    lw = wide->forward(tok, {}, &cw)[0][0];
+    ln = narrow->forward(tok, {}, &cn)[0][0];
+  }
+  model::GenerateOptions o;
+  o.max_new_tokens = 24;
+  for (const auto& p : tiny_prompts()) {
+    EXPECT_EQ(model::generate(*narrow, p, o).tokens, model::generate(*wide, p, o).tokens) << "prompt of " << p.size();
+  }
+}
+
+// Under bf16 compute a decoded token's dense bf16 lm_head goes through ops::gemv_bf16 too: LibTorch's bf16 linear of
+// the same row (outside InferenceMode, so through LibTorch) sums in fp32 as well, in another order, so the two agree
+// to a bf16 rounding of each logit.
+TEST(Generate, Bf16LmHeadRowMatchesLibTorchsLinearToARounding) {
+  if (!fs::exists(tiny_model_dir() / "config.json")) GTEST_SKIP() << "tiny model not generated (make_tiny_model)";
+  auto m = load_tiny(torch::kBFloat16);
+  std::shared_ptr<model::FrozenLinearImpl> head;
+  for (const auto& [name, lin] : m->named_linears()) {
+    if (name == "lm_head") head = lin->frozen_base();
+  }
+  ASSERT_TRUE(head && !head->is_quantized());
+  torch::manual_seed(4);
+  const torch::Tensor h = torch::randn({1, 1, m->config().hidden_size}).to(torch::kBFloat16);
+  torch::Tensor ours;
+  {
+    c10::InferenceMode inference;
+    ours = head->forward(h);
+  }
+  const torch::Tensor theirs = torch::nn::functional::linear(h, head->dense_weight_ref());
+  ASSERT_EQ(ours.sizes(), theirs.sizes());
+  ASSERT_EQ(ours.scalar_type(), torch::kBFloat16);
+  const torch::Tensor o = ours.to(torch::kFloat32), t = theirs.to(torch::kFloat32);
+  const torch::Tensor ulp = t.abs() * std::ldexp(1.0, -7) + 1e-6;  // a bf16 rounding step, either side
+  EXPECT_TRUE(((o - t).abs() <= ulp).all().item<bool>()) << "max difference " << (o - t).abs().max().item<float>();
+  EXPECT_GT((o == t).to(torch::kFloat32).mean().item<float>(), 0.9) << "most logits the same bits";
+}
+
 // Two threads generating with one model at once (each its own cache, both through the fused layers) get the tokens
 // each gets alone.
 TEST(Generate, TwoThreadsDecodingWithOneModelGetTheirOwnTokens) {
