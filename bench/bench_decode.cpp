@@ -271,29 +271,45 @@ Decode bench_generate(model::LlamaModelImpl& m, const Options& o, const std::vec
   return best;
 }
 
-// The dense lm_head's one-row product under fp32 compute: through an fp32 copy of the weight (LibTorch's linear, as
-// before LoadOptions::lm_head_16bit) and through the bf16 weight itself (ops::gemv_bf16 per CPU path); GB/s of
-// the weight bytes each reads, against the read bandwidth.
+// The dense lm_head's one-row product: under fp32 compute through an fp32 copy of the weight (LibTorch's linear, as
+// before LoadOptions::lm_head_16bit) and through the bf16 weight itself; under bf16 compute through LibTorch's bf16
+// linear and ops::gemv_bf16; per CPU path. GB/s of the weight bytes each reads, against the read bandwidth (the
+// weight is read again each repetition, so part of it may come from the last-level cache).
 void bench_dense_head(int64_t vocab, int64_t hidden, double read_gbs) {
   torch::manual_seed(3);
   c10::InferenceMode inference;
   const torch::Tensor w = (torch::randn({vocab, hidden}) * kInitStd).to(torch::kBFloat16);
-  const torch::Tensor w32 = w.to(torch::kFloat32), x = torch::randn({hidden});
-  std::printf("\ndense lm_head under fp32 compute, one row; GB/s of weight bytes read, %% of read bandwidth\n");
+  const torch::Tensor w32 = w.to(torch::kFloat32);
+  std::printf("\ndense lm_head, one row; GB/s of weight bytes read, %% of read bandwidth\n");
   auto row = [&](const std::string& what, double bytes, double s) {
-    std::printf("  %5lld x %-5lld %-26s %9.3f ms %8.2f GB/s %6.1f%%\n", static_cast<long long>(vocab),
+    std::printf("  %5lld x %-5lld %-34s %9.3f ms %8.2f GB/s %6.1f%%\n", static_cast<long long>(vocab),
                 static_cast<long long>(hidden), what.c_str(), s * 1e3, bytes / s / 1e9,
                 100.0 * bytes / s / 1e9 / read_gbs);
   };
-  const torch::Tensor x2 = x.view({1, hidden});
-  torch::nn::functional::linear(x2, w32);  // warm-up
-  row("fp32 copy, linear", static_cast<double>(w32.nbytes()),
-      time_best([&] { torch::nn::functional::linear(x2, w32); }, kKernelReps));
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
-    if (!cpu_supports(isa)) continue;
-    ops::gemv_bf16(w, x, isa);  // warm-up
-    row(std::string("bf16, gemv_bf16 ") + isa_name(isa), static_cast<double>(w.nbytes()),
-        time_best([&] { ops::gemv_bf16(w, x, isa); }, kKernelReps));
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    const torch::Tensor x = torch::randn({hidden}).to(dt), x2 = x.view({1, hidden});
+    const torch::Tensor& wl = dt == torch::kFloat32 ? w32 : w;  // what LibTorch's linear multiplies
+    const std::string row_dtype = dt == torch::kFloat32 ? "fp32 row, " : "bf16 row, ";
+    torch::nn::functional::linear(x2, wl);  // warm-up
+    row(row_dtype + (dt == torch::kFloat32 ? "fp32 copy, linear" : "LibTorch linear"), static_cast<double>(wl.nbytes()),
+        time_best([&] { torch::nn::functional::linear(x2, wl); }, kKernelReps));
+    for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+      if (!cpu_supports(isa)) continue;
+      ops::gemv_bf16(w, x, isa);  // warm-up
+      row(row_dtype + "gemv_bf16 " + isa_name(isa), static_cast<double>(w.nbytes()),
+          time_best([&] { ops::gemv_bf16(w, x, isa); }, kKernelReps));
+    }
+    // From memory, as decoding reads it: copies of the weight totalling past the last-level cache, one product on
+    // each in turn per timed pass (the CPU's best path).
+    const int64_t copies = std::max<int64_t>(2, (kColdBytes + w.nbytes() - 1) / w.nbytes());
+    std::vector<torch::Tensor> ws(static_cast<size_t>(copies), w);
+    for (size_t i = 1; i < ws.size(); ++i) ws[i] = w.clone();
+    auto pass = [&] {
+      for (const auto& wi : ws) ops::gemv_bf16(wi, x);
+    };
+    pass();
+    row(row_dtype + "gemv_bf16, from memory", static_cast<double>(w.nbytes()),
+        time_best(pass, kKernelReps) / static_cast<double>(copies));
   }
 }
 
