@@ -43,10 +43,10 @@ torch::Tensor FrozenLinearImpl::forward(const torch::Tensor& x) {
   if (!bias_.defined() && weight_.scalar_type() == torch::kBFloat16 &&
       (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) && x.numel() == x.size(-1) &&
       x.device().is_cpu() && weight_.device().is_cpu() && weight_.is_contiguous() && c10::InferenceMode::is_enabled()) {
-    // One row through a bf16 weight (a decoded token's dense lm_head): fp32 activations (fp32 compute with
-    // LoadOptions::lm_head_16bit) read it at 2 bytes an element instead of converting it to fp32 for one row, and bf16
-    // ones take about half the time of LibTorch's one-row bf16 linear (bench/RESULTS.md). Same fp32 products and sums,
-    // rounded once.
+    // One row through a bf16 weight (a decoded token's dense lm_head, or dense projections with quant none): fp32
+    // activations (fp32 compute with LoadOptions::lm_head_16bit) read it at 2 bytes an element instead of converting it
+    // to fp32 for one row, and bf16 ones take about half the time of LibTorch's one-row bf16 linear (bench/RESULTS.md).
+    // Same fp32 products and sums, rounded once.
     torch::Tensor y = ops::gemv_bf16(weight_, x.reshape({x.size(-1)}).contiguous());
     auto shape = x.sizes().vec();
     shape.back() = weight_.size(0);

@@ -31,9 +31,9 @@ struct LoadOptions {
   // lm_head quantized like the projections (qlora-generate --quantize-lm-head: lm_head is the largest weight a decoded
   // token reads). qlora::Error when quant is nullopt or lm_head is tied to the embedding.
   bool quantize_lm_head = false;
-  // With fp32 compute, a dense lm_head stored in bf16 stays bf16 (not an fp32 copy): half the memory, and a decoded
-  // token reads it at 2 bytes an element (ops::gemv_bf16); prompts and other many-row calls convert it per call.
-  // For inference (qlora-generate); training keeps the fp32 copy its every step multiplies.
+  // With fp32 compute on the CPU, a dense lm_head stored in bf16 stays bf16 (not an fp32 copy): half the memory, and a
+  // decoded token reads it at 2 bytes an element (ops::gemv_bf16); prompts and other many-row calls convert it per
+  // call. For inference (qlora-generate); training keeps the fp32 copy its every step multiplies.
   bool lm_head_16bit = false;
   // Which projections to quantize (suffixes); others stay dense.
   std::vector<std::string> quant_targets = io::llama_projection_names();
