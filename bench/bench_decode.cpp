@@ -321,12 +321,15 @@ void print_fp32_compute(const Options& o, const std::vector<int64_t>& prompt) {
   copy->eval();
   kept->eval();
   const WeightBytes bc = weight_bytes(*copy), bk = weight_bytes(*kept);
+  model::GenerateOptions g;
+  g.max_new_tokens = o.tokens;
   double best_copy = 0, best_kept = 0;
   for (int r = 0; r <= 2 * o.reps; ++r) {  // r == 0: warm-up
-    const Decode c = bench_generate(*copy, o, prompt), k = bench_generate(*kept, o, prompt);
+    const double c = decode_tok_s(model::generate(*copy, prompt, g)),
+                 k = decode_tok_s(model::generate(*kept, prompt, g));
     if (r == 0) continue;
-    best_copy = std::max(best_copy, c.decode_tok_s);
-    best_kept = std::max(best_kept, k.decode_tok_s);
+    best_copy = std::max(best_copy, c);
+    best_kept = std::max(best_kept, k);
   }
   std::printf(
       "  fp32 compute (CPUs without native bf16), bf16 lm_head kept bf16 vs an fp32 copy (alternated, best of %d "

@@ -39,7 +39,6 @@ torch::Tensor FrozenLinearImpl::forward(const torch::Tensor& x) {
     torch::Tensor b = bias_.defined() ? bias_.to(x.scalar_type()) : bias_;
     return quant::linear_4bit(x, *qweight_, b);
   }
-  torch::Tensor b = bias_.defined() ? bias_.to(x.scalar_type()) : bias_;
   if (!bias_.defined() && weight_.scalar_type() == torch::kBFloat16 &&
       (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16) && x.numel() == x.size(-1) &&
       x.device().is_cpu() && weight_.device().is_cpu() && weight_.is_contiguous() && c10::InferenceMode::is_enabled()) {
@@ -53,6 +52,7 @@ torch::Tensor FrozenLinearImpl::forward(const torch::Tensor& x) {
     return y.view(shape);
   }
   torch::Tensor w = weight_.scalar_type() == x.scalar_type() ? weight_ : weight_.to(x.scalar_type());
+  torch::Tensor b = bias_.defined() ? bias_.to(x.scalar_type()) : bias_;
   return torch::nn::functional::linear(x, w, b);
 }
 

@@ -180,7 +180,7 @@ LlamaModel load_model(const fs::path& dir, const LoadOptions& options) {
       if (name == "lm_head.weight" && options.lm_head_16bit && !options.quantize_lm_head &&
           options.compute_dtype == torch::kFloat32 && view.scalar_type() == torch::kBFloat16 &&
           options.device.is_cpu()) {
-        model->replace_linear(mod, FrozenLinearImpl::dense(view.clone().to(options.device), bias));
+        model->replace_linear(mod, FrozenLinearImpl::dense(view.clone(), bias));  // a CPU model: no device copy
       } else if (dense.count(name) && !(name == "lm_head.weight" && options.quantize_lm_head && options.quant)) {
         dense[name].copy_(view);  // converts to the compute dtype
       } else if (is_linear && options.quant && is_projection_target(name, targets)) {

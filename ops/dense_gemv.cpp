@@ -42,18 +42,13 @@ torch::Tensor gemv_bf16(const torch::Tensor& w, const torch::Tensor& x, Isa isa)
   const auto* wp = static_cast<const c10::BFloat16*>(w.data_ptr());
   // ~32 KB of weight a chunk at least: a vocabulary's rows spread over every thread.
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, in));
-  auto run = [&](auto tag) {
+  detail::dispatch_dtype(x.scalar_type(), [&](auto tag) {  // fp32 or bf16 (checked above)
     using T = decltype(tag);
-    const T* xp = static_cast<const T*>(x.data_ptr());
-    T* yp = static_cast<T*>(y.data_ptr());
+    const T* xp = detail::data<T>(x);
+    T* yp = detail::data<T>(y);
     detail::for_each_row<detail::DenseGemv>(
         out, grain, isa, [&](int64_t r, auto kernels) { yp[r] = static_cast<T>(kernels.row(wp + r * in, xp, in)); });
-  };
-  if (x.scalar_type() == torch::kFloat32) {
-    run(float{});
-  } else {
-    run(c10::BFloat16{});
-  }
+  });
   return y;
 }
 
